@@ -1,0 +1,154 @@
+use super::*;
+use crate::metadata::{ExportedService, IngressGateway, ServicePort};
+use crate::token::{Audience, Claims};
+use ed25519_dalek::SigningKey;
+
+const A: &str = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
+const B: &str = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b";
+const NOW: i64 = 1_800_000_000;
+
+fn root_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+/// B's edge, federating with A.
+fn edge_b(a_key: &SigningKey) -> Edge {
+    let b_key = SigningKey::from_bytes(&[2; 32]);
+    Edge::compile(EdgeConfig {
+        public: PublicMetadata {
+            cluster_uuid: B.into(),
+            root_ca: root_pem(),
+            authn_key_pub: crate::pem::ed25519_public_key_to_pem(&b_key.verifying_key()),
+        },
+        private: PrivateMetadata {
+            ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
+            api_host: "api.b.example".into(),
+            network_name: "net-b".into(),
+            services: vec![ExportedService {
+                hostname: "foo.abc.svc.cluster.local".into(),
+                ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
+                ready_endpoints: 1,
+            }],
+        },
+        peers: vec![PeerKey { cluster_uuid: A.into(), authn_key_pub: crate::pem::ed25519_public_key_to_pem(&a_key.verifying_key()) }],
+        spiffe: SpiffeSettings::default(),
+        max_token_lifetime_seconds: 600,
+        public_max_age_seconds: 60,
+    })
+    .unwrap()
+}
+
+fn token(key: &SigningKey, scope: &str) -> String {
+    crate::token::sign(
+        key,
+        &Claims { iss: "t".into(), sub: A.into(), aud: Audience::One(B.into()), scope: scope.into(), nbf: NOW, exp: NOW + 60 },
+    )
+}
+
+fn get<'a>(edge: &'a Edge, path: &str, auth: Option<&str>, cache: &mut TokenCache) -> Outcome<'a> {
+    edge.decide(&Request { method: "GET", path, authorization: auth, if_none_match: None }, || NOW, cache)
+}
+
+fn status(o: Outcome<'_>) -> (u32, Option<Event>) {
+    match o {
+        Outcome::Continue => (0, None),
+        Outcome::Reply(r, e) => (r.status, Some(e)),
+    }
+}
+
+#[test]
+fn public_documents_are_served_with_validators() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let edge = edge_b(&a);
+    let mut cache = TokenCache::default();
+    let Outcome::Reply(reply, Event::Served(Doc::Public)) = get(&edge, "/metadata/public/public.json?x=1", None, &mut cache) else {
+        panic!("public.json not served")
+    };
+    let doc: PublicMetadata = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(doc, edge.config().public);
+    assert!(reply.headers.contains(&("etag".into(), edge.etag(Doc::Public).into())));
+    let inm = format!("W/{}", edge.etag(Doc::Public));
+    let o = edge.decide(&Request { method: "GET", path: PUBLIC_JSON_PATH, authorization: None, if_none_match: Some(&inm) }, || NOW, &mut cache);
+    assert_eq!(status(o), (304, Some(Event::NotModified(Doc::Public))));
+    let o = edge.decide(&Request { method: "HEAD", path: SPIFFE_BUNDLE_PATH, ..Default::default() }, || NOW, &mut cache);
+    let Outcome::Reply(head, _) = o else { panic!() };
+    assert!(head.body.is_empty() && head.status == 200);
+}
+
+#[test]
+fn unknown_paths_and_methods_are_refused_and_others_pass() {
+    let edge = edge_b(&SigningKey::from_bytes(&[1; 32]));
+    let mut c = TokenCache::default();
+    assert_eq!(status(get(&edge, "/metadata/public/nope", None, &mut c)), (404, Some(Event::Refused(Refusal::NotFound))));
+    assert_eq!(status(get(&edge, "/metadata/", None, &mut c)).0, 404);
+    assert_eq!(status(get(&edge, "/healthz", None, &mut c)), (0, None));
+    let o = edge.decide(&Request { method: "POST", path: PUBLIC_JSON_PATH, ..Default::default() }, || NOW, &mut c);
+    assert_eq!(status(o).0, 405);
+}
+
+#[test]
+fn private_document_needs_a_peer_token_of_the_right_scope() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let edge = edge_b(&a);
+    let mut c = TokenCache::default();
+    let good = format!("Bearer {}", token(&a, "private-multicluster"));
+    let (s, _) = status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&good), &mut c));
+    assert_eq!(s, 200);
+    assert_eq!(c.len(), 1);
+    // The cached token still answers, and still has its times checked.
+    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&good), &mut c)).0, 200);
+    let later = edge.decide(&Request { method: "GET", path: PRIVATE_MULTICLUSTER_PATH, authorization: Some(&good), if_none_match: None }, || NOW + 200, &mut c);
+    assert_eq!(status(later), (401, Some(Event::Refused(Refusal::Token(TokenError::Expired)))));
+    let api = format!("Bearer {}", token(&a, "api"));
+    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&api), &mut c)), (403, Some(Event::Refused(Refusal::Token(TokenError::WrongScope)))));
+    let stranger = format!("Bearer {}", token(&SigningKey::from_bytes(&[3; 32]), "private-multicluster"));
+    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&stranger), &mut c)).1, Some(Event::Refused(Refusal::Token(TokenError::BadSignature))));
+    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, None, &mut c)).1, Some(Event::Refused(Refusal::Token(TokenError::Missing))));
+    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some("Basic abc"), &mut c)).1, Some(Event::Refused(Refusal::Token(TokenError::WrongScheme))));
+    let Outcome::Reply(r, _) = get(&edge, PRIVATE_MULTICLUSTER_PATH, None, &mut c) else { panic!() };
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["reason"], "TokenMissing");
+    assert!(body["error"].as_str().unwrap().contains("Bearer"));
+}
+
+#[test]
+fn the_token_cache_stays_bounded() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let edge = edge_b(&a);
+    let mut c = TokenCache::default();
+    for i in 0..(TOKEN_CACHE_CAPACITY + 10) {
+        let t = crate::token::sign(
+            &a,
+            &Claims { iss: format!("{i}"), sub: A.into(), aud: Audience::One(B.into()), scope: "private-multicluster".into(), nbf: NOW, exp: NOW + 60 },
+        );
+        assert_eq!(edge.authorize(Some(&format!("Bearer {t}")), Scope::PrivateMulticluster, NOW, &mut c), Ok(()));
+        assert!(c.len() <= TOKEN_CACHE_CAPACITY);
+    }
+}
+
+#[test]
+fn invalid_configurations_name_the_field() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let mut cfg = edge_b(&a).config().clone();
+    cfg.public.root_ca = "not a pem".into();
+    assert!(Edge::compile(cfg.clone()).err().unwrap().0.starts_with("public.rootCA"));
+    let mut cfg2 = edge_b(&a).config().clone();
+    cfg2.peers[0].cluster_uuid = B.into();
+    assert!(Edge::compile(cfg2).err().unwrap().0.contains("own UUID"));
+    assert!(Edge::from_json(b"{").err().unwrap().to_string().contains("not valid JSON"));
+    let mut cfg3 = edge_b(&a).config().clone();
+    cfg3.private.ingress_gateways[0].port = 0;
+    assert_eq!(Edge::compile(cfg3).err().unwrap().0, "private.ingressGateways[0].port: must be 1-65535");
+}
+
+#[test]
+fn every_event_has_a_distinct_counter() {
+    let names: std::collections::HashSet<_> = Event::all().map(Event::stat_name).collect();
+    assert_eq!(names.len(), Event::COUNT);
+    let idx: std::collections::HashSet<_> = Event::all().map(Event::index).collect();
+    assert_eq!(idx.len(), Event::COUNT);
+    assert!(idx.iter().all(|i| *i < Event::COUNT));
+}

@@ -1,0 +1,14 @@
+//! Pure, I/O-free federation logic shared by the gateway filter (wasm32) and
+//! the agent: metadata documents and their validation, federation tokens,
+//! SPIFFE bundles, PEM/DER handling and the edge's request decisions.
+//!
+//! Nothing here touches a clock, a socket or a file: callers pass `now` and
+//! bytes in. That keeps the filter small and lets the agent check exactly
+//! what the filter enforces.
+
+pub mod der;
+pub mod edge;
+pub mod metadata;
+pub mod pem;
+pub mod spiffe;
+pub mod token;

