@@ -233,8 +233,9 @@ pub enum Outcome<'a> {
 
 struct CompiledDoc {
     etag: String,
+    /// GET and HEAD alike: Envoy answers a HEAD local reply with the body's
+    /// Content-Length and no body.
     ok: Reply,
-    head: Reply,
     not_modified: Reply,
 }
 
@@ -317,8 +318,7 @@ fn compile_doc(body: Vec<u8>, cache_control: &str) -> CompiledDoc {
     let not_modified_headers = vec![("etag".into(), etag.clone()), ("cache-control".into(), cache_control.into())];
     CompiledDoc {
         etag,
-        ok: Reply { status: 200, headers: headers.clone(), body },
-        head: Reply { status: 200, headers, body: Vec::new() },
+        ok: Reply { status: 200, headers, body },
         not_modified: Reply { status: 304, headers: not_modified_headers, body: Vec::new() },
     }
 }
@@ -424,11 +424,9 @@ impl Edge {
             PRIVATE_MULTICLUSTER_PATH => Doc::PrivateMulticluster,
             _ => return self.refuse(Refusal::NotFound),
         };
-        let head = match req.method {
-            "GET" => false,
-            "HEAD" => true,
-            _ => return self.refuse(Refusal::MethodNotAllowed),
-        };
+        if req.method != "GET" && req.method != "HEAD" {
+            return self.refuse(Refusal::MethodNotAllowed);
+        }
         if doc == Doc::PrivateMulticluster {
             if let Err(e) = self.authorize(req.authorization, Scope::PrivateMulticluster, now(), cache) {
                 return self.refuse(Refusal::Token(e));
@@ -440,7 +438,7 @@ impl Edge {
         if req.if_none_match.is_some_and(|inm| etag_matches(inm, &compiled.etag)) {
             return Outcome::Reply(&compiled.not_modified, Event::NotModified(doc));
         }
-        Outcome::Reply(if head { &compiled.head } else { &compiled.ok }, Event::Served(doc))
+        Outcome::Reply(&compiled.ok, Event::Served(doc))
     }
 
     /// Checks an `Authorization` header for a token of `need` scope.

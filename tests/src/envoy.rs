@@ -1,0 +1,189 @@
+//! A real Envoy process for a test.
+
+use crate::procs::{self, Proc};
+use crate::{paths, wait_until, SimCluster};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How long an Envoy may take to become `LIVE` (Wasm compilation included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to start: a name for logs, where it lives, and its bootstrap (YAML,
+/// without `admin:`, which the test bed adds on the cluster's range, port 0).
+#[derive(Clone)]
+pub struct EnvoySpec {
+    pub name: String,
+    pub cluster: SimCluster,
+    pub host: u8,
+    pub bootstrap: String,
+    /// Files to write into the Envoy's directory before start (relative path, contents).
+    pub files: Vec<(String, String)>,
+}
+
+pub struct Envoy {
+    pub name: String,
+    proc: Proc,
+    /// `None` only after a failed test kept it for inspection.
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    admin: SocketAddr,
+}
+
+impl Envoy {
+    /// Starts an Envoy and waits until its admin API reports `LIVE`.
+    /// `{dir}` in the bootstrap and in files is replaced by the Envoy's
+    /// private directory.
+    pub fn start(spec: EnvoySpec) -> Envoy {
+        let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        for (rel, contents) in &spec.files {
+            let p = dir.path().join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&p, contents.replace("{dir}", &d)).expect("write file");
+        }
+        let admin_ip = spec.cluster.ip(spec.host);
+        let bootstrap = format!(
+            "{}\nadmin:\n  address: {{socket_address: {{address: {admin_ip}, port_value: 0}}}}\n",
+            spec.bootstrap.replace("{dir}", &d)
+        );
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, bootstrap).expect("write bootstrap");
+        let admin_path = dir.path().join("admin-address");
+        let log = dir.path().join("envoy.log");
+        let mut cmd = Command::new(paths::envoy());
+        cmd.arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .args(["--service-node", &spec.name, "--service-cluster", &format!("cluster-{}", spec.cluster.0)])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // stderr, not --log-path: the file sink buffers, stderr is
+            // written line by line, so a failing test sees the last lines.
+            .stderr(std::fs::File::create(&log).expect("create envoy log"));
+        let proc = procs::spawn(cmd).expect("spawn envoy");
+        let path = dir.path().to_path_buf();
+        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr") };
+        envoy.admin = wait_until(&format!("envoy {} admin address", spec.name), READY_TIMEOUT, || {
+            if let Some(status) = envoy.proc.try_wait() {
+                envoy.dump_log();
+                panic!("envoy {} exited during start: {status}", spec.name);
+            }
+            let text = std::fs::read_to_string(&admin_path).map_err(|e| e.to_string())?;
+            text.trim().parse::<SocketAddr>().map_err(|e| format!("{text:?}: {e}"))
+        });
+        envoy.wait_live();
+        envoy
+    }
+
+    /// Starts several Envoys in parallel (their start-up is mostly Wasm
+    /// compilation, which is single-threaded per Envoy).
+    pub fn start_all(specs: Vec<EnvoySpec>) -> Vec<Envoy> {
+        let handles: Vec<_> = specs.into_iter().map(|s| std::thread::spawn(move || Envoy::start(s))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    }
+
+    pub fn wait_live(&mut self) {
+        let name = self.name.clone();
+        wait_until(&format!("envoy {name} to report LIVE on /ready"), READY_TIMEOUT, || {
+            if let Some(status) = self.proc.try_wait() {
+                self.dump_log();
+                panic!("envoy {name} exited: {status}");
+            }
+            let body = self.admin_get("/ready")?;
+            if body.trim() == "LIVE" {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn admin_get(&self, path: &str) -> Result<String, String> {
+        let r = crate::http::try_request("GET", &format!("http://{}{}", self.admin, path), &[]).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    pub fn admin_post(&self, path: &str) -> Result<String, String> {
+        let r = crate::http::try_request("POST", &format!("http://{}{}", self.admin, path), &[]).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        let body = self.admin_get("/listeners?format=json").expect("listeners");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("listeners json");
+        for l in v["listener_statuses"].as_array().into_iter().flatten() {
+            if l["name"] == name {
+                let sa = &l["local_address"]["socket_address"];
+                let ip = sa["address"].as_str().expect("address");
+                let port = sa["port_value"].as_u64().expect("port");
+                return format!("{ip}:{port}").parse().expect("socket addr");
+            }
+        }
+        panic!("envoy {} has no listener {name}: {body}", self.name)
+    }
+
+    /// A counter or gauge from `/stats`, if present.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let body = self.admin_get(&format!("/stats?filter=^{}$", regex_escape(name))).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")).and_then(|v| v.trim().parse().ok()))
+    }
+
+    pub fn config_dump(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get("/config_dump?include_eds").expect("config_dump")).expect("config_dump json")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("envoy.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn dump_log(&self) {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(200)..];
+        eprintln!("----- envoy {} log (last {} lines, {}) -----", self.name, tail.len(), self.log_path().display());
+        for l in tail {
+            eprintln!("{l}");
+        }
+        eprintln!("----- end of envoy {} log -----", self.name);
+    }
+
+    /// Kills the process now (the directory stays until drop).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_ascii_alphanumeric() || c == '_' { vec![c] } else { vec!['\\', c] }).collect()
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.proc.kill();
+        if std::thread::panicking() {
+            self.dump_log();
+            if let Some(dir) = self.dir.take() {
+                eprintln!("kept envoy {} directory for inspection: {}", self.name, dir.keep().display());
+            }
+        }
+    }
+}

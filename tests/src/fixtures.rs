@@ -1,0 +1,111 @@
+//! Identities of simulated clusters, generated fresh in each test: a cluster
+//! UUID, an Istio-style self-signed root CA, and a federation Ed25519 key.
+
+use ed25519_dalek::SigningKey;
+use multicloud_core::edge::{EdgeConfig, PeerKey, SpiffeSettings};
+use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, PublicMetadata, ServicePort};
+use multicloud_core::pem;
+use multicloud_core::token::{self, Audience, Claims};
+use rand_core::RngCore as _;
+
+use crate::{hosts, SimCluster};
+
+pub struct ClusterIdentity {
+    pub name: String,
+    pub uuid: String,
+    pub root_key: rcgen::KeyPair,
+    pub root: rcgen::Certificate,
+    pub federation_key: SigningKey,
+}
+
+pub fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+impl ClusterIdentity {
+    pub fn generate(name: &str) -> ClusterIdentity {
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("root key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "cluster.local");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("Istio root CA of {name}"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let root = params.self_signed(&root_key).expect("root cert");
+        ClusterIdentity {
+            name: name.into(),
+            uuid: random_uuid(),
+            root_key,
+            root,
+            federation_key: SigningKey::generate(&mut rand_core::OsRng),
+        }
+    }
+
+    pub fn root_pem(&self) -> String {
+        self.root.pem()
+    }
+
+    pub fn public_metadata(&self) -> PublicMetadata {
+        PublicMetadata {
+            cluster_uuid: self.uuid.clone(),
+            root_ca: self.root_pem(),
+            authn_key_pub: pem::ed25519_public_key_to_pem(&self.federation_key.verifying_key()),
+        }
+    }
+
+    pub fn peer_key(&self) -> PeerKey {
+        PeerKey { cluster_uuid: self.uuid.clone(), authn_key_pub: pem::ed25519_public_key_to_pem(&self.federation_key.verifying_key()) }
+    }
+
+    pub fn federation_key_pem(&self) -> String {
+        pem::ed25519_signing_key_to_pem(&self.federation_key)
+    }
+
+    /// A token from this cluster to `aud`, with explicit claims.
+    pub fn token_with(&self, aud: &str, scope: &str, nbf: i64, exp: i64) -> String {
+        token::sign(
+            &self.federation_key,
+            &Claims { iss: "istio-multicloud".into(), sub: self.uuid.clone(), aud: Audience::One(aud.into()), scope: scope.into(), nbf, exp },
+        )
+    }
+
+    /// A valid 60 s token from this cluster to `aud`.
+    pub fn token_for(&self, aud: &ClusterIdentity, scope: &str) -> String {
+        let now = unix_now();
+        self.token_with(&aud.uuid, scope, now, now + 60)
+    }
+}
+
+/// A plausible private document for `cluster`.
+pub fn sample_private(cluster: SimCluster) -> PrivateMetadata {
+    PrivateMetadata {
+        ingress_gateways: vec![IngressGateway { address: cluster.ip(hosts::GATEWAY).to_string(), port: 15443 }],
+        api_host: format!("api.cluster-{}.example:443", cluster.0),
+        network_name: format!("network-{}", cluster.0),
+        services: vec![ExportedService {
+            hostname: "foo.abc.svc.cluster.local".into(),
+            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) }],
+            ready_endpoints: 2,
+        }],
+    }
+}
+
+/// `local`'s edge configuration, federating with `peers`.
+pub fn edge_config(local: &ClusterIdentity, peers: &[&ClusterIdentity], private: PrivateMetadata) -> EdgeConfig {
+    EdgeConfig {
+        public: local.public_metadata(),
+        private,
+        peers: peers.iter().map(|p| p.peer_key()).collect(),
+        spiffe: SpiffeSettings::default(),
+        max_token_lifetime_seconds: 600,
+        public_max_age_seconds: 60,
+    }
+}

@@ -1,0 +1,170 @@
+//! A simulated cluster's ingress gateway: a real Envoy running the built
+//! filter, configured the way `deploy/` configures it in Istio:
+//!
+//! - the filter sits in the HTTP chain `disabled: true`, its configuration
+//!   delivered by ECDS (here from a file the test rewrites atomically, which
+//!   Envoy watches; the agent will serve the same resource over ADS);
+//! - the `/metadata/` route enables it with `typed_per_filter_config`, so
+//!   every other route runs without entering the Wasm VM;
+//! - both routes lead to a [`RecordingUpstream`], so a test can prove that a
+//!   metadata request never reaches the upstream.
+
+use crate::envoy::{Envoy, EnvoySpec};
+use crate::upstream::RecordingUpstream;
+use crate::{hosts, paths, wait_until, SimCluster};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const FILTER_NAME: &str = "multicloud-edge";
+
+/// The ECDS resource carrying the filter's configuration (JSON text).
+pub fn ecds_resource(config_json: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": FILTER_NAME,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": FILTER_NAME,
+                    "root_id": FILTER_NAME,
+                    "fail_open": false,
+                    "vm_config": {
+                        "vm_id": FILTER_NAME,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": paths::filter_wasm().display().to_string()}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": config_json
+                    }
+                }
+            }
+        }]
+    })
+}
+
+/// The HTTP filter entry for the edge filter, delivered by ECDS from `{dir}/ecds/edge.json`.
+pub fn edge_http_filter_yaml() -> String {
+    format!(
+        r#"          - name: {FILTER_NAME}
+            disabled: true
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source: {{path: "{{dir}}/ecds/edge.json", watched_directory: {{path: "{{dir}}/ecds"}}}}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+"#
+    )
+}
+
+pub fn enable_edge_filter_yaml() -> String {
+    format!("                typed_per_filter_config:\n                  {FILTER_NAME}: {{\"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {{}}}}\n")
+}
+
+pub struct Gateway {
+    pub cluster: SimCluster,
+    pub envoy: Envoy,
+    pub upstream: RecordingUpstream,
+}
+
+/// Whether a configuration push took effect.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Applied,
+    Rejected,
+}
+
+impl Gateway {
+    pub fn spec(cluster: SimCluster, upstream: SocketAddr, initial_config_json: &str) -> EnvoySpec {
+        let bootstrap = format!(
+            r#"static_resources:
+  listeners:
+  - name: edge
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: edge
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+            - name: gateway
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /metadata/}}
+                route: {{cluster: local_upstream}}
+{enable}              - match: {{prefix: /}}
+                route: {{cluster: local_upstream}}
+          http_filters:
+{filter}          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: local_upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: local_upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {uip}, port_value: {uport}}}}}}}
+"#,
+            ip = cluster.ip(hosts::GATEWAY),
+            enable = enable_edge_filter_yaml(),
+            filter = edge_http_filter_yaml(),
+            uip = upstream.ip(),
+            uport = upstream.port(),
+        );
+        EnvoySpec {
+            name: format!("gateway-{}", cluster.0),
+            cluster,
+            host: hosts::GATEWAY,
+            bootstrap,
+            files: vec![("ecds/edge.json".into(), ecds_resource(initial_config_json).to_string())],
+        }
+    }
+
+    pub fn start(cluster: SimCluster, initial_config_json: &str) -> Gateway {
+        let upstream = RecordingUpstream::start(cluster.ip(hosts::UPSTREAM), true);
+        let envoy = Envoy::start(Self::spec(cluster, upstream.addr(), initial_config_json));
+        Gateway { cluster, envoy, upstream }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.envoy.listener("edge"), path)
+    }
+
+    fn ecds_stat(&self, which: &str) -> u64 {
+        self.envoy.stat(&format!("extension_config_discovery.http_filter.{FILTER_NAME}.{which}")).unwrap_or(0)
+    }
+
+    /// Replaces the filter configuration (atomically, as a kubelet-projected
+    /// file or an xDS push would) and waits until Envoy applied or rejected it.
+    pub fn push_config(&self, config_json: &str) -> Push {
+        // config_reload counts every attempt; update_success/update_rejected
+        // tell the outcome.
+        let (ok, rejected) = (self.ecds_stat("update_success"), self.ecds_stat("update_rejected"));
+        let dir = self.envoy.dir().join("ecds");
+        let tmp = dir.join(".edge.json.tmp");
+        std::fs::write(&tmp, ecds_resource(config_json).to_string()).expect("write ecds");
+        std::fs::rename(&tmp, dir.join("edge.json")).expect("rename ecds");
+        wait_until("the gateway to apply or reject the pushed configuration", Duration::from_secs(30), || {
+            let (o, r) = (self.ecds_stat("update_success"), self.ecds_stat("update_rejected"));
+            if o > ok {
+                Ok(Push::Applied)
+            } else if r > rejected {
+                Ok(Push::Rejected)
+            } else {
+                Err(format!("update_success {o}, update_rejected {r}"))
+            }
+        })
+    }
+
+    /// A filter counter (Envoy prefixes Wasm metrics with `wasmcustom.`).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.envoy.stat(&format!("wasmcustom.multicloud_edge.{name}")).unwrap_or(0)
+    }
+}

@@ -1,0 +1,33 @@
+//! Where the test bed finds what the build and bootstrap scripts produced.
+//! Each can be overridden by an environment variable.
+
+use std::path::PathBuf;
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn from_env_or(var: &str, default: PathBuf, hint: &str) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    assert!(p.exists(), "{} not found ({var} unset or wrong); {hint}", p.display());
+    p
+}
+
+/// The pinned Envoy (scripts/bootstrap.sh installs it into .venv).
+pub fn envoy() -> PathBuf {
+    from_env_or("MULTICLOUD_ENVOY", workspace_root().join(".venv/bin/envoy"), "run scripts/bootstrap.sh")
+}
+
+/// The built gateway filter (scripts/build.sh filter).
+pub fn filter_wasm() -> PathBuf {
+    from_env_or(
+        "MULTICLOUD_FILTER_WASM",
+        workspace_root().join("target/filter/multicloud_filter.wasm"),
+        "run scripts/build.sh filter",
+    )
+}
+
+/// The project virtualenv's Python (PyJWT, cryptography).
+pub fn python() -> PathBuf {
+    from_env_or("MULTICLOUD_PYTHON", workspace_root().join(".venv/bin/python"), "run scripts/bootstrap.sh")
+}

@@ -1,0 +1,84 @@
+//! Child processes that never outlive the test process.
+//!
+//! Every child is spawned from one keeper thread that lives as long as the
+//! process, with `PR_SET_PDEATHSIG = SIGKILL`: Linux ties the death signal
+//! to the spawning *thread*, so spawning from a short-lived test thread
+//! would kill the child early, and spawning without it would leak children
+//! when a test binary is killed. [`Proc`] also kills its child on drop.
+
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+fn keeper() -> &'static Mutex<mpsc::Sender<Request>> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("child-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // The channel never closes (the sender is in a static), so
+                // this thread, and with it the children's parent, stays.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn child-keeper thread");
+        Mutex::new(tx)
+    })
+}
+
+/// Spawns `cmd` so that it dies with this process.
+pub fn spawn(mut cmd: Command) -> std::io::Result<Proc> {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl with PR_SET_PDEATHSIG is async-signal-safe and touches no
+    // memory of the parent; this is the documented use of pre_exec.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    keeper().lock().unwrap_or_else(|e| e.into_inner()).send((cmd, tx)).map_err(std::io::Error::other)?;
+    let child = rx.recv().map_err(std::io::Error::other)??;
+    Ok(Proc { child: Some(child) })
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Has the process exited (and with what)?
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Stops the process now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,128 @@
+//! An HTTP/1.1 upstream that records every request it receives, so tests can
+//! assert what a filter let through, and with which headers.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    count: AtomicU64,
+    stop: AtomicBool,
+}
+
+pub struct RecordingUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    /// Keep only a count (benchmarks), not every request.
+    record: bool,
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+
+impl RecordingUpstream {
+    /// Listens on `ip:0`. Answers `200 upstream <method> <path>`.
+    pub fn start(ip: std::net::Ipv4Addr, record: bool) -> RecordingUpstream {
+        let listener = TcpListener::bind((ip, 0)).expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || serve(conn, &st, record));
+            }
+        });
+        RecordingUpstream { addr, state, record }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn count(&self) -> u64 {
+        self.state.count.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        assert!(self.record, "this upstream only counts");
+        self.state.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake accept()
+    }
+}
+
+fn serve(conn: TcpStream, st: &State, record: bool) {
+    let _ = conn.set_nodelay(true);
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut rd = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if rd.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+        let mut headers = Vec::new();
+        let mut size = line.len();
+        let mut content_length = 0usize;
+        loop {
+            let mut h = String::new();
+            if rd.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            size += h.len();
+            if size > MAX_HEAD {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+                if k == "content-length" {
+                    content_length = v.parse().unwrap_or(0);
+                }
+                headers.push((k, v));
+            }
+        }
+        let mut body = vec![0; content_length.min(1 << 20)];
+        if rd.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = format!("upstream {method} {path}\n");
+        if record {
+            st.requests.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded { method, path, headers });
+        }
+        st.count.fetch_add(1, Ordering::SeqCst);
+        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
