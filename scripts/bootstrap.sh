@@ -51,6 +51,9 @@ fi
 [[ "$route" != none ]] || die "no wasm32-wasip1 toolchain could be installed"
 log "wasm toolchain route: $route"
 
+# Binaryen's wasm-opt shrinks the filter (scripts/build.sh uses it if present).
+command -v wasm-opt >/dev/null 2>&1 || apt_install binaryen
+
 if ((want_bench)); then
   apt_install wrk valgrind
 fi

@@ -16,8 +16,9 @@ if [[ "$route" == none ]]; then
   route=$(wasm_route)
 fi
 
-out=target/filter/multicloud_filter.wasm
-mkdir -p target/filter
+tdir=${CARGO_TARGET_DIR:-target}
+out=$tdir/filter/multicloud_filter.wasm
+mkdir -p "$tdir/filter"
 case "$route" in
   rustup)
     cargo build --quiet --profile wasm --target wasm32-wasip1 -p multicloud-filter
@@ -30,7 +31,16 @@ case "$route" in
     ;;
   *) die "unknown wasm route '$route' (want rustup or debian)" ;;
 esac
-cp target/wasm32-wasip1/wasm/multicloud_filter.wasm "$out"
+if command -v wasm-opt >/dev/null 2>&1; then
+  # Binaryen's size pass: about a fifth smaller. The feature flags are those
+  # rustc enables by default for wasm32-wasip1, all supported by Envoy's V8.
+  wasm-opt -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
+    "$tdir/wasm32-wasip1/wasm/multicloud_filter.wasm" -o "$out"
+else
+  log "wasm-opt (Debian package binaryen) not found: shipping the unoptimized module"
+  cp "$tdir/wasm32-wasip1/wasm/multicloud_filter.wasm" "$out"
+fi
 log "filter: $out ($(stat -c %s "$out") bytes, route: $route)"
 
 if [[ "$what" == all ]]; then

@@ -258,3 +258,19 @@ fn a_bad_configuration_is_refused_and_the_old_documents_keep_serving() {
     assert_eq!(r.json()["networkName"], "network-13-renamed");
     assert!(gw.upstream.requests().is_empty());
 }
+
+#[test]
+fn without_a_valid_configuration_the_edge_fails_closed() {
+    let cluster = SimCluster(14);
+    // The very first configuration is invalid: there is nothing to fall back on.
+    let gw = Gateway::start(cluster, "{\"public\": {}}");
+    for path in [PUBLIC, SPIFFE, PRIVATE, "/metadata/other"] {
+        let r = http::get(&gw.url(path));
+        assert!(r.status >= 500, "{path}: a filter without configuration must not answer 2xx/4xx ({} {})", r.status, r.text());
+    }
+    let r = http::get(&gw.url("/app/ok"));
+    assert_eq!(r.status, 200, "other routes keep working");
+    let reached: Vec<String> = gw.upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(reached, vec!["/app/ok".to_string()], "no metadata request reached the upstream");
+    assert!(gw.envoy.log().contains("invalid multicloud edge configuration: not valid JSON for the edge configuration: missing field"));
+}

@@ -47,7 +47,7 @@ impl<'a> Reader<'a> {
         self.rest.first().copied()
     }
 
-    pub fn next(&mut self) -> Result<Tlv<'a>, DerError> {
+    pub fn read(&mut self) -> Result<Tlv<'a>, DerError> {
         let (&tag, rest) = self.rest.split_first().ok_or(DerError("truncated tag"))?;
         let (&first, mut rest) = rest.split_first().ok_or(DerError("truncated length"))?;
         let len = if first < 0x80 {
@@ -67,7 +67,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn expect(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], DerError> {
-        let tlv = self.next()?;
+        let tlv = self.read()?;
         if tlv.tag != tag {
             return Err(DerError(what));
         }
@@ -107,7 +107,7 @@ pub fn certificate_public_key(cert_der: &[u8]) -> Result<PublicKey, DerError> {
     cert.expect(TAG_BIT_STRING, "signature is not a BIT STRING")?;
     let mut tbs = Reader::new(tbs);
     if tbs.peek_tag() == Some(TAG_CONTEXT_0) {
-        tbs.next()?; // version
+        tbs.read()?; // version
     }
     tbs.expect(TAG_INTEGER, "serialNumber is not an INTEGER")?;
     tbs.expect(TAG_SEQUENCE, "signature algorithm is not a SEQUENCE")?;
@@ -177,9 +177,9 @@ mod tests {
 
     #[test]
     fn truncated_and_oversized_lengths_are_errors() {
-        assert!(Reader::new(&[0x30]).next().is_err());
-        assert!(Reader::new(&[0x30, 0x05, 0x00]).next().is_err());
-        assert!(Reader::new(&[0x30, 0x85, 1, 1, 1, 1, 1]).next().is_err());
+        assert!(Reader::new(&[0x30]).read().is_err());
+        assert!(Reader::new(&[0x30, 0x05, 0x00]).read().is_err());
+        assert!(Reader::new(&[0x30, 0x85, 1, 1, 1, 1, 1]).read().is_err());
         assert!(certificate_public_key(&[]).is_err());
         assert!(certificate_public_key(&[0x30, 0x00]).is_err());
     }

@@ -86,6 +86,6 @@ mod tests {
         assert_eq!(json["keys"][0]["use"], "x509-svid");
         assert_eq!(json["keys"][0]["x5c"][0], STANDARD.encode(c1.der()));
         assert_eq!(json["keys"][1]["kty"], "OKP");
-        assert_eq!(json["keys"][1]["x"], URL_SAFE_NO_PAD.encode(&k2.public_key_raw()));
+        assert_eq!(json["keys"][1]["x"], URL_SAFE_NO_PAD.encode(k2.public_key_raw()));
     }
 }

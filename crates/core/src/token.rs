@@ -187,7 +187,7 @@ struct RawClaims {
 #[derive(Deserialize)]
 struct Header {
     alg: Option<String>,
-    crit: Option<serde_json::Value>,
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 /// Signs `claims` as a compact JWS with header `{"alg":"EdDSA","typ":"JWT"}`.

@@ -1,0 +1,22 @@
+# The two commands the README starts with, and the rest.
+.PHONY: demo test build bench clean
+
+## demo: a local two-cluster demo on loopback (real Envoys, the real filter)
+demo:
+	scripts/demo.sh
+
+## test: the whole test suite (installs Envoy and the wasm toolchain if missing)
+test:
+	scripts/test.sh
+
+## build: the wasm32 filter and the native agent
+build:
+	scripts/bootstrap.sh
+	scripts/build.sh
+
+## bench: benchmarks against native Envoy baselines; writes BENCHMARKS.md
+bench:
+	scripts/bench.sh
+
+clean:
+	cargo clean

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs, builds the
+# filter for wasm32, runs lints on the filter crates, unit tests and the
+# end-to-end tests against real Envoy 1.40, then checks that no process was
+# left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+scripts/bootstrap.sh
+scripts/build.sh filter
+
+log "clippy (filter crates deny unwrap/expect/panic)"
+cargo clippy --quiet -p multicloud-core -p multicloud-filter --all-targets -- -D warnings
+
+log "tests"
+# One build shared by all test binaries; e2e tests start their Envoys in parallel.
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+status=${PIPESTATUS[0]}
+
+leftover=$(pgrep -af 'multicloud-(gateway|sidecar|agent)' | grep -v pgrep || true)
+if [[ -n "$leftover" ]]; then
+  printf 'error: processes left behind by the tests:\n%s\n' "$leftover" >&2
+  exit 1
+fi
+exit "$status"
