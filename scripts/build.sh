@@ -25,6 +25,14 @@ case "$route" in
     ;;
   debian)
     # Debian's rustc builds std for the target from rust-web-src; lld links.
+    # rust-lld comes from rust-web-llvm, only a Recommends of rustc-web (so
+    # absent after --no-install-recommends); lld-22's multiplexer does the same
+    # job (rustc passes it -flavor wasm).
+    if ! command -v rust-lld >/dev/null 2>&1; then
+      lld=$(ls /usr/lib/llvm-*/bin/lld 2>/dev/null | sort -V | tail -1 || true)
+      [[ -n "$lld" ]] || die "neither rust-lld nor /usr/lib/llvm-*/bin/lld found (apt-get install lld-22)"
+      export CARGO_TARGET_WASM32_WASIP1_LINKER=$lld
+    fi
     RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
       /usr/bin/cargo build --quiet --profile wasm --target wasm32-wasip1 \
       -Z build-std=std,panic_abort -p multicloud-filter

@@ -12,6 +12,7 @@
 //!   it, to prove what a filter let through (and what it did not).
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
 
+pub mod bench;
 pub mod envoy;
 pub mod fixtures;
 pub mod gateway;

@@ -106,10 +106,6 @@ struct EdgeRequest {
 
 impl Context for EdgeRequest {}
 
-fn header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
-}
-
 fn unix_now() -> i64 {
     hostcalls::get_current_time()
         .ok()
@@ -124,7 +120,11 @@ const UNAVAILABLE: &[u8] =
 
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let path = header(":path").unwrap_or_default();
+        // One host call for all headers: each crossing between Envoy and the
+        // VM costs far more than scanning a handful of headers here.
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let path = find(":path").unwrap_or_default();
         let Some(shared) = self.shared.as_deref() else {
             if path.starts_with(multicloud_core::edge::METADATA_PREFIX) {
                 let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
@@ -132,14 +132,11 @@ impl HttpContext for EdgeRequest {
             }
             return Action::Continue;
         };
-        let method = header(":method").unwrap_or_default();
-        let authorization = header("authorization");
-        let if_none_match = header("if-none-match");
         let req = Request {
-            method: &method,
-            path: &path,
-            authorization: authorization.as_deref(),
-            if_none_match: if_none_match.as_deref(),
+            method: find(":method").unwrap_or_default(),
+            path,
+            authorization: find("authorization"),
+            if_none_match: find("if-none-match"),
         };
         let outcome = match shared.cache.try_borrow_mut() {
             Ok(mut cache) => shared.edge.decide(&req, unix_now, &mut cache),
