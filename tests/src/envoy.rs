@@ -19,7 +19,7 @@ pub struct EnvoySpec {
     pub host: u8,
     pub bootstrap: String,
     /// Files to write into the Envoy's directory before start (relative path, contents).
-    pub files: Vec<(String, String)>,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 pub struct Envoy {
@@ -33,8 +33,7 @@ pub struct Envoy {
 
 impl Envoy {
     /// Starts an Envoy and waits until its admin API reports `LIVE`.
-    /// `{dir}` in the bootstrap and in files is replaced by the Envoy's
-    /// private directory.
+    /// `{dir}` in the bootstrap is replaced by the Envoy's private directory.
     pub fn start(spec: EnvoySpec) -> Envoy {
         let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
@@ -43,7 +42,7 @@ impl Envoy {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).expect("mkdir");
             }
-            std::fs::write(&p, contents.replace("{dir}", &d)).expect("write file");
+            std::fs::write(&p, contents).expect("write file");
         }
         let admin_ip = spec.cluster.ip(spec.host);
         let bootstrap = format!(

@@ -12,39 +12,26 @@
 use crate::envoy::{Envoy, EnvoySpec};
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, paths, wait_until, SimCluster};
+use multicloud_proto::edge_filter;
+use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub const FILTER_NAME: &str = "multicloud-edge";
+pub use multicloud_proto::edge_filter::FILTER_NAME;
 
-/// The ECDS resource carrying the filter's configuration (JSON text).
-pub fn ecds_resource(config_json: &str) -> serde_json::Value {
-    serde_json::json!({
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": FILTER_NAME,
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": FILTER_NAME,
-                    "root_id": FILTER_NAME,
-                    "fail_open": false,
-                    "vm_config": {
-                        "vm_id": FILTER_NAME,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": paths::filter_wasm().display().to_string()}}
-                    },
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": config_json
-                    }
-                }
-            }
-        }]
-    })
+/// The ECDS file Envoy watches: a binary `DiscoveryResponse` holding the
+/// very resource the agent serves over ADS (`multicloud_proto::edge_filter`).
+pub fn ecds_file(config_json: &str, version: &str) -> Vec<u8> {
+    let wasm = paths::filter_wasm().display().to_string();
+    multicloud_proto::discovery_response(
+        edge_filter::EXTENSION_CONFIG_TYPE_URL,
+        version,
+        vec![edge_filter::resource(&wasm, config_json)],
+    )
+    .encode_to_vec()
 }
 
-/// The HTTP filter entry for the edge filter, delivered by ECDS from `{dir}/ecds/edge.json`.
+/// The HTTP filter entry for the edge filter, delivered by ECDS from `{dir}/ecds/edge.pb`.
 pub fn edge_http_filter_yaml() -> String {
     format!(
         r#"          - name: {FILTER_NAME}
@@ -52,7 +39,7 @@ pub fn edge_http_filter_yaml() -> String {
             config_discovery:
               config_source:
                 resource_api_version: V3
-                path_config_source: {{path: "{{dir}}/ecds/edge.json", watched_directory: {{path: "{{dir}}/ecds"}}}}
+                path_config_source: {{path: "{{dir}}/ecds/edge.pb", watched_directory: {{path: "{{dir}}/ecds"}}}}
               type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
 "#
     )
@@ -123,7 +110,7 @@ impl Gateway {
             cluster,
             host: hosts::GATEWAY,
             bootstrap,
-            files: vec![("ecds/edge.json".into(), ecds_resource(initial_config_json).to_string())],
+            files: vec![("ecds/edge.pb".into(), ecds_file(initial_config_json, "1"))],
         }
     }
 
@@ -148,9 +135,10 @@ impl Gateway {
         // tell the outcome.
         let (ok, rejected) = (self.ecds_stat("update_success"), self.ecds_stat("update_rejected"));
         let dir = self.envoy.dir().join("ecds");
-        let tmp = dir.join(".edge.json.tmp");
-        std::fs::write(&tmp, ecds_resource(config_json).to_string()).expect("write ecds");
-        std::fs::rename(&tmp, dir.join("edge.json")).expect("rename ecds");
+        let tmp = dir.join(".edge.pb.tmp");
+        let version = (ok + rejected + 2).to_string();
+        std::fs::write(&tmp, ecds_file(config_json, &version)).expect("write ecds");
+        std::fs::rename(&tmp, dir.join("edge.pb")).expect("rename ecds");
         wait_until("the gateway to apply or reject the pushed configuration", Duration::from_secs(30), || {
             let (o, r) = (self.ecds_stat("update_success"), self.ecds_stat("update_rejected"));
             if o > ok {

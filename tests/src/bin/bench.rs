@@ -9,7 +9,7 @@ use base64::Engine as _;
 use multicloud_e2e::bench::{interleave, median, wrk, write_section, Load, Sample};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::{edge_config, sample_private, unix_now, ClusterIdentity};
-use multicloud_e2e::gateway::{ecds_resource, edge_http_filter_yaml, enable_edge_filter_yaml};
+use multicloud_e2e::gateway::{ecds_file, edge_http_filter_yaml, enable_edge_filter_yaml};
 use multicloud_e2e::{hosts, http, paths, SimCluster};
 
 fn main() {
@@ -125,7 +125,7 @@ fn edge() {
         cluster,
         host: hosts::GATEWAY,
         bootstrap,
-        files: vec![("ecds/edge.json".into(), ecds_resource(&serde_json::to_string(&config).unwrap()).to_string())],
+        files: vec![("ecds/edge.pb".into(), ecds_file(&serde_json::to_string(&config).unwrap(), "1"))],
     });
     let (edge_l, plain_l, jwt_l, jwtc_l) =
         (envoy.listener("edge"), envoy.listener("plain"), envoy.listener("jwt"), envoy.listener("jwt_cached"));
