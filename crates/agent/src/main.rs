@@ -1,6 +1,6 @@
 //! `multicloud-agent`: the node-local agent's command line.
 
-mod keys;
+use multicloud_agent::{crd, keys};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -21,6 +21,8 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Print the IstioMulticloud CRD (YAML), as deploy/ carries it.
+    Crd,
     /// Mint a federation token signed with the key at PATH.
     Token {
         #[arg(long)]
@@ -47,6 +49,7 @@ fn main() -> Result<()> {
             let k = keys::load_or_generate(&key)?;
             print!("{}", multicloud_core::pem::ed25519_public_key_to_pem(&k.verifying_key()));
         }
+        Command::Crd => print!("{}", crd::crd_yaml()),
         Command::Token { key, sub, aud, scope, ttl } => {
             let scope = Scope::parse(&scope).with_context(|| format!("unknown scope {scope:?}: use private-multicluster or api"))?;
             for (name, v) in [("--sub", &sub), ("--aud", &aud)] {

@@ -10,6 +10,7 @@ use crate::pem::{self, CertBundle};
 
 /// `GET /metadata/public/public.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PublicMetadata {
     #[serde(rename = "clusterUUID")]
     pub cluster_uuid: String,
@@ -23,6 +24,7 @@ pub struct PublicMetadata {
 
 /// `GET /metadata/private/multicluster.json` (bearer token required).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateMetadata {
     pub ingress_gateways: Vec<IngressGateway>,
@@ -35,6 +37,7 @@ pub struct PrivateMetadata {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct IngressGateway {
     pub address: String,
     pub port: u16,
@@ -42,6 +45,7 @@ pub struct IngressGateway {
 
 /// A Service this cluster exports to its peers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ExportedService {
     /// `name.namespace.svc.<cluster domain>`.
@@ -53,6 +57,7 @@ pub struct ExportedService {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ServicePort {
     pub name: String,
     pub port: u16,

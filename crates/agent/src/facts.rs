@@ -1,0 +1,43 @@
+//! What this cluster publishes about itself, whichever source it comes from
+//! (Kubernetes objects, or the standalone file), and the documents and
+//! filter configuration the agent assembles from it.
+
+use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, PublicMetadata};
+use serde::{Deserialize, Serialize};
+
+/// This cluster's facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalFacts {
+    /// The cluster UUID (the kube-system namespace UID in Kubernetes).
+    #[serde(rename = "clusterUUID")]
+    pub cluster_uuid: String,
+    /// PEM bundle of the Istio root CA(s).
+    #[serde(rename = "rootCA")]
+    pub root_ca: String,
+    /// Where peers reach this cluster's ingress gateway (mesh port).
+    #[serde(default)]
+    pub ingress_gateways: Vec<IngressGateway>,
+    /// The API proxy's host[:port], without scheme; empty if not offered.
+    #[serde(default)]
+    pub api_host: String,
+    pub network_name: String,
+    /// Services exported to peers.
+    #[serde(default)]
+    pub services: Vec<ExportedService>,
+}
+
+impl LocalFacts {
+    pub fn public_document(&self, authn_key_pub_pem: String) -> PublicMetadata {
+        PublicMetadata { cluster_uuid: self.cluster_uuid.clone(), root_ca: self.root_ca.clone(), authn_key_pub: authn_key_pub_pem }
+    }
+
+    pub fn private_document(&self) -> PrivateMetadata {
+        PrivateMetadata {
+            ingress_gateways: self.ingress_gateways.clone(),
+            api_host: self.api_host.clone(),
+            network_name: self.network_name.clone(),
+            services: self.services.clone(),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The node-local agent: watches `IstioMulticloud` objects and local facts,
+//! exchanges metadata with remote clusters, and configures the local proxies.
+
+pub mod crd;
+pub mod facts;
+pub mod keys;
+pub mod source;
