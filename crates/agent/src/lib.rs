@@ -2,6 +2,8 @@
 //! exchanges metadata with remote clusters, and configures the local proxies.
 
 pub mod crd;
+pub mod exchange;
 pub mod facts;
 pub mod keys;
+pub mod kube_mode;
 pub mod source;
