@@ -1,9 +1,14 @@
 //! The node-local agent: watches `IstioMulticloud` objects and local facts,
 //! exchanges metadata with remote clusters, and configures the local proxies.
 
+pub mod admin;
 pub mod crd;
+pub mod edge_file;
 pub mod exchange;
 pub mod facts;
 pub mod keys;
 pub mod kube_mode;
+pub mod metrics;
+pub mod reconcile;
 pub mod source;
+pub mod standalone;

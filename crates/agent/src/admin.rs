@@ -1,0 +1,86 @@
+//! The agent's HTTP port: `/healthz` (the process runs), `/readyz` (state
+//! loaded and the edge configured), `/metrics` (Prometheus text) and
+//! `/status` (every object's status, JSON). A deliberately small HTTP/1.1
+//! responder: GET only, bounded request head, one request per connection.
+
+use crate::metrics::Metrics;
+use crate::standalone::StatusBoard;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<StatusBoard>,
+    pub ready: AtomicBool,
+    pub source_error: Arc<Mutex<Option<String>>>,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            // Read until the end of the request head, within 8 KiB and 5 s.
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match conn.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, ctype, body) = route(method, path, &state);
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static str, String) {
+    if method != "GET" {
+        return ("405 Method Not Allowed", "text/plain", "GET only\n".into());
+    }
+    match path.split('?').next().unwrap_or("") {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if let Some(e) = s.source_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                if !s.ready.load(Ordering::SeqCst) {
+                    return ("503 Service Unavailable", "text/plain", format!("not ready: {e}\n"));
+                }
+            }
+            if s.ready.load(Ordering::SeqCst) {
+                ("200 OK", "text/plain", "ready\n".into())
+            } else {
+                ("503 Service Unavailable", "text/plain", "not ready: the edge configuration has not been written yet\n".into())
+            }
+        }
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", s.metrics.render()),
+        "/status" => {
+            let mut v = serde_json::to_value(s.board.snapshot()).unwrap_or_default();
+            if let Some(e) = s.source_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                v["sourceError"] = serde_json::Value::String(e);
+            }
+            ("200 OK", "application/json", v.to_string())
+        }
+        _ => ("404 Not Found", "text/plain", "try /healthz, /readyz, /metrics or /status\n".into()),
+    }
+}

@@ -1,0 +1,41 @@
+//! Hands the edge configuration to the gateway as an ECDS file: a binary
+//! `DiscoveryResponse` with the filter's `TypedExtensionConfig`, written
+//! atomically where the gateway's Envoy watches it (`path_config_source`).
+//! The same resource is what the xDS server serves over ADS.
+
+use crate::reconcile::EdgeSink;
+use crate::source::BoxFuture;
+use multicloud_core::edge::EdgeConfig;
+use multicloud_proto::edge_filter;
+use multicloud_proto::prost::Message as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct EcdsFile {
+    pub path: PathBuf,
+    /// Where the gateway finds the filter module.
+    pub wasm_path: String,
+    version: AtomicU64,
+}
+
+impl EcdsFile {
+    pub fn new(path: PathBuf, wasm_path: String) -> Self {
+        EcdsFile { path, wasm_path, version: AtomicU64::new(0) }
+    }
+}
+
+impl EdgeSink for EcdsFile {
+    fn apply<'a>(&'a self, config: &'a EdgeConfig) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(config)?;
+            let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+            let resp = multicloud_proto::discovery_response(
+                edge_filter::EXTENSION_CONFIG_TYPE_URL,
+                &version.to_string(),
+                vec![edge_filter::resource(&self.wasm_path, &json)],
+            );
+            crate::standalone::write_atomically(&self.path, &resp.encode_to_vec())?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! The agent's Prometheus metrics, rendered in the text exposition format on
+//! `/metrics`. The table in docs/agent.md lists exactly these; a test keeps
+//! the two in step.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Every metric the agent exports: name, type, help.
+pub const METRICS: &[(&str, &str, &str)] = &[
+    ("multicloud_agent_fetch_total", "counter", "Metadata fetches by peer, document (public, private) and result (ok or a failure reason)."),
+    ("multicloud_agent_last_success_timestamp_seconds", "gauge", "Unix time of the last successful fetch, by peer and document."),
+    ("multicloud_agent_document_age_seconds", "gauge", "Age of the last good document held, by peer and document."),
+    ("multicloud_agent_peer_ready", "gauge", "1 when the peer's last exchange succeeded (Ready=True), else 0."),
+    ("multicloud_agent_edge_render_errors_total", "counter", "Edge configurations not handed to the filter because they did not validate."),
+];
+
+#[derive(Default)]
+struct State {
+    fetch: BTreeMap<(String, String, String), u64>,
+    last_success: BTreeMap<(String, String), f64>,
+    ready: BTreeMap<String, bool>,
+    render_errors: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    state: Mutex<State>,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn fetch(&self, peer: &str, doc: &str, result: &str) {
+        *self.lock().fetch.entry((peer.into(), doc.into(), result.into())).or_default() += 1;
+    }
+
+    pub fn success(&self, peer: &str, doc: &str, at: SystemTime) {
+        let t = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        self.lock().last_success.insert((peer.into(), doc.into()), t);
+    }
+
+    pub fn ready(&self, peer: &str, ready: bool) {
+        self.lock().ready.insert(peer.into(), ready);
+    }
+
+    pub fn edge_render_error(&self) {
+        self.lock().render_errors += 1;
+    }
+
+    /// Drops every series of a removed peer.
+    pub fn forget(&self, peer: &str) {
+        let mut s = self.lock();
+        s.fetch.retain(|k, _| k.0 != peer);
+        s.last_success.retain(|k, _| k.0 != peer);
+        s.ready.remove(peer);
+    }
+
+    pub fn render(&self) -> String {
+        let s = self.lock();
+        let now = now_secs();
+        let mut out = String::new();
+        for (name, kind, help) in METRICS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            match *name {
+                "multicloud_agent_fetch_total" => {
+                    for ((p, d, r), v) in &s.fetch {
+                        let _ = writeln!(out, "{name}{{peer=\"{}\",document=\"{}\",result=\"{}\"}} {v}", esc(p), esc(d), esc(r));
+                    }
+                }
+                "multicloud_agent_last_success_timestamp_seconds" => {
+                    for ((p, d), v) in &s.last_success {
+                        let _ = writeln!(out, "{name}{{peer=\"{}\",document=\"{}\"}} {v:.3}", esc(p), esc(d));
+                    }
+                }
+                "multicloud_agent_document_age_seconds" => {
+                    for ((p, d), v) in &s.last_success {
+                        let _ = writeln!(out, "{name}{{peer=\"{}\",document=\"{}\"}} {:.3}", esc(p), esc(d), (now - v).max(0.0));
+                    }
+                }
+                "multicloud_agent_peer_ready" => {
+                    for (p, v) in &s.ready {
+                        let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", esc(p), u8::from(*v));
+                    }
+                }
+                "multicloud_agent_edge_render_errors_total" => {
+                    let _ = writeln!(out, "{name} {}", s.render_errors);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

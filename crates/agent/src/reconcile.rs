@@ -1,0 +1,373 @@
+//! The reconciler: one loop that owns every peer's state.
+//!
+//! For each `IstioMulticloud` object it fetches the remote's public document,
+//! pins the remote's UUID, then fetches the private document with a token
+//! minted for that remote. Results come back to the loop, which updates the
+//! object's conditions and last-good cache, publishes the status, and
+//! re-renders the edge filter's configuration (this cluster's documents plus
+//! every peer whose public document it holds). A failing remote keeps its
+//! last good metadata: its peer entry stays in the filter, its conditions
+//! say why it is stale. Failures back off with jitter; healthy peers refresh
+//! steadily.
+
+use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::source::{BoxFuture, Desired, StatusSink};
+use ed25519_dalek::SigningKey;
+use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
+use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
+use multicloud_core::token::Scope;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Why a fetch failed, in the words conditions and metrics use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFailure {
+    /// CamelCase condition reason.
+    pub reason: String,
+    /// snake_case metric label.
+    pub label: String,
+    pub message: String,
+}
+
+/// Talks to one remote's metadata endpoint (HTTPS in production, a fake in
+/// unit tests).
+pub trait MetadataClient: Send + Sync {
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>>;
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>>;
+}
+
+/// Builds a client for a spec (fails for a spec that cannot work, e.g. an
+/// `http://` endpoint).
+pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchFailure> + Send + Sync>;
+
+/// Receives every new, validated edge configuration.
+pub trait EdgeSink: Send + Sync {
+    fn apply<'a>(&'a self, config: &'a EdgeConfig) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Timing knobs (shortened in tests).
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub refresh: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How long a token for the private document lives.
+    pub token_ttl_secs: i64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { refresh: Duration::from_secs(30), backoff_base: Duration::from_secs(1), backoff_cap: Duration::from_secs(300), token_ttl_secs: 60 }
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+struct Peer {
+    spec: IstioMulticloudSpec,
+    generation: Option<i64>,
+    client: Result<Arc<dyn MetadataClient>, FetchFailure>,
+    status: IstioMulticloudStatus,
+    /// The remote's public document and key, last good.
+    public: Option<ValidPublic>,
+    failures: u32,
+    next_due: Instant,
+    in_flight: bool,
+    /// Bumped on spec changes, so a late result of an old spec is dropped.
+    epoch: u64,
+}
+
+struct Outcome {
+    name: String,
+    epoch: u64,
+    public: Result<ValidPublic, FetchFailure>,
+    private: Option<Result<PrivateMetadata, FetchFailure>>,
+    at: SystemTime,
+}
+
+pub struct Reconciler {
+    pub key: SigningKey,
+    pub factory: ClientFactory,
+    pub status: Arc<dyn StatusSink>,
+    pub edge: Arc<dyn EdgeSink>,
+    pub metrics: Arc<Metrics>,
+    pub timing: Timing,
+    pub spiffe: SpiffeSettings,
+}
+
+impl Reconciler {
+    /// Runs until `desired` closes.
+    pub async fn run(self, mut desired: watch::Receiver<Option<Desired>>) {
+        let (tx, mut rx) = mpsc::channel::<Outcome>(64);
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        let mut facts = None;
+        let mut last_edge: Option<EdgeConfig> = None;
+        let mut changed = true;
+        loop {
+            if changed {
+                if let Some(d) = desired.borrow_and_update().clone() {
+                    self.apply_desired(&mut peers, &d);
+                    facts = Some(d.facts);
+                }
+                changed = false;
+            }
+            if let Some(f) = &facts {
+                self.render_edge(f, &peers, &mut last_edge).await;
+            }
+            let now = Instant::now();
+            for (name, p) in peers.iter_mut() {
+                if let (false, true, Some(f)) = (p.in_flight, p.next_due <= now, &facts) {
+                    p.in_flight = true;
+                    self.spawn_fetch(name.clone(), p, &f.cluster_uuid, tx.clone());
+                }
+            }
+            let next = peers.values().filter(|p| !p.in_flight).map(|p| p.next_due).min();
+            tokio::select! {
+                r = desired.changed() => {
+                    if r.is_err() { return; }
+                    changed = true;
+                }
+                Some(outcome) = rx.recv() => {
+                    let name = outcome.name.clone();
+                    if let Some(p) = peers.get_mut(&name) {
+                        if p.epoch == outcome.epoch {
+                            self.absorb(&name, p, outcome).await;
+                        } else {
+                            p.in_flight = false;
+                        }
+                    }
+                }
+                _ = sleep_until(next) => {}
+            }
+        }
+    }
+
+    fn apply_desired(&self, peers: &mut BTreeMap<String, Peer>, d: &Desired) {
+        peers.retain(|name, _| {
+            let keep = d.peers.contains_key(name);
+            if !keep {
+                tracing::info!(object = %name, "IstioMulticloud object removed: the peer leaves the edge configuration");
+                self.metrics.forget(name);
+            }
+            keep
+        });
+        for (name, want) in &d.peers {
+            match peers.get_mut(name) {
+                Some(p) if p.spec == want.spec => p.generation = want.generation,
+                Some(p) => {
+                    tracing::info!(object = %name, "spec changed: fetching again");
+                    p.spec = want.spec.clone();
+                    p.generation = want.generation;
+                    p.client = (self.factory)(&want.spec);
+                    p.next_due = Instant::now();
+                    p.failures = 0;
+                    p.epoch += 1;
+                    p.in_flight = false;
+                }
+                None => {
+                    tracing::info!(object = %name, endpoint = %want.spec.metadata_endpoint, "new IstioMulticloud object");
+                    peers.insert(
+                        name.clone(),
+                        Peer {
+                            spec: want.spec.clone(),
+                            generation: want.generation,
+                            client: (self.factory)(&want.spec),
+                            status: IstioMulticloudStatus::default(),
+                            public: None,
+                            failures: 0,
+                            next_due: Instant::now(),
+                            in_flight: false,
+                            epoch: 0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn spawn_fetch(&self, name: String, p: &Peer, local_uuid: &str, tx: mpsc::Sender<Outcome>) {
+        let client = p.client.clone();
+        let epoch = p.epoch;
+        let key = self.key.clone();
+        let local_uuid = local_uuid.to_string();
+        let ttl = self.timing.token_ttl_secs;
+        let pinned = p.status.remote_cluster_uuid.clone();
+        let known_public = p.public.clone();
+        tokio::spawn(async move {
+            let client = match client {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Outcome { name, epoch, public: Err(e), private: None, at: SystemTime::now() }).await;
+                    return;
+                }
+            };
+            let public = client.fetch_public().await;
+            // The private document needs the remote's UUID: from this fetch if
+            // it agrees with the pin, else from the last good copy.
+            let remote_uuid = match (&public, &pinned) {
+                (Ok(p), Some(pin)) if !p.doc.cluster_uuid.eq_ignore_ascii_case(pin) => Some(pin.clone()),
+                (Ok(p), _) => Some(p.doc.cluster_uuid.clone()),
+                (Err(_), _) => known_public.map(|p| p.doc.cluster_uuid),
+            };
+            let private = match remote_uuid {
+                Some(remote) => {
+                    let now = unix(SystemTime::now());
+                    let token = keys::mint(&key, &local_uuid, &remote, Scope::PrivateMulticluster, now, ttl);
+                    Some(client.fetch_private(&token).await)
+                }
+                None => None,
+            };
+            let _ = tx.send(Outcome { name, epoch, public, private, at: SystemTime::now() }).await;
+        });
+    }
+
+    async fn absorb(&self, name: &str, p: &mut Peer, o: Outcome) {
+        p.in_flight = false;
+        let now = rfc3339(o.at);
+        let gen = p.generation;
+        let st = &mut p.status;
+        st.observed_generation = gen;
+        let mut cache = st.metadata_cache.take().unwrap_or_default();
+        let mut public_ok = false;
+        match o.public {
+            Ok(doc) => {
+                let uuid = doc.doc.cluster_uuid.to_ascii_lowercase();
+                match &st.remote_cluster_uuid {
+                    Some(pin) if *pin != uuid => {
+                        self.metrics.fetch(name, "public", "uuid_changed");
+                        tracing::error!(object = %name, pinned = %pin, offered = %uuid, "remote cluster UUID changed: refused, keeping the last good metadata");
+                        st.set_condition(
+                            condition::PUBLIC,
+                            Some(false),
+                            "RemoteUUIDChanged",
+                            format!("{} now reports cluster UUID {uuid}, but this object is pinned to {pin}; if the remote really was rebuilt, delete and recreate this IstioMulticloud object", p.spec.metadata_endpoint),
+                            &now,
+                            gen,
+                        );
+                    }
+                    _ => {
+                        self.metrics.fetch(name, "public", "ok");
+                        self.metrics.success(name, "public", o.at);
+                        st.remote_cluster_uuid = Some(uuid);
+                        cache.public = Some(CachedPublic { document: doc.doc.clone(), fetched_at: now.clone() });
+                        p.public = Some(doc);
+                        public_ok = true;
+                        st.set_condition(condition::PUBLIC, Some(true), "Fetched", format!("public metadata fetched from {}", p.spec.metadata_endpoint), &now, gen);
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.fetch(name, "public", &e.label);
+                tracing::warn!(object = %name, reason = %e.reason, "public metadata fetch failed: {}", e.message);
+                let stale = cache.public.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
+                st.set_condition(condition::PUBLIC, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
+            }
+        }
+        let mut private_ok = false;
+        match o.private {
+            Some(Ok(doc)) => {
+                self.metrics.fetch(name, "private", "ok");
+                self.metrics.success(name, "private", o.at);
+                cache.private = Some(CachedPrivate { document: doc, fetched_at: now.clone() });
+                private_ok = true;
+                st.set_condition(condition::PRIVATE, Some(true), "Fetched", "private metadata fetched with a federation token".into(), &now, gen);
+            }
+            Some(Err(e)) => {
+                self.metrics.fetch(name, "private", &e.label);
+                tracing::warn!(object = %name, reason = %e.reason, "private metadata fetch failed: {}", e.message);
+                let stale = cache.private.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
+                st.set_condition(condition::PRIVATE, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
+            }
+            None => {
+                st.set_condition(condition::PRIVATE, None, "WaitingForPublicMetadata", "the private document needs the remote's public metadata first".into(), &now, gen);
+            }
+        }
+        st.metadata_cache = Some(cache);
+        if public_ok && private_ok {
+            st.set_condition(condition::READY, Some(true), "Federated", "public and private metadata are current".into(), &now, gen);
+            p.failures = 0;
+            p.next_due = Instant::now() + jitter(self.timing.refresh, 0.1);
+        } else {
+            let failing = [condition::PUBLIC, condition::PRIVATE]
+                .iter()
+                .filter_map(|t| st.condition(t))
+                .find(|c| c.status != "True")
+                .map(|c| (c.reason.clone(), c.message.clone()))
+                .unwrap_or_else(|| ("Pending".into(), "exchange in progress".into()));
+            st.set_condition(condition::READY, Some(false), &failing.0, failing.1, &now, gen);
+            p.failures = p.failures.saturating_add(1);
+            p.next_due = Instant::now() + backoff(self.timing.backoff_base, self.timing.backoff_cap, p.failures);
+        }
+        self.metrics.ready(name, public_ok && private_ok);
+        if let Err(e) = self.status.publish(name, st).await {
+            tracing::warn!(object = %name, "cannot publish status: {e:#}");
+        }
+    }
+
+    async fn render_edge(&self, facts: &crate::facts::LocalFacts, peers: &BTreeMap<String, Peer>, last: &mut Option<EdgeConfig>) {
+        let mut peer_keys: Vec<PeerKey> = peers
+            .values()
+            .filter_map(|p| p.public.as_ref())
+            .map(|v| PeerKey { cluster_uuid: v.doc.cluster_uuid.clone(), authn_key_pub: v.doc.authn_key_pub.clone() })
+            .collect();
+        peer_keys.sort_by(|a, b| a.cluster_uuid.cmp(&b.cluster_uuid));
+        peer_keys.dedup_by(|a, b| a.cluster_uuid.eq_ignore_ascii_case(&b.cluster_uuid));
+        let config = EdgeConfig {
+            public: facts.public_document(multicloud_core::pem::ed25519_public_key_to_pem(&self.key.verifying_key())),
+            private: facts.private_document(),
+            peers: peer_keys,
+            spiffe: self.spiffe.clone(),
+            max_token_lifetime_seconds: 600,
+            public_max_age_seconds: 60,
+        };
+        if last.as_ref() == Some(&config) {
+            return;
+        }
+        // Never hand the filter a configuration it would refuse.
+        if let Err(e) = Edge::compile(config.clone()) {
+            tracing::error!("local facts do not make a valid edge configuration, keeping the previous one: {e}");
+            self.metrics.edge_render_error();
+            return;
+        }
+        match self.edge.apply(&config).await {
+            Ok(()) => {
+                tracing::info!(peers = config.peers.len(), "edge configuration updated");
+                *last = Some(config);
+            }
+            Err(e) => tracing::error!("cannot apply the edge configuration: {e:#}"),
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// `d` ± `frac`.
+fn jitter(d: Duration, frac: f64) -> Duration {
+    let f = 1.0 + frac * (2.0 * rand::random::<f64>() - 1.0);
+    d.mul_f64(f.max(0.0))
+}
+
+/// Exponential backoff with full jitter, capped.
+pub fn backoff(base: Duration, cap: Duration, failures: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.min(20).saturating_sub(1)).min(cap);
+    exp.mul_f64(0.5 + 0.5 * rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests;

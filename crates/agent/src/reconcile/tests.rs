@@ -1,0 +1,232 @@
+//! The reconciler against a fake remote (no network): conditions, the UUID
+//! pin, last-good caching and the peers handed to the edge filter.
+
+use super::*;
+use crate::crd::IstioMulticloudSpec;
+use crate::facts::LocalFacts;
+use crate::source::DesiredPeer;
+use multicloud_core::metadata::{IngressGateway, PublicMetadata};
+use std::sync::Mutex;
+
+const LOCAL: &str = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
+const REMOTE: &str = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b";
+
+fn root_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.self_signed(&key).unwrap().pem()
+}
+
+fn public_doc(uuid: &str) -> ValidPublic {
+    let key = SigningKey::from_bytes(&[5; 32]);
+    PublicMetadata { cluster_uuid: uuid.into(), root_ca: root_pem(), authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key()) }
+        .validate()
+        .unwrap()
+}
+
+fn private_doc() -> PrivateMetadata {
+    PrivateMetadata {
+        ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
+        api_host: String::new(),
+        network_name: "net-b".into(),
+        services: vec![],
+    }
+}
+
+/// What the fake remote answers next.
+#[derive(Clone)]
+enum Remote {
+    Up(ValidPublic),
+    Down,
+}
+
+struct Fake(Arc<Mutex<Remote>>, Arc<Mutex<Vec<String>>>);
+
+fn down() -> FetchFailure {
+    FetchFailure { reason: "ConnectFailed".into(), label: "connect_failed".into(), message: "connection refused".into() }
+}
+
+impl MetadataClient for Fake {
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>> {
+        let r = self.0.lock().unwrap().clone();
+        Box::pin(async move {
+            match r {
+                Remote::Up(p) => Ok(p),
+                Remote::Down => Err(down()),
+            }
+        })
+    }
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>> {
+        self.1.lock().unwrap().push(token.to_string());
+        let r = self.0.lock().unwrap().clone();
+        Box::pin(async move {
+            match r {
+                Remote::Up(_) => Ok(private_doc()),
+                Remote::Down => Err(down()),
+            }
+        })
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    statuses: Mutex<Vec<(String, IstioMulticloudStatus)>>,
+    edges: Mutex<Vec<EdgeConfig>>,
+}
+
+impl StatusSink for Recorder {
+    fn publish<'a>(&'a self, name: &'a str, status: &'a IstioMulticloudStatus) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.statuses.lock().unwrap().push((name.into(), status.clone()));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl EdgeSink for Recorder {
+    fn apply<'a>(&'a self, config: &'a EdgeConfig) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.edges.lock().unwrap().push(config.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn desired(names: &[&str]) -> Desired {
+    Desired {
+        peers: names
+            .iter()
+            .map(|n| {
+                let spec = IstioMulticloudSpec { metadata_endpoint: format!("https://{n}.example/metadata"), metadata: None, enable_ingress_gateway: true };
+                (n.to_string(), DesiredPeer { spec, generation: Some(3) })
+            })
+            .collect(),
+        facts: LocalFacts {
+            cluster_uuid: LOCAL.into(),
+            root_ca: root_pem(),
+            ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
+            api_host: String::new(),
+            network_name: "net-a".into(),
+            services: vec![],
+        },
+    }
+}
+
+struct Bed {
+    remote: Arc<Mutex<Remote>>,
+    tokens: Arc<Mutex<Vec<String>>>,
+    rec: Arc<Recorder>,
+    tx: watch::Sender<Option<Desired>>,
+}
+
+fn start() -> Bed {
+    let remote = Arc::new(Mutex::new(Remote::Up(public_doc(REMOTE))));
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let rec = Arc::new(Recorder::default());
+    let (r2, t2) = (remote.clone(), tokens.clone());
+    let factory: ClientFactory = Arc::new(move |_spec: &IstioMulticloudSpec| Ok(Arc::new(Fake(r2.clone(), t2.clone())) as Arc<dyn MetadataClient>));
+    let (tx, rx) = watch::channel(Some(desired(&["cluster-b"])));
+    let r = Reconciler {
+        key: SigningKey::from_bytes(&[1; 32]),
+        factory,
+        status: rec.clone(),
+        edge: rec.clone(),
+        metrics: Arc::new(Metrics::default()),
+        timing: Timing { refresh: Duration::from_millis(50), backoff_base: Duration::from_millis(20), backoff_cap: Duration::from_millis(100), token_ttl_secs: 60 },
+        spiffe: SpiffeSettings::default(),
+    };
+    tokio::spawn(r.run(rx));
+    Bed { remote, tokens, rec, tx }
+}
+
+impl Bed {
+    async fn wait_status(&self, what: &str, f: impl Fn(&IstioMulticloudStatus) -> bool) -> IstioMulticloudStatus {
+        for _ in 0..400 {
+            if let Some((_, s)) = self.rec.statuses.lock().unwrap().iter().rev().find(|(n, _)| n == "cluster-b") {
+                if f(s) {
+                    return s.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("status never showed {what}: {:#?}", self.rec.statuses.lock().unwrap().last());
+    }
+
+    fn last_edge(&self) -> EdgeConfig {
+        self.rec.edges.lock().unwrap().last().cloned().expect("an edge configuration")
+    }
+}
+
+fn cond<'a>(s: &'a IstioMulticloudStatus, t: &str) -> &'a crate::crd::Condition {
+    s.condition(t).unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+#[tokio::test]
+async fn a_reachable_remote_becomes_ready_and_joins_the_edge() {
+    let bed = start();
+    let s = bed.wait_status("Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    assert_eq!(s.remote_cluster_uuid.as_deref(), Some(REMOTE));
+    assert_eq!(s.observed_generation, Some(3));
+    let cache = s.metadata_cache.unwrap();
+    assert_eq!(cache.public.unwrap().document.cluster_uuid, REMOTE);
+    assert_eq!(cache.private.unwrap().document.network_name, "net-b");
+    assert_eq!(bed.last_edge().peers.len(), 1);
+    assert_eq!(bed.last_edge().peers[0].cluster_uuid, REMOTE);
+    // The token presented for the private document: ours, for that remote, that scope.
+    let token = bed.tokens.lock().unwrap().last().cloned().unwrap();
+    let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let v = multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), key))).unwrap();
+    assert_eq!(v.scope, Some(Scope::PrivateMulticluster));
+}
+
+#[tokio::test]
+async fn a_failing_remote_keeps_its_last_good_metadata_and_says_why() {
+    let bed = start();
+    let ready = bed.wait_status("Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    let fetched_at = ready.metadata_cache.as_ref().unwrap().public.as_ref().unwrap().fetched_at.clone();
+    *bed.remote.lock().unwrap() = Remote::Down;
+    let s = bed.wait_status("Ready=False", |s| s.condition(condition::READY).is_some_and(|c| c.status == "False")).await;
+    assert_eq!(cond(&s, condition::READY).reason, "ConnectFailed");
+    assert!(cond(&s, condition::PUBLIC).message.contains("serving the last good copy"), "{:?}", cond(&s, condition::PUBLIC));
+    let cache = s.metadata_cache.as_ref().unwrap();
+    assert_eq!(cache.public.as_ref().unwrap().fetched_at, fetched_at, "last good copy kept as it was");
+    assert!(cache.private.is_some());
+    assert_eq!(bed.last_edge().peers.len(), 1, "the peer stays in the edge while its remote is down");
+    // And it comes back by itself.
+    *bed.remote.lock().unwrap() = Remote::Up(public_doc(REMOTE));
+    bed.wait_status("Ready=True again", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+}
+
+#[tokio::test]
+async fn a_changed_remote_uuid_is_refused_and_reported() {
+    let bed = start();
+    bed.wait_status("Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    let impostor = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a00ff";
+    *bed.remote.lock().unwrap() = Remote::Up(public_doc(impostor));
+    let s = bed.wait_status("RemoteUUIDChanged", |s| s.condition(condition::PUBLIC).is_some_and(|c| c.reason == "RemoteUUIDChanged")).await;
+    assert_eq!(s.remote_cluster_uuid.as_deref(), Some(REMOTE), "the pin stays");
+    assert_eq!(s.metadata_cache.as_ref().unwrap().public.as_ref().unwrap().document.cluster_uuid, REMOTE);
+    assert_eq!(cond(&s, condition::READY).status, "False");
+    assert!(bed.last_edge().peers.iter().all(|p| p.cluster_uuid == REMOTE), "the impostor never joins the edge");
+}
+
+#[tokio::test]
+async fn a_removed_object_leaves_the_edge() {
+    let bed = start();
+    bed.wait_status("Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    bed.tx.send_replace(Some(desired(&[])));
+    for _ in 0..200 {
+        if bed.last_edge().peers.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the removed peer is still in the edge configuration");
+}
+
+#[test]
+fn backoff_grows_with_failures_and_stays_under_the_cap() {
+    let (base, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+    for f in 1..40 {
+        let d = backoff(base, cap, f);
+        assert!(d <= cap);
+        assert!(d >= base.saturating_mul(1 << (f - 1).min(20)).min(cap) / 2);
+    }
+}

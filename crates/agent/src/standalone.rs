@@ -1,0 +1,175 @@
+//! Standalone mode: the local facts and the `IstioMulticloud` objects come
+//! from one YAML (or JSON) file, re-read when it changes; status goes to
+//! memory (served on `/status`) and, if asked, to a file. It powers the local
+//! demo and the tests, and runs the same reconciler as Kubernetes mode.
+//!
+//! ```yaml
+//! cluster:                      # this cluster's facts (LocalFacts)
+//!   clusterUUID: 0d5c...
+//!   rootCA: |
+//!     -----BEGIN CERTIFICATE-----
+//!   networkName: network-a
+//!   apiHost: api.cluster-a.example:443
+//!   ingressGateways: [{address: 127.0.1.1, port: 15443}]
+//!   services: [{hostname: foo.abc.svc.cluster.local, ports: [{name: http, port: 80}], readyEndpoints: 2}]
+//! objects:                      # IstioMulticloud objects, as kubectl would show them
+//! - apiVersion: istio-multicloud.dev/v1alpha1
+//!   kind: IstioMulticloud
+//!   metadata: {name: cluster-b}
+//!   spec: {metadataEndpoint: "https://127.0.2.1:8443/metadata", metadata: {ca: "..."}}
+//! ```
+
+use crate::crd::{IstioMulticloud, IstioMulticloudStatus};
+use crate::facts::LocalFacts;
+use crate::source::{BoxFuture, Desired, DesiredPeer, StatusSink};
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StandaloneFile {
+    cluster: LocalFacts,
+    #[serde(default)]
+    objects: Vec<IstioMulticloud>,
+}
+
+/// Parses a standalone file. Errors name the file's problem.
+pub fn parse(text: &str) -> anyhow::Result<Desired> {
+    let f: StandaloneFile = serde_yaml::from_str(text).context("not a valid standalone file (want `cluster:` and `objects:`)")?;
+    let mut peers = BTreeMap::new();
+    for (i, o) in f.objects.into_iter().enumerate() {
+        let Some(name) = o.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            bail!("objects[{i}] has no metadata.name");
+        };
+        let generation = o.metadata.generation.or(Some(1));
+        if peers.insert(name.clone(), DesiredPeer { spec: o.spec, generation }).is_some() {
+            bail!("objects[{i}]: IstioMulticloud {name:?} is listed twice");
+        }
+    }
+    Ok(Desired { peers, facts: f.cluster })
+}
+
+/// Re-reads `path` whenever its contents change and publishes the result. A
+/// file that does not parse is reported (log and `last_error`) and the last
+/// good state stays in force.
+pub async fn watch_file(path: PathBuf, tx: watch::Sender<Option<Desired>>, last_error: std::sync::Arc<Mutex<Option<String>>>) {
+    let mut last: Option<Vec<u8>> = None;
+    loop {
+        match tokio::fs::read(&path).await {
+            Ok(bytes) if last.as_ref() != Some(&bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                match parse(&text) {
+                    Ok(d) => {
+                        tracing::info!(file = %path.display(), objects = d.peers.len(), "standalone file loaded");
+                        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        tx.send_replace(Some(d));
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), "standalone file refused, keeping the last good state: {e:#}");
+                        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+                    }
+                }
+                last = Some(bytes);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", path.display());
+                let mut le = last_error.lock().unwrap_or_else(|e| e.into_inner());
+                if le.as_deref() != Some(&msg) {
+                    tracing::error!("{msg}");
+                }
+                *le = Some(msg);
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Status of every object, kept in memory for `/status` and optionally
+/// written (atomically) to a JSON file.
+#[derive(Default)]
+pub struct StatusBoard {
+    map: Mutex<BTreeMap<String, IstioMulticloudStatus>>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+pub struct StatusDocument {
+    pub objects: BTreeMap<String, IstioMulticloudStatus>,
+}
+
+impl StatusBoard {
+    pub fn new(file: Option<PathBuf>) -> Self {
+        StatusBoard { map: Mutex::default(), file }
+    }
+
+    pub fn snapshot(&self) -> StatusDocument {
+        StatusDocument { objects: self.map.lock().unwrap_or_else(|e| e.into_inner()).clone() }
+    }
+
+    /// Drops objects that no longer exist.
+    pub fn retain(&self, names: &[String]) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| names.contains(k));
+    }
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl StatusSink for StatusBoard {
+    fn publish<'a>(&'a self, name: &'a str, status: &'a IstioMulticloudStatus) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), status.clone());
+            if let Some(file) = &self.file {
+                let json = serde_json::to_vec_pretty(&self.snapshot())?;
+                write_atomically(file, &json).with_context(|| format!("writing status file {}", file.display()))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_with_facts_and_objects_parses() {
+        let d = parse(
+            r#"
+cluster:
+  clusterUUID: 6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a
+  rootCA: "x"
+  networkName: n1
+objects:
+- apiVersion: istio-multicloud.dev/v1alpha1
+  kind: IstioMulticloud
+  metadata: {name: b}
+  spec: {metadataEndpoint: "https://127.0.2.1:1/metadata"}
+"#,
+        )
+        .unwrap();
+        assert_eq!(d.peers["b"].spec.metadata_endpoint, "https://127.0.2.1:1/metadata");
+        assert!(d.peers["b"].spec.enable_ingress_gateway, "defaults to true");
+        assert_eq!(d.facts.network_name, "n1");
+    }
+
+    #[test]
+    fn duplicates_and_unknown_keys_are_refused() {
+        let obj = "- {apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {name: b}, spec: {metadataEndpoint: x}}\n";
+        let text = format!("cluster: {{clusterUUID: u, rootCA: r, networkName: n}}\nobjects:\n{obj}{obj}");
+        assert!(parse(&text).unwrap_err().to_string().contains("listed twice"));
+        assert!(parse("cluster: {clusterUUID: u, rootCA: r, networkName: n}\nobject: []\n").is_err());
+    }
+}
