@@ -235,6 +235,7 @@ async fn a_ten_mib_body_is_refused_without_buffering_it() {
     let before = vm_rss_kib();
     let e = assert_reason(r.fetch_public().await, "BodyTooLarge");
     let grown = vm_rss_kib().saturating_sub(before);
+    eprintln!("RSS grew by {grown} KiB across the 10 MiB fetch");
     assert!(grown < 8 * 1024, "RSS grew by {grown} KiB across the call");
     assert_eq!(e.metric_label(), "body_too_large");
 }
