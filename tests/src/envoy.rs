@@ -29,6 +29,7 @@ pub struct Envoy {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     admin: SocketAddr,
+    spec: EnvoySpec,
 }
 
 impl Envoy {
@@ -51,8 +52,42 @@ impl Envoy {
         );
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, bootstrap).expect("write bootstrap");
-        let admin_path = dir.path().join("admin-address");
-        let log = dir.path().join("envoy.log");
+        let path = dir.path().to_path_buf();
+        let proc = spawn_envoy(&path, &spec);
+        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec };
+        envoy.wait_admin_and_live();
+        envoy
+    }
+
+    /// Stops the process and starts it again with the same bootstrap (and
+    /// so the same fixed listener ports); waits until `LIVE`.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(self.path.join("admin-address"));
+        self.proc = spawn_envoy(&self.path, &self.spec);
+        self.wait_admin_and_live();
+    }
+
+    fn wait_admin_and_live(&mut self) {
+        let admin_path = self.path.join("admin-address");
+        let name = self.name.clone();
+        self.admin = wait_until(&format!("envoy {name} admin address"), READY_TIMEOUT, || {
+            if let Some(status) = self.proc.try_wait() {
+                self.dump_log();
+                panic!("envoy {name} exited during start: {status}");
+            }
+            let text = std::fs::read_to_string(&admin_path).map_err(|e| e.to_string())?;
+            text.trim().parse::<SocketAddr>().map_err(|e| format!("{text:?}: {e}"))
+        });
+        self.wait_live();
+    }
+}
+
+fn spawn_envoy(dir: &Path, spec: &EnvoySpec) -> Proc {
+    let config = dir.join("envoy.yaml");
+    let admin_path = dir.join("admin-address");
+    let log = dir.join("envoy.log");
+    {
         let mut cmd = Command::new(paths::envoy());
         cmd.arg("-c")
             .arg(&config)
@@ -64,22 +99,12 @@ impl Envoy {
             .stdout(Stdio::null())
             // stderr, not --log-path: the file sink buffers, stderr is
             // written line by line, so a failing test sees the last lines.
-            .stderr(std::fs::File::create(&log).expect("create envoy log"));
-        let proc = procs::spawn(cmd).expect("spawn envoy");
-        let path = dir.path().to_path_buf();
-        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr") };
-        envoy.admin = wait_until(&format!("envoy {} admin address", spec.name), READY_TIMEOUT, || {
-            if let Some(status) = envoy.proc.try_wait() {
-                envoy.dump_log();
-                panic!("envoy {} exited during start: {status}", spec.name);
-            }
-            let text = std::fs::read_to_string(&admin_path).map_err(|e| e.to_string())?;
-            text.trim().parse::<SocketAddr>().map_err(|e| format!("{text:?}: {e}"))
-        });
-        envoy.wait_live();
-        envoy
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open envoy log"));
+        procs::spawn(cmd).expect("spawn envoy")
     }
+}
 
+impl Envoy {
     /// Starts several Envoys in parallel (their start-up is mostly Wasm
     /// compilation, which is single-threaded per Envoy).
     pub fn start_all(specs: Vec<EnvoySpec>) -> Vec<Envoy> {

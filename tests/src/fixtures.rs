@@ -109,3 +109,41 @@ pub fn edge_config(local: &ClusterIdentity, peers: &[&ClusterIdentity], private:
         public_max_age_seconds: 60,
     }
 }
+
+/// A CA for the gateways' public TLS (what a cluster's ingress certificate
+/// chains to; distinct from the Istio root). Pinned in `spec.metadata.ca`.
+pub struct EdgeCa {
+    pub key: rcgen::KeyPair,
+    pub cert: rcgen::Certificate,
+}
+
+impl EdgeCa {
+    pub fn generate(name: &str) -> EdgeCa {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("edge CA of {name}"));
+        let cert = params.self_signed(&key).expect("ca");
+        EdgeCa { key, cert }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `ip` (IP SAN), as (cert PEM, key PEM).
+    pub fn server_cert(&self, ip: std::net::Ipv4Addr) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![ip.to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, ip.to_string());
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A port on `ip` that is free now. Each simulated cluster has its own
+/// loopback address, so nothing else competes for it; used where a port
+/// must survive a restart (a gateway that peers point at).
+pub fn free_port(ip: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).expect("bind").local_addr().expect("addr").port()
+}

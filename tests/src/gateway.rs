@@ -62,16 +62,67 @@ pub enum Push {
     Rejected,
 }
 
+/// The gateway's TLS listener (`edge_tls`) for the metadata endpoint.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Fixed, so peers' `metadataEndpoint` survives a restart.
+    pub port: u16,
+}
+
+/// Where the filter's configuration comes from.
+#[derive(Clone)]
+pub enum EdgeSource {
+    /// The test writes it (`{dir}/ecds/edge.pb`), starting with this JSON.
+    Test(String),
+    /// An agent writes it to this file.
+    Agent(std::path::PathBuf),
+}
+
+#[derive(Clone)]
+pub struct GatewayOptions {
+    pub cluster: SimCluster,
+    pub upstream: SocketAddr,
+    pub source: EdgeSource,
+    pub tls: Option<ServerTls>,
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("json")
+}
+
 impl Gateway {
     pub fn spec(cluster: SimCluster, upstream: SocketAddr, initial_config_json: &str) -> EnvoySpec {
-        let bootstrap = format!(
-            r#"static_resources:
-  listeners:
-  - name: edge
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
+        Self::spec_with(GatewayOptions { cluster, upstream, source: EdgeSource::Test(initial_config_json.into()), tls: None })
+    }
+
+    pub fn spec_with(o: GatewayOptions) -> EnvoySpec {
+        let ip = o.cluster.ip(hosts::GATEWAY);
+        let (ecds_path, ecds_dir, files) = match &o.source {
+            EdgeSource::Test(json) => (
+                "{dir}/ecds/edge.pb".to_string(),
+                "{dir}/ecds".to_string(),
+                vec![("ecds/edge.pb".to_string(), ecds_file(json, "1"))],
+            ),
+            EdgeSource::Agent(p) => (
+                p.display().to_string(),
+                p.parent().expect("ecds file has a directory").display().to_string(),
+                vec![],
+            ),
+        };
+        let filter = format!(
+            r#"          - name: {FILTER_NAME}
+            disabled: true
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source: {{path: "{ecds_path}", watched_directory: {{path: "{ecds_dir}"}}}}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+"#
+        );
+        let hcm = format!(
+            r#"      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: edge
@@ -89,7 +140,40 @@ impl Gateway {
           http_filters:
 {filter}          - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+"#,
+            enable = enable_edge_filter_yaml(),
+        );
+        let mut listeners = format!(
+            "  - name: edge
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - filters:
+{hcm}"
+        );
+        if let Some(tls) = &o.tls {
+            listeners.push_str(&format!(
+                r#"  - name: edge_tls
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{inline_string: {cert}}}
+              private_key: {{inline_string: {key}}}
+      filters:
+{hcm}"#,
+                port = tls.port,
+                cert = yaml_str(&tls.cert_pem),
+                key = yaml_str(&tls.key_pem),
+            ));
+        }
+        let bootstrap = format!(
+            r#"static_resources:
+  listeners:
+{listeners}  clusters:
   - name: local_upstream
     type: STATIC
     connect_timeout: 1s
@@ -99,19 +183,10 @@ impl Gateway {
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {uip}, port_value: {uport}}}}}}}
 "#,
-            ip = cluster.ip(hosts::GATEWAY),
-            enable = enable_edge_filter_yaml(),
-            filter = edge_http_filter_yaml(),
-            uip = upstream.ip(),
-            uport = upstream.port(),
+            uip = o.upstream.ip(),
+            uport = o.upstream.port(),
         );
-        EnvoySpec {
-            name: format!("gateway-{}", cluster.0),
-            cluster,
-            host: hosts::GATEWAY,
-            bootstrap,
-            files: vec![("ecds/edge.pb".into(), ecds_file(initial_config_json, "1"))],
-        }
+        EnvoySpec { name: format!("gateway-{}", o.cluster.0), cluster: o.cluster, host: hosts::GATEWAY, bootstrap, files }
     }
 
     pub fn start(cluster: SimCluster, initial_config_json: &str) -> Gateway {

@@ -12,11 +12,13 @@
 //!   it, to prove what a filter let through (and what it did not).
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
 
+pub mod agent;
 pub mod bench;
 pub mod envoy;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod mesh;
 pub mod paths;
 pub mod procs;
 pub mod upstream;

@@ -31,3 +31,8 @@ pub fn filter_wasm() -> PathBuf {
 pub fn python() -> PathBuf {
     from_env_or("MULTICLOUD_PYTHON", workspace_root().join(".venv/bin/python"), "run scripts/bootstrap.sh")
 }
+
+/// The agent binary (`cargo build -p multicloud-agent`; scripts/test.sh does).
+pub fn agent() -> PathBuf {
+    from_env_or("MULTICLOUD_AGENT", workspace_root().join("target/debug/multicloud-agent"), "run cargo build -p multicloud-agent")
+}

@@ -10,5 +10,6 @@ pub mod keys;
 pub mod kube_mode;
 pub mod metrics;
 pub mod reconcile;
+pub mod remote;
 pub mod source;
 pub mod standalone;

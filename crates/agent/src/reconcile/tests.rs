@@ -37,7 +37,7 @@ fn private_doc() -> PrivateMetadata {
 /// What the fake remote answers next.
 #[derive(Clone)]
 enum Remote {
-    Up(ValidPublic),
+    Up(Box<ValidPublic>),
     Down,
 }
 
@@ -52,7 +52,7 @@ impl MetadataClient for Fake {
         let r = self.0.lock().unwrap().clone();
         Box::pin(async move {
             match r {
-                Remote::Up(p) => Ok(p),
+                Remote::Up(p) => Ok(*p),
                 Remote::Down => Err(down()),
             }
         })
@@ -117,7 +117,7 @@ struct Bed {
 }
 
 fn start() -> Bed {
-    let remote = Arc::new(Mutex::new(Remote::Up(public_doc(REMOTE))));
+    let remote = Arc::new(Mutex::new(Remote::Up(Box::new(public_doc(REMOTE)))));
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let rec = Arc::new(Recorder::default());
     let (r2, t2) = (remote.clone(), tokens.clone());
@@ -190,7 +190,7 @@ async fn a_failing_remote_keeps_its_last_good_metadata_and_says_why() {
     assert!(cache.private.is_some());
     assert_eq!(bed.last_edge().peers.len(), 1, "the peer stays in the edge while its remote is down");
     // And it comes back by itself.
-    *bed.remote.lock().unwrap() = Remote::Up(public_doc(REMOTE));
+    *bed.remote.lock().unwrap() = Remote::Up(Box::new(public_doc(REMOTE)));
     bed.wait_status("Ready=True again", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
 }
 
@@ -199,7 +199,7 @@ async fn a_changed_remote_uuid_is_refused_and_reported() {
     let bed = start();
     bed.wait_status("Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
     let impostor = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a00ff";
-    *bed.remote.lock().unwrap() = Remote::Up(public_doc(impostor));
+    *bed.remote.lock().unwrap() = Remote::Up(Box::new(public_doc(impostor)));
     let s = bed.wait_status("RemoteUUIDChanged", |s| s.condition(condition::PUBLIC).is_some_and(|c| c.reason == "RemoteUUIDChanged")).await;
     assert_eq!(s.remote_cluster_uuid.as_deref(), Some(REMOTE), "the pin stays");
     assert_eq!(s.metadata_cache.as_ref().unwrap().public.as_ref().unwrap().document.cluster_uuid, REMOTE);

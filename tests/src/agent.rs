@@ -1,0 +1,174 @@
+//! A simulated cluster's agent: the real `multicloud-agent` binary in
+//! standalone mode, its HTTP port on the cluster's loopback range (port 0,
+//! address read back from a file), its log printed when a test fails, and
+//! the process gone when the handle drops.
+
+use crate::procs::{self, Proc};
+use crate::{hosts, paths, wait_until, SimCluster};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub cluster: SimCluster,
+    /// The standalone file's contents (YAML or JSON).
+    pub standalone: String,
+    /// Where the agent writes the gateway filter's ECDS resource.
+    pub ecds_file: PathBuf,
+    pub refresh_seconds: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+}
+
+pub struct Agent {
+    pub name: String,
+    proc: Proc,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    http: SocketAddr,
+    opts: AgentOptions,
+}
+
+impl Agent {
+    /// A directory for an agent, created before the agent (the gateway's
+    /// bootstrap needs the ECDS file path first).
+    pub fn prepare(cluster: SimCluster) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("multicloud-agent-{}-", cluster.0)).tempdir().expect("tempdir")
+    }
+
+    /// Starts the agent in `dir` and waits for its HTTP port.
+    pub fn start(dir: tempfile::TempDir, opts: AgentOptions) -> Agent {
+        let path = dir.path().to_path_buf();
+        std::fs::write(path.join("standalone.yaml"), &opts.standalone).expect("write standalone file");
+        let mut a = Agent {
+            name: format!("agent-{}", opts.cluster.0),
+            proc: spawn(&path, &opts),
+            dir: Some(dir),
+            path,
+            http: "0.0.0.0:0".parse().expect("addr"),
+            opts,
+        };
+        a.wait_http();
+        a
+    }
+
+    fn wait_http(&mut self) {
+        let file = self.path.join("http-address");
+        let name = self.name.clone();
+        self.http = wait_until(&format!("{name} HTTP port"), Duration::from_secs(30), || {
+            if let Some(st) = self.proc.try_wait() {
+                self.dump_log();
+                panic!("{name} exited: {st}");
+            }
+            let t = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+            t.trim().parse::<SocketAddr>().map_err(|e| e.to_string())
+        });
+    }
+
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(self.path.join("http-address"));
+        self.proc = spawn(&self.path, &self.opts);
+        self.wait_http();
+    }
+
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    pub fn get(&self, path: &str) -> Result<crate::http::Resp, String> {
+        crate::http::try_request("GET", &format!("http://{}{}", self.http, path), &[])
+    }
+
+    /// The whole `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        self.get("/status").map(|r| r.json()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until object `name`'s condition `type_` has `status`; returns the object's status.
+    pub fn wait_condition(&self, name: &str, type_: &str, status: &str, timeout: Duration) -> serde_json::Value {
+        wait_until(&format!("{}: {name} {type_}={status}", self.name), timeout, || {
+            let s = self.status()["objects"][name].clone();
+            let c = s["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned());
+            match c {
+                Some(c) if c["status"] == status => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").map(|r| r.text()).unwrap_or_default()
+    }
+
+    /// Replaces the standalone file (atomically); the agent re-reads it.
+    pub fn rewrite_standalone(&mut self, contents: &str) {
+        let tmp = self.path.join(".standalone.tmp");
+        std::fs::write(&tmp, contents).expect("write");
+        std::fs::rename(&tmp, self.path.join("standalone.yaml")).expect("rename");
+        self.opts.standalone = contents.to_string();
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.path.join("federation.key")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path.join("agent.log")).unwrap_or_default()
+    }
+
+    fn dump_log(&self) {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("----- {} log (last 150 lines) -----", self.name);
+        for l in &lines[lines.len().saturating_sub(150)..] {
+            eprintln!("{l}");
+        }
+        eprintln!("----- end of {} log -----", self.name);
+    }
+}
+
+fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
+    let mut cmd = Command::new(paths::agent());
+    cmd.arg("run")
+        .arg("--standalone")
+        .arg(path.join("standalone.yaml"))
+        .arg("--key")
+        .arg(path.join("federation.key"))
+        .args(["--http", &format!("{}:0", o.cluster.ip(hosts::AGENT))])
+        .arg("--http-address-file")
+        .arg(path.join("http-address"))
+        .arg("--edge-ecds-file")
+        .arg(&o.ecds_file)
+        .arg("--filter-wasm")
+        .arg(paths::filter_wasm())
+        .arg("--status-file")
+        .arg(path.join("status.json"))
+        .args(["--refresh-seconds", &o.refresh_seconds.to_string()])
+        .args(["--backoff-base-ms", &o.backoff_base_ms.to_string()])
+        .args(["--backoff-cap-ms", &o.backoff_cap_ms.to_string()])
+        .args(["--connect-timeout-ms", "1000", "--fetch-timeout-ms", "3000"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(path.join("agent.log")).expect("agent log"));
+    procs::spawn(cmd).expect("spawn agent")
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.proc.kill();
+        if std::thread::panicking() {
+            self.dump_log();
+            if let Some(d) = self.dir.take() {
+                eprintln!("kept {} directory for inspection: {}", self.name, d.keep().display());
+            }
+        }
+    }
+}
