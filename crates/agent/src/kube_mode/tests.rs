@@ -347,3 +347,50 @@ fn peers_map_from_objects() {
     assert_eq!((name.as_str(), peer.generation), ("cluster-b", Some(4)));
     assert_eq!(peer.spec, obj.spec);
 }
+
+fn imc(name: &str, generation: i64, endpoint: &str) -> Value {
+    json!({"apiVersion": "istio-multicloud.dev/v1alpha1", "kind": "IstioMulticloud",
+           "metadata": {"name": name, "generation": generation, "resourceVersion": format!("{generation}0")},
+           "spec": {"metadataEndpoint": endpoint}})
+}
+
+/// The API server is kube's tower_test mock (no API server can run here).
+/// The initial list is published whole; watch events then update and remove
+/// peers; the watcher stops when nobody listens any more.
+#[tokio::test]
+async fn watched_objects_are_published_as_the_desired_peers() {
+    const PATH: &str = "/apis/istio-multicloud.dev/v1alpha1/istiomulticlouds";
+    let (client, mut api) = mock_client();
+    let (tx, mut rx) = tokio::sync::watch::channel(BTreeMap::new());
+    let (listed_tx, listed_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let list_reply = json!({"apiVersion": "istio-multicloud.dev/v1alpha1", "kind": "IstioMulticloudList", "metadata": {"resourceVersion": "100"},
+            "items": [imc("a", 1, "https://a.example.com/metadata"), imc("b", 1, "https://b.example.com/metadata")]});
+        expect(&mut api, Method::GET, PATH, 200, list_reply).await;
+        // The watch: answered only once the test has seen the listed peers.
+        let (req, send) = api.next_request().await.expect("a watch request");
+        assert_eq!(req.uri().path(), PATH);
+        assert!(req.uri().query().unwrap_or_default().contains("watch=true"), "{}", req.uri());
+        listed_rx.await.unwrap();
+        let events = [
+            json!({"type": "MODIFIED", "object": imc("b", 2, "https://b2.example.com/metadata")}),
+            json!({"type": "DELETED", "object": imc("a", 1, "https://a.example.com/metadata")}),
+        ];
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        send.send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).unwrap());
+        // The re-watch after that stream ends is left unanswered; keep the
+        // handle alive until the watcher is gone.
+        while api.next_request().await.is_some() {}
+    });
+    let watcher = tokio::spawn(watch_objects(client, tx));
+    let within = Duration::from_secs(5);
+    let listed = tokio::time::timeout(within, rx.wait_for(|m| !m.is_empty())).await.unwrap().unwrap().clone();
+    assert_eq!(listed.keys().collect::<Vec<_>>(), ["a", "b"], "the initial list is published whole");
+    listed_tx.send(()).unwrap();
+    let done = tokio::time::timeout(within, rx.wait_for(|m| m.len() == 1)).await.unwrap().unwrap().clone();
+    let b = &done["b"];
+    assert_eq!((b.spec.metadata_endpoint.as_str(), b.generation), ("https://b2.example.com/metadata", Some(2)));
+    drop(rx);
+    tokio::time::timeout(within, watcher).await.expect("watch_objects returns once every receiver is gone").unwrap();
+    server.await.unwrap();
+}
