@@ -13,6 +13,9 @@ scripts/build.sh filter
 log "clippy (filter crates deny unwrap/expect/panic)"
 cargo clippy --quiet -p multicloud-core -p multicloud-filter --all-targets -- -D warnings
 
+log "build the agent binary the end-to-end tests run"
+cargo build --quiet -p multicloud-agent
+
 log "tests"
 # One build shared by all test binaries; e2e tests start their Envoys in parallel.
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt

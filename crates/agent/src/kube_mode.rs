@@ -566,3 +566,48 @@ impl SecretKeyStore {
 
 #[cfg(test)]
 mod tests;
+
+// ---------------------------------------------------------------------------
+// Desired state for the reconciler
+// ---------------------------------------------------------------------------
+
+/// Feeds the reconciler in Kubernetes mode: the watched objects plus the
+/// local facts, re-read every `facts_every`. A failing facts read keeps the
+/// last good facts (and is logged with what to fix); nothing is published
+/// until the first facts read succeeds.
+pub async fn desired_state(
+    client: kube::Client,
+    opts: KubeOptions,
+    facts_every: std::time::Duration,
+    tx: tokio::sync::watch::Sender<Option<crate::source::Desired>>,
+) {
+    let (otx, mut orx) = tokio::sync::watch::channel(BTreeMap::new());
+    tokio::spawn(watch_objects(client.clone(), otx));
+    let mut facts: Option<LocalFacts> = None;
+    let mut tick = tokio::time::interval(facts_every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match read_local_facts(&client, &opts).await {
+                    Ok(f) => facts = Some(f),
+                    Err(e) => tracing::error!("cannot read local facts, keeping the last good ones: {e:#}"),
+                }
+            }
+            r = orx.changed() => if r.is_err() { return },
+        }
+        if let Some(f) = &facts {
+            let d = crate::source::Desired { peers: orx.borrow().clone(), facts: f.clone() };
+            tx.send_if_modified(|cur| {
+                if cur.as_ref() == Some(&d) {
+                    false
+                } else {
+                    *cur = Some(d);
+                    true
+                }
+            });
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}

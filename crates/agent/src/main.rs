@@ -49,13 +49,20 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["standalone", "kubernetes"])))]
 struct RunArgs {
     /// Standalone mode: read local facts and IstioMulticloud objects from this YAML/JSON file (re-read on change).
     #[arg(long, env = "MULTICLOUD_STANDALONE")]
-    standalone: PathBuf,
-    /// The federation key (PKCS#8 PEM, mode 0600); generated on first start.
-    #[arg(long, env = "MULTICLOUD_KEY")]
-    key: PathBuf,
+    standalone: Option<PathBuf>,
+    /// Kubernetes mode: watch IstioMulticloud objects and local facts through the API server.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Standalone mode: the federation key file (PKCS#8 PEM, mode 0600), generated on first start.
+    /// Kubernetes mode keeps it in the Secret istio-multicloud-federation-key.
+    #[arg(long, env = "MULTICLOUD_KEY", required_if_eq("kubernetes", "false"))]
+    key: Option<PathBuf>,
+    #[command(flatten)]
+    kube: KubeArgs,
     /// Address of the agent's HTTP port (/healthz, /readyz, /metrics, /status).
     #[arg(long, default_value = "127.0.0.1:15090")]
     http: std::net::SocketAddr,
@@ -64,7 +71,7 @@ struct RunArgs {
     http_address_file: Option<PathBuf>,
     /// Write the gateway filter's ECDS resource (binary DiscoveryResponse) here.
     #[arg(long)]
-    edge_ecds_file: PathBuf,
+    edge_ecds_file: Option<PathBuf>,
     /// Path of the filter module as the gateway sees it.
     #[arg(long)]
     filter_wasm: String,
@@ -87,6 +94,31 @@ struct RunArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+}
+
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Kubernetes mode: the agent's namespace (Lease, key Secret, gateway Service, root CA ConfigMap).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    namespace: String,
+    /// Kubernetes mode: this replica's name in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "multicloud-agent")]
+    pod_name: String,
+    /// Kubernetes mode: label selector of the ingress gateway Service (k=v,...).
+    #[arg(long, default_value = "istio=ingressgateway")]
+    gateway_selector: String,
+    /// Kubernetes mode: Services labelled <export-label>=true are exported to peers.
+    #[arg(long, default_value = "istio-multicloud.dev/export")]
+    export_label: String,
+    /// Kubernetes mode: this cluster's Istio network name.
+    #[arg(long, default_value = "")]
+    network_name: String,
+    /// Kubernetes mode: the API proxy's host[:port] as peers reach it.
+    #[arg(long, default_value = "")]
+    api_host: String,
+    /// Kubernetes mode: gateway addresses to advertise instead of the Service's (host:port, repeatable).
+    #[arg(long)]
+    advertise: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -130,6 +162,18 @@ fn init_logs(format: &str) -> Result<()> {
     Ok(())
 }
 
+/// Kubernetes mode: status to the object (with the Lease) and to the board behind `/status`.
+struct Both(Arc<dyn multicloud_agent::source::StatusSink>, Arc<standalone::StatusBoard>);
+
+impl multicloud_agent::source::StatusSink for Both {
+    fn publish<'a>(&'a self, name: &'a str, status: &'a crd::IstioMulticloudStatus) -> multicloud_agent::source::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.1.publish(name, status).await?;
+            self.0.publish(name, status).await
+        })
+    }
+}
+
 /// Edge sink that also marks the agent ready once the first configuration is written.
 struct ReadyOnApply {
     inner: edge_file::EcdsFile,
@@ -146,12 +190,52 @@ impl reconcile::EdgeSink for ReadyOnApply {
     }
 }
 
+fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::kube_mode::KubeOptions> {
+    let mut gateway_selector = std::collections::BTreeMap::new();
+    for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
+        let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
+        gateway_selector.insert(key.to_string(), v.to_string());
+    }
+    let mut advertise = Vec::new();
+    for a in &k.advertise {
+        let (host, port) = a.rsplit_once(':').with_context(|| format!("--advertise {a:?}: want host:port"))?;
+        let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
+        advertise.push(multicloud_core::metadata::IngressGateway { address: host.to_string(), port });
+    }
+    Ok(multicloud_agent::kube_mode::KubeOptions {
+        namespace: k.namespace.clone(),
+        lease_name: "istio-multicloud-agent".into(),
+        holder_identity: k.pod_name.clone(),
+        gateway_selector,
+        export_label: k.export_label.clone(),
+        network_name: k.network_name.clone(),
+        api_host: k.api_host.clone(),
+        advertise,
+    })
+}
+
 async fn run(args: RunArgs) -> Result<()> {
-    let key = keys::load_or_generate(&args.key)?;
-    tracing::info!(key = %args.key.display(), "federation key loaded (public key is published in public.json)");
-    let metrics = Arc::new(metrics::Metrics::default());
-    let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
+    use multicloud_agent::kube_mode;
+    let (tx, rx) = tokio::sync::watch::channel(None);
     let source_error = Arc::new(Mutex::new(None));
+    let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
+    let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
+        let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+        let opts = kube_options(&args.kube)?;
+        let key = kube_mode::SecretKeyStore::new(client.clone(), &opts).load_or_generate().await?;
+        let lease = Arc::new(kube_mode::LeaseGuard::new(client.clone(), &opts));
+        lease.clone().spawn_renewal();
+        tokio::spawn(kube_mode::desired_state(client.clone(), opts, Duration::from_secs(10), tx));
+        (key, Arc::new(Both(Arc::new(kube_mode::KubeStatusSink::new(client, lease)), board.clone())))
+    } else {
+        let file = args.standalone.clone().context("--standalone FILE is required without --kubernetes")?;
+        let key_path = args.key.clone().context("--key FILE is required in standalone mode")?;
+        let key = keys::load_or_generate(&key_path)?;
+        tokio::spawn(standalone::watch_file(file, tx, source_error.clone()));
+        (key, board.clone())
+    };
+    tracing::info!("federation key loaded (its public key is published in public.json)");
+    let metrics = Arc::new(metrics::Metrics::default());
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         board: board.clone(),
@@ -166,8 +250,6 @@ async fn run(args: RunArgs) -> Result<()> {
     tracing::info!(address = %bound, "HTTP port: /healthz /readyz /metrics /status");
     tokio::spawn(admin::serve(listener, admin_state.clone()));
 
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(standalone::watch_file(args.standalone.clone(), tx, source_error));
     let policy = remote::Policy {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         total_timeout: Duration::from_millis(args.fetch_timeout_ms),
@@ -175,8 +257,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let reconciler = reconcile::Reconciler {
         key,
         factory: remote::factory(policy),
-        status: board,
-        edge: Arc::new(ReadyOnApply { inner: edge_file::EcdsFile::new(args.edge_ecds_file, args.filter_wasm), admin: admin_state }),
+        status: status_sink,
+        edge: match args.edge_ecds_file {
+            Some(path) => Arc::new(ReadyOnApply { inner: edge_file::EcdsFile::new(path, args.filter_wasm), admin: admin_state }),
+            None => anyhow::bail!("--edge-ecds-file is required (serving the filter's configuration over ADS is not built yet)"),
+        },
         metrics,
         timing: reconcile::Timing {
             refresh: Duration::from_secs(args.refresh_seconds.max(1)),
