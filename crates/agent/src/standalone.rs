@@ -165,6 +165,32 @@ objects:
         assert_eq!(d.facts.network_name, "n1");
     }
 
+    #[tokio::test]
+    async fn the_file_is_re_read_on_change_and_a_bad_edit_keeps_the_last_good_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("standalone.yaml");
+        let head = "cluster: {clusterUUID: 6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a, rootCA: r, networkName: n}\nobjects:\n";
+        let obj = |n: &str| format!("- {{apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {{name: {n}}}, spec: {{metadataEndpoint: 'https://{n}/metadata'}}}}\n");
+        std::fs::write(&path, format!("{head}{}", obj("b"))).unwrap();
+        let (tx, mut rx) = watch::channel(None);
+        let err = std::sync::Arc::new(Mutex::new(None));
+        tokio::spawn(watch_file(path.clone(), tx, err.clone()));
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().as_ref().unwrap().peers.len(), 1);
+        write_atomically(&path, format!("{head}{}{}", obj("b"), obj("c")).as_bytes()).unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().as_ref().unwrap().peers.keys().collect::<Vec<_>>(), ["b", "c"]);
+        write_atomically(&path, b"cluster: [not, a, map]").unwrap();
+        for _ in 0..100 {
+            if err.lock().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(err.lock().unwrap().as_deref().unwrap().contains("not a valid standalone file"));
+        assert_eq!(rx.borrow().as_ref().unwrap().peers.len(), 2, "the last good state stays");
+    }
+
     #[test]
     fn duplicates_and_unknown_keys_are_refused() {
         let obj = "- {apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {name: b}, spec: {metadataEndpoint: x}}\n";
