@@ -103,3 +103,31 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/agent.md's metrics table lists exactly what the agent exports.
+    #[test]
+    fn the_documented_metrics_are_the_exported_ones() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/agent.md")).unwrap();
+        let section = doc.split("## Metrics").nth(1).unwrap();
+        let documented: Vec<(String, String)> = section
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((name.to_string(), cells.get(2)?.to_string()))
+            })
+            .collect();
+        let exported: Vec<(String, String)> = METRICS.iter().map(|(n, t, _)| (n.to_string(), t.to_string())).collect();
+        assert_eq!(documented, exported);
+        let m = Metrics::default();
+        m.fetch("b", "public", "ok");
+        let text = m.render();
+        for (name, _) in &exported {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} not rendered");
+        }
+    }
+}
