@@ -3,9 +3,8 @@
 //! atomically where the gateway's Envoy watches it (`path_config_source`).
 //! The same resource is what the xDS server serves over ADS.
 
-use crate::reconcile::EdgeSink;
+use crate::reconcile::{DataPlane, DataPlaneSink};
 use crate::source::BoxFuture;
-use multicloud_core::edge::EdgeConfig;
 use multicloud_proto::edge_filter;
 use multicloud_proto::prost::Message as _;
 use std::path::PathBuf;
@@ -24,10 +23,10 @@ impl EcdsFile {
     }
 }
 
-impl EdgeSink for EcdsFile {
-    fn apply<'a>(&'a self, config: &'a EdgeConfig) -> BoxFuture<'a, anyhow::Result<()>> {
+impl DataPlaneSink for EcdsFile {
+    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let json = serde_json::to_string(config)?;
+            let json = serde_json::to_string(&dp.edge)?;
             let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
             let resp = multicloud_proto::discovery_response(
                 edge_filter::EXTENSION_CONFIG_TYPE_URL,

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create the federation Ed25519 keypair at PATH (if absent) and print its public key (PEM).
     Keygen {
         #[arg(long)]
@@ -127,7 +127,7 @@ fn main() -> Result<()> {
         Command::Run(args) => {
             init_logs(&args.log_format)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(run(args))?;
+            rt.block_on(run(*args))?;
         }
         Command::Keygen { key } => {
             let k = keys::load_or_generate(&key)?;
@@ -180,10 +180,10 @@ struct ReadyOnApply {
     admin: Arc<admin::AdminState>,
 }
 
-impl reconcile::EdgeSink for ReadyOnApply {
-    fn apply<'a>(&'a self, config: &'a multicloud_core::edge::EdgeConfig) -> multicloud_agent::source::BoxFuture<'a, Result<()>> {
+impl reconcile::DataPlaneSink for ReadyOnApply {
+    fn apply<'a>(&'a self, dp: &'a reconcile::DataPlane) -> multicloud_agent::source::BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.inner.apply(config).await?;
+            self.inner.apply(dp).await?;
             self.admin.ready.store(true, Ordering::SeqCst);
             Ok(())
         })
@@ -258,8 +258,8 @@ async fn run(args: RunArgs) -> Result<()> {
         key,
         factory: remote::factory(policy),
         status: status_sink,
-        edge: match args.edge_ecds_file {
-            Some(path) => Arc::new(ReadyOnApply { inner: edge_file::EcdsFile::new(path, args.filter_wasm), admin: admin_state }),
+        sinks: match args.edge_ecds_file {
+            Some(path) => vec![Arc::new(ReadyOnApply { inner: edge_file::EcdsFile::new(path, args.filter_wasm), admin: admin_state })],
             None => anyhow::bail!("--edge-ecds-file is required (serving the filter's configuration over ADS is not built yet)"),
         },
         metrics,

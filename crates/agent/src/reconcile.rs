@@ -45,9 +45,30 @@ pub trait MetadataClient: Send + Sync {
 /// `http://` endpoint).
 pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchFailure> + Send + Sync>;
 
-/// Receives every new, validated edge configuration.
-pub trait EdgeSink: Send + Sync {
-    fn apply<'a>(&'a self, config: &'a EdgeConfig) -> BoxFuture<'a, anyhow::Result<()>>;
+/// A peer whose public metadata this cluster holds (last good).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EstablishedPeer {
+    /// The IstioMulticloud object's name.
+    pub name: String,
+    pub cluster_uuid: String,
+    pub root_ca: String,
+    /// The last good private document, once fetched.
+    pub private: Option<PrivateMetadata>,
+    pub enable_ingress_gateway: bool,
+}
+
+/// Everything the data plane is configured from: the edge filter's
+/// configuration, this cluster's facts and the established peers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataPlane {
+    pub edge: EdgeConfig,
+    pub local: crate::facts::LocalFacts,
+    pub peers: Vec<EstablishedPeer>,
+}
+
+/// Receives every new data plane state (the edge configuration validated).
+pub trait DataPlaneSink: Send + Sync {
+    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// Timing knobs (shortened in tests).
@@ -100,7 +121,7 @@ pub struct Reconciler {
     pub key: SigningKey,
     pub factory: ClientFactory,
     pub status: Arc<dyn StatusSink>,
-    pub edge: Arc<dyn EdgeSink>,
+    pub sinks: Vec<Arc<dyn DataPlaneSink>>,
     pub metrics: Arc<Metrics>,
     pub timing: Timing,
     pub spiffe: SpiffeSettings,
@@ -112,7 +133,7 @@ impl Reconciler {
         let (tx, mut rx) = mpsc::channel::<Outcome>(64);
         let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
         let mut facts = None;
-        let mut last_edge: Option<EdgeConfig> = None;
+        let mut last_dp: Option<DataPlane> = None;
         let mut changed = true;
         loop {
             if changed {
@@ -123,7 +144,7 @@ impl Reconciler {
                 changed = false;
             }
             if let Some(f) = &facts {
-                self.render_edge(f, &peers, &mut last_edge).await;
+                self.render(f, &peers, &mut last_dp).await;
             }
             let now = Instant::now();
             for (name, p) in peers.iter_mut() {
@@ -315,15 +336,33 @@ impl Reconciler {
         }
     }
 
-    async fn render_edge(&self, facts: &crate::facts::LocalFacts, peers: &BTreeMap<String, Peer>, last: &mut Option<EdgeConfig>) {
+    async fn render(&self, facts: &crate::facts::LocalFacts, peers: &BTreeMap<String, Peer>, last: &mut Option<DataPlane>) {
+        let mut established: Vec<EstablishedPeer> = peers
+            .iter()
+            .filter_map(|(name, p)| {
+                let public = p.public.as_ref()?;
+                let private = p.status.metadata_cache.as_ref().and_then(|c| c.private.as_ref()).map(|c| c.document.clone());
+                Some(EstablishedPeer {
+                    name: name.clone(),
+                    cluster_uuid: public.doc.cluster_uuid.to_ascii_lowercase(),
+                    root_ca: public.doc.root_ca.clone(),
+                    private,
+                    enable_ingress_gateway: p.spec.enable_ingress_gateway,
+                })
+            })
+            .collect();
+        // Two objects naming the same remote: the first (by name) wins.
+        let mut seen = std::collections::HashSet::new();
+        established.retain(|p| seen.insert(p.cluster_uuid.clone()));
         let mut peer_keys: Vec<PeerKey> = peers
             .values()
             .filter_map(|p| p.public.as_ref())
+            .filter(|v| established.iter().any(|e| e.cluster_uuid.eq_ignore_ascii_case(&v.doc.cluster_uuid)))
             .map(|v| PeerKey { cluster_uuid: v.doc.cluster_uuid.clone(), authn_key_pub: v.doc.authn_key_pub.clone() })
             .collect();
         peer_keys.sort_by(|a, b| a.cluster_uuid.cmp(&b.cluster_uuid));
         peer_keys.dedup_by(|a, b| a.cluster_uuid.eq_ignore_ascii_case(&b.cluster_uuid));
-        let config = EdgeConfig {
+        let edge = EdgeConfig {
             public: facts.public_document(multicloud_core::pem::ed25519_public_key_to_pem(&self.key.verifying_key())),
             private: facts.private_document(),
             peers: peer_keys,
@@ -331,21 +370,29 @@ impl Reconciler {
             max_token_lifetime_seconds: 600,
             public_max_age_seconds: 60,
         };
-        if last.as_ref() == Some(&config) {
+        let dp = DataPlane { edge, local: facts.clone(), peers: established };
+        if last.as_ref() == Some(&dp) {
             return;
         }
         // Never hand the filter a configuration it would refuse.
-        if let Err(e) = Edge::compile(config.clone()) {
-            tracing::error!("local facts do not make a valid edge configuration, keeping the previous one: {e}");
-            self.metrics.edge_render_error();
+        if let Err(e) = Edge::compile(dp.edge.clone()) {
+            if last.as_ref().map(|l| &l.local) != Some(facts) {
+                tracing::error!("local facts do not make a valid edge configuration, keeping the previous one: {e}");
+                self.metrics.edge_render_error();
+            }
+            *last = Some(dp);
             return;
         }
-        match self.edge.apply(&config).await {
-            Ok(()) => {
-                tracing::info!(peers = config.peers.len(), "edge configuration updated");
-                *last = Some(config);
+        let mut ok = true;
+        for sink in &self.sinks {
+            if let Err(e) = sink.apply(&dp).await {
+                tracing::error!("cannot apply the data plane configuration: {e:#}");
+                ok = false;
             }
-            Err(e) => tracing::error!("cannot apply the edge configuration: {e:#}"),
+        }
+        if ok {
+            tracing::info!(peers = dp.peers.len(), "data plane configuration updated");
+            *last = Some(dp);
         }
     }
 }

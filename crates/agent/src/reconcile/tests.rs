@@ -82,9 +82,9 @@ impl StatusSink for Recorder {
     }
 }
 
-impl EdgeSink for Recorder {
-    fn apply<'a>(&'a self, config: &'a EdgeConfig) -> BoxFuture<'a, anyhow::Result<()>> {
-        self.edges.lock().unwrap().push(config.clone());
+impl DataPlaneSink for Recorder {
+    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.edges.lock().unwrap().push(dp.edge.clone());
         Box::pin(async { Ok(()) })
     }
 }
@@ -127,7 +127,7 @@ fn start() -> Bed {
         key: SigningKey::from_bytes(&[1; 32]),
         factory,
         status: rec.clone(),
-        edge: rec.clone(),
+        sinks: vec![rec.clone()],
         metrics: Arc::new(Metrics::default()),
         timing: Timing { refresh: Duration::from_millis(50), backoff_base: Duration::from_millis(20), backoff_cap: Duration::from_millis(100), token_ttl_secs: 60 },
         spiffe: SpiffeSettings::default(),
