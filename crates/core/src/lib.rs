@@ -6,6 +6,7 @@
 //! bytes in. That keeps the filter small and lets the agent check exactly
 //! what the filter enforces.
 
+pub mod apiguard;
 pub mod der;
 pub mod edge;
 pub mod metadata;

@@ -1,0 +1,315 @@
+//! The API proxy guard: which requests a peer may send through this
+//! cluster's gateway to the local Kubernetes API server.
+//!
+//! A request passes only if it carries a federation token with
+//! `scope: api` from a federated peer (see [`crate::token`]), is a read
+//! (`GET`: get, list, watch), carries no impersonation header, and names an
+//! allow-listed resource: discovery (`/version`, `/api`, `/apis`), core
+//! `services`, `endpoints`, `pods`, `namespaces`, `nodes`, the configmap
+//! `istio-ca-root-cert`, secrets only by allow-listed name,
+//! `discovery.k8s.io` `endpointslices`, and everything in the Istio
+//! `networking.istio.io` and `security.istio.io` groups. Subresources
+//! (`exec`, `attach`, `portforward`, `proxy`, `log`, `status`, ...) never
+//! pass. Refusals are Kubernetes `Status` objects so `kubectl` and `kube`
+//! clients show them.
+
+use serde::Serialize;
+
+/// What a refused API request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRefusal {
+    /// Token problems (401), or a token of another scope (403).
+    Token(crate::token::TokenError),
+    /// Not a GET.
+    VerbNotAllowed,
+    /// An `Impersonate-*` header.
+    Impersonation,
+    /// A path that is not an allow-listed read.
+    ResourceNotAllowed,
+    /// A subresource (exec, attach, portforward, proxy, log, ...).
+    SubresourceNotAllowed,
+    /// Request headers larger than the limit.
+    HeadersTooLarge,
+    /// The peer's request rate is above its limit.
+    RateLimited,
+    /// The peer holds as many watches as it may.
+    TooManyWatches,
+}
+
+impl ApiRefusal {
+    pub const ALL: [ApiRefusal; 7] = [
+        ApiRefusal::VerbNotAllowed,
+        ApiRefusal::Impersonation,
+        ApiRefusal::ResourceNotAllowed,
+        ApiRefusal::SubresourceNotAllowed,
+        ApiRefusal::HeadersTooLarge,
+        ApiRefusal::RateLimited,
+        ApiRefusal::TooManyWatches,
+    ];
+
+    pub fn code(self) -> u32 {
+        match self {
+            ApiRefusal::Token(t) => t.status(),
+            ApiRefusal::VerbNotAllowed => 405,
+            ApiRefusal::Impersonation | ApiRefusal::ResourceNotAllowed | ApiRefusal::SubresourceNotAllowed => 403,
+            ApiRefusal::HeadersTooLarge => 431,
+            ApiRefusal::RateLimited | ApiRefusal::TooManyWatches => 429,
+        }
+    }
+
+    /// The Kubernetes `Status.reason`.
+    pub fn k8s_reason(self) -> &'static str {
+        match self.code() {
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            405 => "MethodNotAllowed",
+            429 => "TooManyRequests",
+            _ => "BadRequest",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            ApiRefusal::Token(t) => t.message(),
+            ApiRefusal::VerbNotAllowed => "the multicloud API proxy is read-only: only GET (get, list, watch) passes",
+            ApiRefusal::Impersonation => "impersonation headers are not allowed through the multicloud API proxy",
+            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, Istio networking/security kinds, configmap istio-ca-root-cert)",
+            ApiRefusal::SubresourceNotAllowed => "subresources (exec, attach, portforward, proxy, log, status, ...) are not allowed through the multicloud API proxy",
+            ApiRefusal::HeadersTooLarge => "the request headers are larger than the multicloud API proxy accepts",
+            ApiRefusal::RateLimited => "this peer's request rate is above the multicloud API proxy's limit; retry later",
+            ApiRefusal::TooManyWatches => "this peer already holds as many watches as the multicloud API proxy allows",
+        }
+    }
+
+    /// The suffix of the refusal counter (`multicloud_api.refused.<suffix>`).
+    pub fn stat_suffix(self) -> &'static str {
+        match self {
+            ApiRefusal::Token(t) => t.stat_suffix(),
+            ApiRefusal::VerbNotAllowed => "verb_not_allowed",
+            ApiRefusal::Impersonation => "impersonation",
+            ApiRefusal::ResourceNotAllowed => "resource_not_allowed",
+            ApiRefusal::SubresourceNotAllowed => "subresource_not_allowed",
+            ApiRefusal::HeadersTooLarge => "headers_too_large",
+            ApiRefusal::RateLimited => "rate_limited",
+            ApiRefusal::TooManyWatches => "too_many_watches",
+        }
+    }
+
+    /// The `Status` body.
+    pub fn status_json(self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Meta {}
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Status<'a> {
+            kind: &'a str,
+            api_version: &'a str,
+            metadata: Meta,
+            status: &'a str,
+            message: String,
+            reason: &'a str,
+            code: u32,
+        }
+        let detail = match self {
+            ApiRefusal::Token(t) => t.reason(),
+            other => other.stat_suffix(),
+        };
+        serde_json::to_vec(&Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Meta {},
+            status: "Failure",
+            message: format!("{} ({detail})", self.message()),
+            reason: self.k8s_reason(),
+            code: self.code(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// What an allowed request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRead {
+    Discovery,
+    Get,
+    List,
+    Watch,
+}
+
+fn query_flag(query: &str, key: &str) -> bool {
+    query.split('&').any(|kv| match kv.split_once('=') {
+        Some((k, v)) => k == key && (v == "true" || v == "1"),
+        None => kv == key,
+    })
+}
+
+/// Classifies a request path (with query) against the allow-list.
+/// `allowed_secrets` are secret names a peer may get (none by default).
+pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiRead, ApiRefusal> {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    if path.contains("/../") || path.ends_with("/..") || path.contains("/./") || path.contains("//") || path.contains('%') {
+        return Err(ApiRefusal::ResourceNotAllowed);
+    }
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let watch_q = query_flag(query, "watch");
+    // Discovery documents.
+    match segs.as_slice() {
+        ["version"] | ["api"] | ["apis"] | ["api", "v1"] => return Ok(ApiRead::Discovery),
+        ["apis", g] | ["apis", g, _] if group_allowed(g) => return Ok(ApiRead::Discovery),
+        _ => {}
+    }
+    // /api/v1/... or /apis/<g>/<v>/...
+    let (group, rest): (&str, &[&str]) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", g, _v, rest @ ..] => (g, rest),
+        _ => return Err(ApiRefusal::ResourceNotAllowed),
+    };
+    // Legacy watch paths: /api/v1/watch/...
+    let (legacy_watch, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    // namespaces/<ns>/<resource>... or <resource>...
+    let (resource, name, sub): (&str, Option<&str>, Option<&str>) = match rest {
+        ["namespaces"] => ("namespaces", None, None),
+        ["namespaces", ns] => ("namespaces", Some(*ns), None),
+        ["namespaces", _ns, res] => (res, None, None),
+        ["namespaces", _ns, res, name] => (res, Some(*name), None),
+        ["namespaces", _ns, res, name, sub, ..] => (res, Some(*name), Some(*sub)),
+        [res] => (res, None, None),
+        [res, name] => (res, Some(*name), None),
+        [res, name, sub, ..] => (res, Some(*name), Some(*sub)),
+        _ => return Err(ApiRefusal::ResourceNotAllowed),
+    };
+    if sub.is_some() || resource.contains(':') || name.is_some_and(|n| n.contains(':')) {
+        return Err(ApiRefusal::SubresourceNotAllowed);
+    }
+    let allowed = match group {
+        "" => match resource {
+            "services" | "endpoints" | "pods" | "namespaces" | "nodes" => true,
+            "configmaps" => name == Some("istio-ca-root-cert"),
+            "secrets" => name.is_some_and(|n| allowed_secrets.iter().any(|a| a == n)),
+            _ => false,
+        },
+        "discovery.k8s.io" => resource == "endpointslices",
+        g => group_allowed(g),
+    };
+    if !allowed {
+        return Err(ApiRefusal::ResourceNotAllowed);
+    }
+    Ok(match (name, legacy_watch || watch_q) {
+        (_, true) => ApiRead::Watch,
+        (Some(_), false) => ApiRead::Get,
+        (None, false) => ApiRead::List,
+    })
+}
+
+fn group_allowed(g: &str) -> bool {
+    matches!(g, "networking.istio.io" | "security.istio.io" | "discovery.k8s.io")
+}
+
+/// The whole request check, except rate and watch limits (which need
+/// state): verb, impersonation, header size and the path.
+pub fn check_request<'a>(
+    method: &str,
+    path_and_query: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    max_header_bytes: usize,
+    allowed_secrets: &[String],
+) -> Result<ApiRead, ApiRefusal> {
+    let mut size = 0usize;
+    for (k, v) in headers {
+        size += k.len() + v.len() + 4;
+        if k.as_bytes().get(..11).is_some_and(|p| p.eq_ignore_ascii_case(b"impersonate")) {
+            return Err(ApiRefusal::Impersonation);
+        }
+    }
+    if size > max_header_bytes {
+        return Err(ApiRefusal::HeadersTooLarge);
+    }
+    if method != "GET" {
+        return Err(ApiRefusal::VerbNotAllowed);
+    }
+    classify(path_and_query, allowed_secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(p: &str) -> Result<ApiRead, ApiRefusal> {
+        classify(p, &["cacerts".to_string()])
+    }
+
+    #[test]
+    fn reads_of_mesh_resources_pass() {
+        assert_eq!(c("/version"), Ok(ApiRead::Discovery));
+        assert_eq!(c("/apis"), Ok(ApiRead::Discovery));
+        assert_eq!(c("/apis/networking.istio.io/v1"), Ok(ApiRead::Discovery));
+        assert_eq!(c("/api/v1/services"), Ok(ApiRead::List));
+        assert_eq!(c("/api/v1/services?watch=true&resourceVersion=1"), Ok(ApiRead::Watch));
+        assert_eq!(c("/api/v1/watch/services"), Ok(ApiRead::Watch));
+        assert_eq!(c("/api/v1/namespaces/abc/pods/foo"), Ok(ApiRead::Get));
+        assert_eq!(c("/api/v1/namespaces"), Ok(ApiRead::List));
+        assert_eq!(c("/api/v1/namespaces/abc"), Ok(ApiRead::Get));
+        assert_eq!(c("/api/v1/nodes/n1"), Ok(ApiRead::Get));
+        assert_eq!(c("/apis/discovery.k8s.io/v1/endpointslices?watch=1"), Ok(ApiRead::Watch));
+        assert_eq!(c("/apis/networking.istio.io/v1/namespaces/abc/virtualservices"), Ok(ApiRead::List));
+        assert_eq!(c("/apis/security.istio.io/v1/peerauthentications"), Ok(ApiRead::List));
+        assert_eq!(c("/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert"), Ok(ApiRead::Get));
+        assert_eq!(c("/api/v1/namespaces/istio-system/secrets/cacerts"), Ok(ApiRead::Get));
+    }
+
+    #[test]
+    fn everything_else_is_refused_with_its_reason() {
+        use ApiRefusal::*;
+        for (p, want) in [
+            ("/api/v1/secrets", ResourceNotAllowed),
+            ("/api/v1/namespaces/abc/secrets", ResourceNotAllowed),
+            ("/api/v1/namespaces/abc/secrets/db-password", ResourceNotAllowed),
+            ("/api/v1/namespaces/abc/configmaps", ResourceNotAllowed),
+            ("/api/v1/namespaces/abc/pods/foo/exec", SubresourceNotAllowed),
+            ("/api/v1/namespaces/abc/pods/foo/attach", SubresourceNotAllowed),
+            ("/api/v1/namespaces/abc/pods/foo/portforward", SubresourceNotAllowed),
+            ("/api/v1/namespaces/abc/pods/foo/log", SubresourceNotAllowed),
+            ("/api/v1/namespaces/abc/services/foo:80/proxy", SubresourceNotAllowed),
+            ("/api/v1/namespaces/abc/services/foo/proxy/x", SubresourceNotAllowed),
+            ("/api/v1/nodes/n1/proxy", SubresourceNotAllowed),
+            ("/apis/apps/v1/deployments", ResourceNotAllowed),
+            ("/apis/rbac.authorization.k8s.io/v1/clusterroles", ResourceNotAllowed),
+            ("/api/v1/namespaces/abc/../secrets", ResourceNotAllowed),
+            ("/api/v1/namespaces/abc/%73ecrets", ResourceNotAllowed),
+            ("/openapi/v2", ResourceNotAllowed),
+            ("/", ResourceNotAllowed),
+        ] {
+            assert_eq!(c(p), Err(want), "{p}");
+        }
+    }
+
+    #[test]
+    fn verbs_impersonation_and_size() {
+        let h = |v: &[(&'static str, &'static str)]| v.iter().copied().collect::<Vec<_>>().into_iter();
+        for m in ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+            assert_eq!(check_request(m, "/api/v1/services", h(&[]), 1000, &[]), Err(ApiRefusal::VerbNotAllowed));
+        }
+        assert_eq!(check_request("GET", "/api/v1/services", h(&[("impersonate-user", "admin")]), 1000, &[]), Err(ApiRefusal::Impersonation));
+        assert_eq!(check_request("GET", "/api/v1/services", h(&[("Impersonate-Group", "system:masters")]), 1000, &[]), Err(ApiRefusal::Impersonation));
+        let big = "x".repeat(2000);
+        let hs = vec![("x-big", big.as_str())];
+        assert_eq!(check_request("GET", "/api/v1/services", hs.into_iter(), 1000, &[]), Err(ApiRefusal::HeadersTooLarge));
+        assert_eq!(check_request("GET", "/api/v1/services", h(&[("accept", "application/json")]), 1000, &[]), Ok(ApiRead::List));
+    }
+
+    #[test]
+    fn refusals_are_kubernetes_status_objects() {
+        let v: serde_json::Value = serde_json::from_slice(&ApiRefusal::VerbNotAllowed.status_json()).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["code"], 405);
+        assert_eq!(v["reason"], "MethodNotAllowed");
+        let v: serde_json::Value = serde_json::from_slice(&ApiRefusal::Token(crate::token::TokenError::Expired).status_json()).unwrap();
+        assert_eq!((v["code"].as_u64(), v["reason"].as_str()), (Some(401), Some("Unauthorized")));
+        assert!(v["message"].as_str().unwrap().contains("TokenExpired"));
+    }
+}
