@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn verbs_impersonation_and_size() {
-        let h = |v: &[(&'static str, &'static str)]| v.iter().copied().collect::<Vec<_>>().into_iter();
+        let h = |v: &'static [(&'static str, &'static str)]| v.iter().copied();
         for m in ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
             assert_eq!(check_request(m, "/api/v1/services", h(&[]), 1000, &[]), Err(ApiRefusal::VerbNotAllowed));
         }
