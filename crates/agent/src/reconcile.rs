@@ -369,6 +369,7 @@ impl Reconciler {
             spiffe: self.spiffe.clone(),
             max_token_lifetime_seconds: 600,
             public_max_age_seconds: 60,
+            api: multicloud_core::edge::ApiSettings::default(),
         };
         let dp = DataPlane { edge, local: facts.clone(), peers: established };
         if last.as_ref() == Some(&dp) {

@@ -127,6 +127,65 @@ impl ApiRefusal {
     }
 }
 
+impl ApiRefusal {
+    /// Number of distinct refusals; [`ApiRefusal::index`] is below it.
+    pub const COUNT: usize = crate::token::TokenError::ALL.len() + 7;
+
+    pub fn index(self) -> usize {
+        match self {
+            ApiRefusal::Token(t) => t as usize,
+            other => crate::token::TokenError::ALL.len() + ApiRefusal::ALL.iter().position(|r| *r == other).unwrap_or(0),
+        }
+    }
+
+    /// Every refusal, token refusals included, in [`ApiRefusal::index`] order.
+    pub fn every() -> impl Iterator<Item = ApiRefusal> {
+        crate::token::TokenError::ALL.into_iter().map(ApiRefusal::Token).chain(ApiRefusal::ALL)
+    }
+}
+
+/// Per-peer request rate (token bucket) and concurrent watches. One per
+/// filter configuration per Envoy worker: limits apply per worker.
+#[derive(Default)]
+pub struct PeerLimiter {
+    buckets: std::collections::HashMap<std::rc::Rc<str>, (f64, u64)>,
+    watches: std::collections::HashMap<std::rc::Rc<str>, u32>,
+}
+
+impl PeerLimiter {
+    /// Admits one request of `peer` at `now_ms`; a watch also takes a slot
+    /// until [`PeerLimiter::watch_ended`].
+    pub fn admit(&mut self, peer: &std::rc::Rc<str>, now_ms: u64, watch: bool, s: &crate::edge::ApiSettings) -> Result<(), ApiRefusal> {
+        let burst = f64::from(s.burst.max(1));
+        let (tokens, last) = self.buckets.entry(peer.clone()).or_insert((burst, now_ms));
+        let elapsed = now_ms.saturating_sub(*last) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed * f64::from(s.requests_per_second)).min(burst);
+        *last = now_ms;
+        if *tokens < 1.0 {
+            return Err(ApiRefusal::RateLimited);
+        }
+        if watch {
+            let w = self.watches.entry(peer.clone()).or_insert(0);
+            if *w >= s.max_watches {
+                return Err(ApiRefusal::TooManyWatches);
+            }
+            *w += 1;
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+
+    pub fn watch_ended(&mut self, peer: &str) {
+        if let Some(w) = self.watches.get_mut(peer) {
+            *w = w.saturating_sub(1);
+        }
+    }
+
+    pub fn watches(&self, peer: &str) -> u32 {
+        self.watches.get(peer).copied().unwrap_or(0)
+    }
+}
+
 /// What an allowed request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiRead {
@@ -298,6 +357,24 @@ mod tests {
         let hs = vec![("x-big", big.as_str())];
         assert_eq!(check_request("GET", "/api/v1/services", hs.into_iter(), 1000, &[]), Err(ApiRefusal::HeadersTooLarge));
         assert_eq!(check_request("GET", "/api/v1/services", h(&[("accept", "application/json")]), 1000, &[]), Ok(ApiRead::List));
+    }
+
+    #[test]
+    fn rate_and_watches_are_limited_per_peer() {
+        let s = crate::edge::ApiSettings { requests_per_second: 10, burst: 2, max_watches: 1, ..Default::default() };
+        let mut l = PeerLimiter::default();
+        let (a, b): (std::rc::Rc<str>, std::rc::Rc<str>) = ("a".into(), "b".into());
+        assert_eq!(l.admit(&a, 0, false, &s), Ok(()));
+        assert_eq!(l.admit(&a, 0, false, &s), Ok(()));
+        assert_eq!(l.admit(&a, 0, false, &s), Err(ApiRefusal::RateLimited));
+        assert_eq!(l.admit(&b, 0, false, &s), Ok(()), "another peer has its own bucket");
+        assert_eq!(l.admit(&a, 100, true, &s), Ok(()), "100 ms refill one token at 10/s");
+        assert_eq!(l.admit(&a, 1000, true, &s), Err(ApiRefusal::TooManyWatches));
+        l.watch_ended("a");
+        assert_eq!(l.admit(&a, 2000, true, &s), Ok(()));
+        let idx: std::collections::HashSet<usize> = ApiRefusal::every().map(ApiRefusal::index).collect();
+        assert_eq!(idx.len(), ApiRefusal::COUNT);
+        assert!(idx.iter().all(|i| *i < ApiRefusal::COUNT));
     }
 
     #[test]

@@ -41,6 +41,38 @@ pub struct EdgeConfig {
     /// `Cache-Control: max-age` of the public documents.
     #[serde(default = "default_public_max_age")]
     pub public_max_age_seconds: u32,
+    /// The API proxy guard (the filter instance with root id `multicloud-api`).
+    #[serde(default)]
+    pub api: ApiSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiSettings {
+    /// Secret names a peer may get (none by default).
+    pub allowed_secrets: Vec<String>,
+    /// Request header bytes accepted (Envoy's own limit is higher).
+    pub max_header_bytes: usize,
+    /// Sustained requests per second per peer (per Envoy worker), and burst.
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// Concurrent watches per peer (per Envoy worker).
+    pub max_watches: u32,
+    /// The longest `exp - nbf` accepted for `api` tokens.
+    pub max_token_lifetime_seconds: i64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            allowed_secrets: Vec::new(),
+            max_header_bytes: 16 * 1024,
+            requests_per_second: 50,
+            burst: 100,
+            max_watches: 64,
+            max_token_lifetime_seconds: 25 * 3600,
+        }
+    }
 }
 
 fn default_max_token_lifetime() -> i64 {
@@ -243,8 +275,26 @@ struct Peer {
     key: ed25519_dalek::VerifyingKey,
 }
 
+/// The API guard's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiOutcome<'a> {
+    /// Pass to the API server (after stripping the peer's token).
+    Allow { peer: std::rc::Rc<str>, read: crate::apiguard::ApiRead },
+    Refuse(&'a Reply, crate::apiguard::ApiRefusal),
+}
+
+/// The request facts the API guard needs.
+pub struct ApiRequest<'a, H: Iterator<Item = (&'a str, &'a str)>> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authorization: Option<&'a str>,
+    /// Every request header (for size and impersonation checks).
+    pub headers: H,
+}
+
 /// A validated configuration with every reply precomputed.
 pub struct Edge {
+    api_refusals: Vec<Reply>,
     local_uuid: String,
     docs: [CompiledDoc; 3],
     refusals: Vec<Reply>,
@@ -265,8 +315,9 @@ pub struct TokenCache {
     map: HashMap<Box<str>, CachedToken>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct CachedToken {
+    peer: std::rc::Rc<str>,
     scope: Option<Scope>,
     nbf: i64,
     exp: i64,
@@ -386,7 +437,17 @@ impl Edge {
             compile_doc(ser(&bundle)?, &public_cc),
             compile_doc(ser(&config.private)?, "private, no-store"),
         ];
+        let api_refusals = crate::apiguard::ApiRefusal::every()
+            .map(|r| {
+                let mut headers = vec![("content-type".to_string(), "application/json".to_string()), ("cache-control".to_string(), "no-store".to_string())];
+                if r.code() == 401 {
+                    headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\"".into()));
+                }
+                Reply { status: r.code(), headers, body: r.status_json() }
+            })
+            .collect();
         Ok(Edge {
+            api_refusals,
             local_uuid,
             docs,
             refusals: Refusal::all().map(refusal_reply).collect(),
@@ -441,8 +502,46 @@ impl Edge {
         Outcome::Reply(&compiled.ok, Event::Served(doc))
     }
 
+    /// Decides a request on the API proxy route. `now_ms` is Unix milliseconds.
+    pub fn decide_api<'a, 'h, H: Iterator<Item = (&'h str, &'h str)>>(
+        &'a self,
+        req: ApiRequest<'h, H>,
+        now_ms: u64,
+        cache: &mut TokenCache,
+        limiter: &mut crate::apiguard::PeerLimiter,
+    ) -> ApiOutcome<'a> {
+        use crate::apiguard::{check_request, ApiRead, ApiRefusal};
+        let refuse = |r: ApiRefusal| match self.api_refusals.get(r.index()) {
+            Some(reply) => ApiOutcome::Refuse(reply, r),
+            None => ApiOutcome::Refuse(&self.docs[0].not_modified, r), // unreachable: one reply per refusal
+        };
+        let headers: Vec<(&str, &str)> = req.headers.collect();
+        let size: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        if size > self.config.api.max_header_bytes {
+            return refuse(ApiRefusal::HeadersTooLarge);
+        }
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        let peer = match self.authenticate(req.authorization, Scope::Api, now, cache) {
+            Ok(p) => p,
+            Err(e) => return refuse(ApiRefusal::Token(e)),
+        };
+        let read = match check_request(req.method, req.path, headers.into_iter(), usize::MAX, &self.config.api.allowed_secrets) {
+            Ok(r) => r,
+            Err(r) => return refuse(r),
+        };
+        if let Err(r) = limiter.admit(&peer, now_ms, read == ApiRead::Watch, &self.config.api) {
+            return refuse(r);
+        }
+        ApiOutcome::Allow { peer, read }
+    }
+
     /// Checks an `Authorization` header for a token of `need` scope.
     pub fn authorize(&self, authorization: Option<&str>, need: Scope, now: i64, cache: &mut TokenCache) -> Result<(), TokenError> {
+        self.authenticate(authorization, need, now, cache).map(|_| ())
+    }
+
+    /// Like [`Edge::authorize`], returning the peer's cluster UUID (lower case).
+    pub fn authenticate(&self, authorization: Option<&str>, need: Scope, now: i64, cache: &mut TokenCache) -> Result<std::rc::Rc<str>, TokenError> {
         let header = authorization.ok_or(TokenError::Missing)?;
         if header.len() > token::MAX_TOKEN_BYTES + 16 {
             return Err(TokenError::TooLarge);
@@ -457,14 +556,19 @@ impl Edge {
             return Err(TokenError::WrongScheme);
         }
         let token = token.trim();
+        let max_lifetime = match need {
+            Scope::Api => self.config.api.max_token_lifetime_seconds,
+            Scope::PrivateMulticluster => self.max_token_lifetime,
+        };
         let entry = match cache.map.get(token) {
-            Some(hit) => *hit,
+            Some(hit) => hit.clone(),
             None => {
-                let v = token::verify(token, &self.local_uuid, now, self.max_token_lifetime, |sub| {
-                    self.peers.get(&sub.to_ascii_lowercase()).map(|p| ((), p.key))
+                let v = token::verify(token, &self.local_uuid, now, i64::MAX, |sub| {
+                    let sub = sub.to_ascii_lowercase();
+                    self.peers.get(&sub).map(|p| (sub, p.key))
                 })?;
-                let entry = CachedToken { scope: v.scope, nbf: v.nbf, exp: v.exp };
-                cache.insert(token, entry, now);
+                let entry = CachedToken { peer: v.peer.into(), scope: v.scope, nbf: v.nbf, exp: v.exp };
+                cache.insert(token, entry.clone(), now);
                 entry
             }
         };
@@ -478,7 +582,10 @@ impl Edge {
         if entry.scope != Some(need) {
             return Err(TokenError::WrongScope);
         }
-        Ok(())
+        if entry.exp.saturating_sub(entry.nbf) > max_lifetime {
+            return Err(TokenError::LifetimeTooLong);
+        }
+        Ok(entry.peer)
     }
 }
 

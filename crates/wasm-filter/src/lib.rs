@@ -6,13 +6,20 @@
 //!   not compile is refused with one error log line; `on_configure` returns
 //!   false so Envoy rejects it and the filter configuration in force keeps
 //!   serving.
-//! - Each HTTP context reads four request headers, asks the edge, and either
-//!   sends the precomputed local reply or lets the request continue. Only
+//! - The same module runs in two roles, chosen by the plugin's root id:
+//!   `multicloud-edge` serves the metadata documents (local replies only);
+//!   `multicloud-api` guards the API proxy route (token with `scope: api`,
+//!   read-only allow-list, per-peer rate and watch limits), strips the
+//!   peer's token and lets allowed requests continue to the API server; a
+//!   later filter injects the proxy's own credential from SDS.
+//! - Each HTTP context reads the request headers in one host call, asks the
+//!   edge, and either sends a precomputed local reply or continues. Only
 //!   `proxy_wasm::hostcalls` (which return `Result`) are used: a host error
 //!   turns into a refusal, never a panic and never a pass-through of a
 //!   request under `/metadata/`.
 
-use multicloud_core::edge::{Edge, Event, Outcome, Request, TokenCache};
+use multicloud_core::apiguard::{ApiRead, ApiRefusal, PeerLimiter};
+use multicloud_core::edge::{ApiOutcome, ApiRequest, Edge, Event, Outcome, Request, TokenCache};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -25,12 +32,63 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
 
+/// The root id of the API guard role; anything else serves metadata.
+pub const API_ROOT_ID: &str = "multicloud-api";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Metadata,
+    Api,
+}
+
 /// What every request of one filter configuration shares.
 struct Shared {
+    role: Role,
     edge: Edge,
-    /// Counter ids, indexed by [`Event::index`].
+    /// Counter ids, indexed by [`Event::index`] (metadata role) or by
+    /// [`api_counter`] (API role).
     counters: Vec<u32>,
     cache: RefCell<TokenCache>,
+    limiter: RefCell<PeerLimiter>,
+}
+
+const API_READS: [ApiRead; 4] = [ApiRead::Discovery, ApiRead::Get, ApiRead::List, ApiRead::Watch];
+
+fn api_read_name(r: ApiRead) -> &'static str {
+    match r {
+        ApiRead::Discovery => "discovery",
+        ApiRead::Get => "get",
+        ApiRead::List => "list",
+        ApiRead::Watch => "watch",
+    }
+}
+
+/// Counter index in the API role: allowed reads first, then refusals.
+fn api_counter(allowed: Option<ApiRead>, refused: Option<ApiRefusal>) -> usize {
+    match (allowed, refused) {
+        (Some(r), _) => API_READS.iter().position(|x| *x == r).unwrap_or(0),
+        (None, Some(r)) => API_READS.len() + r.index(),
+        (None, None) => 0,
+    }
+}
+
+fn counter_names(role: Role) -> Vec<String> {
+    match role {
+        Role::Metadata => {
+            let mut v = vec![String::new(); Event::COUNT];
+            for e in Event::all() {
+                if let Some(slot) = v.get_mut(e.index()) {
+                    *slot = e.stat_name();
+                }
+            }
+            v
+        }
+        Role::Api => API_READS
+            .iter()
+            .map(|r| format!("multicloud_api.allowed.{}", api_read_name(*r)))
+            .chain(ApiRefusal::every().map(|r| format!("multicloud_api.refused.{}", r.stat_suffix())))
+            .collect(),
+    }
 }
 
 #[derive(Default)]
@@ -64,16 +122,16 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let mut counters = vec![0; Event::COUNT];
-        for event in Event::all() {
-            match hostcalls::define_metric(MetricType::Counter, &event.stat_name()) {
-                Ok(id) => {
-                    if let Some(slot) = counters.get_mut(event.index()) {
-                        *slot = id;
-                    }
-                }
+        let role = match hostcalls::get_property(vec!["plugin_root_id"]) {
+            Ok(Some(id)) if id == API_ROOT_ID.as_bytes() => Role::Api,
+            _ => Role::Metadata,
+        };
+        let mut counters = Vec::new();
+        for name in counter_names(role) {
+            match hostcalls::define_metric(MetricType::Counter, &name) {
+                Ok(id) => counters.push(id),
                 Err(status) => {
-                    log(LogLevel::Error, &format!("cannot define counter {}: host status {status:?}", event.stat_name()));
+                    log(LogLevel::Error, &format!("cannot define counter {name}: host status {status:?}"));
                     return false;
                 }
             }
@@ -81,18 +139,25 @@ impl RootContext for Root {
         log(
             LogLevel::Info,
             &format!(
-                "multicloud edge configured: cluster {} with {} peer(s), public.json etag {}",
+                "multicloud {} configured: cluster {} with {} peer(s), public.json etag {}",
+                if role == Role::Api { "API guard" } else { "edge" },
                 edge.config().public.cluster_uuid,
                 edge.config().peers.len(),
                 edge.etag(multicloud_core::edge::Doc::Public)
             ),
         );
-        self.shared = Some(Rc::new(Shared { edge, counters, cache: RefCell::new(TokenCache::default()) }));
+        self.shared = Some(Rc::new(Shared {
+            role,
+            edge,
+            counters,
+            cache: RefCell::new(TokenCache::default()),
+            limiter: RefCell::new(PeerLimiter::default()),
+        }));
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EdgeRequest { shared: self.shared.clone() }))
+        Some(Box::new(EdgeRequest { shared: self.shared.clone(), watch_of: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -102,9 +167,65 @@ impl RootContext for Root {
 
 struct EdgeRequest {
     shared: Option<Rc<Shared>>,
+    /// The peer holding a watch slot through this request, released at the end.
+    watch_of: Option<Rc<str>>,
 }
 
 impl Context for EdgeRequest {}
+
+fn unix_now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn count(shared: &Shared, index: usize) {
+    if let Some(id) = shared.counters.get(index) {
+        let _ = hostcalls::increment_metric(*id, 1);
+    }
+}
+
+impl EdgeRequest {
+    fn api(&mut self, shared: &Shared, headers: &[(String, String)]) -> Action {
+        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let req = ApiRequest {
+            method: find(":method").unwrap_or_default(),
+            path: find(":path").unwrap_or_default(),
+            authorization: find("authorization"),
+            headers: headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        };
+        let (Ok(mut cache), Ok(mut limiter)) = (shared.cache.try_borrow_mut(), shared.limiter.try_borrow_mut()) else {
+            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+            return Action::Pause;
+        };
+        match shared.edge.decide_api(req, unix_now_ms(), &mut cache, &mut limiter) {
+            ApiOutcome::Allow { peer, read } => {
+                count(shared, api_counter(Some(read), None));
+                // The peer's token never reaches the API server; the proxy's
+                // own credential is added by the next filter.
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None).is_err()
+                    || hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-multicloud-peer", Some(&peer)).is_err()
+                {
+                    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+                    return Action::Pause;
+                }
+                if read == ApiRead::Watch {
+                    self.watch_of = Some(peer);
+                }
+                Action::Continue
+            }
+            ApiOutcome::Refuse(reply, refusal) => {
+                count(shared, api_counter(None, Some(refusal)));
+                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
+                    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+                }
+                Action::Pause
+            }
+        }
+    }
+}
 
 fn unix_now() -> i64 {
     hostcalls::get_current_time()
@@ -125,13 +246,16 @@ impl HttpContext for EdgeRequest {
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let path = find(":path").unwrap_or_default();
-        let Some(shared) = self.shared.as_deref() else {
-            if path.starts_with(multicloud_core::edge::METADATA_PREFIX) {
-                let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
-                return Action::Pause;
-            }
-            return Action::Continue;
+        let Some(shared_rc) = self.shared.clone() else {
+            // No valid configuration: fail closed. (The API role has no
+            // other paths to let through either.)
+            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+            return Action::Pause;
         };
+        let shared = &*shared_rc;
+        if shared.role == Role::Api {
+            return self.api(shared, &headers);
+        }
         let req = Request {
             method: find(":method").unwrap_or_default(),
             path,
@@ -145,15 +269,23 @@ impl HttpContext for EdgeRequest {
         match outcome {
             Outcome::Continue => Action::Continue,
             Outcome::Reply(reply, event) => {
-                if let Some(id) = shared.counters.get(event.index()) {
-                    let _ = hostcalls::increment_metric(*id, 1);
-                }
+                count(shared, event.index());
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
                 if hostcalls::send_http_response(reply.status, headers, body).is_err() {
                     let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
                 }
                 Action::Pause
+            }
+        }
+    }
+}
+
+impl Drop for EdgeRequest {
+    fn drop(&mut self) {
+        if let (Some(peer), Some(shared)) = (self.watch_of.take(), self.shared.as_deref()) {
+            if let Ok(mut l) = shared.limiter.try_borrow_mut() {
+                l.watch_ended(&peer);
             }
         }
     }

@@ -37,6 +37,7 @@ fn edge_b(a_key: &SigningKey) -> Edge {
         spiffe: SpiffeSettings::default(),
         max_token_lifetime_seconds: 600,
         public_max_age_seconds: 60,
+        api: ApiSettings::default(),
     })
     .unwrap()
 }
@@ -150,4 +151,27 @@ fn every_event_has_a_distinct_counter() {
     let idx: std::collections::HashSet<_> = Event::all().map(Event::index).collect();
     assert_eq!(idx.len(), Event::COUNT);
     assert!(idx.iter().all(|i| *i < Event::COUNT));
+}
+
+#[test]
+fn the_api_guard_authenticates_then_authorizes() {
+    use crate::apiguard::{ApiRead, ApiRefusal, PeerLimiter};
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let edge = edge_b(&a);
+    let mut c = TokenCache::default();
+    let mut l = PeerLimiter::default();
+    let api = format!("Bearer {}", token(&a, "api"));
+    let private = format!("Bearer {}", token(&a, "private-multicluster"));
+    let run = |method: &'static str, path: &'static str, auth: &str, c: &mut TokenCache, l: &mut PeerLimiter| {
+        let hs: Vec<(&str, &str)> = vec![("authorization", auth)];
+        match edge.decide_api(ApiRequest { method, path, authorization: Some(auth), headers: hs.into_iter() }, NOW as u64 * 1000, c, l) {
+            ApiOutcome::Allow { peer, read } => Ok((peer.to_string(), read)),
+            ApiOutcome::Refuse(reply, r) => Err((reply.status, r)),
+        }
+    };
+    assert_eq!(run("GET", "/api/v1/services", &api, &mut c, &mut l), Ok((A.to_string(), ApiRead::List)));
+    assert_eq!(run("GET", "/api/v1/services", &private, &mut c, &mut l), Err((403, ApiRefusal::Token(TokenError::WrongScope))));
+    assert_eq!(run("DELETE", "/api/v1/services/x", &api, &mut c, &mut l), Err((405, ApiRefusal::VerbNotAllowed)));
+    assert_eq!(run("GET", "/api/v1/secrets", &api, &mut c, &mut l), Err((403, ApiRefusal::ResourceNotAllowed)));
+    assert_eq!(run("GET", "/api/v1/secrets", "Bearer x.y.z", &mut c, &mut l), Err((401, ApiRefusal::Token(TokenError::Malformed))), "authentication first");
 }
