@@ -10,11 +10,17 @@ pub use envoy_types;
 pub use prost;
 
 pub mod edge_filter;
+pub mod mesh;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 
 /// A state-of-the-world `DiscoveryResponse` of `resources` (already packed).
 pub fn discovery_response(type_url: &str, version: &str, resources: Vec<Any>) -> DiscoveryResponse {
-    DiscoveryResponse { version_info: version.into(), type_url: type_url.into(), resources, ..Default::default() }
+    DiscoveryResponse {
+        version_info: version.into(),
+        type_url: type_url.into(),
+        resources,
+        ..Default::default()
+    }
 }
