@@ -5,24 +5,18 @@
 //! The filter fails closed: `failure_policy: FAIL_CLOSED`, so a VM that
 //! cannot start or crashes answers 503 rather than letting requests pass.
 
-use envoy_types::pb::envoy::config::core::v3::{
-    async_data_source, data_source, AsyncDataSource, DataSource, TypedExtensionConfig,
-};
+use envoy_types::pb::envoy::config::core::v3::{async_data_source, data_source, AsyncDataSource, DataSource, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
-use envoy_types::pb::envoy::extensions::wasm::v3::{
-    plugin_config, FailurePolicy, PluginConfig, VmConfig,
-};
+use envoy_types::pb::envoy::extensions::wasm::v3::{plugin_config, FailurePolicy, PluginConfig, VmConfig};
 use envoy_types::pb::google::protobuf::{Any, StringValue};
 use envoy_types::util::pack_any;
 
 /// The filter's name in the HTTP filter chain and in ECDS.
 pub const FILTER_NAME: &str = "multicloud-edge";
 /// The type URL Envoy's `config_discovery.type_urls` must list.
-pub const WASM_FILTER_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+pub const WASM_FILTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 /// The type URL of ECDS resources.
-pub const EXTENSION_CONFIG_TYPE_URL: &str =
-    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+pub const EXTENSION_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 
 /// Builds the ECDS resource for the edge filter. `wasm_path` is the module's
 /// path on the gateway's filesystem; `config_json` the edge configuration.
@@ -41,19 +35,12 @@ pub fn extension_config(wasm_path: &str, config_json: &str) -> TypedExtensionCon
     let plugin = PluginConfig {
         name: FILTER_NAME.into(),
         root_id: FILTER_NAME.into(),
-        configuration: Some(pack_any(StringValue {
-            value: config_json.into(),
-        })),
+        configuration: Some(pack_any(StringValue { value: config_json.into() })),
         failure_policy: FailurePolicy::FailClosed as i32,
         vm: Some(plugin_config::Vm::VmConfig(vm)),
         ..Default::default()
     };
-    TypedExtensionConfig {
-        name: FILTER_NAME.into(),
-        typed_config: Some(pack_any(Wasm {
-            config: Some(plugin),
-        })),
-    }
+    TypedExtensionConfig { name: FILTER_NAME.into(), typed_config: Some(pack_any(Wasm { config: Some(plugin) })) }
 }
 
 /// The same, packed for a `DiscoveryResponse`.

@@ -17,10 +17,5 @@ use envoy_types::pb::google::protobuf::Any;
 
 /// A state-of-the-world `DiscoveryResponse` of `resources` (already packed).
 pub fn discovery_response(type_url: &str, version: &str, resources: Vec<Any>) -> DiscoveryResponse {
-    DiscoveryResponse {
-        version_info: version.into(),
-        type_url: type_url.into(),
-        resources,
-        ..Default::default()
-    }
+    DiscoveryResponse { version_info: version.into(), type_url: type_url.into(), resources, ..Default::default() }
 }

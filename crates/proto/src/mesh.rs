@@ -30,21 +30,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection,
-};
+use envoy_types::pb::envoy::config::cluster::v3::{circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, api_config_source, config_source, data_source, grpc_service, socket_address,
-    transport_socket, Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource,
-    DataSource, GrpcService, Locality, Metadata, PathConfigSource, RoutingPriority, SocketAddress,
-    TransportSocket,
+    address, api_config_source, config_source, data_source, grpc_service, socket_address, transport_socket, Address,
+    AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Locality, Metadata, PathConfigSource,
+    RoutingPriority, SocketAddress, TransportSocket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context, secret, CertificateValidationContext, CommonTlsContext, SdsSecretConfig,
-    Secret, UpstreamTlsContext,
+    common_tls_context, secret, CertificateValidationContext, CommonTlsContext, SdsSecretConfig, Secret, UpstreamTlsContext,
 };
 use envoy_types::pb::google::protobuf::{value, Any, Duration, Struct, UInt32Value, Value};
 use envoy_types::util::pack_any;
@@ -55,12 +49,9 @@ use prost::Message as _;
 pub use multicloud_core::metadata::{ExportedService, IngressGateway};
 
 pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT_TYPE_URL: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-pub const SECRET_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-const UPSTREAM_TLS_TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+pub const ENDPOINT_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const UPSTREAM_TLS_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 
 /// SDS name of the local root plus every peer's root.
 pub const TRUST_BUNDLE_SECRET: &str = "multicloud-trust-bundle";
@@ -122,16 +113,9 @@ impl Sources {
     /// What the agent pushes: EDS and trust over ADS, the certificate from
     /// `client.sds_cluster` (`"ads"` meaning ADS).
     pub fn for_client(client: &ClientIdentity) -> Sources {
-        let cert = if client.sds_cluster == "ads" {
-            ConfigSourceKind::Ads
-        } else {
-            ConfigSourceKind::GrpcCluster(client.sds_cluster.into())
-        };
-        Sources {
-            eds: ConfigSourceKind::Ads,
-            trust: ConfigSourceKind::Ads,
-            cert,
-        }
+        let cert =
+            if client.sds_cluster == "ads" { ConfigSourceKind::Ads } else { ConfigSourceKind::GrpcCluster(client.sds_cluster.into()) };
+        Sources { eds: ConfigSourceKind::Ads, trust: ConfigSourceKind::Ads, cert }
     }
 }
 
@@ -139,32 +123,16 @@ impl Sources {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error("peer {peer}: {field}: not a usable root CA: {cause}")]
-    Root {
-        peer: String,
-        field: String,
-        cause: String,
-    },
+    Root { peer: String, field: String, cause: String },
     #[error("peer {peer}: {field}: {cause}")]
-    Address {
-        peer: String,
-        field: String,
-        cause: String,
-    },
+    Address { peer: String, field: String, cause: String },
     #[error("peer {peer}: {field}: port 0 is not a port")]
     Port { peer: String, field: String },
     #[error("peer {peer}: {field}: {cause}")]
-    Name {
-        peer: String,
-        field: String,
-        cause: String,
-    },
+    Name { peer: String, field: String, cause: String },
     /// A built resource missing a part Envoy needs, or two resources of one name.
     #[error("peer {peer}: {field}: {cause}")]
-    Malformed {
-        peer: String,
-        field: String,
-        cause: String,
-    },
+    Malformed { peer: String, field: String, cause: String },
 }
 
 impl BuildError {
@@ -190,19 +158,11 @@ impl BuildError {
 }
 
 fn name_err(peer: &str, field: impl Into<String>, cause: impl Into<String>) -> BuildError {
-    BuildError::Name {
-        peer: peer.into(),
-        field: field.into(),
-        cause: cause.into(),
-    }
+    BuildError::Name { peer: peer.into(), field: field.into(), cause: cause.into() }
 }
 
 fn malformed(peer: &str, field: impl Into<String>, cause: impl Into<String>) -> BuildError {
-    BuildError::Malformed {
-        peer: peer.into(),
-        field: field.into(),
-        cause: cause.into(),
-    }
+    BuildError::Malformed { peer: peer.into(), field: field.into(), cause: cause.into() }
 }
 
 // ---------------------------------------------------------------- names --
@@ -231,25 +191,16 @@ pub fn resource_file_name(resource_name: &str) -> String {
 // -------------------------------------------------------------- secrets --
 
 fn parse_root(peer: &str, field: &str, pem: &str) -> Result<CertBundle, BuildError> {
-    CertBundle::from_pem(pem).map_err(|e| BuildError::Root {
-        peer: peer.into(),
-        field: field.into(),
-        cause: e.to_string(),
-    })
+    CertBundle::from_pem(pem).map_err(|e| BuildError::Root { peer: peer.into(), field: field.into(), cause: e.to_string() })
 }
 
 fn validation_secret(name: String, pem: String) -> Secret {
     Secret {
         name,
-        r#type: Some(secret::Type::ValidationContext(
-            CertificateValidationContext {
-                trusted_ca: Some(DataSource {
-                    specifier: Some(data_source::Specifier::InlineString(pem)),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )),
+        r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(pem)), ..Default::default() }),
+            ..Default::default()
+        })),
     }
 }
 
@@ -266,10 +217,7 @@ pub fn trust_bundle_secret(local_root_pem: &str, peers: &[PeerView]) -> Result<S
     }
     let mut seen = HashSet::new();
     certs.retain(|c| seen.insert(c.clone()));
-    let s = validation_secret(
-        TRUST_BUNDLE_SECRET.into(),
-        CertBundle { certs_der: certs }.to_pem(),
-    );
+    let s = validation_secret(TRUST_BUNDLE_SECRET.into(), CertBundle { certs_der: certs }.to_pem());
     validate_secret(&s)?;
     Ok(s)
 }
@@ -286,10 +234,7 @@ pub fn peer_root_secret(peer: &PeerView) -> Result<Secret, BuildError> {
 /// A validation-context secret: named, and its `trusted_ca` an inline PEM
 /// bundle of certificates. The peer in errors is read from the name.
 pub fn validate_secret(s: &Secret) -> Result<(), BuildError> {
-    let peer = s
-        .name
-        .strip_prefix("multicloud-peer-root~")
-        .unwrap_or(&s.name);
+    let peer = s.name.strip_prefix("multicloud-peer-root~").unwrap_or(&s.name);
     if s.name.is_empty() {
         return Err(name_err("?", "name", "is empty"));
     }
@@ -297,14 +242,8 @@ pub fn validate_secret(s: &Secret) -> Result<(), BuildError> {
         return Err(malformed(peer, "validation_context", "is missing"));
     };
     match vc.trusted_ca.as_ref().and_then(|d| d.specifier.as_ref()) {
-        Some(data_source::Specifier::InlineString(pem)) => {
-            parse_root(peer, "validation_context.trusted_ca", pem).map(|_| ())
-        }
-        _ => Err(malformed(
-            peer,
-            "validation_context.trusted_ca",
-            "is not an inline string",
-        )),
+        Some(data_source::Specifier::InlineString(pem)) => parse_root(peer, "validation_context.trusted_ca", pem).map(|_| ()),
+        _ => Err(malformed(peer, "validation_context.trusted_ca", "is not an inline string")),
     }
 }
 
@@ -312,11 +251,7 @@ pub fn validate_secret(s: &Secret) -> Result<(), BuildError> {
 
 fn check_peer_names(p: &PeerView) -> Result<(), BuildError> {
     if !is_host(p.name) || p.name.parse::<std::net::IpAddr>().is_ok() {
-        return Err(name_err(
-            if p.name.is_empty() { "?" } else { p.name },
-            "name",
-            "must be a DNS-1123 object name",
-        ));
+        return Err(name_err(if p.name.is_empty() { "?" } else { p.name }, "name", "must be a DNS-1123 object name"));
     }
     if !is_uuid(p.cluster_uuid) {
         return Err(name_err(p.name, "clusterUUID", "is not a UUID"));
@@ -332,18 +267,11 @@ fn check_services(p: &PeerView) -> Result<(), BuildError> {
     let mut names = HashSet::new();
     for (i, s) in p.services.iter().enumerate() {
         if !is_host(&s.hostname) || s.hostname.parse::<std::net::IpAddr>().is_ok() {
-            return Err(name_err(
-                p.name,
-                format!("services[{i}].hostname"),
-                format!("{:?} is not a DNS name", s.hostname),
-            ));
+            return Err(name_err(p.name, format!("services[{i}].hostname"), format!("{:?} is not a DNS name", s.hostname)));
         }
         for (j, port) in s.ports.iter().enumerate() {
             if port.port == 0 {
-                return Err(BuildError::Port {
-                    peer: p.name.into(),
-                    field: format!("services[{i}].ports[{j}].port"),
-                });
+                return Err(BuildError::Port { peer: p.name.into(), field: format!("services[{i}].ports[{j}].port") });
             }
             if !names.insert((s.hostname.as_str(), port.port)) {
                 return Err(malformed(
@@ -361,62 +289,38 @@ fn check_services(p: &PeerView) -> Result<(), BuildError> {
 
 fn config_source(kind: &ConfigSourceKind, resource_name: &str) -> ConfigSource {
     let spec = match kind {
-        ConfigSourceKind::Ads => {
-            config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})
-        }
-        ConfigSourceKind::GrpcCluster(cluster) => {
-            config_source::ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
-                api_type: api_config_source::ApiType::Grpc as i32,
-                transport_api_version: ApiVersion::V3 as i32,
-                grpc_services: vec![GrpcService {
-                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                        grpc_service::EnvoyGrpc {
-                            cluster_name: cluster.clone(),
-                            ..Default::default()
-                        },
-                    )),
+        ConfigSourceKind::Ads => config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {}),
+        ConfigSourceKind::GrpcCluster(cluster) => config_source::ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
+            api_type: api_config_source::ApiType::Grpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            grpc_services: vec![GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                    cluster_name: cluster.clone(),
                     ..Default::default()
-                }],
-                set_node_on_first_message_only: true,
+                })),
                 ..Default::default()
-            })
-        }
-        ConfigSourceKind::FilesIn(dir) => {
-            config_source::ConfigSourceSpecifier::PathConfigSource(PathConfigSource {
-                path: format!("{dir}/{}", resource_file_name(resource_name)),
-                ..Default::default()
-            })
-        }
+            }],
+            set_node_on_first_message_only: true,
+            ..Default::default()
+        }),
+        ConfigSourceKind::FilesIn(dir) => config_source::ConfigSourceSpecifier::PathConfigSource(PathConfigSource {
+            path: format!("{dir}/{}", resource_file_name(resource_name)),
+            ..Default::default()
+        }),
     };
-    ConfigSource {
-        resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(spec),
-        ..Default::default()
-    }
+    ConfigSource { resource_api_version: ApiVersion::V3 as i32, config_source_specifier: Some(spec), ..Default::default() }
 }
 
 fn string_value(s: &str) -> Value {
-    Value {
-        kind: Some(value::Kind::StringValue(s.into())),
-    }
+    Value { kind: Some(value::Kind::StringValue(s.into())) }
 }
 
 fn struct_of(fields: &[(&str, &str)]) -> Struct {
-    Struct {
-        fields: fields
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), string_value(v)))
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
-            .collect(),
-    }
+    Struct { fields: fields.iter().map(|(k, v)| ((*k).to_string(), string_value(v))).collect::<BTreeMap<_, _>>().into_iter().collect() }
 }
 
 fn metadata(namespace: &str, fields: &[(&str, &str)]) -> Metadata {
-    Metadata {
-        filter_metadata: HashMap::from([(namespace.to_string(), struct_of(fields))]),
-        ..Default::default()
-    }
+    Metadata { filter_metadata: HashMap::from([(namespace.to_string(), struct_of(fields))]), ..Default::default() }
 }
 
 fn u32v(value: u32) -> Option<UInt32Value> {
@@ -463,13 +367,7 @@ fn circuit_breakers() -> CircuitBreakers {
     }
 }
 
-fn upstream_tls(
-    peer: &PeerView,
-    client: &ClientIdentity,
-    sources: &Sources,
-    hostname: &str,
-    port: u16,
-) -> UpstreamTlsContext {
+fn upstream_tls(peer: &PeerView, client: &ClientIdentity, sources: &Sources, hostname: &str, port: u16) -> UpstreamTlsContext {
     let trust = peer_root_secret_name(peer.cluster_uuid);
     UpstreamTlsContext {
         sni: sni(hostname, port),
@@ -479,14 +377,10 @@ fn upstream_tls(
                 name: client.cert_secret.into(),
                 sds_config: Some(config_source(&sources.cert, client.cert_secret)),
             }],
-            validation_context_type: Some(
-                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                    SdsSecretConfig {
-                        sds_config: Some(config_source(&sources.trust, &trust)),
-                        name: trust,
-                    },
-                ),
-            ),
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(SdsSecretConfig {
+                sds_config: Some(config_source(&sources.trust, &trust)),
+                name: trust,
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -495,19 +389,12 @@ fn upstream_tls(
 
 /// One EDS cluster per exported service port, as the agent serves them
 /// (EDS and trust over ADS, the certificate from `client.sds_cluster`).
-pub fn remote_clusters(
-    peer: &PeerView,
-    client: &ClientIdentity,
-) -> Result<Vec<Cluster>, BuildError> {
+pub fn remote_clusters(peer: &PeerView, client: &ClientIdentity) -> Result<Vec<Cluster>, BuildError> {
     remote_clusters_with(peer, client, &Sources::for_client(client))
 }
 
 /// [`remote_clusters`] with explicit config sources.
-pub fn remote_clusters_with(
-    peer: &PeerView,
-    client: &ClientIdentity,
-    sources: &Sources,
-) -> Result<Vec<Cluster>, BuildError> {
+pub fn remote_clusters_with(peer: &PeerView, client: &ClientIdentity, sources: &Sources) -> Result<Vec<Cluster>, BuildError> {
     check_services(peer)?;
     if client.cert_secret.is_empty() {
         return Err(name_err(peer.name, "client.cert_secret", "is empty"));
@@ -521,9 +408,7 @@ pub fn remote_clusters_with(
             let name = remote_cluster_name(peer.name, &s.hostname, p.port);
             let tls = upstream_tls(peer, client, sources, &s.hostname, p.port);
             let c = Cluster {
-                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-                    cluster::DiscoveryType::Eds as i32,
-                )),
+                cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
                 eds_cluster_config: Some(cluster::EdsClusterConfig {
                     eds_config: Some(config_source(&sources.eds, &name)),
                     service_name: String::new(),
@@ -537,11 +422,7 @@ pub fn remote_clusters_with(
                 }),
                 metadata: Some(metadata(
                     METADATA_NAMESPACE,
-                    &[
-                        ("peer", peer.name),
-                        ("clusterUUID", peer.cluster_uuid),
-                        ("network", peer.network),
-                    ],
+                    &[("peer", peer.name), ("clusterUUID", peer.cluster_uuid), ("network", peer.network)],
                 )),
                 name,
                 ..Default::default()
@@ -554,33 +435,21 @@ pub fn remote_clusters_with(
 }
 
 fn cluster_peer(c: &Cluster) -> String {
-    let from_meta = c
-        .metadata
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
-        .and_then(|s| s.fields.get("peer"))
-        .and_then(|v| match &v.kind {
-            Some(value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
-            _ => None,
-        });
-    from_meta
-        .or_else(|| {
-            c.name
-                .rsplit_once("|multicloud-")
-                .map(|(_, p)| p.to_string())
-        })
-        .unwrap_or_else(|| "?".into())
+    let from_meta =
+        c.metadata.as_ref().and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE)).and_then(|s| s.fields.get("peer")).and_then(
+            |v| match &v.kind {
+                Some(value::Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            },
+        );
+    from_meta.or_else(|| c.name.rsplit_once("|multicloud-").map(|(_, p)| p.to_string())).unwrap_or_else(|| "?".into())
 }
 
 fn check_sds(peer: &str, field: &str, s: &SdsSecretConfig) -> Result<(), BuildError> {
     if s.name.is_empty() {
         return Err(name_err(peer, format!("{field}.name"), "is empty"));
     }
-    if s.sds_config
-        .as_ref()
-        .and_then(|c| c.config_source_specifier.as_ref())
-        .is_none()
-    {
+    if s.sds_config.as_ref().and_then(|c| c.config_source_specifier.as_ref()).is_none() {
         return Err(malformed(peer, format!("{field}.sds_config"), "is missing"));
     }
     Ok(())
@@ -595,93 +464,45 @@ pub fn validate_cluster(c: &Cluster) -> Result<(), BuildError> {
     if c.name.is_empty() {
         return Err(name_err(peer, "name", "is empty"));
     }
-    if c.cluster_discovery_type
-        != Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Eds as i32,
-        ))
-    {
+    if c.cluster_discovery_type != Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)) {
         return Err(malformed(peer, "type", "is not EDS"));
     }
-    if c.eds_cluster_config
-        .as_ref()
-        .and_then(|e| e.eds_config.as_ref())
-        .and_then(|s| s.config_source_specifier.as_ref())
-        .is_none()
-    {
-        return Err(malformed(
-            peer,
-            "eds_cluster_config.eds_config",
-            "is missing",
-        ));
+    if c.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()).and_then(|s| s.config_source_specifier.as_ref()).is_none() {
+        return Err(malformed(peer, "eds_cluster_config.eds_config", "is missing"));
     }
-    if !c
-        .connect_timeout
-        .is_some_and(|d| d.seconds > 0 || d.nanos > 0)
-    {
+    if !c.connect_timeout.is_some_and(|d| d.seconds > 0 || d.nanos > 0) {
         return Err(malformed(peer, "connect_timeout", "is not positive"));
     }
     if peer == "?" {
-        return Err(malformed(
-            peer,
-            "metadata.filter_metadata.istio-multicloud.peer",
-            "is missing",
-        ));
+        return Err(malformed(peer, "metadata.filter_metadata.istio-multicloud.peer", "is missing"));
     }
-    let Some(TransportSocket {
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any)),
-        ..
-    }) = &c.transport_socket
-    else {
+    let Some(TransportSocket { config_type: Some(transport_socket::ConfigType::TypedConfig(any)), .. }) = &c.transport_socket else {
         return Err(malformed(peer, "transport_socket", "is missing"));
     };
     let tls = decode_tls(peer, any)?;
     if tls.sni.is_empty() {
         return Err(name_err(peer, "transport_socket.sni", "is empty"));
     }
-    let common = tls
-        .common_tls_context
-        .as_ref()
-        .ok_or_else(|| malformed(peer, "common_tls_context", "is missing"))?;
+    let common = tls.common_tls_context.as_ref().ok_or_else(|| malformed(peer, "common_tls_context", "is missing"))?;
     if common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(malformed(
-            peer,
-            "common_tls_context.tls_certificate_sds_secret_configs",
-            "is empty",
-        ));
+        return Err(malformed(peer, "common_tls_context.tls_certificate_sds_secret_configs", "is empty"));
     }
     for (i, s) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
-        check_sds(
-            peer,
-            &format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]"),
-            s,
-        )?;
+        check_sds(peer, &format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]"), s)?;
     }
     match &common.validation_context_type {
         Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
-            check_sds(
-                peer,
-                "common_tls_context.validation_context_sds_secret_config",
-                s,
-            )
+            check_sds(peer, "common_tls_context.validation_context_sds_secret_config", s)
         }
-        _ => Err(malformed(
-            peer,
-            "common_tls_context.validation_context_sds_secret_config",
-            "is missing",
-        )),
+        _ => Err(malformed(peer, "common_tls_context.validation_context_sds_secret_config", "is missing")),
     }
 }
 
 fn decode_tls(peer: &str, any: &Any) -> Result<UpstreamTlsContext, BuildError> {
     if any.type_url != UPSTREAM_TLS_TYPE_URL {
-        return Err(malformed(
-            peer,
-            "transport_socket.typed_config",
-            format!("is a {}, not an UpstreamTlsContext", any.type_url),
-        ));
+        return Err(malformed(peer, "transport_socket.typed_config", format!("is a {}, not an UpstreamTlsContext", any.type_url)));
     }
-    UpstreamTlsContext::decode(any.value.as_slice())
-        .map_err(|e| malformed(peer, "transport_socket.typed_config", e.to_string()))
+    UpstreamTlsContext::decode(any.value.as_slice()).map_err(|e| malformed(peer, "transport_socket.typed_config", e.to_string()))
 }
 
 // ------------------------------------------------------------ endpoints --
@@ -700,29 +521,19 @@ pub fn gateway_weights(ready_endpoints: u32, gateways: usize) -> Vec<u32> {
     }
     let total = ready_endpoints.max(1) as u64;
     let g = gateways as u64;
-    (0..g)
-        .map(|i| (total / g + u64::from(i < total % g)).clamp(1, u64::from(u32::MAX)) as u32)
-        .collect()
+    (0..g).map(|i| (total / g + u64::from(i < total % g)).clamp(1, u64::from(u32::MAX)) as u32).collect()
 }
 
 fn check_gateways<'a>(p: &PeerView<'a>) -> Result<Vec<&'a IngressGateway>, BuildError> {
     if p.gateways.is_empty() {
-        return Err(BuildError::Address {
-            peer: p.name.into(),
-            field: "ingressGateways".into(),
-            cause: "lists no gateway".into(),
-        });
+        return Err(BuildError::Address { peer: p.name.into(), field: "ingressGateways".into(), cause: "lists no gateway".into() });
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, g) in p.gateways.iter().enumerate() {
         let field = format!("ingressGateways[{i}].address");
         if g.address.is_empty() {
-            return Err(BuildError::Address {
-                peer: p.name.into(),
-                field,
-                cause: "is empty".into(),
-            });
+            return Err(BuildError::Address { peer: p.name.into(), field, cause: "is empty".into() });
         }
         if g.address.parse::<std::net::IpAddr>().is_err() {
             let cause = if is_host(&g.address) {
@@ -730,17 +541,10 @@ fn check_gateways<'a>(p: &PeerView<'a>) -> Result<Vec<&'a IngressGateway>, Build
             } else {
                 format!("{:?} is not an IP address", g.address)
             };
-            return Err(BuildError::Address {
-                peer: p.name.into(),
-                field,
-                cause,
-            });
+            return Err(BuildError::Address { peer: p.name.into(), field, cause });
         }
         if g.port == 0 {
-            return Err(BuildError::Port {
-                peer: p.name.into(),
-                field: format!("ingressGateways[{i}].port"),
-            });
+            return Err(BuildError::Port { peer: p.name.into(), field: format!("ingressGateways[{i}].port") });
         }
         if seen.insert((g.address.as_str(), g.port)) {
             out.push(g);
@@ -767,9 +571,7 @@ pub fn remote_endpoints(peer: &PeerView) -> Result<Vec<ClusterLoadAssignment>, B
                     address: Some(Address {
                         address: Some(address::Address::SocketAddress(SocketAddress {
                             address: g.address.clone(),
-                            port_specifier: Some(socket_address::PortSpecifier::PortValue(
-                                u32::from(g.port),
-                            )),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(g.port))),
                             ..Default::default()
                         })),
                     }),
@@ -784,11 +586,7 @@ pub fn remote_endpoints(peer: &PeerView) -> Result<Vec<ClusterLoadAssignment>, B
             let cla = ClusterLoadAssignment {
                 cluster_name: remote_cluster_name(peer.name, &s.hostname, p.port),
                 endpoints: vec![LocalityLbEndpoints {
-                    locality: Some(Locality {
-                        region: LOCALITY_REGION.into(),
-                        zone: peer.name.into(),
-                        ..Default::default()
-                    }),
+                    locality: Some(Locality { region: LOCALITY_REGION.into(), zone: peer.name.into(), ..Default::default() }),
                     lb_endpoints: lb_endpoints.clone(),
                     load_balancing_weight: u32v(s.ready_endpoints.max(1)),
                     ..Default::default()
@@ -809,54 +607,28 @@ pub fn validate_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), Build
     let peer = cla
         .endpoints
         .iter()
-        .find_map(|l| {
-            l.locality
-                .as_ref()
-                .map(|l| l.zone.clone())
-                .filter(|z| !z.is_empty())
-        })
-        .or_else(|| {
-            cla.cluster_name
-                .rsplit_once("|multicloud-")
-                .map(|(_, p)| p.to_string())
-        })
+        .find_map(|l| l.locality.as_ref().map(|l| l.zone.clone()).filter(|z| !z.is_empty()))
+        .or_else(|| cla.cluster_name.rsplit_once("|multicloud-").map(|(_, p)| p.to_string()))
         .unwrap_or_else(|| "?".into());
     let peer = peer.as_str();
     if cla.cluster_name.is_empty() {
         return Err(name_err(peer, "cluster_name", "is empty"));
     }
     if cla.endpoints.iter().all(|l| l.lb_endpoints.is_empty()) {
-        return Err(BuildError::Address {
-            peer: peer.into(),
-            field: "endpoints".into(),
-            cause: "no endpoint".into(),
-        });
+        return Err(BuildError::Address { peer: peer.into(), field: "endpoints".into(), cause: "no endpoint".into() });
     }
     for (i, l) in cla.endpoints.iter().enumerate() {
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let at = format!("endpoints[{i}].lb_endpoints[{j}]");
             let sa = match &e.host_identifier {
                 Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address:
-                        Some(Address {
-                            address: Some(address::Address::SocketAddress(sa)),
-                        }),
+                    address: Some(Address { address: Some(address::Address::SocketAddress(sa)) }),
                     ..
                 })) => sa,
-                _ => {
-                    return Err(malformed(
-                        peer,
-                        format!("{at}.endpoint.address"),
-                        "is not a socket address",
-                    ))
-                }
+                _ => return Err(malformed(peer, format!("{at}.endpoint.address"), "is not a socket address")),
             };
             if sa.address.is_empty() {
-                return Err(BuildError::Address {
-                    peer: peer.into(),
-                    field: format!("{at}.endpoint.address"),
-                    cause: "is empty".into(),
-                });
+                return Err(BuildError::Address { peer: peer.into(), field: format!("{at}.endpoint.address"), cause: "is empty".into() });
             }
             if sa.address.parse::<std::net::IpAddr>().is_err() {
                 return Err(BuildError::Address {
@@ -865,19 +637,11 @@ pub fn validate_load_assignment(cla: &ClusterLoadAssignment) -> Result<(), Build
                     cause: format!("{:?} is not an IP address", sa.address),
                 });
             }
-            if !matches!(sa.port_specifier, Some(socket_address::PortSpecifier::PortValue(p)) if p != 0 && p <= 65535)
-            {
-                return Err(BuildError::Port {
-                    peer: peer.into(),
-                    field: format!("{at}.endpoint.address.port_value"),
-                });
+            if !matches!(sa.port_specifier, Some(socket_address::PortSpecifier::PortValue(p)) if p != 0 && p <= 65535) {
+                return Err(BuildError::Port { peer: peer.into(), field: format!("{at}.endpoint.address.port_value") });
             }
             if e.load_balancing_weight.is_some_and(|w| w.value == 0) {
-                return Err(malformed(
-                    peer,
-                    format!("{at}.load_balancing_weight"),
-                    "is 0",
-                ));
+                return Err(malformed(peer, format!("{at}.load_balancing_weight"), "is 0"));
             }
         }
     }
@@ -910,23 +674,11 @@ pub fn mesh_resources(
             return Err(malformed(p.name, "name", "two peers have this name"));
         }
         if !uuids.insert(p.cluster_uuid) {
-            return Err(malformed(
-                p.name,
-                "clusterUUID",
-                "another peer has this cluster UUID",
-            ));
+            return Err(malformed(p.name, "clusterUUID", "another peer has this cluster UUID"));
         }
         secrets.push(pack_any(peer_root_secret(p)?));
-        clusters.extend(
-            remote_clusters_with(p, client, sources)?
-                .into_iter()
-                .map(pack_any),
-        );
+        clusters.extend(remote_clusters_with(p, client, sources)?.into_iter().map(pack_any));
         endpoints.extend(remote_endpoints(p)?.into_iter().map(pack_any));
     }
-    Ok(MeshResources {
-        secrets,
-        clusters,
-        endpoints,
-    })
+    Ok(MeshResources { secrets, clusters, endpoints })
 }
