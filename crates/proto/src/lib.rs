@@ -10,6 +10,7 @@ pub use envoy_types;
 pub use prost;
 
 pub mod edge_filter;
+pub mod mesh;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;

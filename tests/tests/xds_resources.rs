@@ -1,0 +1,231 @@
+//! The mesh resources (`multicloud_proto::mesh`) load in a real Envoy 1.40.
+//!
+//! No xDS server: the very resources the agent pushes over ADS are written
+//! as binary `DiscoveryResponse` files, one per EDS/SDS resource and one for
+//! CDS, and the builders are told to name file config sources instead of
+//! ADS (`Sources` with `ConfigSourceKind::FilesIn`). Everything else in the
+//! resources is byte for byte what the agent serves. A listener in the
+//! bootstrap refers to the trust bundle, as a workload's inbound side does,
+//! so that SDS loads it too.
+
+use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
+use multicloud_e2e::envoy::{Envoy, EnvoySpec};
+use multicloud_e2e::fixtures::ClusterIdentity;
+use multicloud_e2e::{hosts, wait_until, SimCluster};
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+use multicloud_proto::envoy_types::util::pack_any;
+use multicloud_proto::mesh::{self, ClientIdentity, ConfigSourceKind, PeerView, Sources};
+use multicloud_proto::prost::Message as _;
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const HOST: &str = "foo.abc.svc.cluster.local";
+
+fn inline(s: &str) -> Option<DataSource> {
+    Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.into())), ..Default::default() })
+}
+
+/// The workload certificate Istio's agent would serve as `default`.
+fn workload_cert(local: &ClusterIdentity) -> Secret {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI("spiffe://cluster.local/ns/abc/sa/client".try_into().unwrap())];
+    let cert = params.signed_by(&key, &local.root, &local.root_key).unwrap();
+    Secret {
+        name: "default".into(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(&cert.pem()),
+            private_key: inline(&key.serialize_pem()),
+            ..Default::default()
+        })),
+    }
+}
+
+fn write_response(dir: &Path, file: &str, type_url: &str, resources: Vec<Any>) {
+    let bytes = multicloud_proto::discovery_response(type_url, "1", resources).encode_to_vec();
+    std::fs::write(dir.join(file), bytes).unwrap();
+}
+
+fn resource_name(any: &Any, type_url: &str) -> String {
+    use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    match type_url {
+        mesh::SECRET_TYPE_URL => Secret::decode(any.value.as_slice()).unwrap().name,
+        mesh::ENDPOINT_TYPE_URL => ClusterLoadAssignment::decode(any.value.as_slice()).unwrap().cluster_name,
+        _ => unreachable!(),
+    }
+}
+
+/// The named entry of a config_dump list, by a JSON pointer to its name.
+fn find<'a>(list: &'a Value, name_at: &str, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .find(|e| e.pointer(name_at).and_then(Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{name} not in {list:#}"))
+}
+
+fn section<'a>(dump: &'a Value, suffix: &str) -> &'a Value {
+    dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(suffix)))
+        .unwrap_or_else(|| panic!("no {suffix} in config_dump"))
+}
+
+#[test]
+fn mesh_resources_load_in_envoy_without_rejection() {
+    let local = ClusterIdentity::generate("a");
+    let (b, c) = (ClusterIdentity::generate("b"), ClusterIdentity::generate("c"));
+    let cluster = SimCluster(53);
+    let services = vec![ExportedService {
+        hostname: HOST.into(),
+        ports: vec![
+            ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) },
+            ServicePort { name: "grpc".into(), port: 9090, protocol: Some("GRPC".into()) },
+        ],
+        ready_endpoints: 5,
+    }];
+    let gw_b = vec![
+        IngressGateway { address: cluster.ip(10).to_string(), port: 15443 },
+        IngressGateway { address: cluster.ip(11).to_string(), port: 15443 },
+    ];
+    let gw_c = vec![IngressGateway { address: cluster.ip(20).to_string(), port: 15443 }];
+    let (root_b, root_c) = (b.root_pem(), c.root_pem());
+    let peers = [
+        PeerView { name: "b", cluster_uuid: &b.uuid, root_ca_pem: &root_b, network: "network-b", gateways: &gw_b, services: &services },
+        PeerView { name: "c", cluster_uuid: &c.uuid, root_ca_pem: &root_c, network: "network-c", gateways: &gw_c, services: &services },
+    ];
+
+    let xds = tempfile::Builder::new().prefix("multicloud-xds-resources-").tempdir().unwrap();
+    let dir = xds.path().display().to_string();
+    let files = ConfigSourceKind::FilesIn(dir.clone());
+    let sources = Sources { eds: files.clone(), trust: files.clone(), cert: files };
+    let client = ClientIdentity { cert_secret: "default", sds_cluster: "ads" };
+    let all = mesh::mesh_resources(&local.root_pem(), &peers, &client, &sources).unwrap();
+
+    write_response(xds.path(), "cds.pb", mesh::CLUSTER_TYPE_URL, all.clusters.clone());
+    let mut secrets = all.secrets.clone();
+    secrets.push(pack_any(workload_cert(&local)));
+    for (type_url, list) in [(mesh::SECRET_TYPE_URL, &secrets), (mesh::ENDPOINT_TYPE_URL, &all.endpoints)] {
+        for any in list {
+            write_response(xds.path(), &mesh::resource_file_name(&resource_name(any, type_url)), type_url, vec![any.clone()]);
+        }
+    }
+
+    let trust_file = format!("{dir}/{}", mesh::resource_file_name(mesh::TRUST_BUNDLE_SECRET));
+    let cert_file = format!("{dir}/{}", mesh::resource_file_name("default"));
+    let first_cluster = mesh::remote_cluster_name("b", HOST, 80);
+    let bootstrap = format!(
+        r#"
+dynamic_resources:
+  cds_config: {{path_config_source: {{path: "{dir}/cds.pb"}}, resource_api_version: V3}}
+static_resources:
+  listeners:
+  - name: inbound
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: default
+              sds_config: {{path_config_source: {{path: "{cert_file}"}}, resource_api_version: V3}}
+            validation_context_sds_secret_config:
+              name: {trust}
+              sds_config: {{path_config_source: {{path: "{trust_file}"}}, resource_api_version: V3}}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: "{first_cluster}"
+"#,
+        ip = cluster.ip(hosts::SIDECAR),
+        trust = mesh::TRUST_BUNDLE_SECRET,
+    );
+    let envoy = Envoy::start(EnvoySpec { name: "xds-resources".into(), cluster, host: hosts::SIDECAR, bootstrap, files: vec![] });
+
+    let names: Vec<(String, &str, &str, u16)> = peers
+        .iter()
+        .flat_map(|p| [80u16, 9090].map(|port| (mesh::remote_cluster_name(p.name, HOST, port), p.name, p.cluster_uuid, port)))
+        .collect();
+    assert_eq!(names.len(), 4);
+
+    // Every cluster active (so warmed: its EDS and both SDS secrets arrived).
+    let dump = wait_until("the remote clusters to be active", Duration::from_secs(20), || {
+        let dump = envoy.config_dump();
+        let active = section(&dump, "ClustersConfigDump")["dynamic_active_clusters"].as_array().cloned().unwrap_or_default();
+        let missing: Vec<&String> =
+            names.iter().map(|n| &n.0).filter(|n| !active.iter().any(|c| c["cluster"]["name"].as_str() == Some(n.as_str()))).collect();
+        if missing.is_empty() {
+            Ok(dump)
+        } else {
+            Err(format!("missing {missing:?}; warming: {}", section(&dump, "ClustersConfigDump")["dynamic_warming_clusters"]))
+        }
+    });
+
+    let clusters = &section(&dump, "ClustersConfigDump")["dynamic_active_clusters"];
+    let endpoints = &section(&dump, "EndpointsConfigDump")["dynamic_endpoint_configs"];
+    let secrets = &section(&dump, "SecretsConfigDump")["dynamic_active_secrets"];
+    for (name, peer, uuid, port) in &names {
+        let c = &find(clusters, "/cluster/name", name)["cluster"];
+        assert_eq!(c["type"], "EDS", "{name}");
+        assert_eq!(c["connect_timeout"], "2s");
+        assert_eq!(c["metadata"]["filter_metadata"]["istio-multicloud"]["peer"], *peer);
+        assert_eq!(c["outlier_detection"]["consecutive_gateway_failure"], 3);
+        let tls = &c["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], mesh::sni(HOST, *port), "{name}");
+        assert_eq!(tls["common_tls_context"]["alpn_protocols"], serde_json::json!(["istio-peer-exchange", "istio"]));
+        assert_eq!(tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"], "default");
+        assert_eq!(tls["common_tls_context"]["validation_context_sds_secret_config"]["name"], mesh::peer_root_secret_name(uuid));
+
+        let e = &find(endpoints, "/endpoint_config/cluster_name", name)["endpoint_config"]["endpoints"][0];
+        assert_eq!(e["locality"]["region"], "multicloud");
+        assert_eq!(e["locality"]["zone"], *peer);
+        let got: Vec<(String, u64, u64)> = e["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let sa = &l["endpoint"]["address"]["socket_address"];
+                (
+                    sa["address"].as_str().unwrap().to_string(),
+                    sa["port_value"].as_u64().unwrap(),
+                    l["load_balancing_weight"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64, u64)> = match *peer {
+            "b" => vec![(cluster.ip(10).to_string(), 15443, 3), (cluster.ip(11).to_string(), 15443, 2)],
+            _ => vec![(cluster.ip(20).to_string(), 15443, 5)],
+        };
+        assert_eq!(got, want, "{name}: endpoints at the peer's gateways, 5 ready endpoints spread over them");
+        assert_eq!(e["lb_endpoints"][0]["metadata"]["filter_metadata"]["istio"]["network"], format!("network-{peer}"));
+
+        // The peer root: that peer's certificate only.
+        let s = find(secrets, "/name", &mesh::peer_root_secret_name(uuid));
+        let ca = s["secret"]["validation_context"]["trusted_ca"]["inline_string"].as_str().unwrap_or_else(|| panic!("{s:#}"));
+        assert_eq!(ca.matches("BEGIN CERTIFICATE").count(), 1);
+    }
+    // The trust bundle (the inbound listener's): local root and both peers'.
+    let s = find(secrets, "/name", mesh::TRUST_BUNDLE_SECRET);
+    let ca = s["secret"]["validation_context"]["trusted_ca"]["inline_string"].as_str().unwrap_or_else(|| panic!("{s:#}"));
+    assert_eq!(ca.matches("BEGIN CERTIFICATE").count(), 3);
+
+    // Nothing was rejected, and every subscription took its update.
+    let stats = envoy.admin_get("/stats").unwrap();
+    let rejected: Vec<&str> = stats.lines().filter(|l| l.contains("update_rejected") && !l.ends_with(": 0")).collect();
+    assert!(rejected.is_empty(), "rejected updates: {rejected:?}");
+    let successes =
+        |needle: &str| stats.lines().filter(|l| l.contains(needle) && l.contains("update_success") && !l.ends_with(": 0")).count();
+    assert_eq!(envoy.stat("cluster_manager.cds.update_success"), Some(1));
+    assert_eq!(successes("multicloud-"), 4 + 2 + 1, "EDS of 4 clusters, 2 peer roots, the trust bundle:\n{stats}");
+    assert!(envoy.log().lines().all(|l| !l.contains("rejected")), "{}", envoy.log());
+}
