@@ -10,8 +10,8 @@ source scripts/lib.sh
 scripts/bootstrap.sh
 scripts/build.sh filter
 
-log "clippy (filter crates deny unwrap/expect/panic)"
-cargo clippy --quiet -p multicloud-core -p multicloud-filter --all-targets -- -D warnings
+log "clippy, whole workspace (the filter crates also deny unwrap/expect/panic)"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 log "build the agent binary the end-to-end tests run"
 cargo build --quiet -p multicloud-agent

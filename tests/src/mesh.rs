@@ -105,7 +105,7 @@ pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {
             },
         );
         wait_until(&format!("{} to write the edge configuration", agent.name), Duration::from_secs(30), || {
-            agent.get("/readyz").map_err(|e| e).and_then(|r| if r.status == 200 { Ok(()) } else { Err(r.text()) })
+            agent.get("/readyz").and_then(|r| if r.status == 200 { Ok(()) } else { Err(r.text()) })
         });
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
         let (cert_pem, key_pem) = cas[i].server_cert(sim.ip(hosts::GATEWAY));

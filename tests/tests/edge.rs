@@ -236,10 +236,10 @@ fn a_bad_configuration_is_refused_and_the_old_documents_keep_serving() {
     ];
     for (case, json, logged) in &cases {
         assert_eq!(gw.push_config(json), Push::Rejected, "{case}");
-        let line = format!("invalid multicloud edge configuration: ");
+        let line = "invalid multicloud edge configuration: ";
         let log = gw.envoy.log();
         assert!(
-            log.lines().any(|l| l.contains(&line) && l.contains(logged)),
+            log.lines().any(|l| l.contains(line) && l.contains(logged)),
             "{case}: expected one log line naming {logged:?}"
         );
         let now = http::get(&gw.url(PUBLIC));

@@ -29,7 +29,7 @@ fn envoys_start_in_parallel_on_their_own_ranges_and_stop_on_drop() {
     let envoys = Envoy::start_all(vec![minimal(SimCluster(31)), minimal(SimCluster(32))]);
     assert_eq!(envoys[0].admin_addr().ip().to_string(), "127.0.31.1");
     assert_eq!(envoys[1].listener("l").ip().to_string(), "127.0.32.1");
-    let pids: Vec<u32> = envoys.iter().map(|e| pid_of(e)).collect();
+    let pids: Vec<u32> = envoys.iter().map(pid_of).collect();
     assert!(pids.iter().all(|p| alive(*p)));
     drop(envoys);
     for p in pids {

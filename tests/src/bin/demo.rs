@@ -92,7 +92,7 @@ fn main() {
     }
 
     step(3, "Status, as each agent reports it");
-    println!("  {:<10} {:<10} {:<37} {:<7} {:<8} {:<6} {:<21} {}", "LOCAL", "PEER", "REMOTE UUID", "PUBLIC", "PRIVATE", "READY", "LAST FETCH", "PEER ROOT");
+    println!("  {:<10} {:<10} {:<37} {:<7} {:<8} {:<6} {:<21} PEER ROOT", "LOCAL", "PEER", "REMOTE UUID", "PUBLIC", "PRIVATE", "READY", "LAST FETCH");
     for (local, peer) in [(a, b), (b, a)] {
         let name = Cluster::object_name(peer.sim);
         let st = local.agent.status()["objects"][&name].clone();
