@@ -271,6 +271,12 @@ async fn delta_initial_versions_removal_and_nack() {
     assert_eq!(st.last_nack.unwrap().message, "a: rejected");
     assert_eq!(server.nack_count(), 1);
     c.quiet().await;
+    // A NACK naming an older response's nonce is not counted.
+    let mut stale = dreq(CLUSTER, &[], &[], "1");
+    stale.error_detail = Some(RpcStatus { code: 3, message: "stale".into(), details: vec![] });
+    c.send(stale).await;
+    c.quiet().await;
+    assert_eq!(server.nack_count(), 1);
 }
 
 #[tokio::test]
@@ -305,4 +311,42 @@ async fn delta_explicit_subscribe_and_unsubscribe() {
     let r = c.recv().await;
     assert_eq!(dnames(&r), ["y"]);
     assert_eq!(ClusterLoadAssignment::decode(r.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap().cluster_name, "y2");
+}
+
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("xds.sock");
+    std::fs::write(&path, b"stale").unwrap();
+    let server = XdsServer::new(Arc::new(|_: &Node| "sidecar".to_string()));
+    server.set("sidecar", clusters(&[("a", 1)]));
+    tokio::spawn({
+        let (server, path) = (server.clone(), path.clone());
+        async move { server.serve_unix(&path).await }
+    });
+    let channel = wait_for_channel(path).await;
+    let mut c = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(8);
+    let mut rx = c.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(DiscoveryRequest { node: node("sidecar~7"), ..req(CLUSTER, &[], "", "") }).await.unwrap();
+    let r = tokio::time::timeout(WAIT, rx.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(names(&r.resources), ["a"]);
+}
+
+/// A channel over the Unix socket at `path`, once the server listens there.
+async fn wait_for_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let p = path.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let p = p.clone();
+            async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
+        });
+        // The URI is required but unused: the connector picks the socket.
+        match tonic::transport::Endpoint::from_static("http://xds.local").connect_with_connector(connector).await {
+            Ok(ch) => return ch,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "connect to {}: {e}", path.display()),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
