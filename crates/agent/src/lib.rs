@@ -13,3 +13,4 @@ pub mod reconcile;
 pub mod remote;
 pub mod source;
 pub mod standalone;
+pub mod xds;

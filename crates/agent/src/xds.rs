@@ -1,0 +1,388 @@
+//! The agent's Envoy ADS server: one snapshot of resources per node group
+//! (e.g. "gateway", "sidecar"), served to every connected proxy of that group
+//! over state-of-the-world ([`sotw`]) or delta ([`delta`]) ADS, with per-type
+//! nonces, ACK/NACK tracking and an admin view of every proxy ([`ProxyStatus`]).
+//!
+//! Versions are content hashes, so two servers holding the same snapshot
+//! agree on every version: a proxy that reconnects (to this process or a
+//! restarted one) is not sent what it already has.
+
+mod delta;
+mod sotw;
+#[cfg(test)]
+mod tests;
+
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
+use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+use multicloud_proto::prost::Message as _;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub type TypeUrl = &'static str;
+
+pub const SECRET: TypeUrl = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const EXTENSION_CONFIG: TypeUrl = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+pub const CLUSTER: TypeUrl = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: TypeUrl = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: TypeUrl = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: TypeUrl = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// Push order: a type never references one pushed after it (clusters use
+/// secrets and extension configs, endpoints belong to clusters, listeners
+/// use clusters, routes belong to listeners).
+pub const PUSH_ORDER: [TypeUrl; 6] = [SECRET, EXTENSION_CONFIG, CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+/// How long a push waits for further `set` calls, so that a burst of
+/// changes reaches each proxy as one update.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// One group's resources: type URL -> resource name -> (version, resource).
+/// A resource's version is a hash of its encoded `Any`.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub struct Snapshot {
+    types: HashMap<String, BTreeMap<String, (String, Any)>>,
+}
+
+impl Snapshot {
+    pub fn insert(&mut self, type_url: &str, name: &str, resource: Any) {
+        let version = hash_hex(&[&resource.encode_to_vec()]);
+        self.types.entry(type_url.to_string()).or_default().insert(name.to_string(), (version, resource));
+    }
+
+    pub fn remove(&mut self, type_url: &str, name: &str) {
+        if let Some(t) = self.types.get_mut(type_url) {
+            t.remove(name);
+        }
+    }
+
+    /// The type's resources, by name: (version, resource).
+    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, (String, Any)>> {
+        self.types.get(type_url)
+    }
+
+    /// A hash over the type's resources (names and versions); the same for
+    /// an absent type and a type with no resources.
+    pub fn version(&self, type_url: &str) -> String {
+        let all = self.types.get(type_url);
+        version_of(all.into_iter().flat_map(|m| m.iter().map(|(n, (v, _))| (n.as_str(), v.as_str()))))
+    }
+}
+
+/// A version over (name, version) pairs in name order.
+fn version_of<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut h = Sha256::new();
+    for (name, version) in items {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(version.as_bytes());
+        h.update([0]);
+    }
+    hex16(&h.finalize())
+}
+
+fn hash_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex16(&h.finalize())
+}
+
+fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Sotw,
+    Delta,
+}
+
+/// A configuration the proxy rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Nack {
+    pub version: String,
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// What one proxy has of one type.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TypeStatus {
+    pub acked_version: Option<String>,
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    pub last_nack: Option<Nack>,
+}
+
+/// The admin view of one connected proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyStatus {
+    pub node_id: String,
+    pub group: String,
+    pub protocol: Protocol,
+    pub connected_at: SystemTime,
+    /// By type URL.
+    pub types: BTreeMap<String, TypeStatus>,
+}
+
+pub type Classify = Arc<dyn Fn(&Node) -> String + Send + Sync>;
+
+/// The ADS server. Cheap to clone: every clone serves the same state.
+#[derive(Clone)]
+pub struct XdsServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    classify: Classify,
+    /// One channel per group; a proxy's stream watches its group's.
+    groups: Mutex<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
+    /// Connected proxies by stream id.
+    proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    next_stream: AtomicU64,
+    nacks: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind; serve it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl XdsServer {
+    /// `classify` maps a proxy's node (id, cluster, metadata) to its group.
+    pub fn new(classify: Classify) -> Self {
+        XdsServer {
+            inner: Arc::new(Inner {
+                classify,
+                groups: Mutex::new(HashMap::new()),
+                proxies: Mutex::new(BTreeMap::new()),
+                next_stream: AtomicU64::new(1),
+                nacks: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Replaces a group's resources. Every connected proxy of the group gets
+    /// the changes (after [`DEBOUNCE`], type by type in [`PUSH_ORDER`]).
+    pub fn set(&self, group: &str, snapshot: Snapshot) {
+        let mut groups = lock(&self.inner.groups);
+        let tx = groups.entry(group.to_string()).or_insert_with(|| watch::channel(None).0);
+        tx.send_if_modified(|cur| {
+            if cur.as_deref() == Some(&snapshot) {
+                return false;
+            }
+            *cur = Some(Arc::new(snapshot));
+            true
+        });
+    }
+
+    /// The group's current snapshot, if one was set.
+    pub fn snapshot(&self, group: &str) -> Option<Arc<Snapshot>> {
+        lock(&self.inner.groups).get(group).and_then(|tx| tx.borrow().clone())
+    }
+
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    pub async fn serve_tcp(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder().serve_with_incoming(self.service(), incoming).await?;
+        Ok(())
+    }
+
+    /// Serves on a Unix socket at `path` (a stale socket file is replaced).
+    pub async fn serve_unix(self, path: &Path) -> anyhow::Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot replace xDS socket {}: {e}", path.display()),
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| anyhow::anyhow!("cannot listen for xDS on {}: {e}", path.display()))?;
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tonic::transport::Server::builder().serve_with_incoming(self.service(), incoming).await?;
+        Ok(())
+    }
+
+    /// Every connected proxy, in connection order.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        lock(&self.inner.proxies).values().cloned().collect()
+    }
+
+    /// NACKs received since start, over all proxies and types.
+    pub fn nack_count(&self) -> u64 {
+        self.inner.nacks.load(Ordering::Relaxed)
+    }
+
+    /// Registers a stream whose first request named `node`; the returned
+    /// guard removes it from [`XdsServer::proxies`] when the stream ends.
+    fn connect(&self, node: &Node, protocol: Protocol) -> (Connection, watch::Receiver<Option<Arc<Snapshot>>>) {
+        let group = (self.inner.classify)(node);
+        let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let status = ProxyStatus {
+            node_id: node.id.clone(),
+            group: group.clone(),
+            protocol,
+            connected_at: SystemTime::now(),
+            types: BTreeMap::new(),
+        };
+        lock(&self.inner.proxies).insert(id, status);
+        let snapshots = {
+            let mut groups = lock(&self.inner.groups);
+            groups.entry(group.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
+        };
+        tracing::info!(node = %node.id, group, ?protocol, "xDS proxy connected");
+        (Connection { server: self.clone(), id, node_id: node.id.clone() }, snapshots)
+    }
+}
+
+/// One proxy's stream, as the protocol handlers see the server.
+struct Connection {
+    server: XdsServer,
+    id: u64,
+    node_id: String,
+}
+
+impl Connection {
+    fn update(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
+        if let Some(p) = lock(&self.server.inner.proxies).get_mut(&self.id) {
+            f(p.types.entry(type_url.to_string()).or_default());
+        }
+    }
+
+    fn sent(&self, type_url: &str, version: &str, nonce: &str) {
+        self.update(type_url, |t| {
+            t.sent_version = Some(version.to_string());
+            t.sent_nonce = Some(nonce.to_string());
+        });
+    }
+
+    fn acked(&self, type_url: &str, version: &str) {
+        self.update(type_url, |t| t.acked_version = Some(version.to_string()));
+    }
+
+    fn nacked(&self, type_url: &str, version: &str, message: &str) {
+        tracing::warn!(node = %self.node_id, type_url, version, error = message, "proxy rejected xDS update (NACK)");
+        self.server.inner.nacks.fetch_add(1, Ordering::Relaxed);
+        self.update(type_url, |t| {
+            t.last_nack = Some(Nack { version: version.to_string(), message: message.to_string(), at: SystemTime::now() })
+        });
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        lock(&self.server.inner.proxies).remove(&self.id);
+        tracing::info!(node = %self.node_id, "xDS proxy disconnected");
+    }
+}
+
+/// Why a stream ends early; sent to the proxy as the stream's status.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("the first request on an ADS stream must carry the node (id, cluster, metadata)")]
+    NoNode,
+    #[error("request without type_url; ADS requests must name the resource type")]
+    NoTypeUrl,
+}
+
+/// How a stream handler stops: the proxy went away, or the stream ends with a status.
+enum End {
+    Closed,
+    Status(Status),
+}
+
+impl From<StreamError> for End {
+    fn from(e: StreamError) -> End {
+        End::Status(Status::invalid_argument(e.to_string()))
+    }
+}
+
+impl From<Status> for End {
+    fn from(s: Status) -> End {
+        End::Status(s)
+    }
+}
+
+/// Sends one response; `End::Closed` once the proxy stopped reading.
+async fn send<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>, item: T) -> Result<(), End> {
+    tx.send(Ok(item)).await.map_err(|_| End::Closed)
+}
+
+/// Ends the stream with the handler's status, if it has one.
+async fn finish<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>, result: Result<(), End>) {
+    if let Err(End::Status(status)) = result {
+        tracing::debug!(%status, "ending xDS stream");
+        let _ = tx.send(Err(status)).await;
+    }
+}
+
+/// When the next debounced push is due, if one is.
+fn push_deadline(push_at: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    push_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))
+}
+
+/// Per-stream nonces: unique within the stream, which is all ADS needs.
+#[derive(Default)]
+struct Nonces(u64);
+
+impl Nonces {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Room for a few responses; a proxy that does not read stalls only its own stream.
+const OUTBOUND_BUFFER: usize = 16;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
+        tokio::spawn(sotw::run(self.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
+        tokio::spawn(delta::run(self.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Types in push order: [`PUSH_ORDER`] first, then any others by name.
+fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = types.cloned().collect();
+    v.sort_by_key(|t| (PUSH_ORDER.iter().position(|p| p == t).unwrap_or(PUSH_ORDER.len()), t.clone()));
+    v
+}
