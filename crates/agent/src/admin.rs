@@ -15,6 +15,7 @@ pub struct AdminState {
     pub board: Arc<StatusBoard>,
     pub ready: AtomicBool,
     pub source_error: Arc<Mutex<Option<String>>>,
+    pub xds: Option<crate::xds::XdsServer>,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
@@ -74,6 +75,11 @@ fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static st
             }
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", s.metrics.render()),
+        "/xds" => {
+            // Connected proxies, each one's ACKed versions per type and its last NACK.
+            let proxies = s.xds.as_ref().map(|x| x.proxies()).unwrap_or_default();
+            ("200 OK", "application/json", serde_json::json!({ "proxies": proxies, "nacks": s.xds.as_ref().map_or(0, |x| x.nack_count()) }).to_string())
+        }
         "/status" => {
             let mut v = serde_json::to_value(s.board.snapshot()).unwrap_or_default();
             if let Some(e) = s.source_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
@@ -81,6 +87,6 @@ fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static st
             }
             ("200 OK", "application/json", v.to_string())
         }
-        _ => ("404 Not Found", "text/plain", "try /healthz, /readyz, /metrics or /status\n".into()),
+        _ => ("404 Not Found", "text/plain", "try /healthz, /readyz, /metrics, /status or /xds\n".into()),
     }
 }

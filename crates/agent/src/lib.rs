@@ -14,3 +14,4 @@ pub mod remote;
 pub mod source;
 pub mod standalone;
 pub mod xds;
+pub mod xds_sink;

@@ -69,9 +69,25 @@ struct RunArgs {
     /// Write the bound HTTP address here (useful with port 0).
     #[arg(long)]
     http_address_file: Option<PathBuf>,
-    /// Write the gateway filter's ECDS resource (binary DiscoveryResponse) here.
+    /// Also write the gateway filter's ECDS resource (binary DiscoveryResponse) here, for a
+    /// gateway that reads it from a file instead of ADS.
     #[arg(long)]
     edge_ecds_file: Option<PathBuf>,
+    /// Serve xDS (ADS, state of the world and delta) on this node-local TCP address.
+    #[arg(long)]
+    xds: Option<std::net::SocketAddr>,
+    /// Serve xDS on this Unix socket too.
+    #[arg(long)]
+    xds_uds: Option<PathBuf>,
+    /// Write the bound xDS TCP address here (useful with port 0).
+    #[arg(long)]
+    xds_address_file: Option<PathBuf>,
+    /// SDS name of the workload certificate sidecars present to peers (Istio: "default").
+    #[arg(long, default_value = "default")]
+    workload_cert_secret: String,
+    /// Cluster that serves the workload certificate over SDS (Istio: "sds-grpc"; "ads" = the agent).
+    #[arg(long, default_value = "sds-grpc")]
+    workload_cert_sds_cluster: String,
     /// Path of the filter module as the gateway sees it.
     #[arg(long)]
     filter_wasm: String,
@@ -174,16 +190,16 @@ impl multicloud_agent::source::StatusSink for Both {
     }
 }
 
-/// Edge sink that also marks the agent ready once the first configuration is written.
+/// Marks the agent ready once the first data plane configuration was applied
+/// (it runs after the other sinks, which stop the chain on error).
 struct ReadyOnApply {
-    inner: edge_file::EcdsFile,
     admin: Arc<admin::AdminState>,
 }
 
 impl reconcile::DataPlaneSink for ReadyOnApply {
     fn apply<'a>(&'a self, dp: &'a reconcile::DataPlane) -> multicloud_agent::source::BoxFuture<'a, Result<()>> {
+        let _ = dp;
         Box::pin(async move {
-            self.inner.apply(dp).await?;
             self.admin.ready.store(true, Ordering::SeqCst);
             Ok(())
         })
@@ -236,12 +252,41 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     tracing::info!("federation key loaded (its public key is published in public.json)");
     let metrics = Arc::new(metrics::Metrics::default());
+    let xds_server = multicloud_agent::xds::XdsServer::new(multicloud_agent::xds_sink::classify());
+    {
+        let s = xds_server.clone();
+        metrics.set_nack_source(Box::new(move || s.nack_count()));
+    }
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         board: board.clone(),
         ready: false.into(),
         source_error: source_error.clone(),
+        xds: Some(xds_server.clone()),
     });
+    if let Some(addr) = args.xds {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --xds {addr}"))?;
+        let bound = l.local_addr()?;
+        if let Some(p) = &args.xds_address_file {
+            standalone::write_atomically(p, bound.to_string().as_bytes())?;
+        }
+        tracing::info!(address = %bound, "serving xDS (ADS) on TCP");
+        let s = xds_server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = s.serve_tcp(l).await {
+                tracing::error!("xDS server stopped: {e:#}");
+            }
+        });
+    }
+    if let Some(path) = args.xds_uds.clone() {
+        tracing::info!(path = %path.display(), "serving xDS (ADS) on a Unix socket");
+        let s = xds_server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = s.serve_unix(&path).await {
+                tracing::error!("xDS server (Unix socket) stopped: {e:#}");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("cannot listen on --http {}", args.http))?;
     let bound = listener.local_addr()?;
     if let Some(p) = &args.http_address_file {
@@ -258,11 +303,21 @@ async fn run(args: RunArgs) -> Result<()> {
         key,
         factory: remote::factory(policy),
         status: status_sink,
-        sinks: match args.edge_ecds_file {
-            Some(path) => vec![Arc::new(ReadyOnApply { inner: edge_file::EcdsFile::new(path, args.filter_wasm), admin: admin_state })],
-            None => anyhow::bail!("--edge-ecds-file is required (serving the filter's configuration over ADS is not built yet)"),
+        sinks: {
+            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> = vec![Arc::new(multicloud_agent::xds_sink::XdsSink {
+                server: xds_server,
+                metrics: metrics.clone(),
+                wasm_path: args.filter_wasm.clone(),
+                cert_secret: args.workload_cert_secret.clone(),
+                cert_sds_cluster: args.workload_cert_sds_cluster.clone(),
+            })];
+            if let Some(path) = args.edge_ecds_file {
+                sinks.push(Arc::new(edge_file::EcdsFile::new(path, args.filter_wasm)));
+            }
+            sinks.push(Arc::new(ReadyOnApply { admin: admin_state }));
+            sinks
         },
-        metrics,
+        metrics: metrics.clone(),
         timing: reconcile::Timing {
             refresh: Duration::from_secs(args.refresh_seconds.max(1)),
             backoff_base: Duration::from_millis(args.backoff_base_ms.max(10)),

@@ -14,6 +14,8 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ("multicloud_agent_document_age_seconds", "gauge", "Age of the last good document held, by peer and document."),
     ("multicloud_agent_peer_ready", "gauge", "1 when the peer's last exchange succeeded (Ready=True), else 0."),
     ("multicloud_agent_edge_render_errors_total", "counter", "Edge configurations not handed to the filter because they did not validate."),
+    ("multicloud_agent_xds_build_errors_total", "counter", "Peers whose data plane resources did not validate and were not pushed, by peer."),
+    ("multicloud_agent_xds_nacks_total", "counter", "Configurations the local proxies rejected (NACKs)."),
 ];
 
 #[derive(Default)]
@@ -22,11 +24,14 @@ struct State {
     last_success: BTreeMap<(String, String), f64>,
     ready: BTreeMap<String, bool>,
     render_errors: u64,
+    xds_build_errors: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
 pub struct Metrics {
     state: Mutex<State>,
+    /// Read at scrape time (the xDS server's NACK count).
+    nacks: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
 }
 
 fn now_secs() -> f64 {
@@ -55,6 +60,14 @@ impl Metrics {
         self.lock().ready.insert(peer.into(), ready);
     }
 
+    pub fn xds_build_error(&self, peer: &str) {
+        *self.lock().xds_build_errors.entry(peer.into()).or_default() += 1;
+    }
+
+    pub fn set_nack_source(&self, f: Box<dyn Fn() -> u64 + Send + Sync>) {
+        *self.nacks.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
     pub fn edge_render_error(&self) {
         self.lock().render_errors += 1;
     }
@@ -65,9 +78,11 @@ impl Metrics {
         s.fetch.retain(|k, _| k.0 != peer);
         s.last_success.retain(|k, _| k.0 != peer);
         s.ready.remove(peer);
+        s.xds_build_errors.remove(peer);
     }
 
     pub fn render(&self) -> String {
+        let nacks = self.nacks.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |f| f());
         let s = self.lock();
         let now = now_secs();
         let mut out = String::new();
@@ -96,6 +111,14 @@ impl Metrics {
                 }
                 "multicloud_agent_edge_render_errors_total" => {
                     let _ = writeln!(out, "{name} {}", s.render_errors);
+                }
+                "multicloud_agent_xds_build_errors_total" => {
+                    for (p, v) in &s.xds_build_errors {
+                        let _ = writeln!(out, "{name}{{peer=\"{}\"}} {v}", esc(p));
+                    }
+                }
+                "multicloud_agent_xds_nacks_total" => {
+                    let _ = writeln!(out, "{name} {nacks}");
                 }
                 _ => {}
             }

@@ -21,6 +21,14 @@ pub const EXTENSION_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.co
 /// Builds the ECDS resource for the edge filter. `wasm_path` is the module's
 /// path on the gateway's filesystem; `config_json` the edge configuration.
 pub fn extension_config(wasm_path: &str, config_json: &str) -> TypedExtensionConfig {
+    extension_config_with_root_id(wasm_path, config_json, FILTER_NAME)
+}
+
+/// The same module in another role: the filter picks its role from the
+/// plugin's root id (`multicloud-edge` serves metadata, `multicloud-api`
+/// guards the API proxy route). The resource and plugin are named after the
+/// root id; both share one VM (same `vm_id` and code).
+pub fn extension_config_with_root_id(wasm_path: &str, config_json: &str, root_id: &str) -> TypedExtensionConfig {
     let vm = VmConfig {
         vm_id: FILTER_NAME.into(),
         runtime: "envoy.wasm.runtime.v8".into(),
@@ -33,19 +41,24 @@ pub fn extension_config(wasm_path: &str, config_json: &str) -> TypedExtensionCon
         ..Default::default()
     };
     let plugin = PluginConfig {
-        name: FILTER_NAME.into(),
-        root_id: FILTER_NAME.into(),
+        name: root_id.into(),
+        root_id: root_id.into(),
         configuration: Some(pack_any(StringValue { value: config_json.into() })),
         failure_policy: FailurePolicy::FailClosed as i32,
         vm: Some(plugin_config::Vm::VmConfig(vm)),
         ..Default::default()
     };
-    TypedExtensionConfig { name: FILTER_NAME.into(), typed_config: Some(pack_any(Wasm { config: Some(plugin) })) }
+    TypedExtensionConfig { name: root_id.into(), typed_config: Some(pack_any(Wasm { config: Some(plugin) })) }
 }
 
 /// The same, packed for a `DiscoveryResponse`.
 pub fn resource(wasm_path: &str, config_json: &str) -> Any {
     pack_any(extension_config(wasm_path, config_json))
+}
+
+/// [`extension_config_with_root_id`], packed.
+pub fn resource_with_root_id(wasm_path: &str, config_json: &str, root_id: &str) -> Any {
+    pack_any(extension_config_with_root_id(wasm_path, config_json, root_id))
 }
 
 #[cfg(test)]

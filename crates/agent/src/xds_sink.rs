@@ -1,0 +1,133 @@
+//! Turns the data plane into xDS snapshots, one per proxy group:
+//!
+//! - `gateway` (the ingress gateway): the edge filter's configuration as an
+//!   ECDS resource (`multicloud-edge`, and `multicloud-api` for the API
+//!   proxy guard), plus the trust secrets;
+//! - `sidecar` (workload proxies): SDS trust secrets (the trust bundle of
+//!   this cluster's root plus every established peer's root, and one secret
+//!   per peer holding only that peer's root) and CDS/EDS for the remote
+//!   services of every peer whose private metadata is known and whose
+//!   object has `enableIngressGateway`.
+//!
+//! A proxy's group comes from its node metadata `MULTICLOUD_ROLE`
+//! (`gateway`/`sidecar`), else from Istio's node id convention (`router~`
+//! is a gateway). Every resource is built and validated by
+//! `multicloud_proto::mesh`; a peer whose resources do not validate is left
+//! out (and logged, and counted) rather than breaking the others.
+
+use crate::metrics::Metrics;
+use crate::reconcile::{DataPlane, DataPlaneSink};
+use crate::source::BoxFuture;
+use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, SECRET};
+use multicloud_proto::edge_filter;
+use multicloud_proto::envoy_types::util::pack_any;
+use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
+use std::sync::Arc;
+
+pub const GATEWAY_GROUP: &str = "gateway";
+pub const SIDECAR_GROUP: &str = "sidecar";
+/// The API guard's ECDS resource name (and plugin root id).
+pub const API_FILTER_NAME: &str = "multicloud-api";
+
+/// Node metadata key naming the proxy's role.
+pub const ROLE_METADATA_KEY: &str = "MULTICLOUD_ROLE";
+
+pub fn classify() -> Classify {
+    Arc::new(|node| {
+        use multicloud_proto::envoy_types::pb::google::protobuf::value::Kind;
+        let role = node.metadata.as_ref().and_then(|m| m.fields.get(ROLE_METADATA_KEY)).and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        });
+        match role.as_deref() {
+            Some(GATEWAY_GROUP) => GATEWAY_GROUP.into(),
+            Some(_) => SIDECAR_GROUP.into(),
+            None if node.id.starts_with("router~") => GATEWAY_GROUP.into(),
+            None => SIDECAR_GROUP.into(),
+        }
+    })
+}
+
+pub struct XdsSink {
+    pub server: XdsServer,
+    pub metrics: Arc<Metrics>,
+    /// Where the gateway finds the filter module.
+    pub wasm_path: String,
+    /// SDS name and source of the workload certificate sidecars present to peers.
+    pub cert_secret: String,
+    pub cert_sds_cluster: String,
+}
+
+fn secret_name(s: &multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret) -> String {
+    s.name.clone()
+}
+
+impl XdsSink {
+    fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<(Snapshot, Snapshot)> {
+        let json = serde_json::to_string(&dp.edge)?;
+        let mut gateway = Snapshot::default();
+        gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.wasm_path, &json));
+        gateway.insert(EXTENSION_CONFIG, API_FILTER_NAME, edge_filter::resource_with_root_id(&self.wasm_path, &json, API_FILTER_NAME));
+
+        let client = ClientIdentity { cert_secret: &self.cert_secret, sds_cluster: &self.cert_sds_cluster };
+        let mut views = Vec::new();
+        for p in &dp.peers {
+            let Some(private) = &p.private else { continue };
+            views.push((
+                p,
+                PeerView {
+                    name: &p.name,
+                    cluster_uuid: &p.cluster_uuid,
+                    root_ca_pem: &p.root_ca,
+                    network: &private.network_name,
+                    gateways: &private.ingress_gateways,
+                    services: &private.services,
+                },
+            ));
+        }
+        let mut sidecar = Snapshot::default();
+        let mut good: Vec<PeerView> = Vec::new();
+        for (p, view) in &views {
+            // Build each peer alone first, so one bad peer cannot take the rest down.
+            let built = mesh::peer_root_secret(view).and_then(|root| {
+                let clusters = if p.enable_ingress_gateway { mesh::remote_clusters(view, &client)? } else { Vec::new() };
+                let endpoints = if p.enable_ingress_gateway { mesh::remote_endpoints(view)? } else { Vec::new() };
+                Ok((root, clusters, endpoints))
+            });
+            match built {
+                Ok((root, clusters, endpoints)) => {
+                    sidecar.insert(SECRET, &secret_name(&root), pack_any(root.clone()));
+                    gateway.insert(SECRET, &secret_name(&root), pack_any(root));
+                    for c in clusters {
+                        let name = c.name.clone();
+                        sidecar.insert(CLUSTER, &name, pack_any(c));
+                    }
+                    for e in endpoints {
+                        let name = e.cluster_name.clone();
+                        sidecar.insert(ENDPOINT, &name, pack_any(e));
+                    }
+                    good.push(*view);
+                }
+                Err(e) => {
+                    tracing::error!(object = %p.name, "the peer's data plane resources do not validate and are not pushed: {e}");
+                    self.metrics.xds_build_error(&p.name);
+                }
+            }
+        }
+        let bundle = mesh::trust_bundle_secret(&dp.local.root_ca, &good)?;
+        sidecar.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle.clone()));
+        gateway.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle));
+        Ok((gateway, sidecar))
+    }
+}
+
+impl DataPlaneSink for XdsSink {
+    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let (gateway, sidecar) = self.snapshots(dp)?;
+            self.server.set(GATEWAY_GROUP, gateway);
+            self.server.set(SIDECAR_GROUP, sidecar);
+            Ok(())
+        })
+    }
+}
