@@ -20,6 +20,8 @@ pub struct AgentOptions {
     pub refresh_seconds: u64,
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
+    /// The workload certificate and key (PEM) the agent serves to sidecars.
+    pub workload_cert: Option<(String, String)>,
 }
 
 pub struct Agent {
@@ -28,6 +30,7 @@ pub struct Agent {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     http: SocketAddr,
+    xds: SocketAddr,
     opts: AgentOptions,
 }
 
@@ -42,12 +45,17 @@ impl Agent {
     pub fn start(dir: tempfile::TempDir, opts: AgentOptions) -> Agent {
         let path = dir.path().to_path_buf();
         std::fs::write(path.join("standalone.yaml"), &opts.standalone).expect("write standalone file");
+        if let Some((c, k)) = &opts.workload_cert {
+            std::fs::write(path.join("workload.crt"), c).expect("write cert");
+            std::fs::write(path.join("workload.key"), k).expect("write key");
+        }
         let mut a = Agent {
             name: format!("agent-{}", opts.cluster.0),
             proc: spawn(&path, &opts),
             dir: Some(dir),
             path,
             http: "0.0.0.0:0".parse().expect("addr"),
+            xds: "0.0.0.0:0".parse().expect("addr"),
             opts,
         };
         a.wait_http();
@@ -55,6 +63,7 @@ impl Agent {
     }
 
     fn wait_http(&mut self) {
+        let xfile = self.path.join("xds-address");
         let file = self.path.join("http-address");
         let name = self.name.clone();
         self.http = wait_until(&format!("{name} HTTP port"), Duration::from_secs(30), || {
@@ -65,11 +74,26 @@ impl Agent {
             let t = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
             t.trim().parse::<SocketAddr>().map_err(|e| e.to_string())
         });
+        self.xds = wait_until(&format!("{name} xDS port"), Duration::from_secs(30), || {
+            let t = std::fs::read_to_string(&xfile).map_err(|e| e.to_string())?;
+            t.trim().parse::<SocketAddr>().map_err(|e| e.to_string())
+        });
+    }
+
+    /// The agent's xDS (ADS) address.
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds
+    }
+
+    /// The `/xds` admin view.
+    pub fn xds_view(&self) -> serde_json::Value {
+        self.get("/xds").map(|r| r.json()).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn restart(&mut self) {
         self.proc.kill();
         let _ = std::fs::remove_file(self.path.join("http-address"));
+        let _ = std::fs::remove_file(self.path.join("xds-address"));
         self.proc = spawn(&self.path, &self.opts);
         self.wait_http();
     }
@@ -150,6 +174,11 @@ fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
         .arg(paths::filter_wasm())
         .arg("--status-file")
         .arg(path.join("status.json"))
+        // xDS keeps its port across restarts (proxies reconnect to it): the
+        // first start picks one, restarts reuse it.
+        .args(["--xds", &xds_listen(path, o)])
+        .arg("--xds-address-file")
+        .arg(path.join("xds-address"))
         .args(["--refresh-seconds", &o.refresh_seconds.to_string()])
         .args(["--backoff-base-ms", &o.backoff_base_ms.to_string()])
         .args(["--backoff-cap-ms", &o.backoff_cap_ms.to_string()])
@@ -158,7 +187,24 @@ fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(path.join("agent.log")).expect("agent log"));
+    if o.workload_cert.is_some() {
+        cmd.arg("--workload-cert").arg(path.join("workload.crt")).arg("--workload-key").arg(path.join("workload.key"));
+        cmd.args(["--workload-cert-sds-cluster", "ads"]);
+    }
     procs::spawn(cmd).expect("spawn agent")
+}
+
+fn xds_listen(path: &std::path::Path, o: &AgentOptions) -> String {
+    let fixed = path.join("xds-port");
+    let port = match std::fs::read_to_string(&fixed) {
+        Ok(p) => p.trim().to_string(),
+        Err(_) => {
+            let p = crate::fixtures::free_port(o.cluster.ip(hosts::AGENT)).to_string();
+            std::fs::write(&fixed, &p).expect("write xds port");
+            p
+        }
+    };
+    format!("{}:{port}", o.cluster.ip(hosts::AGENT))
 }
 
 impl Drop for Agent {

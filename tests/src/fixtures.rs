@@ -53,6 +53,18 @@ impl ClusterIdentity {
         self.root.pem()
     }
 
+    /// A workload certificate with an Istio-style SPIFFE ID
+    /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`), signed by this cluster's root.
+    pub fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        let id = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("uri"))];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.root, &self.root_key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
     pub fn public_metadata(&self) -> PublicMetadata {
         PublicMetadata {
             cluster_uuid: self.uuid.clone(),

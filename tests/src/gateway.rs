@@ -78,6 +78,36 @@ pub enum EdgeSource {
     Test(String),
     /// An agent writes it to this file.
     Agent(std::path::PathBuf),
+    /// An agent serves it over ADS (state of the world, or delta).
+    Ads { xds: SocketAddr, delta: bool },
+}
+
+/// Bootstrap pieces for a proxy fed by an agent over ADS: the node's role,
+/// `dynamic_resources`, and the static cluster to the agent (HTTP/2).
+pub fn ads_bootstrap(role: &str, xds: SocketAddr, delta: bool) -> (String, String, String) {
+    let node = format!("node:\n  metadata: {{MULTICLOUD_ROLE: {role}}}\n");
+    let dynamic = format!(
+        "dynamic_resources:\n  ads_config:\n    api_type: {}\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n",
+        if delta { "DELTA_GRPC" } else { "GRPC" }
+    );
+    let cluster = format!(
+        r#"  - name: multicloud-agent
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: multicloud-agent
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
+"#,
+        xds.ip(),
+        xds.port()
+    );
+    (node, dynamic, cluster)
 }
 
 #[derive(Clone)]
@@ -99,7 +129,19 @@ impl Gateway {
 
     pub fn spec_with(o: GatewayOptions) -> EnvoySpec {
         let ip = o.cluster.ip(hosts::GATEWAY);
+        let mut extra_top = String::new();
+        let mut extra_clusters = String::new();
+        let config_source = match &o.source {
+            EdgeSource::Ads { xds, delta } => {
+                let (node, dynamic, cluster) = ads_bootstrap("gateway", *xds, *delta);
+                extra_top = format!("{node}{dynamic}");
+                extra_clusters = cluster;
+                "ads: {}".to_string()
+            }
+            _ => String::new(),
+        };
         let (ecds_path, ecds_dir, files) = match &o.source {
+            EdgeSource::Ads { .. } => (String::new(), String::new(), vec![]),
             EdgeSource::Test(json) => (
                 "{dir}/ecds/edge.pb".to_string(),
                 "{dir}/ecds".to_string(),
@@ -111,13 +153,18 @@ impl Gateway {
                 vec![],
             ),
         };
+        let source = if config_source.is_empty() {
+            format!(r#"path_config_source: {{path: "{ecds_path}", watched_directory: {{path: "{ecds_dir}"}}}}"#)
+        } else {
+            config_source
+        };
         let filter = format!(
             r#"          - name: {FILTER_NAME}
             disabled: true
             config_discovery:
               config_source:
                 resource_api_version: V3
-                path_config_source: {{path: "{ecds_path}", watched_directory: {{path: "{ecds_dir}"}}}}
+                {source}
               type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
 "#
         );
@@ -171,10 +218,10 @@ impl Gateway {
             ));
         }
         let bootstrap = format!(
-            r#"static_resources:
+            r#"{extra_top}static_resources:
   listeners:
 {listeners}  clusters:
-  - name: local_upstream
+{extra_clusters}  - name: local_upstream
     type: STATIC
     connect_timeout: 1s
     load_assignment:

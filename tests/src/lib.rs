@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod dump;
 pub mod envoy;
 pub mod fixtures;
 pub mod gateway;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod mesh;
 pub mod paths;
 pub mod procs;
+pub mod sidecar;
 pub mod upstream;
 
 use std::net::Ipv4Addr;

@@ -21,9 +21,21 @@ pub struct Cluster {
     pub upstream: RecordingUpstream,
     pub agent: Agent,
     pub gateway: Envoy,
+    /// What the standalone file says (rewrite with [`Cluster::rewrite_standalone`]).
+    pub peers: Vec<PeerRef>,
+    pub services: Vec<ExportedService>,
+}
+
+/// How the simulated clusters are wired.
+#[derive(Clone, Copy, Default)]
+pub struct MeshOptions {
+    /// Gateways get the filter's configuration over ADS (`Some(delta)`)
+    /// instead of from the agent's ECDS file.
+    pub ads: Option<bool>,
 }
 
 /// What a cluster is told about its peers.
+#[derive(Clone)]
 pub struct PeerRef {
     pub object_name: String,
     pub endpoint: String,
@@ -42,10 +54,28 @@ impl Cluster {
     pub fn object_name(sim: SimCluster) -> String {
         format!("cluster-{}", sim.0)
     }
+
+    /// Rewrites the agent's standalone file from `peers` and `services`.
+    pub fn rewrite_standalone(&mut self) {
+        let text = standalone_file_with(self.sim, &self.id, &self.peers, &self.services);
+        self.agent.rewrite_standalone(&text);
+    }
+}
+
+pub fn default_services() -> Vec<ExportedService> {
+    vec![ExportedService {
+        hostname: "foo.abc.svc.cluster.local".into(),
+        ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) }],
+        ready_endpoints: 1,
+    }]
 }
 
 /// The standalone file for `sim` knowing `peers`.
 pub fn standalone_file(sim: SimCluster, id: &ClusterIdentity, peers: &[PeerRef]) -> String {
+    standalone_file_with(sim, id, peers, &default_services())
+}
+
+pub fn standalone_file_with(sim: SimCluster, id: &ClusterIdentity, peers: &[PeerRef], services: &[ExportedService]) -> String {
     let objects: Vec<serde_json::Value> = peers
         .iter()
         .map(|p| {
@@ -64,11 +94,7 @@ pub fn standalone_file(sim: SimCluster, id: &ClusterIdentity, peers: &[PeerRef])
             "ingressGateways": [IngressGateway { address: sim.ip(hosts::GATEWAY).to_string(), port: 15443 }],
             "apiHost": format!("api.cluster-{}.example:443", sim.0),
             "networkName": format!("network-{}", sim.0),
-            "services": [ExportedService {
-                hostname: "foo.abc.svc.cluster.local".into(),
-                ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) }],
-                ready_endpoints: 1,
-            }],
+            "services": services,
         },
         "objects": objects,
     })
@@ -78,12 +104,17 @@ pub fn standalone_file(sim: SimCluster, id: &ClusterIdentity, peers: &[PeerRef])
 /// Starts clusters that all federate with each other: agents first (they
 /// write the filter's configuration), then the gateways, in parallel.
 pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {
+    start_mesh(sims, MeshOptions::default())
+}
+
+pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
     let ids: Vec<ClusterIdentity> = sims.iter().map(|s| ClusterIdentity::generate(&Cluster::object_name(*s))).collect();
     let cas: Vec<EdgeCa> = sims.iter().map(|s| EdgeCa::generate(&Cluster::object_name(*s))).collect();
     let ports: Vec<u16> = sims.iter().map(|s| free_port(s.ip(hosts::GATEWAY))).collect();
     let mut agents = Vec::new();
     let mut specs: Vec<EnvoySpec> = Vec::new();
     let mut upstreams = Vec::new();
+    let mut all_peers = Vec::new();
     for (i, sim) in sims.iter().enumerate() {
         let peers: Vec<PeerRef> = sims
             .iter()
@@ -102,6 +133,7 @@ pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {
                 refresh_seconds: 1,
                 backoff_base_ms: 200,
                 backoff_cap_ms: 1000,
+                workload_cert: Some(ids[i].workload_cert("abc", "foo")),
             },
         );
         wait_until(&format!("{} to write the edge configuration", agent.name), Duration::from_secs(30), || {
@@ -112,11 +144,15 @@ pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {
         specs.push(Gateway::spec_with(GatewayOptions {
             cluster: *sim,
             upstream: upstream.addr(),
-            source: EdgeSource::Agent(ecds),
+            source: match opts.ads {
+                Some(delta) => EdgeSource::Ads { xds: agent.xds_addr(), delta },
+                None => EdgeSource::Agent(ecds),
+            },
             tls: Some(ServerTls { cert_pem, key_pem, port: ports[i] }),
         }));
         agents.push(agent);
         upstreams.push(upstream);
+        all_peers.push(peers);
     }
     let gateways = Envoy::start_all(specs);
     ids.into_iter()
@@ -126,6 +162,17 @@ pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {
         .zip(agents)
         .zip(gateways)
         .zip(sims)
-        .map(|((((((id, edge_ca), tls_port), upstream), agent), gateway), sim)| Cluster { sim: *sim, id, edge_ca, tls_port, upstream, agent, gateway })
+        .zip(all_peers)
+        .map(|(((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers)| Cluster {
+            sim: *sim,
+            id,
+            edge_ca,
+            tls_port,
+            upstream,
+            agent,
+            gateway,
+            peers,
+            services: default_services(),
+        })
         .collect()
 }

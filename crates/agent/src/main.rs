@@ -88,6 +88,12 @@ struct RunArgs {
     /// Cluster that serves the workload certificate over SDS (Istio: "sds-grpc"; "ads" = the agent).
     #[arg(long, default_value = "sds-grpc")]
     workload_cert_sds_cluster: String,
+    /// Standalone mode without istio-agent: serve this workload certificate chain (PEM) to
+    /// sidecars as SDS secret --workload-cert-secret over ADS (use with --workload-cert-sds-cluster ads).
+    #[arg(long, requires = "workload_key")]
+    workload_cert: Option<PathBuf>,
+    #[arg(long, requires = "workload_cert")]
+    workload_key: Option<PathBuf>,
     /// Path of the filter module as the gateway sees it.
     #[arg(long)]
     filter_wasm: String,
@@ -310,6 +316,13 @@ async fn run(args: RunArgs) -> Result<()> {
                 wasm_path: args.filter_wasm.clone(),
                 cert_secret: args.workload_cert_secret.clone(),
                 cert_sds_cluster: args.workload_cert_sds_cluster.clone(),
+                workload_cert: match (&args.workload_cert, &args.workload_key) {
+                    (Some(c), Some(k)) => Some((
+                        std::fs::read_to_string(c).with_context(|| format!("reading --workload-cert {}", c.display()))?,
+                        std::fs::read_to_string(k).with_context(|| format!("reading --workload-key {}", k.display()))?,
+                    )),
+                    _ => None,
+                },
             })];
             if let Some(path) = args.edge_ecds_file {
                 sinks.push(Arc::new(edge_file::EcdsFile::new(path, args.filter_wasm)));

@@ -56,6 +56,19 @@ pub struct XdsSink {
     /// SDS name and source of the workload certificate sidecars present to peers.
     pub cert_secret: String,
     pub cert_sds_cluster: String,
+    /// Standalone mode without istio-agent: the workload certificate and key
+    /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
+    pub workload_cert: Option<(String, String)>,
+}
+
+fn tls_certificate_secret(name: &str, chain: &str, key: &str) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+    use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
+    let inline = |s: &str| Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.to_string())), ..Default::default() });
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate { certificate_chain: inline(chain), private_key: inline(key), ..Default::default() })),
+    }
 }
 
 fn secret_name(s: &multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret) -> String {
@@ -113,6 +126,9 @@ impl XdsSink {
                     self.metrics.xds_build_error(&p.name);
                 }
             }
+        }
+        if let Some((chain, key)) = &self.workload_cert {
+            sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
         let bundle = mesh::trust_bundle_secret(&dp.local.root_ca, &good)?;
         sidecar.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle.clone()));

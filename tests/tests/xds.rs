@@ -1,0 +1,153 @@
+//! The agent's xDS end to end: real agents exchange metadata between two
+//! simulated clusters; a real Envoy sidecar and the real gateway Envoy are
+//! configured by the agent over ADS, state of the world and delta.
+
+use multicloud_core::metadata::{ExportedService, ServicePort};
+use multicloud_e2e::envoy::Envoy;
+use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions};
+use multicloud_e2e::{dump, http, sidecar, wait_until, SimCluster};
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(40);
+
+fn remote_cluster(peer: &Cluster, host: &str, port: u16) -> String {
+    multicloud_proto::mesh::remote_cluster_name(&Cluster::object_name(peer.sim), host, port)
+}
+
+fn a_sidecar_and_gateway_are_configured_from_a_real_exchange(delta: bool, base: u8) {
+    let mut cs = start_mesh(&[SimCluster(base), SimCluster(base + 1)], MeshOptions { ads: Some(delta) });
+    let sidecar = Envoy::start(sidecar::spec(cs[0].sim, cs[0].agent.xds_addr(), delta));
+    let b_name = Cluster::object_name(cs[1].sim);
+    cs[0].agent.wait_condition(&b_name, "Ready", "True", READY);
+    cs[1].agent.wait_condition(&Cluster::object_name(cs[0].sim), "Ready", "True", READY);
+
+    // The remote service, its endpoint at B's gateway, and the trust secrets.
+    let foo = remote_cluster(&cs[1], "foo.abc.svc.cluster.local", 80);
+    let gw_b = format!("{}:15443", cs[1].sim.ip(multicloud_e2e::hosts::GATEWAY));
+    let d = wait_until("the sidecar to hold B's service", READY, || {
+        let d = sidecar.config_dump();
+        if dump::clusters(&d).contains(&foo) && !dump::endpoints(&d, &foo).is_empty() {
+            Ok(d)
+        } else {
+            Err(format!("clusters {:?}", dump::clusters(&d)))
+        }
+    });
+    assert_eq!(dump::endpoints(&d, &foo), vec![(gw_b.clone(), 1)]);
+    let c = dump::cluster(&d, &foo).unwrap();
+    let tls = c["transport_socket"]["typed_config"].to_string();
+    assert!(tls.contains("outbound_.80_._.foo.abc.svc.cluster.local"), "Istio SNI: {tls}");
+    let peer_root = multicloud_proto::mesh::peer_root_secret_name(&cs[1].id.uuid);
+    let secrets = dump::secrets(&d);
+    for s in [multicloud_proto::mesh::TRUST_BUNDLE_SECRET.to_string(), peer_root.clone(), "default".to_string()] {
+        assert!(secrets.contains(&s), "secret {s} in {secrets:?}");
+    }
+    let bundle = dump::secret(&d, multicloud_proto::mesh::TRUST_BUNDLE_SECRET).unwrap().to_string();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "own root + B's root");
+    let workload = dump::secret(&d, "default").unwrap().to_string();
+    assert!(!workload.contains("PRIVATE KEY"), "config_dump must not print the workload key: {workload}");
+
+    // The gateway's filter configuration arrived by ECDS and names B as a peer.
+    let gd = cs[0].gateway.config_dump();
+    let ecds = dump::ecds(&gd);
+    let edge = ecds.iter().find(|(n, _)| n == "multicloud-edge").map(|(_, v)| v.to_string()).expect("edge filter by ECDS");
+    assert!(edge.contains(&cs[1].id.uuid), "B's UUID in A's edge configuration");
+
+    // The agent's admin view: both proxies connected, everything ACKed, no NACK.
+    let view = cs[0].agent.xds_view();
+    let proxies = view["proxies"].as_array().unwrap();
+    for group in ["gateway", "sidecar"] {
+        let p = proxies.iter().find(|p| p["group"] == group).unwrap_or_else(|| panic!("no {group} in {view}"));
+        assert_eq!(p["protocol"], if delta { "delta" } else { "sotw" });
+        for (t, st) in p["types"].as_object().unwrap() {
+            assert!(st["acked_version"].is_string(), "{group} {t} not ACKed: {st}");
+            assert!(st["last_nack"].is_null(), "{group} {t} NACKed: {st}");
+        }
+    }
+    assert_eq!(view["nacks"], 0);
+
+    // A change at the remote: B exports a new service. A's agent sees it at
+    // its next refresh; A's sidecar must have it within 2 s of that.
+    cs[1].services.push(ExportedService {
+        hostname: "bar.abc.svc.cluster.local".into(),
+        ports: vec![ServicePort { name: "grpc".into(), port: 9090, protocol: Some("GRPC".into()) }],
+        ready_endpoints: 3,
+    });
+    cs[1].rewrite_standalone();
+    let seen = wait_until("A's agent to see bar", READY, || {
+        let s = cs[0].agent.status()["objects"][&b_name]["metadataCache"]["private"]["document"]["services"].to_string();
+        if s.contains("bar.abc") {
+            Ok(Instant::now())
+        } else {
+            Err(s)
+        }
+    });
+    let bar = remote_cluster(&cs[1], "bar.abc.svc.cluster.local", 9090);
+    wait_until("the sidecar to hold bar", Duration::from_secs(10), || {
+        let d = sidecar.config_dump();
+        if dump::clusters(&d).contains(&bar) && dump::endpoints(&d, &bar) == vec![(gw_b.clone(), 3)] {
+            Ok(())
+        } else {
+            Err(format!("{:?}", dump::endpoints(&d, &bar)))
+        }
+    });
+    let took = seen.elapsed();
+    assert!(took < Duration::from_secs(2), "the sidecar had the new service {took:?} after the agent saw it");
+    // B's filter serves the updated document.
+    let b_private = cs[1].agent.status();
+    assert!(b_private.is_object());
+    let served = cs[0].agent.status()["objects"][&b_name]["metadataCache"]["private"]["document"].clone();
+    assert!(served.to_string().contains("bar.abc"), "fetched through B's filter: {served}");
+}
+
+#[test]
+fn state_of_the_world() {
+    a_sidecar_and_gateway_are_configured_from_a_real_exchange(false, 61);
+}
+
+#[test]
+fn delta() {
+    a_sidecar_and_gateway_are_configured_from_a_real_exchange(true, 63);
+}
+
+/// A bounded load (about 4 s) runs through the gateway A's agent
+/// configures while the agent is killed and started again: no request
+/// fails, and the gateway re-syncs when the agent is back.
+#[test]
+fn an_agent_restart_under_load_loses_no_request() {
+    let mut cs = start_mesh(&[SimCluster(65), SimCluster(66)], MeshOptions { ads: Some(true) });
+    cs[0].agent.wait_condition(&Cluster::object_name(cs[1].sim), "Ready", "True", READY);
+    let url = cs[0].gateway_url("/metadata/public/public.json");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                match http::try_request("GET", &url, &[]) {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800)); // load is running before the restart
+    cs[0].agent.kill();
+    std::thread::sleep(Duration::from_millis(1500)); // the gateway runs without its agent
+    cs[0].agent.restart();
+    wait_until("the gateway to re-sync with the restarted agent", READY, || {
+        let v = cs[0].agent.xds_view();
+        let gw = v["proxies"].as_array().and_then(|a| a.iter().find(|p| p["group"] == "gateway").cloned());
+        match gw {
+            Some(p) if p["types"].as_object().is_some_and(|t| !t.is_empty() && t.values().all(|s| s["acked_version"].is_string())) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok > 100, "the load ran ({ok} requests)");
+}
