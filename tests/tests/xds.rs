@@ -22,18 +22,18 @@ fn a_sidecar_and_gateway_are_configured_from_a_real_exchange(delta: bool, base: 
     cs[1].agent.wait_condition(&Cluster::object_name(cs[0].sim), "Ready", "True", READY);
 
     // The remote service, its endpoint at B's gateway, and the trust secrets.
-    let foo = remote_cluster(&cs[1], "foo.abc.svc.cluster.local", 80);
+    let foo_cluster = remote_cluster(&cs[1], "foo.abc.svc.cluster.local", 80);
     let gw_b = format!("{}:15443", cs[1].sim.ip(multicloud_e2e::hosts::GATEWAY));
     let d = wait_until("the sidecar to hold B's service", READY, || {
         let d = sidecar.config_dump();
-        if dump::clusters(&d).contains(&foo) && !dump::endpoints(&d, &foo).is_empty() {
+        if dump::clusters(&d).contains(&foo_cluster) && !dump::endpoints(&d, &foo_cluster).is_empty() {
             Ok(d)
         } else {
             Err(format!("clusters {:?}", dump::clusters(&d)))
         }
     });
-    assert_eq!(dump::endpoints(&d, &foo), vec![(gw_b.clone(), 1)]);
-    let c = dump::cluster(&d, &foo).unwrap();
+    assert_eq!(dump::endpoints(&d, &foo_cluster), vec![(gw_b.clone(), 1)]);
+    let c = dump::cluster(&d, &foo_cluster).unwrap();
     let tls = c["transport_socket"]["typed_config"].to_string();
     assert!(tls.contains("outbound_.80_._.foo.abc.svc.cluster.local"), "Istio SNI: {tls}");
     let peer_root = multicloud_proto::mesh::peer_root_secret_name(&cs[1].id.uuid);
