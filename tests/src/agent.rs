@@ -98,6 +98,13 @@ impl Agent {
         self.wait_http();
     }
 
+    /// Replaces the workload certificate files (read at start: restart to apply).
+    pub fn set_workload_cert(&mut self, cert: &str, key: &str) {
+        std::fs::write(self.path.join("workload.crt"), cert).expect("write cert");
+        std::fs::write(self.path.join("workload.key"), key).expect("write key");
+        self.opts.workload_cert = Some((cert.to_string(), key.to_string()));
+    }
+
     pub fn kill(&mut self) {
         self.proc.kill();
     }

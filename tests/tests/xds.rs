@@ -151,3 +151,126 @@ fn an_agent_restart_under_load_loses_no_request() {
     assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(5)]);
     assert!(ok > 100, "the load ran ({ok} requests)");
 }
+
+/// A remote whose documents do not validate (a private document with an
+/// impossible gateway address; a public document with a broken root) gets a
+/// status reason, and nothing of it reaches the sidecar. Then a NACK is
+/// forced (the agent restarts with a workload key that does not match its
+/// certificate): the agent reports it and Envoy keeps the last good secret.
+#[test]
+fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
+    use multicloud_e2e::envoy::EnvoySpec;
+    use multicloud_e2e::fixtures::{free_port, ClusterIdentity, EdgeCa};
+    use multicloud_e2e::mesh::PeerRef;
+    let mut cs = start_mesh(&[SimCluster(67)], MeshOptions { ads: Some(false) });
+    let sidecar = Envoy::start(sidecar::spec(cs[0].sim, cs[0].agent.xds_addr(), false));
+
+    // One hostile TLS server (a real Envoy with direct responses) playing two remotes.
+    let hostile = SimCluster(68);
+    let (c, d) = (ClusterIdentity::generate("c"), ClusterIdentity::generate("d"));
+    let ca = EdgeCa::generate("hostile");
+    let (cert, key) = ca.server_cert(hostile.ip(1));
+    let port = free_port(hostile.ip(1));
+    let mut broken_d = d.public_metadata();
+    broken_d.root_ca = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n".into();
+    let bad_private = serde_json::json!({"ingressGateways": [{"address": "not an address!", "port": 15443}], "networkName": "net-c",
+        "services": [{"hostname": "foo.abc.svc.cluster.local", "ports": [{"name": "http", "port": 80}]}]});
+    let route = |path: &str, body: &str| {
+        format!("              - match: {{path: \"{path}\"}}\n                direct_response: {{status: 200, body: {{inline_string: {}}}}}\n", serde_json::to_string(body).unwrap())
+    };
+    let routes = [
+        route("/c/metadata/public/public.json", &serde_json::to_string(&c.public_metadata()).unwrap()),
+        route("/c/metadata/private/multicluster.json", &bad_private.to_string()),
+        route("/d/metadata/public/public.json", &serde_json::to_string(&broken_d).unwrap()),
+    ]
+    .concat();
+    let _hostile = Envoy::start(EnvoySpec {
+        name: "gateway-68-hostile".into(),
+        cluster: hostile,
+        host: 1,
+        bootstrap: format!(
+            r#"static_resources:
+  listeners:
+  - name: tls
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{inline_string: {cert}}}, private_key: {{inline_string: {key}}}}}]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: hostile
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#,
+            ip = hostile.ip(1),
+            cert = serde_json::to_string(&cert).unwrap(),
+            key = serde_json::to_string(&key).unwrap(),
+        ),
+        files: vec![],
+    });
+    for (name, prefix) in [("cluster-c", "c"), ("cluster-d", "d")] {
+        cs[0].peers.push(PeerRef { object_name: name.into(), endpoint: format!("https://{}:{port}/{prefix}/metadata", hostile.ip(1)), ca_pem: ca.pem() });
+    }
+    cs[0].rewrite_standalone();
+    let sc = cs[0].agent.wait_condition("cluster-c", "PrivateMetadataExchangeReady", "False", READY);
+    let cond = |s: &serde_json::Value, t: &str| s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap().clone();
+    let pc = cond(&sc, "PrivateMetadataExchangeReady");
+    assert_eq!(pc["reason"], "InvalidDocument", "{pc}");
+    assert!(pc["message"].as_str().unwrap().contains("ingressGateways[0].address"), "{pc}");
+    let sd = cs[0].agent.wait_condition("cluster-d", "PublicMetadataExchangeReady", "False", READY);
+    let pd = cond(&sd, "PublicMetadataExchangeReady");
+    assert_eq!(pd["reason"], "InvalidDocument", "{pd}");
+    assert!(pd["message"].as_str().unwrap().contains("rootCA"), "{pd}");
+    // Nothing of either reaches the sidecar.
+    let dump = sidecar.config_dump();
+    let text = dump.to_string();
+    assert!(!text.contains("not an address!") && !text.contains("multicloud-cluster-c") && !text.contains(&d.uuid) && !text.contains(&c.uuid), "hostile data reached Envoy");
+    assert!(dump::secrets(&dump).contains(&"default".to_string()));
+
+    // Force a NACK: a key that does not match the certificate. Envoy's
+    // /certs lists the certificates its TLS contexts actually use.
+    let in_force = || -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&sidecar.admin_get("/certs").unwrap()).unwrap();
+        let mut serials: Vec<String> = v["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["serial_number"].as_str().map(String::from))
+            .collect();
+        serials.sort();
+        serials
+    };
+    let before = in_force();
+    assert!(!before.is_empty(), "the inbound listener uses the workload certificate");
+    assert!(!dump::secret(&dump, "default").unwrap().to_string().contains("PRIVATE KEY"), "the key is redacted in config_dump");
+    let (other_cert, _) = cs[0].id.workload_cert("abc", "foo");
+    let (_, other_key) = cs[0].id.workload_cert("abc", "bar");
+    cs[0].agent.set_workload_cert(&other_cert, &other_key);
+    cs[0].agent.restart();
+    let nack = wait_until("the agent to report the sidecar's NACK", READY, || {
+        let v = cs[0].agent.xds_view();
+        let n = v["proxies"].as_array().and_then(|ps| {
+            ps.iter().filter(|p| p["group"] == "sidecar").find_map(|p| {
+                let s = &p["types"]["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"]["last_nack"];
+                (!s.is_null()).then(|| s.clone())
+            })
+        });
+        n.ok_or_else(|| v.to_string())
+    });
+    assert!(nack["message"].as_str().is_some_and(|m| !m.is_empty()), "{nack}");
+    assert!(cs[0].agent.metrics().lines().any(|l| l.starts_with("multicloud_agent_xds_nacks_total ") && !l.ends_with(" 0")));
+    assert_eq!(in_force(), before, "Envoy keeps using the last good certificate");
+}
