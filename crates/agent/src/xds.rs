@@ -158,6 +158,18 @@ struct Inner {
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     next_stream: AtomicU64,
     nacks: AtomicU64,
+    /// Bytes and resources sent, per protocol (index 0: SotW, 1: delta).
+    sent_bytes: [AtomicU64; 2],
+    sent_resources: [AtomicU64; 2],
+}
+
+/// Totals of what the server sent, per protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SentTotals {
+    pub sotw_bytes: u64,
+    pub sotw_resources: u64,
+    pub delta_bytes: u64,
+    pub delta_resources: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,6 +187,8 @@ impl XdsServer {
                 proxies: Mutex::new(BTreeMap::new()),
                 next_stream: AtomicU64::new(1),
                 nacks: AtomicU64::new(0),
+                sent_bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+                sent_resources: [AtomicU64::new(0), AtomicU64::new(0)],
             }),
         }
     }
@@ -228,6 +242,17 @@ impl XdsServer {
     }
 
     /// NACKs received since start, over all proxies and types.
+    /// What was sent so far (encoded response bytes and resources), per protocol.
+    pub fn sent_totals(&self) -> SentTotals {
+        let i = &self.inner;
+        SentTotals {
+            sotw_bytes: i.sent_bytes[0].load(Ordering::Relaxed),
+            sotw_resources: i.sent_resources[0].load(Ordering::Relaxed),
+            delta_bytes: i.sent_bytes[1].load(Ordering::Relaxed),
+            delta_resources: i.sent_resources[1].load(Ordering::Relaxed),
+        }
+    }
+
     pub fn nack_count(&self) -> u64 {
         self.inner.nacks.load(Ordering::Relaxed)
     }
@@ -265,6 +290,15 @@ impl Connection {
     fn update(&self, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
         if let Some(p) = lock(&self.server.inner.proxies).get_mut(&self.id) {
             f(p.types.entry(type_url.to_string()).or_default());
+        }
+    }
+
+    /// Counts a response about to be sent.
+    fn count(&self, protocol: Protocol, bytes: usize, resources: usize) {
+        let i = usize::from(protocol == Protocol::Delta);
+        if let (Some(b), Some(r)) = (self.server.inner.sent_bytes.get(i), self.server.inner.sent_resources.get(i)) {
+            b.fetch_add(bytes as u64, Ordering::Relaxed);
+            r.fetch_add(resources as u64, Ordering::Relaxed);
         }
     }
 

@@ -169,6 +169,7 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
+        self.conn.count(Protocol::Delta, multicloud_proto::prost::Message::encoded_len(&response), response.resources.len() + response.removed_resources.len());
         send(tx, response).await?;
         self.conn.sent(type_url, &version, &nonce);
         t.nonce = Some(nonce);

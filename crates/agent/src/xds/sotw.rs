@@ -126,6 +126,7 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
+        self.conn.count(Protocol::Sotw, multicloud_proto::prost::Message::encoded_len(&response), response.resources.len());
         send(tx, response).await?;
         self.conn.sent(type_url, &version, &nonce);
         t.nonce = Some(nonce);

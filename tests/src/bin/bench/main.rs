@@ -18,7 +18,12 @@ fn main() {
     if all || args.iter().any(|a| a == "edge") {
         edge();
     }
+    if all || args.iter().any(|a| a == "xds") {
+        xds::run();
+    }
 }
+
+mod xds;
 
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json string")
