@@ -311,6 +311,7 @@ async fn run(args: RunArgs) -> Result<()> {
         status: status_sink,
         sinks: {
             let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> = vec![Arc::new(multicloud_agent::xds_sink::XdsSink {
+                cache: Default::default(),
                 server: xds_server,
                 metrics: metrics.clone(),
                 wasm_path: args.filter_wasm.clone(),

@@ -48,7 +48,23 @@ pub fn classify() -> Classify {
     })
 }
 
+/// Built resources kept between pushes, by (type, name), with the hash of
+/// the inputs they were built from. Protobuf maps (e.g. `Struct` metadata)
+/// encode in random order, so rebuilding an unchanged resource would change
+/// its bytes and its version, and every push would resend everything; a
+/// resource whose inputs did not change is reused byte for byte instead.
+pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), (u64, multicloud_proto::envoy_types::pb::google::protobuf::Any)>>;
+
+fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
+    use std::hash::Hasher as _;
+    // Fixed keys: the cache lives in this process only.
+    let mut h = std::hash::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
 pub struct XdsSink {
+    pub cache: BuildCache,
     pub server: XdsServer,
     pub metrics: Arc<Metrics>,
     /// Where the gateway finds the filter module.
@@ -69,10 +85,6 @@ fn tls_certificate_secret(name: &str, chain: &str, key: &str) -> multicloud_prot
         name: name.to_string(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate { certificate_chain: inline(chain), private_key: inline(key), ..Default::default() })),
     }
-}
-
-fn secret_name(s: &multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret) -> String {
-    s.name.clone()
 }
 
 impl XdsSink {
@@ -100,24 +112,17 @@ impl XdsSink {
         }
         let mut sidecar = Snapshot::default();
         let mut good: Vec<PeerView> = Vec::new();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next_cache = std::collections::HashMap::new();
         for (p, view) in &views {
-            // Build each peer alone first, so one bad peer cannot take the rest down.
-            let built = mesh::peer_root_secret(view).and_then(|root| {
-                let clusters = if p.enable_ingress_gateway { mesh::remote_clusters(view, &client)? } else { Vec::new() };
-                let endpoints = if p.enable_ingress_gateway { mesh::remote_endpoints(view)? } else { Vec::new() };
-                Ok((root, clusters, endpoints))
-            });
-            match built {
-                Ok((root, clusters, endpoints)) => {
-                    sidecar.insert(SECRET, &secret_name(&root), pack_any(root.clone()));
-                    gateway.insert(SECRET, &secret_name(&root), pack_any(root));
-                    for c in clusters {
-                        let name = c.name.clone();
-                        sidecar.insert(CLUSTER, &name, pack_any(c));
-                    }
-                    for e in endpoints {
-                        let name = e.cluster_name.clone();
-                        sidecar.insert(ENDPOINT, &name, pack_any(e));
+            match self.build_peer(p, view, &client, &mut cache) {
+                Ok(resources) => {
+                    for (type_url, name, key, any) in resources {
+                        if type_url == SECRET {
+                            gateway.insert(SECRET, &name, any.clone());
+                        }
+                        sidecar.insert(type_url, &name, any.clone());
+                        next_cache.insert((type_url, name), (key, any));
                     }
                     good.push(*view);
                 }
@@ -127,6 +132,8 @@ impl XdsSink {
                 }
             }
         }
+        *cache = next_cache;
+        drop(cache);
         if let Some((chain, key)) = &self.workload_cert {
             sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
@@ -134,6 +141,59 @@ impl XdsSink {
         sidecar.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle.clone()));
         gateway.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle));
         Ok((gateway, sidecar))
+    }
+}
+
+impl XdsSink {
+    /// One peer's resources: its root secret, and per exported service and
+    /// port a cluster and a load assignment, each reused from `cache` when
+    /// its inputs are unchanged. Any error leaves the whole peer out.
+    #[allow(clippy::type_complexity)]
+    fn build_peer(
+        &self,
+        p: &crate::reconcile::EstablishedPeer,
+        view: &PeerView,
+        client: &ClientIdentity,
+        cache: &mut std::collections::HashMap<(&'static str, String), (u64, multicloud_proto::envoy_types::pb::google::protobuf::Any)>,
+    ) -> Result<Vec<(&'static str, String, u64, multicloud_proto::envoy_types::pb::google::protobuf::Any)>, mesh::BuildError> {
+        let mut out = Vec::new();
+        let mut reuse = |type_url: &'static str, name: String, key: u64, build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
+            let any = match cache.remove(&(type_url, name.clone())) {
+                Some((k, any)) if k == key => any,
+                _ => build()?,
+            };
+            out.push((type_url, name, key, any));
+            Ok::<(), mesh::BuildError>(())
+        };
+        let root_name = mesh::peer_root_secret_name(view.cluster_uuid);
+        reuse(SECRET, root_name, input_hash(&(view.name, view.cluster_uuid, view.root_ca_pem)), &mut || Ok(pack_any(mesh::peer_root_secret(view)?)))?;
+        if !p.enable_ingress_gateway {
+            return Ok(out);
+        }
+        let mut names = std::collections::HashSet::new();
+        for svc in view.services {
+            let one = PeerView { services: std::slice::from_ref(svc), ..*view };
+            // A cluster does not depend on endpoint counts or gateway addresses.
+            let cluster_key = input_hash(&(view.name, view.cluster_uuid, view.network, &svc.hostname, &svc.ports, client.cert_secret, client.sds_cluster));
+            let endpoint_key = input_hash(&(view.name, view.network, view.gateways, &svc.hostname, &svc.ports, svc.ready_endpoints));
+            for port in &svc.ports {
+                let name = mesh::remote_cluster_name(view.name, &svc.hostname, port.port);
+                if !names.insert(name.clone()) {
+                    return Err(mesh::BuildError::Name { peer: view.name.to_string(), field: format!("services[{}]", svc.hostname), cause: format!("{name} is exported twice") });
+                }
+                let mut clusters = None;
+                reuse(CLUSTER, name.clone(), cluster_key, &mut || {
+                    let built = clusters.get_or_insert_with(|| mesh::remote_clusters(&one, client)).clone()?;
+                    built.into_iter().find(|c| c.name == name).map(pack_any).ok_or_else(|| mesh::BuildError::Name { peer: view.name.to_string(), field: svc.hostname.clone(), cause: "cluster not built".into() })
+                })?;
+                let mut endpoints = None;
+                reuse(ENDPOINT, name.clone(), endpoint_key, &mut || {
+                    let built = endpoints.get_or_insert_with(|| mesh::remote_endpoints(&one)).clone()?;
+                    built.into_iter().find(|e| e.cluster_name == name).map(pack_any).ok_or_else(|| mesh::BuildError::Name { peer: view.name.to_string(), field: svc.hostname.clone(), cause: "load assignment not built".into() })
+                })?;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -145,5 +205,115 @@ impl DataPlaneSink for XdsSink {
             self.server.set(SIDECAR_GROUP, sidecar);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::LocalFacts;
+    use crate::reconcile::EstablishedPeer;
+    use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
+
+    fn root() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    fn dp(ready: u32) -> DataPlane {
+        let local_root = root();
+        let facts = LocalFacts {
+            cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a".into(),
+            root_ca: local_root,
+            ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
+            api_host: String::new(),
+            network_name: "net-a".into(),
+            services: vec![],
+        };
+        let services = (0..20)
+            .map(|i| ExportedService {
+                hostname: format!("s{i}.abc.svc.cluster.local"),
+                ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
+                ready_endpoints: if i == 7 { ready } else { 1 },
+            })
+            .collect();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        DataPlane {
+            edge: multicloud_core::edge::EdgeConfig {
+                public: facts.public_document(multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key())),
+                private: facts.private_document(),
+                peers: vec![],
+                spiffe: Default::default(),
+                max_token_lifetime_seconds: 600,
+                public_max_age_seconds: 60,
+                api: Default::default(),
+            },
+            local: facts,
+            peers: vec![EstablishedPeer {
+                name: "b".into(),
+                cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b".into(),
+                root_ca: ROOT_B.with(|r| r.clone()),
+                private: Some(PrivateMetadata {
+                    ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
+                    api_host: String::new(),
+                    network_name: "net-b".into(),
+                    services,
+                }),
+                enable_ingress_gateway: true,
+            }],
+        }
+    }
+
+    thread_local! {
+        static ROOT_B: String = root();
+    }
+
+    fn sink() -> XdsSink {
+        XdsSink {
+            cache: Default::default(),
+            server: XdsServer::new(classify()),
+            metrics: Arc::new(Metrics::default()),
+            wasm_path: "/f.wasm".into(),
+            cert_secret: "default".into(),
+            cert_sds_cluster: "ads".into(),
+            workload_cert: None,
+        }
+    }
+
+    fn versions(s: &Snapshot, t: &str) -> std::collections::BTreeMap<String, String> {
+        s.resources(t).map(|m| m.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    /// Rebuilding unchanged resources must not change their bytes (protobuf
+    /// maps encode in random order): a one-service change moves exactly one
+    /// load assignment, and nothing else.
+    #[test]
+    fn a_one_service_change_changes_exactly_one_resource() {
+        let s = sink();
+        let (d1, d2) = (dp(1), dp(1));
+        let (mut d3, _) = (dp(1), ());
+        d3.local = d1.local.clone();
+        d3.edge = d1.edge.clone();
+        if let Some(p) = d3.peers[0].private.as_mut() {
+            p.services[7].ready_endpoints = 5;
+        }
+        let (_, a) = s.snapshots(&d1).unwrap();
+        let mut d2 = d2;
+        d2.local = d1.local.clone();
+        d2.edge = d1.edge.clone();
+        let (_, b) = s.snapshots(&d2).unwrap();
+        let (_, c) = s.snapshots(&d3).unwrap();
+        for t in [CLUSTER, SECRET] {
+            assert_eq!(versions(&a, t), versions(&b, t), "{t} unchanged when nothing changed");
+            assert_eq!(versions(&b, t), versions(&c, t), "{t} unchanged by an endpoint count");
+        }
+        assert_eq!(versions(&a, ENDPOINT), versions(&b, ENDPOINT));
+        let (eb, ec) = (versions(&b, ENDPOINT), versions(&c, ENDPOINT));
+        let changed: Vec<&String> = eb.keys().filter(|k| eb[*k] != ec[*k]).collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(changed[0].contains("s7.abc"));
+        assert_eq!(eb.len(), 20);
     }
 }

@@ -84,6 +84,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], peers: usize, delta: bool, changes: usize) -> Run {
     let server = XdsServer::new(classify());
     let sink = XdsSink {
+        cache: Default::default(),
         server: server.clone(),
         metrics: Arc::new(Metrics::default()),
         wasm_path: "/dev/null".into(),
