@@ -133,7 +133,9 @@ fn handle(out: &mut TcpStream, st: &State, method: &str, target: &str) -> std::i
         _ => None,
     };
     match (path, ns) {
-        ("/version", _) => respond(out, 200, &serde_json::json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"})),
+        ("/version", _) => {
+            respond(out, 200, &serde_json::json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}))
+        }
         ("/api", _) => respond(out, 200, &serde_json::json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})),
         ("/apis", _) => respond(out, 200, &serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})),
         (_, Some(ns)) if is_watch => watch(out, st, ns.as_deref()),

@@ -48,7 +48,8 @@ fn claims(token: &str) -> serde_json::Value {
 fn the_api_proxy_end_to_end() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let _guard = rt.enter();
-    let cs = start_mesh(&[SimCluster(71), SimCluster(72)], MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: TTL }) });
+    let cs =
+        start_mesh(&[SimCluster(71), SimCluster(72)], MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: TTL }) });
     let (a, b) = (&cs[0], &cs[1]);
     let b_name = Cluster::object_name(b.sim);
     a.agent.wait_condition(&b_name, "Ready", "True", READY);
@@ -91,7 +92,8 @@ fn the_api_proxy_end_to_end() {
     let dump = b.gateway.admin_get("/config_dump?include_eds").expect("config_dump");
     assert!(dump.contains("multicloud-api-proxy-credential"), "the credential secret is in the dump (redacted)");
     let log = b.gateway.log();
-    for (what, s) in [("proxy credential", credential.as_str()), ("peer token", first_token.as_str()), ("peer token", watch_token.as_str())] {
+    for (what, s) in [("proxy credential", credential.as_str()), ("peer token", first_token.as_str()), ("peer token", watch_token.as_str())]
+    {
         assert!(!dump.contains(s), "{what} in B's config_dump");
         assert!(!log.contains(s), "{what} in B's gateway log");
     }
@@ -113,7 +115,13 @@ fn the_api_proxy_end_to_end() {
     });
     assert!(unix_now() < exp1, "re-issued before the old token expired");
     assert_eq!(claims(&new_token)["scope"], "api");
-    wait_until("the old token to expire", Duration::from_secs(TTL as u64 + 2), || if unix_now() > exp1 + 1 { Ok(()) } else { Err("valid".into()) });
+    wait_until("the old token to expire", Duration::from_secs(TTL as u64 + 2), || {
+        if unix_now() > exp1 + 1 {
+            Ok(())
+        } else {
+            Err("valid".into())
+        }
+    });
     // The watch opened with the old token keeps streaming after its expiry.
     match rt.block_on(tokio::time::timeout(Duration::from_secs(5), stream.next())) {
         Ok(Some(Ok(WatchEvent::Bookmark(_)))) | Ok(Some(Ok(WatchEvent::Added(_)))) => {}
@@ -175,16 +183,56 @@ fn refused_table(a: &Cluster, b: &Cluster) {
         row("delete collection", "DELETE", "/api/v1/namespaces/abc/pods", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
         row("secrets list", "GET", "/api/v1/namespaces/abc/secrets", good(), 403, "Forbidden", "resource_not_allowed"),
         row("secret get", "GET", "/api/v1/namespaces/istio-system/secrets/cacerts", good(), 403, "Forbidden", "resource_not_allowed"),
-        row("exec", "GET", "/api/v1/namespaces/abc/pods/foo/exec?command=sh&stdin=true", good(), 403, "Forbidden", "subresource_not_allowed"),
+        row(
+            "exec",
+            "GET",
+            "/api/v1/namespaces/abc/pods/foo/exec?command=sh&stdin=true",
+            good(),
+            403,
+            "Forbidden",
+            "subresource_not_allowed",
+        ),
         row("attach", "GET", "/api/v1/namespaces/abc/pods/foo/attach", good(), 403, "Forbidden", "subresource_not_allowed"),
         row("portforward", "GET", "/api/v1/namespaces/abc/pods/foo/portforward", good(), 403, "Forbidden", "subresource_not_allowed"),
         row("pod proxy", "GET", "/api/v1/namespaces/abc/pods/foo/proxy/", good(), 403, "Forbidden", "subresource_not_allowed"),
         row("service proxy", "GET", "/api/v1/namespaces/abc/services/foo:80/proxy/", good(), 403, "Forbidden", "subresource_not_allowed"),
-        row("impersonate user", "GET", "/api/v1/services", with(good(), "impersonate-user", "system:admin"), 403, "Forbidden", "impersonation"),
-        row("impersonate group", "GET", "/api/v1/services", with(good(), "impersonate-group", "system:masters"), 403, "Forbidden", "impersonation"),
+        row(
+            "impersonate user",
+            "GET",
+            "/api/v1/services",
+            with(good(), "impersonate-user", "system:admin"),
+            403,
+            "Forbidden",
+            "impersonation",
+        ),
+        row(
+            "impersonate group",
+            "GET",
+            "/api/v1/services",
+            with(good(), "impersonate-group", "system:masters"),
+            403,
+            "Forbidden",
+            "impersonation",
+        ),
         row("no token", "GET", "/api/v1/services", vec![], 401, "Unauthorized", "TokenMissing"),
-        row("another audience", "GET", "/api/v1/services", bearer(mint(&random_uuid(), Scope::Api, now, 300)), 401, "Unauthorized", "TokenWrongAudience"),
-        row("another scope", "GET", "/api/v1/services", bearer(mint(b_id, Scope::PrivateMulticluster, now, 60)), 403, "Forbidden", "TokenWrongScope"),
+        row(
+            "another audience",
+            "GET",
+            "/api/v1/services",
+            bearer(mint(&random_uuid(), Scope::Api, now, 300)),
+            401,
+            "Unauthorized",
+            "TokenWrongAudience",
+        ),
+        row(
+            "another scope",
+            "GET",
+            "/api/v1/services",
+            bearer(mint(b_id, Scope::PrivateMulticluster, now, 60)),
+            403,
+            "Forbidden",
+            "TokenWrongScope",
+        ),
         row("expired", "GET", "/api/v1/services", bearer(mint(b_id, Scope::Api, now - 600, 300)), 401, "Unauthorized", "TokenExpired"),
         row(
             "non-peer key",
@@ -195,7 +243,15 @@ fn refused_table(a: &Cluster, b: &Cluster) {
             "Unauthorized",
             "TokenBadSignature",
         ),
-        row("oversized header", "GET", "/api/v1/services", with(good(), "x-padding", &"p".repeat(20 * 1024)), 431, "BadRequest", "headers_too_large"),
+        row(
+            "oversized header",
+            "GET",
+            "/api/v1/services",
+            with(good(), "x-padding", &"p".repeat(20 * 1024)),
+            431,
+            "BadRequest",
+            "headers_too_large",
+        ),
     ];
     let apiserver = b.apiserver.as_ref().expect("API server");
     let before = apiserver.requests().len();

@@ -99,7 +99,12 @@ pub fn kubeconfig(t: &Target, token: &str) -> anyhow::Result<String> {
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("kubeconfig.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
@@ -126,7 +131,13 @@ impl RemoteSecrets {
                     Some(addr) => (format!("https://{addr}"), Some(host.to_string())),
                     None => (format!("https://{api_host}"), None),
                 };
-                Some(Target { object: p.name.clone(), peer_uuid: p.cluster_uuid.clone(), server, tls_server_name, ca: p.metadata_ca.clone() })
+                Some(Target {
+                    object: p.name.clone(),
+                    peer_uuid: p.cluster_uuid.clone(),
+                    server,
+                    tls_server_name,
+                    ca: p.metadata_ca.clone(),
+                })
             })
             .collect()
     }
@@ -207,7 +218,11 @@ mod tests {
         let private = PrivateMetadata { ingress_gateways: vec![], api_host: api_host.into(), network_name: "nb".into(), services: vec![] };
         DataPlane {
             edge: multicloud_core::edge::EdgeConfig {
-                public: multicloud_core::metadata::PublicMetadata { cluster_uuid: A.into(), root_ca: String::new(), authn_key_pub: String::new() },
+                public: multicloud_core::metadata::PublicMetadata {
+                    cluster_uuid: A.into(),
+                    root_ca: String::new(),
+                    authn_key_pub: String::new(),
+                },
                 private: private.clone(),
                 peers: vec![],
                 spiffe: Default::default(),
@@ -215,7 +230,14 @@ mod tests {
                 public_max_age_seconds: 60,
                 api: Default::default(),
             },
-            local: LocalFacts { cluster_uuid: A.into(), root_ca: String::new(), ingress_gateways: vec![], api_host: String::new(), network_name: "na".into(), services: vec![] },
+            local: LocalFacts {
+                cluster_uuid: A.into(),
+                root_ca: String::new(),
+                ingress_gateways: vec![],
+                api_host: String::new(),
+                network_name: "na".into(),
+                services: vec![],
+            },
             peers: vec![EstablishedPeer {
                 name: "cluster-b".into(),
                 cluster_uuid: B.into(),
@@ -231,7 +253,8 @@ mod tests {
         let v: serde_json::Value = serde_yaml::from_str(text).unwrap();
         let token = v["users"][0]["user"]["token"].as_str().unwrap().to_string();
         let payload = token.split('.').nth(1).unwrap();
-        let claims: serde_json::Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         (token, claims)
     }
 
