@@ -22,6 +22,10 @@ pub struct AgentOptions {
     pub backoff_cap_ms: u64,
     /// The workload certificate and key (PEM) the agent serves to sidecars.
     pub workload_cert: Option<(String, String)>,
+    /// The API proxy's credential (written to `api-credential`, passed as --api-proxy-credential).
+    pub api_proxy_credential: Option<String>,
+    /// More arguments to `multicloud-agent run` (e.g. --remote-secrets-dir).
+    pub extra_args: Vec<String>,
 }
 
 pub struct Agent {
@@ -48,6 +52,9 @@ impl Agent {
         if let Some((c, k)) = &opts.workload_cert {
             std::fs::write(path.join("workload.crt"), c).expect("write cert");
             std::fs::write(path.join("workload.key"), k).expect("write key");
+        }
+        if let Some(c) = &opts.api_proxy_credential {
+            std::fs::write(path.join("api-credential"), c).expect("write credential");
         }
         let mut a = Agent {
             name: format!("agent-{}", opts.cluster.0),
@@ -146,6 +153,16 @@ impl Agent {
         self.opts.standalone = contents.to_string();
     }
 
+    /// The agent's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Where the agent writes peer `object`'s remote secret (with `--remote-secrets-dir {dir}/remote-secrets`).
+    pub fn remote_secret_path(&self, object: &str) -> PathBuf {
+        self.path.join("remote-secrets").join(format!("{object}.kubeconfig"))
+    }
+
     pub fn key_path(&self) -> PathBuf {
         self.path.join("federation.key")
     }
@@ -198,6 +215,10 @@ fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
         cmd.arg("--workload-cert").arg(path.join("workload.crt")).arg("--workload-key").arg(path.join("workload.key"));
         cmd.args(["--workload-cert-sds-cluster", "ads"]);
     }
+    if o.api_proxy_credential.is_some() {
+        cmd.arg("--api-proxy-credential").arg(path.join("api-credential"));
+    }
+    cmd.args(o.extra_args.iter().map(|a| a.replace("{dir}", &path.display().to_string())));
     procs::spawn(cmd).expect("spawn agent")
 }
 

@@ -154,6 +154,17 @@ impl EdgeCa {
     }
 }
 
+impl EdgeCa {
+    /// A server certificate for a DNS name (DNS SAN), as (cert PEM, key PEM).
+    pub fn server_cert_dns(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A port on `ip` that is free now. Each simulated cluster has its own
 /// loopback address, so nothing else competes for it; used where a port
 /// must survive a restart (a gateway that peers point at).

@@ -116,6 +116,82 @@ pub struct GatewayOptions {
     pub upstream: SocketAddr,
     pub source: EdgeSource,
     pub tls: Option<ServerTls>,
+    /// The API proxy route (needs [`EdgeSource::Ads`]).
+    pub api: Option<ApiRoute>,
+}
+
+/// The API proxy: a virtual host of its own (`api.cluster-<n>.example`) to
+/// a static cluster `kube_apiserver`, guarded by the `multicloud-api`
+/// filter (ECDS over ADS) and with the proxy's own credential attached by
+/// Envoy's credential injector (SDS generic secret over ADS).
+#[derive(Clone)]
+pub struct ApiRoute {
+    /// The API host name (virtual host domains, and the SNI of `edge_tls`'s API filter chain).
+    pub host: String,
+    /// The (recorded) API server, plain HTTP in the test bed; production
+    /// reaches the API server over TLS.
+    pub apiserver: SocketAddr,
+    /// Certificate and key for `host` on `edge_tls` (a filter chain matched by SNI).
+    pub tls: Option<(String, String)>,
+}
+
+/// The API guard's ECDS resource name.
+pub const API_FILTER_NAME: &str = "multicloud-api";
+/// The SDS secret holding the proxy's credential.
+pub const API_CREDENTIAL_SECRET: &str = "multicloud-api-proxy-credential";
+
+fn api_http_filters_yaml() -> String {
+    format!(
+        r#"          - name: {API_FILTER_NAME}
+            disabled: true
+            config_discovery:
+              config_source: {{resource_api_version: V3, ads: {{}}}}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+          - name: envoy.filters.http.credential_injector
+            disabled: true
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
+              overwrite: true
+              credential:
+                name: envoy.http.injected_credentials.generic
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
+                  credential: {{name: {API_CREDENTIAL_SECRET}, sds_config: {{ads: {{}}, resource_api_version: V3}}}}
+                  header: Authorization
+                  header_value_prefix: "Bearer "
+"#
+    )
+}
+
+fn api_vhost_yaml(domains: &str) -> String {
+    format!(
+        r#"            - name: api
+              domains: {domains}
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: kube_apiserver, timeout: 0s}}
+                typed_per_filter_config:
+                  {API_FILTER_NAME}: {{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {{}}}}
+                  envoy.filters.http.credential_injector: {{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {{}}}}
+"#
+    )
+}
+
+fn hcm_yaml(vhosts: &str, filters: &str) -> String {
+    format!(
+        r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: edge
+          normalize_path: true
+          merge_slashes: true
+          route_config:
+            virtual_hosts:
+{vhosts}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
 }
 
 fn yaml_str(s: &str) -> String {
@@ -124,7 +200,7 @@ fn yaml_str(s: &str) -> String {
 
 impl Gateway {
     pub fn spec(cluster: SimCluster, upstream: SocketAddr, initial_config_json: &str) -> EnvoySpec {
-        Self::spec_with(GatewayOptions { cluster, upstream, source: EdgeSource::Test(initial_config_json.into()), tls: None })
+        Self::spec_with(GatewayOptions { cluster, upstream, source: EdgeSource::Test(initial_config_json.into()), tls: None, api: None })
     }
 
     pub fn spec_with(o: GatewayOptions) -> EnvoySpec {
@@ -168,28 +244,32 @@ impl Gateway {
               type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
 "#
         );
-        let hcm = format!(
-            r#"      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: edge
-          normalize_path: true
-          merge_slashes: true
-          route_config:
-            virtual_hosts:
-            - name: gateway
+        assert!(o.api.is_none() || matches!(o.source, EdgeSource::Ads { .. }), "the API route needs the agent's ADS");
+        let gateway_vhost = format!(
+            r#"            - name: gateway
               domains: ["*"]
               routes:
               - match: {{prefix: /metadata/}}
                 route: {{cluster: local_upstream}}
 {enable}              - match: {{prefix: /}}
                 route: {{cluster: local_upstream}}
-          http_filters:
-{filter}          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
 "#,
             enable = enable_edge_filter_yaml(),
         );
+        let mut filters = filter;
+        let mut vhosts = String::new();
+        let mut api_cluster = String::new();
+        if let Some(api) = &o.api {
+            filters.push_str(&api_http_filters_yaml());
+            vhosts.push_str(&api_vhost_yaml(&format!("[{h:?}, \"{h}:*\"]", h = api.host)));
+            api_cluster = format!(
+                "  - name: kube_apiserver\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: kube_apiserver\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}\n",
+                api.apiserver.ip(),
+                api.apiserver.port()
+            );
+        }
+        vhosts.push_str(&gateway_vhost);
+        let hcm = hcm_yaml(&vhosts, &filters);
         let mut listeners = format!(
             "  - name: edge
     address: {{socket_address: {{address: {ip}, port_value: 0}}}}
@@ -198,11 +278,35 @@ impl Gateway {
 {hcm}"
         );
         if let Some(tls) = &o.tls {
+            // The API host by SNI: a filter chain whose only virtual host is the API route.
+            let api_chain = match o.api.as_ref().and_then(|a| a.tls.as_ref().map(|t| (a, t))) {
+                Some((a, (cert, key))) => format!(
+                    r#"    - filter_chain_match: {{server_names: [{host:?}]}}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{inline_string: {cert}}}
+              private_key: {{inline_string: {key}}}
+      filters:
+{hcm}"#,
+                    host = a.host,
+                    cert = yaml_str(cert),
+                    key = yaml_str(key),
+                    hcm = hcm_yaml(&api_vhost_yaml("[\"*\"]"), &filters),
+                ),
+                None => String::new(),
+            };
             listeners.push_str(&format!(
                 r#"  - name: edge_tls
     address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
     filter_chains:
-    - transport_socket:
+{api_chain}    - transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
@@ -221,7 +325,7 @@ impl Gateway {
             r#"{extra_top}static_resources:
   listeners:
 {listeners}  clusters:
-{extra_clusters}  - name: local_upstream
+{extra_clusters}{api_cluster}  - name: local_upstream
     type: STATIC
     connect_timeout: 1s
     load_assignment:

@@ -13,6 +13,7 @@
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bench;
 pub mod dump;
 pub mod envoy;
@@ -47,6 +48,7 @@ pub mod hosts {
     pub const SIDECAR: u8 = 3;
     pub const APP: u8 = 4;
     pub const UPSTREAM: u8 = 9;
+    pub const APISERVER: u8 = 10;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming

@@ -6,7 +6,8 @@
 use crate::agent::{Agent, AgentOptions};
 use crate::envoy::{Envoy, EnvoySpec};
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
-use crate::gateway::{EdgeSource, Gateway, GatewayOptions, ServerTls};
+use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
+use crate::apiserver::RecordedApiServer;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, wait_until, SimCluster};
 use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
@@ -24,6 +25,9 @@ pub struct Cluster {
     /// What the standalone file says (rewrite with [`Cluster::rewrite_standalone`]).
     pub peers: Vec<PeerRef>,
     pub services: Vec<ExportedService>,
+    /// With [`MeshOptions::api`]: the recorded API server and the proxy credential.
+    pub apiserver: Option<RecordedApiServer>,
+    pub api_credential: Option<String>,
 }
 
 /// How the simulated clusters are wired.
@@ -32,6 +36,25 @@ pub struct MeshOptions {
     /// Gateways get the filter's configuration over ADS (`Some(delta)`)
     /// instead of from the agent's ECDS file.
     pub ads: Option<bool>,
+    /// The API proxy: per cluster a recorded API server behind the gateway
+    /// (`api.cluster-<n>.example`, on `edge` by Host and on `edge_tls` by
+    /// SNI), the agent serving the proxy credential and writing remote
+    /// secrets (`{agent dir}/remote-secrets`) with tokens of this lifetime.
+    pub api: Option<ApiOptions>,
+}
+
+#[derive(Clone, Copy)]
+pub struct ApiOptions {
+    pub token_ttl_seconds: i64,
+}
+
+/// The proxy credential (a stand-in ServiceAccount token) of cluster `sim`.
+pub fn api_proxy_credential(sim: SimCluster) -> String {
+    format!("proxy-sa-token-of-cluster-{}-{}", sim.0, crate::fixtures::random_uuid())
+}
+
+pub fn api_host(sim: SimCluster) -> String {
+    format!("api.cluster-{}.example", sim.0)
 }
 
 /// What a cluster is told about its peers.
@@ -115,6 +138,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
     let mut specs: Vec<EnvoySpec> = Vec::new();
     let mut upstreams = Vec::new();
     let mut all_peers = Vec::new();
+    let mut apis = Vec::new();
     for (i, sim) in sims.iter().enumerate() {
         let peers: Vec<PeerRef> = sims
             .iter()
@@ -122,6 +146,15 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             .filter(|(j, _)| *j != i)
             .map(|(j, s)| PeerRef { object_name: Cluster::object_name(*s), endpoint: Cluster::metadata_endpoint(*s, ports[j]), ca_pem: cas[j].pem() })
             .collect();
+        let credential = opts.api.map(|_| api_proxy_credential(*sim));
+        let mut extra_args = Vec::new();
+        if let Some(api) = opts.api {
+            extra_args.extend(["--remote-secrets-dir".to_string(), "{dir}/remote-secrets".into()]);
+            extra_args.extend(["--api-token-ttl-seconds".to_string(), api.token_ttl_seconds.to_string()]);
+            for (j, s) in sims.iter().enumerate().filter(|(j, _)| *j != i) {
+                extra_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), ports[j])]);
+            }
+        }
         let dir = Agent::prepare(*sim);
         let ecds = dir.path().join("edge.pb");
         let agent = Agent::start(
@@ -134,6 +167,8 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                 backoff_base_ms: 200,
                 backoff_cap_ms: 1000,
                 workload_cert: Some(ids[i].workload_cert("abc", "foo")),
+                api_proxy_credential: credential.clone(),
+                extra_args,
             },
         );
         wait_until(&format!("{} to write the edge configuration", agent.name), Duration::from_secs(30), || {
@@ -141,6 +176,8 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
         });
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
         let (cert_pem, key_pem) = cas[i].server_cert(sim.ip(hosts::GATEWAY));
+        let apiserver = opts.api.map(|_| RecordedApiServer::start(sim.ip(hosts::APISERVER)));
+        let api = apiserver.as_ref().map(|a| ApiRoute { host: api_host(*sim), apiserver: a.addr(), tls: Some(cas[i].server_cert_dns(&api_host(*sim))) });
         specs.push(Gateway::spec_with(GatewayOptions {
             cluster: *sim,
             upstream: upstream.addr(),
@@ -149,7 +186,9 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                 None => EdgeSource::Agent(ecds),
             },
             tls: Some(ServerTls { cert_pem, key_pem, port: ports[i] }),
+            api,
         }));
+        apis.push((apiserver, credential));
         agents.push(agent);
         upstreams.push(upstream);
         all_peers.push(peers);
@@ -163,7 +202,8 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
         .zip(gateways)
         .zip(sims)
         .zip(all_peers)
-        .map(|(((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers)| Cluster {
+        .zip(apis)
+        .map(|((((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers), (apiserver, api_credential))| Cluster {
             sim: *sim,
             id,
             edge_ca,
@@ -173,6 +213,8 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             gateway,
             peers,
             services: default_services(),
+            apiserver,
+            api_credential,
         })
         .collect()
 }

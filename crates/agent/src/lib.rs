@@ -11,6 +11,7 @@ pub mod kube_mode;
 pub mod metrics;
 pub mod reconcile;
 pub mod remote;
+pub mod remote_secret;
 pub mod source;
 pub mod standalone;
 pub mod xds;

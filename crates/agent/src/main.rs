@@ -113,6 +113,23 @@ struct RunArgs {
     connect_timeout_ms: u64,
     #[arg(long, default_value_t = 10_000)]
     fetch_timeout_ms: u64,
+    /// The API proxy's own credential (standalone: a file holding the ServiceAccount token with
+    /// read-only RBAC, see deploy/); re-read when it changes. Served to the gateway as SDS
+    /// generic secret `multicloud-api-proxy-credential`, which the gateway's credential
+    /// injector attaches to requests the API guard let through.
+    #[arg(long)]
+    api_proxy_credential: Option<PathBuf>,
+    /// Write each peer's Istio remote secret (a kubeconfig to the peer's API proxy) as
+    /// DIR/<object>.kubeconfig (mode 0600).
+    #[arg(long)]
+    remote_secrets_dir: Option<PathBuf>,
+    /// Lifetime of the `scope: api` token in remote secrets; re-issued with a third left.
+    #[arg(long, default_value_t = 24 * 3600)]
+    api_token_ttl_seconds: i64,
+    /// TEST BED ONLY: HOST=ADDR connects the remote secret of a peer whose apiHost is HOST[:port]
+    /// to ADDR instead (the kubeconfig keeps HOST as `tls-server-name`), like curl --resolve.
+    #[arg(long)]
+    api_host_override: Vec<String>,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -305,26 +322,53 @@ async fn run(args: RunArgs) -> Result<()> {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         total_timeout: Duration::from_millis(args.fetch_timeout_ms),
     };
+    let api_credential = match &args.api_proxy_credential {
+        Some(p) => Some(multicloud_agent::xds_sink::ApiCredential::load(p.clone())?),
+        None => None,
+    };
+    let remote_secrets = match &args.remote_secrets_dir {
+        Some(dir) => {
+            let mut host_overrides = std::collections::BTreeMap::new();
+            for o in &args.api_host_override {
+                let (h, a) = o.split_once('=').with_context(|| format!("--api-host-override {o:?}: want HOST=ADDR"))?;
+                host_overrides.insert(h.to_string(), a.to_string());
+            }
+            let rs = multicloud_agent::remote_secret::RemoteSecrets::new(
+                key.clone(),
+                multicloud_agent::remote_secret::RemoteSecretOptions { dir: dir.clone(), ttl_secs: args.api_token_ttl_seconds, host_overrides },
+            )?;
+            rs.clone().spawn_timer();
+            Some(rs)
+        }
+        None => None,
+    };
+    let xds_sink = Arc::new(multicloud_agent::xds_sink::XdsSink {
+        cache: Default::default(),
+        server: xds_server,
+        metrics: metrics.clone(),
+        wasm_path: args.filter_wasm.clone(),
+        cert_secret: args.workload_cert_secret.clone(),
+        cert_sds_cluster: args.workload_cert_sds_cluster.clone(),
+        workload_cert: match (&args.workload_cert, &args.workload_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read_to_string(c).with_context(|| format!("reading --workload-cert {}", c.display()))?,
+                std::fs::read_to_string(k).with_context(|| format!("reading --workload-key {}", k.display()))?,
+            )),
+            _ => None,
+        },
+        api_credential,
+        push_lock: Default::default(),
+    });
+    xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));
     let reconciler = reconcile::Reconciler {
         key,
         factory: remote::factory(policy),
         status: status_sink,
         sinks: {
-            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> = vec![Arc::new(multicloud_agent::xds_sink::XdsSink {
-                cache: Default::default(),
-                server: xds_server,
-                metrics: metrics.clone(),
-                wasm_path: args.filter_wasm.clone(),
-                cert_secret: args.workload_cert_secret.clone(),
-                cert_sds_cluster: args.workload_cert_sds_cluster.clone(),
-                workload_cert: match (&args.workload_cert, &args.workload_key) {
-                    (Some(c), Some(k)) => Some((
-                        std::fs::read_to_string(c).with_context(|| format!("reading --workload-cert {}", c.display()))?,
-                        std::fs::read_to_string(k).with_context(|| format!("reading --workload-key {}", k.display()))?,
-                    )),
-                    _ => None,
-                },
-            })];
+            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> = vec![xds_sink];
+            if let Some(rs) = remote_secrets {
+                sinks.push(rs);
+            }
             if let Some(path) = args.edge_ecds_file {
                 sinks.push(Arc::new(edge_file::EcdsFile::new(path, args.filter_wasm)));
             }

@@ -55,6 +55,9 @@ pub struct EstablishedPeer {
     /// The last good private document, once fetched.
     pub private: Option<PrivateMetadata>,
     pub enable_ingress_gateway: bool,
+    /// The object's `spec.metadata.ca`: the CA of the peer's gateway TLS
+    /// (its metadata endpoint and its API proxy).
+    pub metadata_ca: Option<String>,
 }
 
 /// Everything the data plane is configured from: the edge filter's
@@ -348,6 +351,7 @@ impl Reconciler {
                     root_ca: public.doc.root_ca.clone(),
                     private,
                     enable_ingress_gateway: p.spec.enable_ingress_gateway,
+                    metadata_ca: p.spec.metadata.as_ref().and_then(|m| m.ca.clone()),
                 })
             })
             .collect();

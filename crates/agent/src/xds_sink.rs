@@ -28,6 +28,9 @@ pub const GATEWAY_GROUP: &str = "gateway";
 pub const SIDECAR_GROUP: &str = "sidecar";
 /// The API guard's ECDS resource name (and plugin root id).
 pub const API_FILTER_NAME: &str = "multicloud-api";
+/// SDS name of the API proxy's own credential (a generic secret the
+/// gateway's credential injector attaches as `Authorization: Bearer ...`).
+pub const API_PROXY_CREDENTIAL_SECRET: &str = "multicloud-api-proxy-credential";
 
 /// Node metadata key naming the proxy's role.
 pub const ROLE_METADATA_KEY: &str = "MULTICLOUD_ROLE";
@@ -75,6 +78,77 @@ pub struct XdsSink {
     /// Standalone mode without istio-agent: the workload certificate and key
     /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
     pub workload_cert: Option<(String, String)>,
+    /// The API proxy's own credential (a ServiceAccount token), served to
+    /// the gateway group as SDS generic secret [`API_PROXY_CREDENTIAL_SECRET`].
+    pub api_credential: Option<Arc<ApiCredential>>,
+    /// Serializes whole pushes with credential-only updates.
+    pub push_lock: tokio::sync::Mutex<()>,
+}
+
+/// The API proxy's credential file, re-read when it changes (projected
+/// ServiceAccount tokens rotate). Its content is never logged.
+pub struct ApiCredential {
+    pub path: std::path::PathBuf,
+    current: std::sync::Mutex<Option<String>>,
+}
+
+impl ApiCredential {
+    /// Reads the file once (an unreadable or empty file is an error at start).
+    pub fn load(path: std::path::PathBuf) -> anyhow::Result<Arc<ApiCredential>> {
+        let c = ApiCredential { path, current: std::sync::Mutex::new(None) };
+        let v = c.read()?;
+        *c.lock() = Some(v);
+        Ok(Arc::new(c))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(&self.path).with_context(|| format!("reading --api-proxy-credential {}", self.path.display()))?;
+        let t = text.trim();
+        anyhow::ensure!(!t.is_empty(), "--api-proxy-credential {} is empty", self.path.display());
+        anyhow::ensure!(!t.contains(['\r', '\n']), "--api-proxy-credential {} holds more than one line", self.path.display());
+        Ok(t.to_string())
+    }
+
+    pub fn current(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    /// Re-reads the file; true if the credential changed.
+    pub fn refresh(&self) -> bool {
+        match self.read() {
+            Ok(v) => {
+                let mut cur = self.lock();
+                if cur.as_deref() == Some(v.as_str()) {
+                    return false;
+                }
+                *cur = Some(v);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("keeping the previous API proxy credential: {e:#}");
+                false
+            }
+        }
+    }
+}
+
+/// The SDS generic secret holding the API proxy credential. Envoy marks
+/// `generic_secret.secret` sensitive: config_dump shows it redacted.
+pub fn api_credential_secret(credential: &str) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+    use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, GenericSecret, Secret};
+    Secret {
+        name: API_PROXY_CREDENTIAL_SECRET.to_string(),
+        r#type: Some(secret::Type::GenericSecret(GenericSecret {
+            secret: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(credential.to_string())), ..Default::default() }),
+            ..Default::default()
+        })),
+    }
 }
 
 fn tls_certificate_secret(name: &str, chain: &str, key: &str) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
@@ -134,6 +208,9 @@ impl XdsSink {
         }
         *cache = next_cache;
         drop(cache);
+        if let Some(c) = self.api_credential.as_ref().and_then(|c| c.current()) {
+            gateway.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
+        }
         if let Some((chain, key)) = &self.workload_cert {
             sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
@@ -195,11 +272,33 @@ impl XdsSink {
         }
         Ok(out)
     }
+
+    /// Re-reads the API proxy credential every `every`; when it changed,
+    /// updates the gateway group's current snapshot.
+    pub fn spawn_credential_watch(self: Arc<Self>, every: std::time::Duration) {
+        let Some(cred) = self.api_credential.clone() else { return };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if !cred.refresh() {
+                    continue;
+                }
+                tracing::info!(path = %cred.path.display(), "API proxy credential changed: pushing it to the gateway");
+                let _g = self.push_lock.lock().await;
+                if let (Some(snap), Some(c)) = (self.server.snapshot(GATEWAY_GROUP), cred.current()) {
+                    let mut snap = (*snap).clone();
+                    snap.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
+                    self.server.set(GATEWAY_GROUP, snap);
+                }
+            }
+        });
+    }
 }
 
 impl DataPlaneSink for XdsSink {
     fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
+            let _g = self.push_lock.lock().await;
             let (gateway, sidecar) = self.snapshots(dp)?;
             self.server.set(GATEWAY_GROUP, gateway);
             self.server.set(SIDECAR_GROUP, sidecar);
@@ -262,6 +361,7 @@ mod tests {
                     services,
                 }),
                 enable_ingress_gateway: true,
+                metadata_ca: None,
             }],
         }
     }
@@ -279,6 +379,8 @@ mod tests {
             cert_secret: "default".into(),
             cert_sds_cluster: "ads".into(),
             workload_cert: None,
+            api_credential: None,
+            push_lock: Default::default(),
         }
     }
 

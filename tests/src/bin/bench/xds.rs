@@ -49,6 +49,7 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
                     .collect(),
             }),
             enable_ingress_gateway: true,
+            metadata_ca: None,
         })
         .collect();
     DataPlane {
@@ -91,6 +92,8 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
         cert_secret: "default".into(),
         cert_sds_cluster: "ads".into(),
         workload_cert: Some(local.workload_cert("bench", "sidecar")),
+        api_credential: None,
+        push_lock: Default::default(),
     };
     let listener = rt.block_on(tokio::net::TcpListener::bind((SimCluster(42).ip(2), 0))).expect("bind xds");
     let addr = listener.local_addr().expect("addr");

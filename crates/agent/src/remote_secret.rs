@@ -1,0 +1,307 @@
+//! The Istio remote secret: for every established peer that publishes an
+//! `apiHost`, a kubeconfig that reaches the peer's API server through the
+//! peer's gateway (its API proxy), authenticated with a federation token of
+//! `scope: api` (`sub` = this cluster, `aud` = the peer), re-issued when a
+//! third of its lifetime remains (checked on every reconcile and on a timer).
+//!
+//! Standalone mode writes `<dir>/<object>.kubeconfig` (mode 0600). In
+//! Kubernetes mode Istio expects a Secret `istio-remote-secret-<object>`
+//! labelled `istio/multiCluster: "true"`, annotated
+//! `networking.istio.io/cluster: <object>`, data key `<object>` holding the
+//! same kubeconfig; that writer is not implemented yet.
+
+use crate::keys;
+use crate::reconcile::{DataPlane, DataPlaneSink};
+use crate::source::BoxFuture;
+use anyhow::Context as _;
+use base64::Engine as _;
+use ed25519_dalek::SigningKey;
+use multicloud_core::token::Scope;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct RemoteSecretOptions {
+    /// Standalone mode: where the kubeconfig files go.
+    pub dir: PathBuf,
+    /// Lifetime of the `scope: api` token.
+    pub ttl_secs: i64,
+    /// Test bed only: `apiHost` host name -> address to connect to instead
+    /// (the kubeconfig then names the host in `tls-server-name`).
+    pub host_overrides: BTreeMap<String, String>,
+}
+
+/// Where and how a peer's API proxy is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub object: String,
+    pub peer_uuid: String,
+    pub server: String,
+    pub tls_server_name: Option<String>,
+    /// PEM CA(s) for the peer's gateway (the object's `spec.metadata.ca`).
+    pub ca: Option<String>,
+}
+
+struct Issued {
+    target: Target,
+    exp: i64,
+}
+
+#[derive(Default)]
+struct State {
+    local_uuid: Option<String>,
+    targets: Vec<Target>,
+    issued: BTreeMap<String, Issued>,
+}
+
+pub struct RemoteSecrets {
+    key: SigningKey,
+    opts: RemoteSecretOptions,
+    state: tokio::sync::Mutex<State>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The host part of `host[:port]`.
+fn host_of(api_host: &str) -> &str {
+    match api_host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => api_host,
+    }
+}
+
+/// The kubeconfig (YAML) for `t` with `token`, Istio remote secret style.
+pub fn kubeconfig(t: &Target, token: &str) -> anyhow::Result<String> {
+    let mut cluster = serde_json::json!({ "server": t.server });
+    if let Some(ca) = &t.ca {
+        cluster["certificate-authority-data"] = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes()).into();
+    }
+    if let Some(n) = &t.tls_server_name {
+        cluster["tls-server-name"] = n.clone().into();
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": t.object, "cluster": cluster}],
+        "contexts": [{"name": t.object, "context": {"cluster": t.object, "user": t.object}}],
+        "current-context": t.object,
+        "preferences": {},
+        "users": [{"name": t.object, "user": {"token": token}}],
+    });
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("kubeconfig.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+impl RemoteSecrets {
+    pub fn new(key: SigningKey, opts: RemoteSecretOptions) -> anyhow::Result<Arc<RemoteSecrets>> {
+        anyhow::ensure!(opts.ttl_secs >= 3, "--api-token-ttl-seconds must be at least 3");
+        std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating --remote-secrets-dir {}", opts.dir.display()))?;
+        Ok(Arc::new(RemoteSecrets { key, opts, state: Default::default() }))
+    }
+
+    pub fn path(&self, object: &str) -> PathBuf {
+        self.opts.dir.join(format!("{object}.kubeconfig"))
+    }
+
+    fn targets(&self, dp: &DataPlane) -> Vec<Target> {
+        dp.peers
+            .iter()
+            .filter_map(|p| {
+                let api_host = p.private.as_ref().map(|d| d.api_host.as_str()).filter(|h| !h.is_empty())?;
+                let host = host_of(api_host);
+                let (server, tls_server_name) = match self.opts.host_overrides.get(host) {
+                    Some(addr) => (format!("https://{addr}"), Some(host.to_string())),
+                    None => (format!("https://{api_host}"), None),
+                };
+                Some(Target {
+                    object: p.name.clone(),
+                    peer_uuid: p.cluster_uuid.clone(),
+                    server,
+                    tls_server_name,
+                    ca: p.metadata_ca.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes every kubeconfig that is missing, changed, or whose token has
+    /// less than a third of its lifetime left; removes those of gone peers.
+    async fn sync(&self, now: i64) -> anyhow::Result<()> {
+        let mut st = self.state.lock().await;
+        let Some(local) = st.local_uuid.clone() else { return Ok(()) };
+        let ttl = self.opts.ttl_secs;
+        let mut errors = Vec::new();
+        for t in st.targets.clone() {
+            let due = match st.issued.get(&t.object) {
+                Some(i) => i.target != t || now >= i.exp - ttl / 3,
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let token = keys::mint(&self.key, &local, &t.peer_uuid, Scope::Api, now, ttl);
+            let res = kubeconfig(&t, &token).and_then(|text| write_private(&self.path(&t.object), text.as_bytes()));
+            match res {
+                Ok(()) => {
+                    tracing::info!(object = %t.object, server = %t.server, expires_in_s = ttl, "remote secret (kubeconfig) written with a fresh api token");
+                    st.issued.insert(t.object.clone(), Issued { target: t, exp: now + ttl });
+                }
+                Err(e) => errors.push(format!("{}: {e:#}", t.object)),
+            }
+        }
+        let gone: Vec<String> = st.issued.keys().filter(|o| !st.targets.iter().any(|t| &t.object == *o)).cloned().collect();
+        for o in gone {
+            st.issued.remove(&o);
+            let _ = std::fs::remove_file(self.path(&o));
+            tracing::info!(object = %o, "peer no longer offers an API host: remote secret removed");
+        }
+        anyhow::ensure!(errors.is_empty(), "cannot write remote secrets: {}", errors.join("; "));
+        Ok(())
+    }
+
+    /// Checks for due re-issues every sixth of the lifetime (1 s to 60 s).
+    pub fn spawn_timer(self: Arc<Self>) {
+        let every = Duration::from_secs((self.opts.ttl_secs / 6).clamp(1, 60) as u64);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = self.sync(unix_now()).await {
+                    tracing::error!("{e:#}");
+                }
+            }
+        });
+    }
+}
+
+impl DataPlaneSink for RemoteSecrets {
+    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            {
+                let mut st = self.state.lock().await;
+                st.local_uuid = Some(dp.local.cluster_uuid.to_ascii_lowercase());
+                st.targets = self.targets(dp);
+            }
+            self.sync(unix_now()).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::LocalFacts;
+    use crate::reconcile::EstablishedPeer;
+    use multicloud_core::metadata::PrivateMetadata;
+
+    const A: &str = "11111111-1111-4111-8111-111111111111";
+    const B: &str = "22222222-2222-4222-8222-222222222222";
+
+    fn dp(api_host: &str) -> DataPlane {
+        let private = PrivateMetadata { ingress_gateways: vec![], api_host: api_host.into(), network_name: "nb".into(), services: vec![] };
+        DataPlane {
+            edge: multicloud_core::edge::EdgeConfig {
+                public: multicloud_core::metadata::PublicMetadata {
+                    cluster_uuid: A.into(),
+                    root_ca: String::new(),
+                    authn_key_pub: String::new(),
+                },
+                private: private.clone(),
+                peers: vec![],
+                spiffe: Default::default(),
+                max_token_lifetime_seconds: 600,
+                public_max_age_seconds: 60,
+                api: Default::default(),
+            },
+            local: LocalFacts {
+                cluster_uuid: A.into(),
+                root_ca: String::new(),
+                ingress_gateways: vec![],
+                api_host: String::new(),
+                network_name: "na".into(),
+                services: vec![],
+            },
+            peers: vec![EstablishedPeer {
+                name: "cluster-b".into(),
+                cluster_uuid: B.into(),
+                root_ca: String::new(),
+                private: Some(private),
+                enable_ingress_gateway: true,
+                metadata_ca: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
+            }],
+        }
+    }
+
+    fn token_of(text: &str) -> (String, serde_json::Value) {
+        let v: serde_json::Value = serde_yaml::from_str(text).unwrap();
+        let token = v["users"][0]["user"]["token"].as_str().unwrap().to_string();
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        (token, claims)
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_is_written_per_peer_and_reissued_when_a_third_of_its_life_is_left() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let overrides = BTreeMap::from([("api.b.example".to_string(), "127.0.0.1:8443".to_string())]);
+        let rs = RemoteSecrets::new(key, RemoteSecretOptions { dir: dir.path().into(), ttl_secs: 600, host_overrides: overrides }).unwrap();
+        rs.apply(&dp("api.b.example:443")).await.unwrap();
+        let path = dir.path().join("cluster-b.kubeconfig");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://127.0.0.1:8443");
+        assert_eq!(v["clusters"][0]["cluster"]["tls-server-name"], "api.b.example");
+        assert!(v["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
+        assert_eq!(v["current-context"], "cluster-b");
+        let (t1, claims) = token_of(&text);
+        assert_eq!(claims["scope"], "api");
+        assert_eq!(claims["sub"], A);
+        assert_eq!(claims["aud"], B);
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["nbf"].as_i64().unwrap(), 600);
+
+        // Not due yet: the same token stays.
+        let nbf = claims["nbf"].as_i64().unwrap();
+        rs.sync(nbf + 399).await.unwrap();
+        assert_eq!(token_of(&std::fs::read_to_string(&path).unwrap()).0, t1);
+        // A third of the lifetime left: re-issued.
+        rs.sync(nbf + 400).await.unwrap();
+        let (t2, c2) = token_of(&std::fs::read_to_string(&path).unwrap());
+        assert_ne!(t1, t2);
+        assert_eq!(c2["nbf"].as_i64().unwrap(), nbf + 400);
+
+        // Without an override the apiHost is the server; a peer without an apiHost loses its file.
+        rs.apply(&dp("api.other.example:6443")).await.unwrap();
+        let v: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://api.other.example:6443");
+        assert!(v["clusters"][0]["cluster"]["tls-server-name"].is_null());
+        rs.apply(&dp("")).await.unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn host_of_strips_the_port() {
+        assert_eq!(host_of("api.b.example:443"), "api.b.example");
+        assert_eq!(host_of("api.b.example"), "api.b.example");
+    }
+}
