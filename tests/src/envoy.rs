@@ -59,6 +59,27 @@ impl Envoy {
         envoy
     }
 
+    /// Starts an Envoy and waits only for its admin address, not for `LIVE`
+    /// (a proxy whose initial xDS fetch is huge: benchmarks wait on ACKs).
+    pub fn start_unready(spec: EnvoySpec) -> Envoy {
+        let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
+        let admin_ip = spec.cluster.ip(spec.host);
+        let bootstrap = format!(
+            "{}\nadmin:\n  address: {{socket_address: {{address: {admin_ip}, port_value: 0}}}}\n",
+            spec.bootstrap.replace("{dir}", &dir.path().display().to_string())
+        );
+        std::fs::write(dir.path().join("envoy.yaml"), bootstrap).expect("write bootstrap");
+        let path = dir.path().to_path_buf();
+        let proc = spawn_envoy(&path, &spec);
+        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec };
+        let admin_path = envoy.path.join("admin-address");
+        envoy.admin = wait_until("envoy admin address", READY_TIMEOUT, || {
+            let text = std::fs::read_to_string(&admin_path).map_err(|e| e.to_string())?;
+            text.trim().parse::<SocketAddr>().map_err(|e| format!("{text:?}: {e}"))
+        });
+        envoy
+    }
+
     /// Stops the process and starts it again with the same bootstrap (and
     /// so the same fixed listener ports); waits until `LIVE`.
     pub fn restart(&mut self) {

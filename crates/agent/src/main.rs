@@ -258,9 +258,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(None);
     let source_error = Arc::new(Mutex::new(None));
     let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
+    let mut kube_client: Option<(kube::Client, String)> = None;
     let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
         let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         let opts = kube_options(&args.kube)?;
+        kube_client = Some((client.clone(), opts.namespace.clone()));
         let key = kube_mode::SecretKeyStore::new(client.clone(), &opts).load_or_generate().await?;
         let lease = Arc::new(kube_mode::LeaseGuard::new(client.clone(), &opts));
         lease.clone().spawn_renewal();
@@ -326,7 +328,13 @@ async fn run(args: RunArgs) -> Result<()> {
         Some(p) => Some(multicloud_agent::xds_sink::ApiCredential::load(p.clone())?),
         None => None,
     };
-    let remote_secrets = match &args.remote_secrets_dir {
+    // Kubernetes mode always writes the remote Secrets; standalone mode only with --remote-secrets-dir.
+    let remote_dir = match (&args.remote_secrets_dir, &kube_client) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(_)) => Some(PathBuf::new()),
+        (None, None) => None,
+    };
+    let remote_secrets = match &remote_dir {
         Some(dir) => {
             let mut host_overrides = std::collections::BTreeMap::new();
             for o in &args.api_host_override {
@@ -335,7 +343,12 @@ async fn run(args: RunArgs) -> Result<()> {
             }
             let rs = multicloud_agent::remote_secret::RemoteSecrets::new(
                 key.clone(),
-                multicloud_agent::remote_secret::RemoteSecretOptions { dir: dir.clone(), ttl_secs: args.api_token_ttl_seconds, host_overrides },
+                multicloud_agent::remote_secret::RemoteSecretOptions {
+                    dir: dir.clone(),
+                    kubernetes: kube_client.clone(),
+                    ttl_secs: args.api_token_ttl_seconds,
+                    host_overrides,
+                },
             )?;
             rs.clone().spawn_timer();
             Some(rs)

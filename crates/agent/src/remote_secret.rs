@@ -4,11 +4,12 @@
 //! `scope: api` (`sub` = this cluster, `aud` = the peer), re-issued when a
 //! third of its lifetime remains (checked on every reconcile and on a timer).
 //!
-//! Standalone mode writes `<dir>/<object>.kubeconfig` (mode 0600). In
-//! Kubernetes mode Istio expects a Secret `istio-remote-secret-<object>`
-//! labelled `istio/multiCluster: "true"`, annotated
+//! Standalone mode writes `<dir>/<object>.kubeconfig` (mode 0600).
+//! Kubernetes mode writes, by server-side apply, the Secret Istio's
+//! multi-primary setup reads: `istio-remote-secret-<object>` in the agent's
+//! namespace, labelled `istio/multiCluster: "true"`, annotated
 //! `networking.istio.io/cluster: <object>`, data key `<object>` holding the
-//! same kubeconfig; that writer is not implemented yet.
+//! same kubeconfig; it is deleted when the peer stops offering an API host.
 
 use crate::keys;
 use crate::reconcile::{DataPlane, DataPlaneSink};
@@ -27,6 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct RemoteSecretOptions {
     /// Standalone mode: where the kubeconfig files go.
     pub dir: PathBuf,
+    /// Kubernetes mode: write Secrets in this namespace instead of files.
+    pub kubernetes: Option<(kube::Client, String)>,
     /// Lifetime of the `scope: api` token.
     pub ttl_secs: i64,
     /// Test bed only: `apiHost` host name -> address to connect to instead
@@ -113,12 +116,59 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
 impl RemoteSecrets {
     pub fn new(key: SigningKey, opts: RemoteSecretOptions) -> anyhow::Result<Arc<RemoteSecrets>> {
         anyhow::ensure!(opts.ttl_secs >= 3, "--api-token-ttl-seconds must be at least 3");
-        std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating --remote-secrets-dir {}", opts.dir.display()))?;
+        if opts.kubernetes.is_none() {
+            std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating --remote-secrets-dir {}", opts.dir.display()))?;
+        }
         Ok(Arc::new(RemoteSecrets { key, opts, state: Default::default() }))
     }
 
     pub fn path(&self, object: &str) -> PathBuf {
         self.opts.dir.join(format!("{object}.kubeconfig"))
+    }
+
+    pub fn secret_name(object: &str) -> String {
+        format!("istio-remote-secret-{object}")
+    }
+
+    /// Writes one peer's kubeconfig where this mode keeps it.
+    async fn write(&self, object: &str, kubeconfig: &str) -> anyhow::Result<()> {
+        let Some((client, ns)) = &self.opts.kubernetes else {
+            return write_private(&self.path(object), kubeconfig.as_bytes());
+        };
+        use kube::api::{Patch, PatchParams};
+        let name = Self::secret_name(object);
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": {"istio/multiCluster": "true", "app.kubernetes.io/managed-by": "istio-multicloud"},
+                "annotations": {"networking.istio.io/cluster": object},
+            },
+            "type": "Opaque",
+            "data": {object: base64::engine::general_purpose::STANDARD.encode(kubeconfig)},
+        });
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+            .patch(&name, &PatchParams::apply("istio-multicloud-agent").force(), &Patch::Apply(secret))
+            .await
+            .with_context(|| format!("applying Secret {ns}/{name} (check the agent's RBAC for secrets in {ns})"))?;
+        Ok(())
+    }
+
+    async fn remove(&self, object: &str) {
+        match &self.opts.kubernetes {
+            None => {
+                let _ = std::fs::remove_file(self.path(object));
+            }
+            Some((client, ns)) => {
+                let name = Self::secret_name(object);
+                let api = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+                if let Err(e) = api.delete(&name, &Default::default()).await {
+                    tracing::warn!(object, "cannot delete Secret {ns}/{name}: {e}");
+                }
+            }
+        }
     }
 
     fn targets(&self, dp: &DataPlane) -> Vec<Target> {
@@ -158,7 +208,10 @@ impl RemoteSecrets {
                 continue;
             }
             let token = keys::mint(&self.key, &local, &t.peer_uuid, Scope::Api, now, ttl);
-            let res = kubeconfig(&t, &token).and_then(|text| write_private(&self.path(&t.object), text.as_bytes()));
+            let res = match kubeconfig(&t, &token) {
+                Ok(text) => self.write(&t.object, &text).await,
+                Err(e) => Err(e),
+            };
             match res {
                 Ok(()) => {
                     tracing::info!(object = %t.object, server = %t.server, expires_in_s = ttl, "remote secret (kubeconfig) written with a fresh api token");
@@ -170,7 +223,7 @@ impl RemoteSecrets {
         let gone: Vec<String> = st.issued.keys().filter(|o| !st.targets.iter().any(|t| &t.object == *o)).cloned().collect();
         for o in gone {
             st.issued.remove(&o);
-            let _ = std::fs::remove_file(self.path(&o));
+            self.remove(&o).await;
             tracing::info!(object = %o, "peer no longer offers an API host: remote secret removed");
         }
         anyhow::ensure!(errors.is_empty(), "cannot write remote secrets: {}", errors.join("; "));
@@ -264,7 +317,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[7; 32]);
         let overrides = BTreeMap::from([("api.b.example".to_string(), "127.0.0.1:8443".to_string())]);
-        let rs = RemoteSecrets::new(key, RemoteSecretOptions { dir: dir.path().into(), ttl_secs: 600, host_overrides: overrides }).unwrap();
+        let rs = RemoteSecrets::new(key, RemoteSecretOptions { dir: dir.path().into(), kubernetes: None, ttl_secs: 600, host_overrides: overrides }).unwrap();
         rs.apply(&dp("api.b.example:443")).await.unwrap();
         let path = dir.path().join("cluster-b.kubeconfig");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -303,5 +356,49 @@ mod tests {
     fn host_of_strips_the_port() {
         assert_eq!(host_of("api.b.example:443"), "api.b.example");
         assert_eq!(host_of("api.b.example"), "api.b.example");
+    }
+
+    /// Kubernetes mode against kube's `tower_test` mock API server (no API
+    /// server can run here): the remote Secret is applied with Istio's label,
+    /// annotation and data key, and deleted when the peer stops offering an
+    /// API host.
+    #[tokio::test]
+    async fn kubernetes_mode_applies_istios_remote_secret_and_deletes_it() {
+        use http::{Method, Request, Response};
+        use kube::client::Body;
+        let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let rs = RemoteSecrets::new(
+            SigningKey::from_bytes(&[7; 32]),
+            RemoteSecretOptions { dir: PathBuf::new(), kubernetes: Some((client, "istio-system".into())), ttl_secs: 600, host_overrides: BTreeMap::new() },
+        )
+        .unwrap();
+        let server = tokio::spawn(async move {
+            let (req, send) = api.next_request().await.expect("a request");
+            assert_eq!(req.method(), Method::PATCH);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-cluster-b");
+            let q = req.uri().query().unwrap_or_default().to_string();
+            assert!(q.contains("fieldManager=istio-multicloud-agent") && q.contains("force=true"), "{q}");
+            assert_eq!(req.headers()["content-type"], "application/apply-patch+yaml");
+            let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+            send.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
+            let (req, send) = api.next_request().await.expect("a delete");
+            assert_eq!((req.method(), req.uri().path()), (&Method::DELETE, "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-cluster-b"));
+            send.send_response(Response::builder().status(200).body(Body::from(b"{}".to_vec())).unwrap());
+            body
+        });
+        rs.apply(&dp("api.b.example:443")).await.unwrap();
+        let mut gone = dp("");
+        gone.peers[0].private.as_mut().unwrap().api_host = String::new();
+        rs.apply(&gone).await.unwrap();
+        let body = server.await.unwrap();
+        assert_eq!(body["metadata"]["labels"]["istio/multiCluster"], "true");
+        assert_eq!(body["metadata"]["annotations"]["networking.istio.io/cluster"], "cluster-b");
+        let kubeconfig = base64::engine::general_purpose::STANDARD.decode(body["data"]["cluster-b"].as_str().unwrap()).unwrap();
+        let text = String::from_utf8(kubeconfig).unwrap();
+        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://api.b.example:443");
+        let (_, claims) = token_of(&text);
+        assert_eq!((claims["scope"].as_str(), claims["aud"].as_str(), claims["sub"].as_str()), (Some("api"), Some(B), Some(A)));
     }
 }

@@ -105,7 +105,7 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
     let want = |server: &XdsServer| server.snapshot(SIDECAR_GROUP).map(|s| s.version(ENDPOINT));
     let t0 = Instant::now();
     rt.block_on(sink.apply(&dp)).expect("apply");
-    let envoy = Envoy::start(sidecar::spec(SimCluster(42), addr, delta));
+    let envoy = Envoy::start_unready(sidecar::spec(SimCluster(42), addr, delta));
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut initial_sync = None;
     while Instant::now() < deadline {
@@ -145,7 +145,14 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
     let hwm_kb = vm_hwm_kb();
     drop(envoy);
     task.abort();
-    eprintln!("  {peers} peers × 1000 services, {}: initial sync {initial_sync:?}, {} changes measured", if delta { "delta" } else { "SotW" }, latencies.len());
+    eprintln!(
+        "  {peers} peers × 1000 services, {}: initial sync {initial_sync:?}, {} changes, p50 {:?} p99 {:?}, one change sent {change_resources} resources / {change_bytes} bytes, VmHWM {} kB",
+        if delta { "delta" } else { "SotW" },
+        latencies.len(),
+        pct(&latencies, 0.5),
+        pct(&latencies, 0.99),
+        hwm_kb
+    );
     Run { peers, delta, initial_sync, latencies, change_bytes, change_resources, hwm_kb }
 }
 
