@@ -20,7 +20,6 @@ use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
-use multicloud_proto::prost::Message as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -52,15 +51,38 @@ pub const PUSH_ORDER: [TypeUrl; 6] = [SECRET, EXTENSION_CONFIG, CLUSTER, ENDPOIN
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// One group's resources: type URL -> resource name -> (version, resource).
-/// A resource's version is a hash of its encoded `Any`.
-#[derive(Clone, Default, Debug, PartialEq)]
+/// A resource's version is a hash of its encoded `Any`. Resources are
+/// shared (`Arc`) between successive snapshots and the builder's cache, so an
+/// unchanged resource costs its memory once however many snapshots hold it.
+#[derive(Clone, Default, Debug)]
 pub struct Snapshot {
-    types: HashMap<String, BTreeMap<String, (String, Any)>>,
+    types: HashMap<String, BTreeMap<String, (String, Arc<Any>)>>,
+}
+
+/// Versions are content hashes, so comparing names and versions compares
+/// contents without touching the resources' bytes.
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.types.len() == other.types.len()
+            && self.types.iter().all(|(t, m)| {
+                other.types.get(t).is_some_and(|o| o.len() == m.len() && m.iter().zip(o.iter()).all(|((n1, (v1, _)), (n2, (v2, _)))| n1 == n2 && v1 == v2))
+            })
+    }
+}
+
+/// The version of a resource: a hash of its type URL and encoded value.
+pub fn resource_version(resource: &Any) -> String {
+    hash_hex(&[resource.type_url.as_bytes(), &[0], &resource.value])
 }
 
 impl Snapshot {
     pub fn insert(&mut self, type_url: &str, name: &str, resource: Any) {
-        let version = hash_hex(&[&resource.encode_to_vec()]);
+        let version = resource_version(&resource);
+        self.types.entry(type_url.to_string()).or_default().insert(name.to_string(), (version, Arc::new(resource)));
+    }
+
+    /// Inserts a resource whose version is already known (see [`resource_version`]).
+    pub fn insert_shared(&mut self, type_url: &str, name: &str, version: String, resource: Arc<Any>) {
         self.types.entry(type_url.to_string()).or_default().insert(name.to_string(), (version, resource));
     }
 
@@ -71,7 +93,7 @@ impl Snapshot {
     }
 
     /// The type's resources, by name: (version, resource).
-    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, (String, Any)>> {
+    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, (String, Arc<Any>)>> {
         self.types.get(type_url)
     }
 

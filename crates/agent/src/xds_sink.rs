@@ -56,7 +56,10 @@ pub fn classify() -> Classify {
 /// encode in random order, so rebuilding an unchanged resource would change
 /// its bytes and its version, and every push would resend everything; a
 /// resource whose inputs did not change is reused byte for byte instead.
-pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), (u64, multicloud_proto::envoy_types::pb::google::protobuf::Any)>>;
+pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
+
+/// A built resource: the hash of its inputs, its version, the resource.
+pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
 
 fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
     use std::hash::Hasher as _;
@@ -191,12 +194,12 @@ impl XdsSink {
         for (p, view) in &views {
             match self.build_peer(p, view, &client, &mut cache) {
                 Ok(resources) => {
-                    for (type_url, name, key, any) in resources {
+                    for (type_url, name, (key, version, any)) in resources {
                         if type_url == SECRET {
-                            gateway.insert(SECRET, &name, any.clone());
+                            gateway.insert_shared(SECRET, &name, version.clone(), any.clone());
                         }
-                        sidecar.insert(type_url, &name, any.clone());
-                        next_cache.insert((type_url, name), (key, any));
+                        sidecar.insert_shared(type_url, &name, version.clone(), any.clone());
+                        next_cache.insert((type_url, name), (key, version, any));
                     }
                     good.push(*view);
                 }
@@ -231,15 +234,18 @@ impl XdsSink {
         p: &crate::reconcile::EstablishedPeer,
         view: &PeerView,
         client: &ClientIdentity,
-        cache: &mut std::collections::HashMap<(&'static str, String), (u64, multicloud_proto::envoy_types::pb::google::protobuf::Any)>,
-    ) -> Result<Vec<(&'static str, String, u64, multicloud_proto::envoy_types::pb::google::protobuf::Any)>, mesh::BuildError> {
+        cache: &mut std::collections::HashMap<(&'static str, String), Built>,
+    ) -> Result<Vec<(&'static str, String, Built)>, mesh::BuildError> {
         let mut out = Vec::new();
         let mut reuse = |type_url: &'static str, name: String, key: u64, build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
-            let any = match cache.remove(&(type_url, name.clone())) {
-                Some((k, any)) if k == key => any,
-                _ => build()?,
+            let built = match cache.remove(&(type_url, name.clone())) {
+                Some((k, version, any)) if k == key => (k, version, any),
+                _ => {
+                    let any = build()?;
+                    (key, crate::xds::resource_version(&any), Arc::new(any))
+                }
             };
-            out.push((type_url, name, key, any));
+            out.push((type_url, name, built));
             Ok::<(), mesh::BuildError>(())
         };
         let root_name = mesh::peer_root_secret_name(view.cluster_uuid);

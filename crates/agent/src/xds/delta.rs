@@ -14,6 +14,7 @@ use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use std::collections::{BTreeSet, HashMap};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -144,7 +145,7 @@ impl Stream {
             .map(|(name, (v, any))| Resource {
                 name: (*name).clone(),
                 version: v.clone(),
-                resource: Some(any.clone()),
+                resource: Some(Any::clone(any)),
                 ..Default::default()
             })
             .collect();

@@ -8,6 +8,7 @@ use super::{
 };
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use std::collections::{BTreeSet, HashMap};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -121,7 +122,7 @@ impl Stream {
         let nonce = self.nonces.next();
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources: chosen.into_iter().map(|(_, (_, any))| any.clone()).collect(),
+            resources: chosen.into_iter().map(|(_, (_, any))| Any::clone(any)).collect(),
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             ..Default::default()

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, so the network boundary is exercised as Envoy would.
 
 use super::*;
+use multicloud_proto::prost::Message as _;
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
