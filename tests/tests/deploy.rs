@@ -18,4 +18,23 @@ fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_be
     assert!(text.contains("disabled: true"), "the filter must be disabled in the chain");
     assert!(text.contains("type.googleapis.com/envoy.config.route.v3.FilterConfig"), "enabled per route");
     assert!(text.contains(multicloud_proto::edge_filter::WASM_FILTER_TYPE_URL), "configured by ECDS");
+
+    // The API proxy's credential: read-only, and never secrets.
+    assert!(text.contains("name: istio-multicloud-api-proxy-reader"));
+    let role = text.split("kind: ClusterRole\n").nth(1).expect("a ClusterRole");
+    let role = role.split("\n---").next().unwrap();
+    let mut in_verbs = false;
+    for line in role.lines() {
+        if line.trim_start().starts_with("verbs:") {
+            in_verbs = true;
+            continue;
+        }
+        if in_verbs && line.trim_start().starts_with("- ") && line.starts_with("  ") && !line.starts_with("- ") {
+            let verb = line.trim().trim_start_matches("- ").trim_matches('\'');
+            assert!(["get", "list", "watch"].contains(&verb), "the API proxy role must be read-only, found verb {verb}");
+        } else {
+            in_verbs = false;
+        }
+    }
+    assert!(!role.contains("secrets"), "the API proxy role must not read secrets: {role}");
 }
