@@ -18,9 +18,132 @@ fn main() {
     if all || args.iter().any(|a| a == "edge") {
         edge();
     }
+    if all || args.iter().any(|a| a == "api") {
+        api();
+    }
     if all || args.iter().any(|a| a == "xds") {
         xds::run();
     }
+}
+
+/// The API guard's cost per request: the same list request to the same
+/// upstream, through the `multicloud-api` filter (token verified from its
+/// cache, allow-list, limits, token stripped) and through a route without it.
+fn api() {
+    use multicloud_proto::edge_filter;
+    use multicloud_proto::prost::Message as _;
+    eprintln!("== api: the API guard per request");
+    let load = Load::from_env();
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let cluster = SimCluster(43);
+    let b = ClusterIdentity::generate("b");
+    let a = ClusterIdentity::generate("a");
+    let mut config = edge_config(&b, &[&a], sample_private(cluster));
+    // Measure the guard, not its rate limiter.
+    config.api.requests_per_second = 10_000_000;
+    config.api.burst = 10_000_000;
+    let upstream = multicloud_e2e::upstream::RecordingUpstream::start(cluster.ip(hosts::UPSTREAM), false);
+    let wasm = paths::filter_wasm().display().to_string();
+    let ecds = multicloud_proto::discovery_response(
+        edge_filter::EXTENSION_CONFIG_TYPE_URL,
+        "1",
+        vec![edge_filter::resource_with_root_id(&wasm, &serde_json::to_string(&config).unwrap(), "multicloud-api")],
+    )
+    .encode_to_vec();
+    let bootstrap = format!(
+        r#"static_resources:
+  listeners:
+  - name: api
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: api
+          route_config:
+            virtual_hosts:
+            - name: guarded
+              domains: ["guarded"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: apiserver}}
+                typed_per_filter_config:
+                  multicloud-api: {{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {{}}}}
+            - name: plain
+              domains: ["plain"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: apiserver}}
+          http_filters:
+          - name: multicloud-api
+            disabled: true
+            config_discovery:
+              config_source:
+                resource_api_version: V3
+                path_config_source: {{path: "{{dir}}/ecds/api.pb", watched_directory: {{path: "{{dir}}/ecds"}}}}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: apiserver
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: apiserver
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {uip}, port_value: {uport}}}}}}}
+"#,
+        ip = cluster.ip(hosts::GATEWAY),
+        uip = upstream.addr().ip(),
+        uport = upstream.addr().port(),
+    );
+    let envoy = Envoy::start(EnvoySpec {
+        name: "gateway-bench-api".into(),
+        cluster,
+        host: hosts::GATEWAY,
+        bootstrap,
+        files: vec![("ecds/api.pb".into(), ecds)],
+    });
+    let l = envoy.listener("api");
+    let now = unix_now();
+    let auth = format!("Bearer {}", a.token_with(&b.uuid, "api", now - 10, now + 3600));
+    let path = "/api/v1/namespaces/abc/services";
+    let guarded = http::request("GET", &format!("http://{l}{path}"), &[("host", "guarded"), ("authorization", &auth)]);
+    assert_eq!(guarded.status, 200, "guarded route: {}", guarded.text());
+    let refused = http::request("GET", &format!("http://{l}{path}"), &[("host", "guarded")]);
+    assert_eq!(refused.status, 401, "the guard is in force on the guarded route");
+    let leak = |v: Vec<(String, String)>| -> &'static [(&'static str, &'static str)] {
+        Box::leak(v.into_iter().map(|(k, v)| (&*Box::leak(k.into_boxed_str()), &*Box::leak(v.into_boxed_str()))).collect::<Vec<_>>().into_boxed_slice())
+    };
+    let hg = leak(vec![("Host".into(), "guarded".into()), ("authorization".into(), auth.clone())]);
+    let hp = leak(vec![("Host".into(), "plain".into()), ("authorization".into(), auth.clone())]);
+    wrk(l, path, hg, Load { seconds: 1, connections: load.connections });
+    let mut tg = || wrk(l, path, hg, load);
+    let mut tp = || wrk(l, path, hp, load);
+    let samples = interleave(rounds, &mut [("list through the guard", &mut tg), ("list, same route without the guard", &mut tp)]);
+    let bad: Vec<u64> = samples.iter().flatten().map(|s| s.non_2xx).collect();
+    assert!(bad.iter().all(|n| *n == 0), "non-2xx under load (per run): {bad:?}; stats: {}", envoy.admin_get("/stats?filter=(wasmcustom|upstream_rq_5|rq_4|rq_5)").unwrap_or_default());
+    let rps = |i: usize| median(samples[i].iter().map(|s: &Sample| s.rps).collect());
+    let p50 = |i: usize| median(samples[i].iter().map(|s: &Sample| s.p50_ms).collect());
+    let body = format!(
+        "## API proxy guard (issue: the API proxy)\n\n\
+Run: `wrk -t1 -c{c} -d{d}s`, {rounds} interleaved rounds, median; one Envoy (`--concurrency 1`), one upstream standing in for the API server (the test bed's recording server, counting only). \
+The same `GET {path}` with the same bearer token goes to the same upstream through a route with the `multicloud-api` filter (token verified, from its cache after the first request; allow-list; per-peer limits set out of reach; token stripped) and through a route without it.\n\n\
+| figure | ratio | guarded | unguarded |\n|---|---|---|---|\n\
+| list requests through the guard vs the same route without it | {r:.2}× req/s ({cost:+.1}% per request) | {g:.0} req/s, p50 {pg:.3} ms | {p:.0} req/s, p50 {pp:.3} ms |\n",
+        c = load.connections,
+        d = load.seconds,
+        r = rps(0) / rps(1),
+        cost = (rps(1) / rps(0) - 1.0) * 100.0,
+        g = rps(0),
+        p = rps(1),
+        pg = p50(0),
+        pp = p50(1),
+    );
+    eprintln!("{body}");
+    write_section("api", &body);
 }
 
 mod xds;
