@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 
 /// What must be stopped when the demo ends, whichever way it ends.
 static RUNNING: Mutex<Vec<Cluster>> = Mutex::new(Vec::new());
+/// Set by Ctrl-C; the main thread stops at its next check and cleans up.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stop_if_interrupted() {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("\ninterrupted: stopping the demo's agents and Envoys");
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        std::process::exit(130);
+    }
+}
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1m[{n}] {text}\x1b[0m");
@@ -36,16 +46,24 @@ fn condition(status: &serde_json::Value, t: &str) -> (String, String) {
 
 fn main() {
     ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: stopping the demo's agents and Envoys");
-        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        std::process::exit(130);
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Clean up here if the main thread is not using the clusters; else it
+        // does at its next check (within 200 ms). Children die with this
+        // process in any case (PR_SET_PDEATHSIG).
+        if let Ok(mut running) = RUNNING.try_lock() {
+            eprintln!("\ninterrupted: stopping the demo's agents and Envoys");
+            running.clear();
+            std::process::exit(130);
+        }
     })
     .expect("install Ctrl-C handler");
     let started = Instant::now();
 
     step(1, "Start two clusters (same cluster.local, different Istio roots): agent + gateway Envoy each");
     let sims = [SimCluster(1), SimCluster(2)];
-    RUNNING.lock().unwrap().extend(start_full_mesh(&sims));
+    let started_clusters = start_full_mesh(&sims);
+    RUNNING.lock().unwrap().extend(started_clusters);
+    stop_if_interrupted();
     let guard = RUNNING.lock().unwrap();
     let (a, b) = (&guard[0], &guard[1]);
     for c in [a, b] {
@@ -83,6 +101,11 @@ fn main() {
         }
         if all_ready {
             break;
+        }
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(guard);
+            stop_if_interrupted();
+            return;
         }
         if Instant::now() > deadline {
             println!("  the clusters did not join within 60 s; see the agents' /status");
@@ -127,6 +150,7 @@ fn main() {
     println!("  -> {} {}", r.status, r.text());
     let refused = r.status == 401;
     drop(guard);
+    stop_if_interrupted();
     println!("\nDone in {:.1} s. Stopping agents and gateways.", started.elapsed().as_secs_f64());
     RUNNING.lock().unwrap().clear();
     if !refused {
