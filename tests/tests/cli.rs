@@ -58,7 +58,8 @@ fn step<'a>(steps: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[test]
 fn status_and_check_against_a_two_cluster_mesh() {
-    let mut cs = start_mesh(&[SimCluster(81), SimCluster(82)], MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: 3600 }) });
+    let mut cs =
+        start_mesh(&[SimCluster(81), SimCluster(82)], MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: 3600 }) });
     let (a_name, b_name) = (Cluster::object_name(cs[0].sim), Cluster::object_name(cs[1].sim));
     cs[0].agent.wait_condition(&b_name, "Ready", "True", READY);
     cs[1].agent.wait_condition(&a_name, "Ready", "True", READY);
@@ -125,5 +126,9 @@ fn status_and_check_against_a_two_cluster_mesh() {
     assert!(row.contains("False") && row.contains("ConnectFailed"), "{row}");
     let out = run(&check_args(&cs[0], &cs[1], &key).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("FAIL  public") && out.stdout.contains("ConnectFailed") && out.stdout.contains("what to do"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("FAIL  public") && out.stdout.contains("ConnectFailed") && out.stdout.contains("what to do"),
+        "{}",
+        out.stdout
+    );
 }
