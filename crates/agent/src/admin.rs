@@ -46,10 +46,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (status, ctype, body) = route(method, path, &state);
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
+            let resp = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
             let _ = conn.write_all(resp.as_bytes()).await;
             let _ = conn.write_all(body.as_bytes()).await;
         });
@@ -78,7 +75,11 @@ fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static st
         "/xds" => {
             // Connected proxies, each one's ACKed versions per type and its last NACK.
             let proxies = s.xds.as_ref().map(|x| x.proxies()).unwrap_or_default();
-            ("200 OK", "application/json", serde_json::json!({ "proxies": proxies, "nacks": s.xds.as_ref().map_or(0, |x| x.nack_count()) }).to_string())
+            (
+                "200 OK",
+                "application/json",
+                serde_json::json!({ "proxies": proxies, "nacks": s.xds.as_ref().map_or(0, |x| x.nack_count()) }).to_string(),
+            )
         }
         "/status" => {
             let mut v = serde_json::to_value(s.board.snapshot()).unwrap_or_default();

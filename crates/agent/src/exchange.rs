@@ -69,11 +69,7 @@ pub struct FetchPolicy {
 
 impl Default for FetchPolicy {
     fn default() -> Self {
-        FetchPolicy {
-            connect_timeout: Duration::from_secs(5),
-            total_timeout: Duration::from_secs(10),
-            max_body_bytes: 1024 * 1024,
-        }
+        FetchPolicy { connect_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(10), max_body_bytes: 1024 * 1024 }
     }
 }
 
@@ -383,10 +379,8 @@ fn sanitize(s: &str) -> String {
 }
 
 async fn unauthorized(url: &Url, status: u16, resp: reqwest::Response, deadline: Duration) -> FetchError {
-    let parsed = read_bounded(url, resp, ERROR_BODY_LIMIT, deadline)
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice::<RemoteError>(&b).ok());
+    let parsed =
+        read_bounded(url, resp, ERROR_BODY_LIMIT, deadline).await.ok().and_then(|b| serde_json::from_slice::<RemoteError>(&b).ok());
     let (remote_reason, remote_error) = match parsed {
         Some(RemoteError { error, reason }) => (reason.map(|r| sanitize(&r)), error.map(|e| sanitize(&e))),
         None => (None, None),
@@ -399,11 +393,9 @@ async fn unauthorized(url: &Url, status: u16, resp: reqwest::Response, deadline:
 /// which names the field.
 fn parse_json<T: serde::de::DeserializeOwned>(url: &Url, body: &[u8]) -> Result<T, FetchError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => FetchError::InvalidDocument {
-            url: url.to_string(),
-            field: serde_field(&e.to_string()),
-            why: e.to_string(),
-        },
+        serde_json::error::Category::Data => {
+            FetchError::InvalidDocument { url: url.to_string(), field: serde_field(&e.to_string()), why: e.to_string() }
+        }
         _ => FetchError::MalformedJson { url: url.to_string(), why: e.to_string() },
     })
 }
@@ -464,9 +456,9 @@ fn classify(url: &Url, e: &reqwest::Error, deadline: Duration) -> FetchError {
     if let Some(tls) = find_source::<rustls::Error>(e) {
         let why = tls.to_string();
         return match tls {
-            rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::InvalidCertRevocationList(_) => FetchError::TlsVerificationFailed { url: url_s, why },
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertRevocationList(_) => {
+                FetchError::TlsVerificationFailed { url: url_s, why }
+            }
             _ => FetchError::TlsHandshakeFailed { url: url_s, why },
         };
     }
@@ -477,7 +469,7 @@ fn classify(url: &Url, e: &reqwest::Error, deadline: Duration) -> FetchError {
 }
 
 /// The rustls client configuration for a trust choice (ring provider).
-fn client_config(trust: &Trust, endpoint: &str) -> Result<rustls::ClientConfig, FetchError> {
+pub(crate) fn client_config(trust: &Trust, endpoint: &str) -> Result<rustls::ClientConfig, FetchError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -487,9 +479,7 @@ fn client_config(trust: &Trust, endpoint: &str) -> Result<rustls::ClientConfig, 
             let bundle = CertBundle::from_pem(pem).map_err(|e| FetchError::TrustInvalid(format!("spec.metadata.ca: {e}")))?;
             let mut roots = rustls::RootCertStore::empty();
             for der in bundle.certs_der {
-                roots
-                    .add(CertificateDer::from(der))
-                    .map_err(|e| FetchError::TrustInvalid(format!("spec.metadata.ca: {e}")))?;
+                roots.add(CertificateDer::from(der)).map_err(|e| FetchError::TrustInvalid(format!("spec.metadata.ca: {e}")))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -501,9 +491,7 @@ fn client_config(trust: &Trust, endpoint: &str) -> Result<rustls::ClientConfig, 
             let mut roots = rustls::RootCertStore::empty();
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(FetchError::TrustInvalid(
-                    "no system root certificates found; set spec.metadata.ca to the remote's CA".into(),
-                ));
+                return Err(FetchError::TrustInvalid("no system root certificates found; set spec.metadata.ca to the remote's CA".into()));
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -515,9 +503,7 @@ fn client_config(trust: &Trust, endpoint: &str) -> Result<rustls::ClientConfig, 
             );
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
-                    algorithms: provider.signature_verification_algorithms,
-                }))
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { algorithms: provider.signature_verification_algorithms }))
                 .with_no_client_auth()
         }
     };

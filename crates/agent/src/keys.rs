@@ -42,6 +42,14 @@ pub fn load_or_generate(path: &Path) -> Result<SigningKey> {
     }
 }
 
+/// Loads an existing key (never generates one); same checks as [`load_or_generate`].
+pub fn load_existing(path: &Path) -> Result<SigningKey> {
+    if !path.exists() {
+        bail!("federation key {} does not exist", path.display());
+    }
+    load_or_generate(path)
+}
+
 /// Mints a token from `local` (sub) for `remote` (aud).
 pub fn mint(key: &SigningKey, local_uuid: &str, remote_uuid: &str, scope: Scope, now: i64, ttl_secs: i64) -> String {
     token::sign(

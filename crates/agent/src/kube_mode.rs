@@ -146,11 +146,10 @@ async fn read_gateways(client: &kube::Client, opts: &KubeOptions) -> Result<Vec<
     let name = format!("{ns}/{}", svc.metadata.name.as_deref().unwrap_or_default());
     let spec = svc.spec.unwrap_or_default();
     let ports = spec.ports.unwrap_or_default();
-    let port = ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some("tls"))
-        .or_else(|| ports.iter().find(|p| p.port == MESH_TLS_PORT))
-        .ok_or_else(|| anyhow!("gateway Service {name} has no port named tls and no port {MESH_TLS_PORT}; add the mesh TLS port to it"))?;
+    let port =
+        ports.iter().find(|p| p.name.as_deref() == Some("tls")).or_else(|| ports.iter().find(|p| p.port == MESH_TLS_PORT)).ok_or_else(
+            || anyhow!("gateway Service {name} has no port named tls and no port {MESH_TLS_PORT}; add the mesh TLS port to it"),
+        )?;
 
     let lb: Vec<IngressGateway> = svc
         .status
@@ -210,10 +209,9 @@ fn port_protocol(p: &KubeServicePort) -> Option<String> {
 
 async fn read_exported_services(client: &kube::Client, opts: &KubeOptions) -> Result<Vec<ExportedService>> {
     let sel = format!("{}=true", opts.export_label);
-    let list = Api::<Service>::all(client.clone())
-        .list(&ListParams::default().labels(&sel))
-        .await
-        .with_context(|| format!("cannot list Services labelled {sel} in all namespaces; grant the agent cluster-wide `list` on services"))?;
+    let list = Api::<Service>::all(client.clone()).list(&ListParams::default().labels(&sel)).await.with_context(|| {
+        format!("cannot list Services labelled {sel} in all namespaces; grant the agent cluster-wide `list` on services")
+    })?;
     let mut out = Vec::new();
     for svc in list.items {
         let (Some(name), Some(ns)) = (svc.metadata.name.clone(), svc.metadata.namespace.clone()) else { continue };
@@ -253,7 +251,12 @@ async fn count_ready_endpoints(client: &kube::Client, ns: &str, name: &str) -> R
                 continue;
             }
             let id = match &ep.target_ref {
-                Some(t) => format!("{}/{}/{}", t.kind.as_deref().unwrap_or_default(), t.namespace.as_deref().unwrap_or_default(), t.name.as_deref().unwrap_or_default()),
+                Some(t) => format!(
+                    "{}/{}/{}",
+                    t.kind.as_deref().unwrap_or_default(),
+                    t.namespace.as_deref().unwrap_or_default(),
+                    t.name.as_deref().unwrap_or_default()
+                ),
                 None => ep.addresses.first().cloned().unwrap_or_default(),
             };
             seen.insert(id);
@@ -384,7 +387,11 @@ impl LeaseGuard {
     async fn acquire_at(&self, now: Timestamp) -> Result<bool> {
         let ns = self.api.namespace().unwrap_or_default().to_string();
         let what = format!("Lease {ns}/{}", self.name);
-        let current = self.api.get_opt(&self.name).await.with_context(|| format!("cannot read {what}; grant the agent get/create/update on leases"))?;
+        let current = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .with_context(|| format!("cannot read {what}; grant the agent get/create/update on leases"))?;
         let Some(lease) = current else {
             let fresh = Lease {
                 metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
@@ -543,15 +550,21 @@ impl SecretKeyStore {
                 tracing::info!(secret = %self.what(), "generated a new federation key");
                 Ok(key)
             }
-            Err(e) if is_status(&e, 409) => self.load().await?.ok_or_else(|| anyhow!("{} vanished right after creation; retry", self.what())),
+            Err(e) if is_status(&e, 409) => {
+                self.load().await?.ok_or_else(|| anyhow!("{} vanished right after creation; retry", self.what()))
+            }
             // The error is kube's, which never carries the request body.
-            Err(e) => Err(e).with_context(|| format!("cannot create {}; grant the agent create on secrets in {}", self.what(), self.namespace)),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot create {}; grant the agent create on secrets in {}", self.what(), self.namespace))
+            }
         }
     }
 
     async fn load(&self) -> Result<Option<SigningKey>> {
         let what = self.what();
-        let Some(secret) = self.api.get_opt(KEY_SECRET_NAME).await.with_context(|| format!("cannot read {what}; grant the agent get on secrets"))? else {
+        let Some(secret) =
+            self.api.get_opt(KEY_SECRET_NAME).await.with_context(|| format!("cannot read {what}; grant the agent get on secrets"))?
+        else {
             return Ok(None);
         };
         let Some(ByteString(bytes)) = secret.data.and_then(|mut d| d.remove(KEY_SECRET_KEY)) else {
@@ -559,7 +572,8 @@ impl SecretKeyStore {
         };
         let text = String::from_utf8(bytes).map_err(|_| anyhow!("{what} key {KEY_SECRET_KEY} is not UTF-8 PEM"))?;
         // The parse error names the PEM problem, never the key material.
-        let key = pem::ed25519_signing_key_from_pem(&text).map_err(|e| anyhow!("{what} key {KEY_SECRET_KEY} is not a PKCS#8 Ed25519 private key: {e}"))?;
+        let key = pem::ed25519_signing_key_from_pem(&text)
+            .map_err(|e| anyhow!("{what} key {KEY_SECRET_KEY} is not a PKCS#8 Ed25519 private key: {e}"))?;
         Ok(Some(key))
     }
 }

@@ -2,6 +2,7 @@
 //! exchanges metadata with remote clusters, and configures the local proxies.
 
 pub mod admin;
+pub mod cli;
 pub mod crd;
 pub mod edge_file;
 pub mod exchange;

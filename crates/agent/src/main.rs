@@ -1,11 +1,11 @@
 //! `multicloud-agent`: the node-local agent's command line.
 
-use multicloud_agent::{crd, keys};
+use multicloud_agent::{cli, crd, keys};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use multicloud_core::token::Scope;
 use multicloud_agent::{admin, edge_file, metrics, reconcile, remote, standalone};
+use multicloud_core::token::Scope;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,37 @@ enum Command {
         /// Lifetime in seconds (at most 60 for metadata tokens).
         #[arg(long, default_value_t = 60)]
         ttl: i64,
+    },
+    /// One row per peer from a running agent's HTTP port: conditions, last fetch, the peer's root
+    /// fingerprint, endpoints pushed, xDS ACK state.
+    /// Exit code: 0 every peer Ready, 1 some peer not Ready, 2 the agent cannot be reached.
+    Status {
+        /// The agent's HTTP port (its --http).
+        #[arg(long, default_value = cli::DEFAULT_AGENT)]
+        agent: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: cli::Output,
+    },
+    /// Probe one peer end to end: the object, public metadata, private metadata (a fresh token),
+    /// the API proxy, the gateways' mesh port. Each step prints PASS/FAIL/SKIP with what to do.
+    /// Exit code: 0 when no step fails, 1 otherwise.
+    Check {
+        /// The IstioMulticloud object naming the peer.
+        peer: String,
+        /// The agent's HTTP port (used when no --standalone file is given).
+        #[arg(long, default_value = cli::DEFAULT_AGENT)]
+        agent: String,
+        /// The standalone file the agent runs with (objects and this cluster's UUID).
+        #[arg(long, env = "MULTICLOUD_STANDALONE")]
+        standalone: Option<PathBuf>,
+        /// This cluster's federation key (the agent's --key).
+        #[arg(long, env = "MULTICLOUD_KEY")]
+        key: PathBuf,
+        /// HOST=IP:PORT: reach the API proxy HOST at IP:PORT (like curl --resolve).
+        #[arg(long)]
+        api_host_override: Vec<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: cli::Output,
     },
 }
 
@@ -173,6 +204,17 @@ fn main() -> Result<()> {
             print!("{}", multicloud_core::pem::ed25519_public_key_to_pem(&k.verifying_key()));
         }
         Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Status { agent, output } => std::process::exit(cli::status(&agent, output)),
+        Command::Check { peer, agent, standalone, key, api_host_override, output } => {
+            let args = cli::CheckArgs {
+                peer: &peer,
+                agent: &agent,
+                standalone: standalone.as_deref(),
+                key: &key,
+                api_host_override: &api_host_override,
+            };
+            std::process::exit(cli::check(&args, output))
+        }
         Command::Token { key, sub, aud, scope, ttl } => {
             let scope = Scope::parse(&scope).with_context(|| format!("unknown scope {scope:?}: use private-multicluster or api"))?;
             for (name, v) in [("--sub", &sub), ("--aud", &aud)] {

@@ -9,12 +9,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Every metric the agent exports: name, type, help.
 pub const METRICS: &[(&str, &str, &str)] = &[
-    ("multicloud_agent_fetch_total", "counter", "Metadata fetches by peer, document (public, private) and result (ok or a failure reason)."),
+    (
+        "multicloud_agent_fetch_total",
+        "counter",
+        "Metadata fetches by peer, document (public, private) and result (ok or a failure reason).",
+    ),
     ("multicloud_agent_last_success_timestamp_seconds", "gauge", "Unix time of the last successful fetch, by peer and document."),
     ("multicloud_agent_document_age_seconds", "gauge", "Age of the last good document held, by peer and document."),
     ("multicloud_agent_peer_ready", "gauge", "1 when the peer's last exchange succeeded (Ready=True), else 0."),
     ("multicloud_agent_edge_render_errors_total", "counter", "Edge configurations not handed to the filter because they did not validate."),
-    ("multicloud_agent_xds_build_errors_total", "counter", "Peers whose data plane resources did not validate and were not pushed, by peer."),
+    (
+        "multicloud_agent_xds_build_errors_total",
+        "counter",
+        "Peers whose data plane resources did not validate and were not pushed, by peer.",
+    ),
     ("multicloud_agent_xds_nacks_total", "counter", "Configurations the local proxies rejected (NACKs)."),
 ];
 

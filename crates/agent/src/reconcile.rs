@@ -86,7 +86,12 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { refresh: Duration::from_secs(30), backoff_base: Duration::from_secs(1), backoff_cap: Duration::from_secs(300), token_ttl_secs: 60 }
+        Timing {
+            refresh: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            token_ttl_secs: 60,
+        }
     }
 }
 
@@ -287,14 +292,22 @@ impl Reconciler {
                         cache.public = Some(CachedPublic { document: doc.doc.clone(), fetched_at: now.clone() });
                         p.public = Some(doc);
                         public_ok = true;
-                        st.set_condition(condition::PUBLIC, Some(true), "Fetched", format!("public metadata fetched from {}", p.spec.metadata_endpoint), &now, gen);
+                        st.set_condition(
+                            condition::PUBLIC,
+                            Some(true),
+                            "Fetched",
+                            format!("public metadata fetched from {}", p.spec.metadata_endpoint),
+                            &now,
+                            gen,
+                        );
                     }
                 }
             }
             Err(e) => {
                 self.metrics.fetch(name, "public", &e.label);
                 tracing::warn!(object = %name, reason = %e.reason, "public metadata fetch failed: {}", e.message);
-                let stale = cache.public.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
+                let stale =
+                    cache.public.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
                 st.set_condition(condition::PUBLIC, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
             }
         }
@@ -305,16 +318,31 @@ impl Reconciler {
                 self.metrics.success(name, "private", o.at);
                 cache.private = Some(CachedPrivate { document: doc, fetched_at: now.clone() });
                 private_ok = true;
-                st.set_condition(condition::PRIVATE, Some(true), "Fetched", "private metadata fetched with a federation token".into(), &now, gen);
+                st.set_condition(
+                    condition::PRIVATE,
+                    Some(true),
+                    "Fetched",
+                    "private metadata fetched with a federation token".into(),
+                    &now,
+                    gen,
+                );
             }
             Some(Err(e)) => {
                 self.metrics.fetch(name, "private", &e.label);
                 tracing::warn!(object = %name, reason = %e.reason, "private metadata fetch failed: {}", e.message);
-                let stale = cache.private.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
+                let stale =
+                    cache.private.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
                 st.set_condition(condition::PRIVATE, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
             }
             None => {
-                st.set_condition(condition::PRIVATE, None, "WaitingForPublicMetadata", "the private document needs the remote's public metadata first".into(), &now, gen);
+                st.set_condition(
+                    condition::PRIVATE,
+                    None,
+                    "WaitingForPublicMetadata",
+                    "the private document needs the remote's public metadata first".into(),
+                    &now,
+                    gen,
+                );
             }
         }
         st.metadata_cache = Some(cache);

@@ -317,7 +317,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[7; 32]);
         let overrides = BTreeMap::from([("api.b.example".to_string(), "127.0.0.1:8443".to_string())]);
-        let rs = RemoteSecrets::new(key, RemoteSecretOptions { dir: dir.path().into(), kubernetes: None, ttl_secs: 600, host_overrides: overrides }).unwrap();
+        let rs = RemoteSecrets::new(
+            key,
+            RemoteSecretOptions { dir: dir.path().into(), kubernetes: None, ttl_secs: 600, host_overrides: overrides },
+        )
+        .unwrap();
         rs.apply(&dp("api.b.example:443")).await.unwrap();
         let path = dir.path().join("cluster-b.kubeconfig");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
@@ -370,7 +374,12 @@ mod tests {
         let client = kube::Client::new(service, "default");
         let rs = RemoteSecrets::new(
             SigningKey::from_bytes(&[7; 32]),
-            RemoteSecretOptions { dir: PathBuf::new(), kubernetes: Some((client, "istio-system".into())), ttl_secs: 600, host_overrides: BTreeMap::new() },
+            RemoteSecretOptions {
+                dir: PathBuf::new(),
+                kubernetes: Some((client, "istio-system".into())),
+                ttl_secs: 600,
+                host_overrides: BTreeMap::new(),
+            },
         )
         .unwrap();
         let server = tokio::spawn(async move {
@@ -383,7 +392,10 @@ mod tests {
             let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
             send.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap());
             let (req, send) = api.next_request().await.expect("a delete");
-            assert_eq!((req.method(), req.uri().path()), (&Method::DELETE, "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-cluster-b"));
+            assert_eq!(
+                (req.method(), req.uri().path()),
+                (&Method::DELETE, "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-cluster-b")
+            );
             send.send_response(Response::builder().status(200).body(Body::from(b"{}".to_vec())).unwrap());
             body
         });

@@ -170,7 +170,9 @@ objects:
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("standalone.yaml");
         let head = "cluster: {clusterUUID: 6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a, rootCA: r, networkName: n}\nobjects:\n";
-        let obj = |n: &str| format!("- {{apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {{name: {n}}}, spec: {{metadataEndpoint: 'https://{n}/metadata'}}}}\n");
+        let obj = |n: &str| {
+            format!("- {{apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {{name: {n}}}, spec: {{metadataEndpoint: 'https://{n}/metadata'}}}}\n")
+        };
         std::fs::write(&path, format!("{head}{}", obj("b"))).unwrap();
         let (tx, mut rx) = watch::channel(None);
         let err = std::sync::Arc::new(Mutex::new(None));
@@ -193,7 +195,8 @@ objects:
 
     #[test]
     fn duplicates_and_unknown_keys_are_refused() {
-        let obj = "- {apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {name: b}, spec: {metadataEndpoint: x}}\n";
+        let obj =
+            "- {apiVersion: istio-multicloud.dev/v1alpha1, kind: IstioMulticloud, metadata: {name: b}, spec: {metadataEndpoint: x}}\n";
         let text = format!("cluster: {{clusterUUID: u, rootCA: r, networkName: n}}\nobjects:\n{obj}{obj}");
         assert!(parse(&text).unwrap_err().to_string().contains("listed twice"));
         assert!(parse("cluster: {clusterUUID: u, rootCA: r, networkName: n}\nobject: []\n").is_err());

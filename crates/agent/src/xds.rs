@@ -65,7 +65,9 @@ impl PartialEq for Snapshot {
     fn eq(&self, other: &Self) -> bool {
         self.types.len() == other.types.len()
             && self.types.iter().all(|(t, m)| {
-                other.types.get(t).is_some_and(|o| o.len() == m.len() && m.iter().zip(o.iter()).all(|((n1, (v1, _)), (n2, (v2, _)))| n1 == n2 && v1 == v2))
+                other.types.get(t).is_some_and(|o| {
+                    o.len() == m.len() && m.iter().zip(o.iter()).all(|((n1, (v1, _)), (n2, (v2, _)))| n1 == n2 && v1 == v2)
+                })
             })
     }
 }
@@ -251,8 +253,8 @@ impl XdsServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => anyhow::bail!("cannot replace xDS socket {}: {e}", path.display()),
         }
-        let listener = tokio::net::UnixListener::bind(path)
-            .map_err(|e| anyhow::anyhow!("cannot listen for xDS on {}: {e}", path.display()))?;
+        let listener =
+            tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen for xDS on {}: {e}", path.display()))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         tonic::transport::Server::builder().serve_with_incoming(self.service(), incoming).await?;
         Ok(())

@@ -110,7 +110,8 @@ impl ApiCredential {
 
     fn read(&self) -> anyhow::Result<String> {
         use anyhow::Context as _;
-        let text = std::fs::read_to_string(&self.path).with_context(|| format!("reading --api-proxy-credential {}", self.path.display()))?;
+        let text =
+            std::fs::read_to_string(&self.path).with_context(|| format!("reading --api-proxy-credential {}", self.path.display()))?;
         let t = text.trim();
         anyhow::ensure!(!t.is_empty(), "--api-proxy-credential {} is empty", self.path.display());
         anyhow::ensure!(!t.contains(['\r', '\n']), "--api-proxy-credential {} holds more than one line", self.path.display());
@@ -148,19 +149,30 @@ pub fn api_credential_secret(credential: &str) -> multicloud_proto::envoy_types:
     Secret {
         name: API_PROXY_CREDENTIAL_SECRET.to_string(),
         r#type: Some(secret::Type::GenericSecret(GenericSecret {
-            secret: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(credential.to_string())), ..Default::default() }),
+            secret: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(credential.to_string())),
+                ..Default::default()
+            }),
             ..Default::default()
         })),
     }
 }
 
-fn tls_certificate_secret(name: &str, chain: &str, key: &str) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+fn tls_certificate_secret(
+    name: &str,
+    chain: &str,
+    key: &str,
+) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
     use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
     use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
     let inline = |s: &str| Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.to_string())), ..Default::default() });
     Secret {
         name: name.to_string(),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate { certificate_chain: inline(chain), private_key: inline(key), ..Default::default() })),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(chain),
+            private_key: inline(key),
+            ..Default::default()
+        })),
     }
 }
 
@@ -237,19 +249,25 @@ impl XdsSink {
         cache: &mut std::collections::HashMap<(&'static str, String), Built>,
     ) -> Result<Vec<(&'static str, String, Built)>, mesh::BuildError> {
         let mut out = Vec::new();
-        let mut reuse = |type_url: &'static str, name: String, key: u64, build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
-            let built = match cache.remove(&(type_url, name.clone())) {
-                Some((k, version, any)) if k == key => (k, version, any),
-                _ => {
-                    let any = build()?;
-                    (key, crate::xds::resource_version(&any), Arc::new(any))
-                }
+        let mut reuse =
+            |type_url: &'static str,
+             name: String,
+             key: u64,
+             build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
+                let built = match cache.remove(&(type_url, name.clone())) {
+                    Some((k, version, any)) if k == key => (k, version, any),
+                    _ => {
+                        let any = build()?;
+                        (key, crate::xds::resource_version(&any), Arc::new(any))
+                    }
+                };
+                out.push((type_url, name, built));
+                Ok::<(), mesh::BuildError>(())
             };
-            out.push((type_url, name, built));
-            Ok::<(), mesh::BuildError>(())
-        };
         let root_name = mesh::peer_root_secret_name(view.cluster_uuid);
-        reuse(SECRET, root_name, input_hash(&(view.name, view.cluster_uuid, view.root_ca_pem)), &mut || Ok(pack_any(mesh::peer_root_secret(view)?)))?;
+        reuse(SECRET, root_name, input_hash(&(view.name, view.cluster_uuid, view.root_ca_pem)), &mut || {
+            Ok(pack_any(mesh::peer_root_secret(view)?))
+        })?;
         if !p.enable_ingress_gateway {
             return Ok(out);
         }
@@ -257,22 +275,42 @@ impl XdsSink {
         for svc in view.services {
             let one = PeerView { services: std::slice::from_ref(svc), ..*view };
             // A cluster does not depend on endpoint counts or gateway addresses.
-            let cluster_key = input_hash(&(view.name, view.cluster_uuid, view.network, &svc.hostname, &svc.ports, client.cert_secret, client.sds_cluster));
+            let cluster_key = input_hash(&(
+                view.name,
+                view.cluster_uuid,
+                view.network,
+                &svc.hostname,
+                &svc.ports,
+                client.cert_secret,
+                client.sds_cluster,
+            ));
             let endpoint_key = input_hash(&(view.name, view.network, view.gateways, &svc.hostname, &svc.ports, svc.ready_endpoints));
             for port in &svc.ports {
                 let name = mesh::remote_cluster_name(view.name, &svc.hostname, port.port);
                 if !names.insert(name.clone()) {
-                    return Err(mesh::BuildError::Name { peer: view.name.to_string(), field: format!("services[{}]", svc.hostname), cause: format!("{name} is exported twice") });
+                    return Err(mesh::BuildError::Name {
+                        peer: view.name.to_string(),
+                        field: format!("services[{}]", svc.hostname),
+                        cause: format!("{name} is exported twice"),
+                    });
                 }
                 let mut clusters = None;
                 reuse(CLUSTER, name.clone(), cluster_key, &mut || {
                     let built = clusters.get_or_insert_with(|| mesh::remote_clusters(&one, client)).clone()?;
-                    built.into_iter().find(|c| c.name == name).map(pack_any).ok_or_else(|| mesh::BuildError::Name { peer: view.name.to_string(), field: svc.hostname.clone(), cause: "cluster not built".into() })
+                    built.into_iter().find(|c| c.name == name).map(pack_any).ok_or_else(|| mesh::BuildError::Name {
+                        peer: view.name.to_string(),
+                        field: svc.hostname.clone(),
+                        cause: "cluster not built".into(),
+                    })
                 })?;
                 let mut endpoints = None;
                 reuse(ENDPOINT, name.clone(), endpoint_key, &mut || {
                     let built = endpoints.get_or_insert_with(|| mesh::remote_endpoints(&one)).clone()?;
-                    built.into_iter().find(|e| e.cluster_name == name).map(pack_any).ok_or_else(|| mesh::BuildError::Name { peer: view.name.to_string(), field: svc.hostname.clone(), cause: "load assignment not built".into() })
+                    built.into_iter().find(|e| e.cluster_name == name).map(pack_any).ok_or_else(|| mesh::BuildError::Name {
+                        peer: view.name.to_string(),
+                        field: svc.hostname.clone(),
+                        cause: "load assignment not built".into(),
+                    })
                 })?;
             }
         }

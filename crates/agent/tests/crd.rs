@@ -27,7 +27,8 @@ fn the_crd_in_deploy_is_the_one_the_types_generate() {
     let on_disk = std::fs::read_to_string(crd_file())
         .unwrap_or_else(|e| panic!("cannot read deploy/crd/istiomulticlouds.yaml ({e}); generate it with `{REGENERATE}`"));
     if on_disk != crd_yaml() {
-        let first = on_disk.lines().zip(crd_yaml().lines()).position(|(a, b)| a != b).map_or("the end".to_string(), |i| format!("line {}", i + 1));
+        let first =
+            on_disk.lines().zip(crd_yaml().lines()).position(|(a, b)| a != b).map_or("the end".to_string(), |i| format!("line {}", i + 1));
         panic!(
             "deploy/crd/istiomulticlouds.yaml is stale (first difference at {first}): crates/agent/src/crd.rs changed. \
              Regenerate it from the workspace root with `{REGENERATE}` and commit it."
@@ -86,7 +87,11 @@ fn the_crd_and_the_example_validate_and_a_broken_object_does_not() {
 
     let verdicts = validate(&[&example, &broken_file]);
     let [crd, example, broken] = verdicts.as_slice() else { panic!("expected 3 verdicts, got {verdicts:?}") };
-    assert!(crd.valid, "the CRD is not a valid apiextensions.k8s.io/v1 CustomResourceDefinition for Kubernetes {KUBERNETES_VERSION}: {:?}", crd.errors);
+    assert!(
+        crd.valid,
+        "the CRD is not a valid apiextensions.k8s.io/v1 CustomResourceDefinition for Kubernetes {KUBERNETES_VERSION}: {:?}",
+        crd.errors
+    );
     assert!(example.valid, "deploy/examples/istiomulticloud.yaml does not match the CRD schema: {:?}", example.errors);
     assert!(!broken.valid, "an object without spec.metadataEndpoint passed the CRD schema");
     assert!(broken.errors.iter().any(|e| e.contains("metadataEndpoint")), "{:?}", broken.errors);

@@ -100,7 +100,11 @@ fn json(body: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn redirect(location: String) -> Response<Body> {
-    Response::builder().status(StatusCode::FOUND).header("location", location).body(Full::new(Bytes::new()).map_err(|n| match n {}).boxed()).unwrap()
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", location)
+        .body(Full::new(Bytes::new()).map_err(|n| match n {}).boxed())
+        .unwrap()
 }
 
 /// A streamed (chunked) body of `chunks` chunks, `pause` apart.

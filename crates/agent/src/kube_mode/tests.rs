@@ -75,7 +75,12 @@ fn list(kind: &str, items: Vec<Value>) -> Value {
 }
 
 fn opts() -> KubeOptions {
-    KubeOptions { holder_identity: "agent-a-xyz".into(), network_name: "network-a".into(), api_host: "api.cluster-a.example.com".into(), ..KubeOptions::default() }
+    KubeOptions {
+        holder_identity: "agent-a-xyz".into(),
+        network_name: "network-a".into(),
+        api_host: "api.cluster-a.example.com".into(),
+        ..KubeOptions::default()
+    }
 }
 
 fn status() -> IstioMulticloudStatus {
@@ -193,26 +198,60 @@ const ROOT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2x1c3R
 async fn local_facts_are_read_from_the_cluster_objects() {
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, "/api/v1/namespaces/kube-system", 200, json!({
+        expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/kube-system",
+            200,
+            json!({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "kube-system", "uid": "0a1b2c3d-0000-4000-8000-00000000000a"}})).await;
-        expect(&mut api, Method::GET, "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert", 200, json!({
+            "metadata": {"name": "kube-system", "uid": "0a1b2c3d-0000-4000-8000-00000000000a"}}),
+        )
+        .await;
+        expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert",
+            200,
+            json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "istio-ca-root-cert", "namespace": "istio-system"},
-            "data": {"root-cert.pem": ROOT_PEM}})).await;
-        let seen = expect(&mut api, Method::GET, "/api/v1/namespaces/istio-system/services", 200, list("ServiceList", vec![json!({
+            "data": {"root-cert.pem": ROOT_PEM}}),
+        )
+        .await;
+        let seen = expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/istio-system/services",
+            200,
+            list(
+                "ServiceList",
+                vec![json!({
             "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system", "labels": {"istio": "ingressgateway"}},
             "spec": {"type": "LoadBalancer", "ports": [
                 {"name": "http2", "port": 80, "targetPort": 8080, "nodePort": 30080},
                 {"name": "tls", "port": 15443, "targetPort": 15443, "nodePort": 31443}]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"hostname": "gw.cluster-a.example.com"}]}}})])).await;
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"hostname": "gw.cluster-a.example.com"}]}}})],
+            ),
+        )
+        .await;
         assert_eq!(seen.query.get("labelSelector").map(String::as_str), Some("istio=ingressgateway"));
-        let seen = expect(&mut api, Method::GET, "/api/v1/services", 200, list("ServiceList", vec![json!({
+        let seen = expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/services",
+            200,
+            list(
+                "ServiceList",
+                vec![json!({
             "metadata": {"name": "foo", "namespace": "abc", "labels": {"istio-multicloud.dev/export": "true"}},
             "spec": {"ports": [
                 {"name": "http-web", "port": 8080, "targetPort": 8080},
                 {"name": "metrics", "port": 9090, "appProtocol": "http", "targetPort": 9090},
-                {"name": "db", "port": 5432, "targetPort": 5432}]}})])).await;
+                {"name": "db", "port": 5432, "targetPort": 5432}]}})],
+            ),
+        )
+        .await;
         assert_eq!(seen.query.get("labelSelector").map(String::as_str), Some("istio-multicloud.dev/export=true"));
         let seen = expect(&mut api, Method::GET, "/apis/discovery.k8s.io/v1/namespaces/abc/endpointslices", 200, json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {"resourceVersion": "1"},
@@ -258,9 +297,19 @@ async fn local_facts_are_read_from_the_cluster_objects() {
 async fn a_nodeport_gateway_is_advertised_on_the_node_addresses() {
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
-        let seen = expect(&mut api, Method::GET, "/api/v1/namespaces/istio-system/services", 200, list("ServiceList", vec![json!({
+        let seen = expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/istio-system/services",
+            200,
+            list(
+                "ServiceList",
+                vec![json!({
             "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
-            "spec": {"type": "NodePort", "ports": [{"name": "mesh", "port": 15443, "targetPort": 15443, "nodePort": 31443}]}})])).await;
+            "spec": {"type": "NodePort", "ports": [{"name": "mesh", "port": 15443, "targetPort": 15443, "nodePort": 31443}]}})],
+            ),
+        )
+        .await;
         assert_eq!(seen.query.get("labelSelector").map(String::as_str), Some("istio=ingressgateway"));
         expect(&mut api, Method::GET, "/api/v1/nodes", 200, list("NodeList", vec![
             json!({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.1.0.1"}, {"type": "ExternalIP", "address": "198.51.100.1"}]}}),
@@ -271,7 +320,10 @@ async fn a_nodeport_gateway_is_advertised_on_the_node_addresses() {
     let gws = read_gateways(&client, &opts()).await.unwrap();
     drop(client);
     server.await.unwrap();
-    assert_eq!(gws, vec![IngressGateway { address: "198.51.100.1".into(), port: 31443 }, IngressGateway { address: "10.1.0.2".into(), port: 31443 }]);
+    assert_eq!(
+        gws,
+        vec![IngressGateway { address: "198.51.100.1".into(), port: 31443 }, IngressGateway { address: "10.1.0.2".into(), port: 31443 }]
+    );
 }
 
 /// Scenario 4 — the API server is kube's tower_test mock (no API server can
@@ -303,8 +355,15 @@ async fn the_federation_key_secret_is_created_once_and_then_loaded() {
 async fn a_key_secret_without_private_pem_says_what_to_do() {
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, "/api/v1/namespaces/istio-system/secrets/istio-multicloud-federation-key", 200, json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": KEY_SECRET_NAME, "namespace": "istio-system"}, "data": {}})).await;
+        expect(
+            &mut api,
+            Method::GET,
+            "/api/v1/namespaces/istio-system/secrets/istio-multicloud-federation-key",
+            200,
+            json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": KEY_SECRET_NAME, "namespace": "istio-system"}, "data": {}}),
+        )
+        .await;
     });
     let err = SecretKeyStore::new(client, &opts()).load_or_generate().await.unwrap_err().to_string();
     server.await.unwrap();
@@ -327,7 +386,12 @@ fn a_lease_expires_after_its_duration_without_renewal() {
 
 #[test]
 fn port_protocols_follow_istio_naming() {
-    let port = |name: &str, app: Option<&str>| KubeServicePort { name: Some(name.into()), app_protocol: app.map(String::from), port: 1, ..Default::default() };
+    let port = |name: &str, app: Option<&str>| KubeServicePort {
+        name: Some(name.into()),
+        app_protocol: app.map(String::from),
+        port: 1,
+        ..Default::default()
+    };
     assert_eq!(port_protocol(&port("grpc-web-x", None)).as_deref(), Some("grpc-web"));
     assert_eq!(port_protocol(&port("grpc-x", None)).as_deref(), Some("grpc"));
     assert_eq!(port_protocol(&port("tcp", None)).as_deref(), Some("tcp"));
@@ -337,11 +401,14 @@ fn port_protocols_follow_istio_naming() {
 
 #[test]
 fn peers_map_from_objects() {
-    let mut obj = IstioMulticloud::new("cluster-b", IstioMulticloudSpec {
-        metadata_endpoint: "https://istio.cluster-b.example.com/metadata".into(),
-        metadata: None,
-        enable_ingress_gateway: true,
-    });
+    let mut obj = IstioMulticloud::new(
+        "cluster-b",
+        IstioMulticloudSpec {
+            metadata_endpoint: "https://istio.cluster-b.example.com/metadata".into(),
+            metadata: None,
+            enable_ingress_gateway: true,
+        },
+    );
     obj.metadata.generation = Some(4);
     let (name, peer) = desired_peer(obj.clone()).unwrap();
     assert_eq!((name.as_str(), peer.generation), ("cluster-b", Some(4)));

@@ -20,9 +20,13 @@ fn root_pem() -> String {
 
 fn public_doc(uuid: &str) -> ValidPublic {
     let key = SigningKey::from_bytes(&[5; 32]);
-    PublicMetadata { cluster_uuid: uuid.into(), root_ca: root_pem(), authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key()) }
-        .validate()
-        .unwrap()
+    PublicMetadata {
+        cluster_uuid: uuid.into(),
+        root_ca: root_pem(),
+        authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key()),
+    }
+    .validate()
+    .unwrap()
 }
 
 fn private_doc() -> PrivateMetadata {
@@ -94,7 +98,11 @@ fn desired(names: &[&str]) -> Desired {
         peers: names
             .iter()
             .map(|n| {
-                let spec = IstioMulticloudSpec { metadata_endpoint: format!("https://{n}.example/metadata"), metadata: None, enable_ingress_gateway: true };
+                let spec = IstioMulticloudSpec {
+                    metadata_endpoint: format!("https://{n}.example/metadata"),
+                    metadata: None,
+                    enable_ingress_gateway: true,
+                };
                 (n.to_string(), DesiredPeer { spec, generation: Some(3) })
             })
             .collect(),
@@ -121,7 +129,8 @@ fn start() -> Bed {
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let rec = Arc::new(Recorder::default());
     let (r2, t2) = (remote.clone(), tokens.clone());
-    let factory: ClientFactory = Arc::new(move |_spec: &IstioMulticloudSpec| Ok(Arc::new(Fake(r2.clone(), t2.clone())) as Arc<dyn MetadataClient>));
+    let factory: ClientFactory =
+        Arc::new(move |_spec: &IstioMulticloudSpec| Ok(Arc::new(Fake(r2.clone(), t2.clone())) as Arc<dyn MetadataClient>));
     let (tx, rx) = watch::channel(Some(desired(&["cluster-b"])));
     let r = Reconciler {
         key: SigningKey::from_bytes(&[1; 32]),
@@ -129,7 +138,12 @@ fn start() -> Bed {
         status: rec.clone(),
         sinks: vec![rec.clone()],
         metrics: Arc::new(Metrics::default()),
-        timing: Timing { refresh: Duration::from_millis(50), backoff_base: Duration::from_millis(20), backoff_cap: Duration::from_millis(100), token_ttl_secs: 60 },
+        timing: Timing {
+            refresh: Duration::from_millis(50),
+            backoff_base: Duration::from_millis(20),
+            backoff_cap: Duration::from_millis(100),
+            token_ttl_secs: 60,
+        },
         spiffe: SpiffeSettings::default(),
     };
     tokio::spawn(r.run(rx));

@@ -7,14 +7,11 @@
 //! sent, so a NACKed resource is not sent again until it changes.
 
 use super::{
-    finish, push_deadline, push_order, send, version_of, Connection, End, Nonces, Protocol, Snapshot, StreamError,
-    XdsServer, DEBOUNCE,
+    finish, push_deadline, push_order, send, version_of, Connection, End, Nonces, Protocol, Snapshot, StreamError, XdsServer, DEBOUNCE,
 };
-use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
-use std::collections::{BTreeSet, HashMap};
+use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -99,7 +96,9 @@ impl Stream {
                     Some(err) => self.conn.nacked(&req.type_url, version, &err.message),
                     None => self.conn.acked(&req.type_url, version),
                 },
-                _ => tracing::debug!(node = %self.conn.node_id, type_url = %req.type_url, nonce = %req.response_nonce, "stale nonce: not an ACK/NACK of the last response"),
+                _ => {
+                    tracing::debug!(node = %self.conn.node_id, type_url = %req.type_url, nonce = %req.response_nonce, "stale nonce: not an ACK/NACK of the last response")
+                }
             }
         }
         let mut changed = false;
@@ -172,7 +171,11 @@ impl Stream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.conn.count(Protocol::Delta, multicloud_proto::prost::Message::encoded_len(&response), response.resources.len() + response.removed_resources.len());
+        self.conn.count(
+            Protocol::Delta,
+            multicloud_proto::prost::Message::encoded_len(&response),
+            response.resources.len() + response.removed_resources.len(),
+        );
         send(tx, response).await?;
         self.conn.sent(type_url, &version, &nonce);
         t.nonce = Some(nonce);

@@ -3,12 +3,11 @@
 //! proxy's next request with that nonce ACKs or NACKs it.
 
 use super::{
-    finish, push_deadline, push_order, send, version_of, Connection, End, Nonces, Protocol, Snapshot, StreamError,
-    XdsServer, DEBOUNCE,
+    finish, push_deadline, push_order, send, version_of, Connection, End, Nonces, Protocol, Snapshot, StreamError, XdsServer, DEBOUNCE,
 };
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use std::collections::{BTreeSet, HashMap};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -110,11 +109,8 @@ impl Stream {
     async fn respond(&mut self, type_url: &str, force: bool, tx: &Tx) -> Result<(), End> {
         let (Some(snapshot), Some(t)) = (&self.snapshot, self.types.get_mut(type_url)) else { return Ok(()) };
         let all = snapshot.resources(type_url);
-        let chosen: Vec<_> = all
-            .into_iter()
-            .flat_map(|m| m.iter())
-            .filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(*name)))
-            .collect();
+        let chosen: Vec<_> =
+            all.into_iter().flat_map(|m| m.iter()).filter(|(name, _)| t.names.as_ref().is_none_or(|n| n.contains(*name))).collect();
         let version = version_of(chosen.iter().map(|(n, (v, _))| (n.as_str(), v.as_str())));
         if !force && t.version.as_deref() == Some(version.as_str()) {
             return Ok(());

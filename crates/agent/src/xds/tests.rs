@@ -2,11 +2,11 @@
 //! 127.0.0.1:0, so the network boundary is exercised as Envoy would.
 
 use super::*;
-use multicloud_proto::prost::Message as _;
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use multicloud_proto::envoy_types::pb::google::rpc::Status as RpcStatus;
+use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
