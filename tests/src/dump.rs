@@ -26,7 +26,9 @@ pub fn cluster(dump: &Value, name: &str) -> Option<Value> {
 /// Endpoints (address:port, weight) of a cluster's dynamic EDS config.
 pub fn endpoints(dump: &Value, cluster: &str) -> Vec<(String, u64)> {
     let Some(s) = section(dump, "EndpointsConfigDump") else { return vec![] };
-    let Some(cfg) = s["dynamic_endpoint_configs"].as_array().and_then(|a| a.iter().find(|e| e["endpoint_config"]["cluster_name"] == cluster)) else {
+    let Some(cfg) =
+        s["dynamic_endpoint_configs"].as_array().and_then(|a| a.iter().find(|e| e["endpoint_config"]["cluster_name"] == cluster))
+    else {
         return vec![];
     };
     let mut out = Vec::new();

@@ -85,7 +85,14 @@ impl ClusterIdentity {
     pub fn token_with(&self, aud: &str, scope: &str, nbf: i64, exp: i64) -> String {
         token::sign(
             &self.federation_key,
-            &Claims { iss: "istio-multicloud".into(), sub: self.uuid.clone(), aud: Audience::One(aud.into()), scope: scope.into(), nbf, exp },
+            &Claims {
+                iss: "istio-multicloud".into(),
+                sub: self.uuid.clone(),
+                aud: Audience::One(aud.into()),
+                scope: scope.into(),
+                nbf,
+                exp,
+            },
         )
     }
 

@@ -23,12 +23,8 @@ pub use multicloud_proto::edge_filter::FILTER_NAME;
 /// very resource the agent serves over ADS (`multicloud_proto::edge_filter`).
 pub fn ecds_file(config_json: &str, version: &str) -> Vec<u8> {
     let wasm = paths::filter_wasm().display().to_string();
-    multicloud_proto::discovery_response(
-        edge_filter::EXTENSION_CONFIG_TYPE_URL,
-        version,
-        vec![edge_filter::resource(&wasm, config_json)],
-    )
-    .encode_to_vec()
+    multicloud_proto::discovery_response(edge_filter::EXTENSION_CONFIG_TYPE_URL, version, vec![edge_filter::resource(&wasm, config_json)])
+        .encode_to_vec()
 }
 
 /// The HTTP filter entry for the edge filter, delivered by ECDS from `{dir}/ecds/edge.pb`.
@@ -218,16 +214,10 @@ impl Gateway {
         };
         let (ecds_path, ecds_dir, files) = match &o.source {
             EdgeSource::Ads { .. } => (String::new(), String::new(), vec![]),
-            EdgeSource::Test(json) => (
-                "{dir}/ecds/edge.pb".to_string(),
-                "{dir}/ecds".to_string(),
-                vec![("ecds/edge.pb".to_string(), ecds_file(json, "1"))],
-            ),
-            EdgeSource::Agent(p) => (
-                p.display().to_string(),
-                p.parent().expect("ecds file has a directory").display().to_string(),
-                vec![],
-            ),
+            EdgeSource::Test(json) => {
+                ("{dir}/ecds/edge.pb".to_string(), "{dir}/ecds".to_string(), vec![("ecds/edge.pb".to_string(), ecds_file(json, "1"))])
+            }
+            EdgeSource::Agent(p) => (p.display().to_string(), p.parent().expect("ecds file has a directory").display().to_string(), vec![]),
         };
         let source = if config_source.is_empty() {
             format!(r#"path_config_source: {{path: "{ecds_path}", watched_directory: {{path: "{ecds_dir}"}}}}"#)

@@ -16,8 +16,7 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
@@ -41,11 +40,7 @@ pub fn try_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<
         Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
     };
     let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
-        .collect();
+    let headers = resp.headers_names().into_iter().filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string()))).collect();
     let mut body = Vec::new();
     resp.into_reader().take(16 << 20).read_to_end(&mut body).map_err(|e| format!("reading body: {e}"))?;
     Ok(Resp { status, headers, body })

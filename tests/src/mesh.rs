@@ -4,10 +4,10 @@
 //! peers in `spec.metadata.ca`).
 
 use crate::agent::{Agent, AgentOptions};
+use crate::apiserver::RecordedApiServer;
 use crate::envoy::{Envoy, EnvoySpec};
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
 use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
-use crate::apiserver::RecordedApiServer;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, wait_until, SimCluster};
 use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
@@ -144,7 +144,11 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(j, s)| PeerRef { object_name: Cluster::object_name(*s), endpoint: Cluster::metadata_endpoint(*s, ports[j]), ca_pem: cas[j].pem() })
+            .map(|(j, s)| PeerRef {
+                object_name: Cluster::object_name(*s),
+                endpoint: Cluster::metadata_endpoint(*s, ports[j]),
+                ca_pem: cas[j].pem(),
+            })
             .collect();
         let credential = opts.api.map(|_| api_proxy_credential(*sim));
         let mut extra_args = Vec::new();
@@ -177,7 +181,11 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
         let (cert_pem, key_pem) = cas[i].server_cert(sim.ip(hosts::GATEWAY));
         let apiserver = opts.api.map(|_| RecordedApiServer::start(sim.ip(hosts::APISERVER)));
-        let api = apiserver.as_ref().map(|a| ApiRoute { host: api_host(*sim), apiserver: a.addr(), tls: Some(cas[i].server_cert_dns(&api_host(*sim))) });
+        let api = apiserver.as_ref().map(|a| ApiRoute {
+            host: api_host(*sim),
+            apiserver: a.addr(),
+            tls: Some(cas[i].server_cert_dns(&api_host(*sim))),
+        });
         specs.push(Gateway::spec_with(GatewayOptions {
             cluster: *sim,
             upstream: upstream.addr(),

@@ -20,11 +20,7 @@ pub fn envoy() -> PathBuf {
 
 /// The built gateway filter (scripts/build.sh filter).
 pub fn filter_wasm() -> PathBuf {
-    from_env_or(
-        "MULTICLOUD_FILTER_WASM",
-        workspace_root().join("target/filter/multicloud_filter.wasm"),
-        "run scripts/build.sh filter",
-    )
+    from_env_or("MULTICLOUD_FILTER_WASM", workspace_root().join("target/filter/multicloud_filter.wasm"), "run scripts/build.sh filter")
 }
 
 /// The project virtualenv's Python (PyJWT, cryptography).

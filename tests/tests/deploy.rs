@@ -35,7 +35,8 @@ fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_be
 }
 
 fn rendered() -> String {
-    let out = std::process::Command::new("kubectl").args(["kustomize"]).arg(workspace_root().join("deploy/base")).output().expect("kubectl");
+    let out =
+        std::process::Command::new("kubectl").args(["kustomize"]).arg(workspace_root().join("deploy/base")).output().expect("kubectl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

@@ -128,12 +128,7 @@ fn pyjwt_token(key_pem: &str, claims: &serde_json::Value) -> String {
 }
 
 fn compact(header: &serde_json::Value, claims: &serde_json::Value, sig: &[u8]) -> String {
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        URL_SAFE_NO_PAD.encode(sig)
-    )
+    format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()), URL_SAFE_NO_PAD.encode(sig))
 }
 
 #[test]
@@ -145,7 +140,8 @@ fn token_rules_hold_in_envoy() {
     let gw = Gateway::start(cluster, &serde_json::to_string(&edge_config(&b, &[&a], sample_private(cluster))).unwrap());
     let now = unix_now();
 
-    let claims = serde_json::json!({"iss": "a", "sub": a.uuid, "aud": b.uuid, "scope": "private-multicluster", "nbf": now, "exp": now + 60});
+    let claims =
+        serde_json::json!({"iss": "a", "sub": a.uuid, "aud": b.uuid, "scope": "private-multicluster", "nbf": now, "exp": now + 60});
     let alg_none = compact(&serde_json::json!({"alg": "none"}), &claims, b"");
     // HS256 keyed with the peer's public key PEM: the classic key-confusion attack.
     let hs256 = {
@@ -231,17 +227,18 @@ fn a_bad_configuration_is_refused_and_the_old_documents_keep_serving() {
     let cases = [
         ("not JSON", "{\"public\":".to_string(), "not valid JSON"),
         ("bad root", serde_json::to_string(&bad_root).unwrap(), "public.rootCA"),
-        ("peer key not Ed25519", serde_json::to_string(&bad_peer_key).unwrap(), "peers[0].authnKeyPub: the public key is not an Ed25519 key"),
+        (
+            "peer key not Ed25519",
+            serde_json::to_string(&bad_peer_key).unwrap(),
+            "peers[0].authnKeyPub: the public key is not an Ed25519 key",
+        ),
         ("bad gateway address", serde_json::to_string(&bad_gateway).unwrap(), "private.ingressGateways[0].address"),
     ];
     for (case, json, logged) in &cases {
         assert_eq!(gw.push_config(json), Push::Rejected, "{case}");
         let line = "invalid multicloud edge configuration: ";
         let log = gw.envoy.log();
-        assert!(
-            log.lines().any(|l| l.contains(line) && l.contains(logged)),
-            "{case}: expected one log line naming {logged:?}"
-        );
+        assert!(log.lines().any(|l| l.contains(line) && l.contains(logged)), "{case}: expected one log line naming {logged:?}");
         let now = http::get(&gw.url(PUBLIC));
         assert_eq!((now.status, now.header("etag")), (200, before.header("etag")), "{case}: old document still served");
         assert_eq!(now.body, before.body, "{case}");

@@ -37,7 +37,10 @@ fn two_clusters_join_and_survive_a_gateway_outage() {
     let pub_a = http::get(&cs[0].gateway_url("/metadata/public/public.json")).json();
     let key = multicloud_core::pem::ed25519_signing_key_from_pem(&std::fs::read_to_string(cs[0].agent.key_path()).unwrap()).unwrap();
     assert_eq!(pub_a["authnKeyPub"], multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key()));
-    assert!(cs[0].agent.metrics().contains(&format!("multicloud_agent_fetch_total{{peer=\"{b_name}\",document=\"private\",result=\"ok\"}}")));
+    assert!(cs[0]
+        .agent
+        .metrics()
+        .contains(&format!("multicloud_agent_fetch_total{{peer=\"{b_name}\",document=\"private\",result=\"ok\"}}")));
 
     // 2. B's gateway stops: A's conditions turn False with a reason, the cache stays.
     let before = a_sees_b["metadataCache"].clone();

@@ -141,7 +141,9 @@ fn an_agent_restart_under_load_loses_no_request() {
         let v = cs[0].agent.xds_view();
         let gw = v["proxies"].as_array().and_then(|a| a.iter().find(|p| p["group"] == "gateway").cloned());
         match gw {
-            Some(p) if p["types"].as_object().is_some_and(|t| !t.is_empty() && t.values().all(|s| s["acked_version"].is_string())) => Ok(()),
+            Some(p) if p["types"].as_object().is_some_and(|t| !t.is_empty() && t.values().all(|s| s["acked_version"].is_string())) => {
+                Ok(())
+            }
             other => Err(format!("{other:?}")),
         }
     });
@@ -176,7 +178,10 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     let bad_private = serde_json::json!({"ingressGateways": [{"address": "not an address!", "port": 15443}], "networkName": "net-c",
         "services": [{"hostname": "foo.abc.svc.cluster.local", "ports": [{"name": "http", "port": 80}]}]});
     let route = |path: &str, body: &str| {
-        format!("              - match: {{path: \"{path}\"}}\n                direct_response: {{status: 200, body: {{inline_string: {}}}}}\n", serde_json::to_string(body).unwrap())
+        format!(
+            "              - match: {{path: \"{path}\"}}\n                direct_response: {{status: 200, body: {{inline_string: {}}}}}\n",
+            serde_json::to_string(body).unwrap()
+        )
     };
     let routes = [
         route("/c/metadata/public/public.json", &serde_json::to_string(&c.public_metadata()).unwrap()),
@@ -221,7 +226,11 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
         files: vec![],
     });
     for (name, prefix) in [("cluster-c", "c"), ("cluster-d", "d")] {
-        cs[0].peers.push(PeerRef { object_name: name.into(), endpoint: format!("https://{}:{port}/{prefix}/metadata", hostile.ip(1)), ca_pem: ca.pem() });
+        cs[0].peers.push(PeerRef {
+            object_name: name.into(),
+            endpoint: format!("https://{}:{port}/{prefix}/metadata", hostile.ip(1)),
+            ca_pem: ca.pem(),
+        });
     }
     cs[0].rewrite_standalone();
     let sc = cs[0].agent.wait_condition("cluster-c", "PrivateMetadataExchangeReady", "False", READY);
@@ -236,7 +245,10 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     // Nothing of either reaches the sidecar.
     let dump = sidecar.config_dump();
     let text = dump.to_string();
-    assert!(!text.contains("not an address!") && !text.contains("multicloud-cluster-c") && !text.contains(&d.uuid) && !text.contains(&c.uuid), "hostile data reached Envoy");
+    assert!(
+        !text.contains("not an address!") && !text.contains("multicloud-cluster-c") && !text.contains(&d.uuid) && !text.contains(&c.uuid),
+        "hostile data reached Envoy"
+    );
     assert!(dump::secrets(&dump).contains(&"default".to_string()));
 
     // Force a NACK: a key that does not match the certificate. Envoy's

@@ -10,15 +10,14 @@ use multicloud_e2e::fixtures::EdgeCa;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, data_source, socket_address, transport_socket, Address, AggregatedConfigSource,
-    ApiVersion, ConfigSource, DataSource, SocketAddress, TransportSocket,
+    address, config_source, data_source, socket_address, transport_socket, Address, AggregatedConfigSource, ApiVersion, ConfigSource,
+    DataSource, SocketAddress, TransportSocket,
 };
 use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context, secret, CertificateValidationContext, CommonTlsContext, SdsSecretConfig, Secret,
-    UpstreamTlsContext,
+    common_tls_context, secret, CertificateValidationContext, CommonTlsContext, SdsSecretConfig, Secret, UpstreamTlsContext,
 };
 use multicloud_proto::envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use multicloud_proto::prost::Message;
@@ -48,9 +47,10 @@ fn ads() -> Option<ConfigSource> {
 fn eds_cluster(connect_timeout_secs: i64) -> Any {
     let tls = UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                SdsSecretConfig { name: SECRET_NAME.into(), sds_config: ads() },
-            )),
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(SdsSecretConfig {
+                name: SECRET_NAME.into(),
+                sds_config: ads(),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -101,10 +101,7 @@ fn trust_bundle(pem: &str) -> Any {
     let s = Secret {
         name: SECRET_NAME.into(),
         r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(DataSource {
-                specifier: Some(data_source::Specifier::InlineString(pem.into())),
-                ..Default::default()
-            }),
+            trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(pem.into())), ..Default::default() }),
             ..Default::default()
         })),
     };
@@ -131,9 +128,8 @@ fn serve(addr: SocketAddr, snap: &Snapshot) -> (Running, SocketAddr) {
     server.set(GROUP, snap.clone());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     // A listener that was just closed may take a moment to release its port.
-    let listener = wait_until(&format!("bind xDS address {addr}"), TIMEOUT, || {
-        std::net::TcpListener::bind(addr).map_err(|e| e.to_string())
-    });
+    let listener =
+        wait_until(&format!("bind xDS address {addr}"), TIMEOUT, || std::net::TcpListener::bind(addr).map_err(|e| e.to_string()));
     listener.set_nonblocking(true).expect("nonblocking");
     let bound = listener.local_addr().expect("local addr");
     let listener = {

@@ -351,8 +351,14 @@ mod tests {
         for m in ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
             assert_eq!(check_request(m, "/api/v1/services", h(&[]), 1000, &[]), Err(ApiRefusal::VerbNotAllowed));
         }
-        assert_eq!(check_request("GET", "/api/v1/services", h(&[("impersonate-user", "admin")]), 1000, &[]), Err(ApiRefusal::Impersonation));
-        assert_eq!(check_request("GET", "/api/v1/services", h(&[("Impersonate-Group", "system:masters")]), 1000, &[]), Err(ApiRefusal::Impersonation));
+        assert_eq!(
+            check_request("GET", "/api/v1/services", h(&[("impersonate-user", "admin")]), 1000, &[]),
+            Err(ApiRefusal::Impersonation)
+        );
+        assert_eq!(
+            check_request("GET", "/api/v1/services", h(&[("Impersonate-Group", "system:masters")]), 1000, &[]),
+            Err(ApiRefusal::Impersonation)
+        );
         let big = "x".repeat(2000);
         let hs = vec![("x-big", big.as_str())];
         assert_eq!(check_request("GET", "/api/v1/services", hs.into_iter(), 1000, &[]), Err(ApiRefusal::HeadersTooLarge));

@@ -279,7 +279,10 @@ struct Peer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiOutcome<'a> {
     /// Pass to the API server (after stripping the peer's token).
-    Allow { peer: std::rc::Rc<str>, read: crate::apiguard::ApiRead },
+    Allow {
+        peer: std::rc::Rc<str>,
+        read: crate::apiguard::ApiRead,
+    },
     Refuse(&'a Reply, crate::apiguard::ApiRefusal),
 }
 
@@ -399,7 +402,8 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 impl Edge {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Edge, ConfigError> {
-        let config: EdgeConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError(format!("not valid JSON for the edge configuration: {e}")))?;
+        let config: EdgeConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError(format!("not valid JSON for the edge configuration: {e}")))?;
         Edge::compile(config)
     }
 
@@ -439,7 +443,10 @@ impl Edge {
         ];
         let api_refusals = crate::apiguard::ApiRefusal::every()
             .map(|r| {
-                let mut headers = vec![("content-type".to_string(), "application/json".to_string()), ("cache-control".to_string(), "no-store".to_string())];
+                let mut headers = vec![
+                    ("content-type".to_string(), "application/json".to_string()),
+                    ("cache-control".to_string(), "no-store".to_string()),
+                ];
                 if r.code() == 401 {
                     headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\"".into()));
                 }
@@ -541,7 +548,13 @@ impl Edge {
     }
 
     /// Like [`Edge::authorize`], returning the peer's cluster UUID (lower case).
-    pub fn authenticate(&self, authorization: Option<&str>, need: Scope, now: i64, cache: &mut TokenCache) -> Result<std::rc::Rc<str>, TokenError> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        need: Scope,
+        now: i64,
+        cache: &mut TokenCache,
+    ) -> Result<std::rc::Rc<str>, TokenError> {
         let header = authorization.ok_or(TokenError::Missing)?;
         if header.len() > token::MAX_TOKEN_BYTES + 16 {
             return Err(TokenError::TooLarge);

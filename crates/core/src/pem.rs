@@ -127,26 +127,19 @@ impl CertBundle {
 
 // DER prefixes of the fixed-size Ed25519 encodings (RFC 8410).
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-const ED25519_PKCS8_PREFIX: [u8; 16] =
-    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+const ED25519_PKCS8_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// Parses an Ed25519 public key from a `PUBLIC KEY` (SPKI) PEM block.
 pub fn ed25519_public_key_from_pem(text: &str) -> Result<ed25519_dalek::VerifyingKey, PemError> {
-    let block = parse_blocks(text)?
-        .into_iter()
-        .find(|b| b.label == "PUBLIC KEY")
-        .ok_or(PemError::NoBlock("PUBLIC KEY"))?;
+    let block = parse_blocks(text)?.into_iter().find(|b| b.label == "PUBLIC KEY").ok_or(PemError::NoBlock("PUBLIC KEY"))?;
     let raw = match der::spki_public_key(
-        der::Reader::new(&block.der)
-            .expect(der::TAG_SEQUENCE, "public key is not a SEQUENCE")
-            .map_err(|e| PemError::Der(e.to_string()))?,
+        der::Reader::new(&block.der).expect(der::TAG_SEQUENCE, "public key is not a SEQUENCE").map_err(|e| PemError::Der(e.to_string()))?,
     ) {
         Ok(der::PublicKey::Ed25519(raw)) => raw,
         Ok(_) => return Err(PemError::WrongKeyType("the public key is not an Ed25519 key")),
         Err(e) => return Err(PemError::Der(e.to_string())),
     };
-    ed25519_dalek::VerifyingKey::from_bytes(&raw)
-        .map_err(|_| PemError::WrongKeyType("the Ed25519 public key is not a valid curve point"))
+    ed25519_dalek::VerifyingKey::from_bytes(&raw).map_err(|_| PemError::WrongKeyType("the Ed25519 public key is not a valid curve point"))
 }
 
 /// Encodes an Ed25519 public key as a `PUBLIC KEY` (SPKI) PEM block.
@@ -158,16 +151,10 @@ pub fn ed25519_public_key_to_pem(key: &ed25519_dalek::VerifyingKey) -> String {
 
 /// Parses an Ed25519 private key from a PKCS#8 `PRIVATE KEY` PEM block.
 pub fn ed25519_signing_key_from_pem(text: &str) -> Result<ed25519_dalek::SigningKey, PemError> {
-    let block = parse_blocks(text)?
-        .into_iter()
-        .find(|b| b.label == "PRIVATE KEY")
-        .ok_or(PemError::NoBlock("PRIVATE KEY"))?;
-    let seed = block
-        .der
-        .strip_prefix(&ED25519_PKCS8_PREFIX[..])
-        .ok_or(PemError::WrongKeyType("the private key is not a PKCS#8 Ed25519 key"))?;
-    let seed: [u8; 32] =
-        seed.try_into().map_err(|_| PemError::WrongKeyType("the Ed25519 private key is not 32 bytes"))?;
+    let block = parse_blocks(text)?.into_iter().find(|b| b.label == "PRIVATE KEY").ok_or(PemError::NoBlock("PRIVATE KEY"))?;
+    let seed =
+        block.der.strip_prefix(&ED25519_PKCS8_PREFIX[..]).ok_or(PemError::WrongKeyType("the private key is not a PKCS#8 Ed25519 key"))?;
+    let seed: [u8; 32] = seed.try_into().map_err(|_| PemError::WrongKeyType("the Ed25519 private key is not 32 bytes"))?;
     Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }
 

@@ -44,22 +44,13 @@ pub fn bundle(roots: &CertBundle, sequence: u64, refresh_hint_secs: u64) -> Resu
         let b64 = |b: &[u8]| Some(URL_SAFE_NO_PAD.encode(b));
         let x5c = [STANDARD.encode(cert)];
         let jwk = match der::certificate_public_key(cert)? {
-            PublicKey::Rsa { n, e } => {
-                Jwk { kty: "RSA", use_: "x509-svid", crv: None, n: b64(&n), e: b64(&e), x: None, y: None, x5c }
-            }
+            PublicKey::Rsa { n, e } => Jwk { kty: "RSA", use_: "x509-svid", crv: None, n: b64(&n), e: b64(&e), x: None, y: None, x5c },
             PublicKey::Ec { crv, x, y } => {
                 Jwk { kty: "EC", use_: "x509-svid", crv: Some(crv), n: None, e: None, x: b64(&x), y: b64(&y), x5c }
             }
-            PublicKey::Ed25519(raw) => Jwk {
-                kty: "OKP",
-                use_: "x509-svid",
-                crv: Some("Ed25519"),
-                n: None,
-                e: None,
-                x: b64(&raw),
-                y: None,
-                x5c,
-            },
+            PublicKey::Ed25519(raw) => {
+                Jwk { kty: "OKP", use_: "x509-svid", crv: Some("Ed25519"), n: None, e: None, x: b64(&raw), y: None, x5c }
+            }
         };
         keys.push(jwk);
     }

@@ -113,9 +113,13 @@ impl TokenError {
             TokenError::WrongScheme => "the Authorization header must use the Bearer scheme",
             TokenError::TooLarge => "the bearer token is larger than 8 KiB",
             TokenError::Malformed => "the bearer token is not a compact JWS (three base64url parts with JSON header and claims)",
-            TokenError::UnsupportedAlgorithm => "the token must be signed with EdDSA (Ed25519); other algorithms, including none and HMAC, are refused",
+            TokenError::UnsupportedAlgorithm => {
+                "the token must be signed with EdDSA (Ed25519); other algorithms, including none and HMAC, are refused"
+            }
             TokenError::MissingClaim => "the token lacks one of the claims iss, sub, aud, scope, nbf, exp",
-            TokenError::UnknownPeer => "the token's sub is not a cluster this cluster federates with; create an IstioMulticloud object for it on this side",
+            TokenError::UnknownPeer => {
+                "the token's sub is not a cluster this cluster federates with; create an IstioMulticloud object for it on this side"
+            }
             TokenError::BadSignature => "the token's signature does not verify with the federation key of the cluster named in sub",
             TokenError::WrongAudience => "the token's aud is not this cluster's UUID",
             TokenError::Expired => "the token has expired (60 s clock skew allowed); mint a fresh one and check the caller's clock",
@@ -239,8 +243,7 @@ pub fn verify<P>(
     }
     let payload_json = URL_SAFE_NO_PAD.decode(p64).map_err(|_| TokenError::Malformed)?;
     let raw: RawClaims = serde_json::from_slice(&payload_json).map_err(|_| TokenError::Malformed)?;
-    let (Some(iss), Some(sub), Some(aud), Some(scope), Some(nbf), Some(exp)) =
-        (raw.iss, raw.sub, raw.aud, raw.scope, raw.nbf, raw.exp)
+    let (Some(iss), Some(sub), Some(aud), Some(scope), Some(nbf), Some(exp)) = (raw.iss, raw.sub, raw.aud, raw.scope, raw.nbf, raw.exp)
     else {
         return Err(TokenError::MissingClaim);
     };

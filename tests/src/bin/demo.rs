@@ -115,7 +115,10 @@ fn main() {
     }
 
     step(3, "Status, as each agent reports it");
-    println!("  {:<10} {:<10} {:<37} {:<7} {:<8} {:<6} {:<21} PEER ROOT", "LOCAL", "PEER", "REMOTE UUID", "PUBLIC", "PRIVATE", "READY", "LAST FETCH");
+    println!(
+        "  {:<10} {:<10} {:<37} {:<7} {:<8} {:<6} {:<21} PEER ROOT",
+        "LOCAL", "PEER", "REMOTE UUID", "PUBLIC", "PRIVATE", "READY", "LAST FETCH"
+    );
     for (local, peer) in [(a, b), (b, a)] {
         let name = Cluster::object_name(peer.sim);
         let st = local.agent.status()["objects"][&name].clone();
@@ -140,7 +143,14 @@ fn main() {
     let url = b.gateway_url("/metadata/private/multicluster.json");
     let r = http::request("GET", &url, &[("authorization", &format!("Bearer {token}"))]);
     let doc = r.json();
-    println!("  GET {url} -> {} answered by cluster {} gateway: networkName {}, gateways {}, services {}", r.status, b.id.uuid, doc["networkName"], doc["ingressGateways"], doc["services"].as_array().map(|s| s.len()).unwrap_or(0));
+    println!(
+        "  GET {url} -> {} answered by cluster {} gateway: networkName {}, gateways {}, services {}",
+        r.status,
+        b.id.uuid,
+        doc["networkName"],
+        doc["ingressGateways"],
+        doc["services"].as_array().map(|s| s.len()).unwrap_or(0)
+    );
 
     step(5, "An impersonation attempt: another CA's key signs a token claiming to be cluster-1");
     let mut mallory = ClusterIdentity::generate("mallory");

@@ -72,7 +72,8 @@ fn public_documents_are_served_with_validators() {
     assert_eq!(doc, edge.config().public);
     assert!(reply.headers.contains(&("etag".into(), edge.etag(Doc::Public).into())));
     let inm = format!("W/{}", edge.etag(Doc::Public));
-    let o = edge.decide(&Request { method: "GET", path: PUBLIC_JSON_PATH, authorization: None, if_none_match: Some(&inm) }, || NOW, &mut cache);
+    let o =
+        edge.decide(&Request { method: "GET", path: PUBLIC_JSON_PATH, authorization: None, if_none_match: Some(&inm) }, || NOW, &mut cache);
     assert_eq!(status(o), (304, Some(Event::NotModified(Doc::Public))));
     let o = edge.decide(&Request { method: "HEAD", path: SPIFFE_BUNDLE_PATH, ..Default::default() }, || NOW, &mut cache);
     assert_eq!(status(o), (200, Some(Event::Served(Doc::SpiffeBundle))));
@@ -100,14 +101,27 @@ fn private_document_needs_a_peer_token_of_the_right_scope() {
     assert_eq!(c.len(), 1);
     // The cached token still answers, and still has its times checked.
     assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&good), &mut c)).0, 200);
-    let later = edge.decide(&Request { method: "GET", path: PRIVATE_MULTICLUSTER_PATH, authorization: Some(&good), if_none_match: None }, || NOW + 200, &mut c);
+    let later = edge.decide(
+        &Request { method: "GET", path: PRIVATE_MULTICLUSTER_PATH, authorization: Some(&good), if_none_match: None },
+        || NOW + 200,
+        &mut c,
+    );
     assert_eq!(status(later), (401, Some(Event::Refused(Refusal::Token(TokenError::Expired)))));
     let api = format!("Bearer {}", token(&a, "api"));
-    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&api), &mut c)), (403, Some(Event::Refused(Refusal::Token(TokenError::WrongScope)))));
+    assert_eq!(
+        status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&api), &mut c)),
+        (403, Some(Event::Refused(Refusal::Token(TokenError::WrongScope))))
+    );
     let stranger = format!("Bearer {}", token(&SigningKey::from_bytes(&[3; 32]), "private-multicluster"));
-    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&stranger), &mut c)).1, Some(Event::Refused(Refusal::Token(TokenError::BadSignature))));
+    assert_eq!(
+        status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&stranger), &mut c)).1,
+        Some(Event::Refused(Refusal::Token(TokenError::BadSignature)))
+    );
     assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, None, &mut c)).1, Some(Event::Refused(Refusal::Token(TokenError::Missing))));
-    assert_eq!(status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some("Basic abc"), &mut c)).1, Some(Event::Refused(Refusal::Token(TokenError::WrongScheme))));
+    assert_eq!(
+        status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some("Basic abc"), &mut c)).1,
+        Some(Event::Refused(Refusal::Token(TokenError::WrongScheme)))
+    );
     let Outcome::Reply(r, _) = get(&edge, PRIVATE_MULTICLUSTER_PATH, None, &mut c) else { panic!() };
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(body["reason"], "TokenMissing");
@@ -122,7 +136,14 @@ fn the_token_cache_stays_bounded() {
     for i in 0..(TOKEN_CACHE_CAPACITY + 10) {
         let t = crate::token::sign(
             &a,
-            &Claims { iss: format!("{i}"), sub: A.into(), aud: Audience::One(B.into()), scope: "private-multicluster".into(), nbf: NOW, exp: NOW + 60 },
+            &Claims {
+                iss: format!("{i}"),
+                sub: A.into(),
+                aud: Audience::One(B.into()),
+                scope: "private-multicluster".into(),
+                nbf: NOW,
+                exp: NOW + 60,
+            },
         );
         assert_eq!(edge.authorize(Some(&format!("Bearer {t}")), Scope::PrivateMulticluster, NOW, &mut c), Ok(()));
         assert!(c.len() <= TOKEN_CACHE_CAPACITY);
@@ -173,5 +194,9 @@ fn the_api_guard_authenticates_then_authorizes() {
     assert_eq!(run("GET", "/api/v1/services", &private, &mut c, &mut l), Err((403, ApiRefusal::Token(TokenError::WrongScope))));
     assert_eq!(run("DELETE", "/api/v1/services/x", &api, &mut c, &mut l), Err((405, ApiRefusal::VerbNotAllowed)));
     assert_eq!(run("GET", "/api/v1/secrets", &api, &mut c, &mut l), Err((403, ApiRefusal::ResourceNotAllowed)));
-    assert_eq!(run("GET", "/api/v1/secrets", "Bearer x.y.z", &mut c, &mut l), Err((401, ApiRefusal::Token(TokenError::Malformed))), "authentication first");
+    assert_eq!(
+        run("GET", "/api/v1/secrets", "Bearer x.y.z", &mut c, &mut l),
+        Err((401, ApiRefusal::Token(TokenError::Malformed))),
+        "authentication first"
+    );
 }

@@ -6,7 +6,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use multicloud_e2e::bench::{interleave, median, wrk, write_section, Load, Sample};
+use multicloud_e2e::bench::{interleave, median, write_section, wrk, Load, Sample};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::{edge_config, sample_private, unix_now, ClusterIdentity};
 use multicloud_e2e::gateway::{ecds_file, edge_http_filter_yaml, enable_edge_filter_yaml};
@@ -115,7 +115,12 @@ fn api() {
     let refused = http::request("GET", &format!("http://{l}{path}"), &[("host", "guarded")]);
     assert_eq!(refused.status, 401, "the guard is in force on the guarded route");
     let leak = |v: Vec<(String, String)>| -> &'static [(&'static str, &'static str)] {
-        Box::leak(v.into_iter().map(|(k, v)| (&*Box::leak(k.into_boxed_str()), &*Box::leak(v.into_boxed_str()))).collect::<Vec<_>>().into_boxed_slice())
+        Box::leak(
+            v.into_iter()
+                .map(|(k, v)| (&*Box::leak(k.into_boxed_str()), &*Box::leak(v.into_boxed_str())))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
     };
     let hg = leak(vec![("Host".into(), "guarded".into()), ("authorization".into(), auth.clone())]);
     let hp = leak(vec![("Host".into(), "plain".into()), ("authorization".into(), auth.clone())]);
@@ -124,7 +129,11 @@ fn api() {
     let mut tp = || wrk(l, path, hp, load);
     let samples = interleave(rounds, &mut [("list through the guard", &mut tg), ("list, same route without the guard", &mut tp)]);
     let bad: Vec<u64> = samples.iter().flatten().map(|s| s.non_2xx).collect();
-    assert!(bad.iter().all(|n| *n == 0), "non-2xx under load (per run): {bad:?}; stats: {}", envoy.admin_get("/stats?filter=(wasmcustom|upstream_rq_5|rq_4|rq_5)").unwrap_or_default());
+    assert!(
+        bad.iter().all(|n| *n == 0),
+        "non-2xx under load (per run): {bad:?}; stats: {}",
+        envoy.admin_get("/stats?filter=(wasmcustom|upstream_rq_5|rq_4|rq_5)").unwrap_or_default()
+    );
     let rps = |i: usize| median(samples[i].iter().map(|s: &Sample| s.rps).collect());
     let p50 = |i: usize| median(samples[i].iter().map(|s: &Sample| s.p50_ms).collect());
     let body = format!(
@@ -278,7 +287,12 @@ fn edge() {
 
     let h: &[(&str, &str)] = &[("authorization", &auth)];
     let leak = |v: &[(&str, &str)]| -> &'static [(&'static str, &'static str)] {
-        Box::leak(v.iter().map(|(k, v)| (&*Box::leak(k.to_string().into_boxed_str()), &*Box::leak(v.to_string().into_boxed_str()))).collect::<Vec<_>>().into_boxed_slice())
+        Box::leak(
+            v.iter()
+                .map(|(k, v)| (&*Box::leak(k.to_string().into_boxed_str()), &*Box::leak(v.to_string().into_boxed_str())))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
     };
     let h = leak(h);
     let mut t_meta = || wrk(edge_l, "/metadata/public/public.json", &[], load);
