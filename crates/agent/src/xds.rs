@@ -380,6 +380,59 @@ impl From<Status> for End {
     }
 }
 
+/// What differs between the two protocols' streams: how a request is
+/// handled and how a new snapshot is pushed. The connect, debounce and push
+/// loop around them ([`serve_stream`]) is the same.
+trait ProtocolStream: Sized {
+    type Request: Send;
+    type Response: Send;
+    const PROTOCOL: Protocol;
+    fn node(req: &Self::Request) -> Option<&Node>;
+    fn new(conn: Connection, snapshot: Option<Arc<Snapshot>>) -> Self;
+    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>);
+    async fn on_request(&mut self, req: Self::Request, tx: &tokio::sync::mpsc::Sender<Result<Self::Response, Status>>) -> Result<(), End>;
+    /// Sends, type by type in push order, what the current snapshot changed.
+    async fn push(&mut self, tx: &tokio::sync::mpsc::Sender<Result<Self::Response, Status>>) -> Result<(), End>;
+}
+
+/// One proxy's stream: the first request names the node; then requests are
+/// handled as they come, and snapshot changes are pushed after [`DEBOUNCE`].
+async fn serve_stream<S: ProtocolStream>(
+    server: XdsServer,
+    mut requests: tonic::Streaming<S::Request>,
+    tx: &tokio::sync::mpsc::Sender<Result<S::Response, Status>>,
+) -> Result<(), End>
+where
+    S::Request: multicloud_proto::prost::Message + Default + 'static,
+{
+    let Some(first) = requests.message().await? else { return Ok(()) };
+    let node = S::node(&first).ok_or(StreamError::NoNode)?;
+    let (conn, mut snapshots) = server.connect(node, S::PROTOCOL);
+    let snapshot = snapshots.borrow_and_update().clone();
+    let mut s = S::new(conn, snapshot);
+    s.on_request(first, tx).await?;
+    let mut push_at = None;
+    loop {
+        tokio::select! {
+            req = requests.message() => match req? {
+                Some(req) => s.on_request(req, tx).await?,
+                None => return Ok(()),
+            },
+            changed = snapshots.changed(), if push_at.is_none() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                push_at = Some(tokio::time::Instant::now() + DEBOUNCE);
+            },
+            () = tokio::time::sleep_until(push_deadline(push_at)), if push_at.is_some() => {
+                push_at = None;
+                s.set_snapshot(snapshots.borrow_and_update().clone());
+                s.push(tx).await?;
+            },
+        }
+    }
+}
+
 /// Sends one response; `End::Closed` once the proxy stopped reading.
 async fn send<T>(tx: &tokio::sync::mpsc::Sender<Result<T, Status>>, item: T) -> Result<(), End> {
     tx.send(Ok(item)).await.map_err(|_| End::Closed)

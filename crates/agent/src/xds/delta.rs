@@ -7,8 +7,9 @@
 //! sent, so a NACKed resource is not sent again until it changes.
 
 use super::{
-    finish, push_deadline, push_order, send, version_of, Connection, End, Nonces, Protocol, Snapshot, StreamError, XdsServer, DEBOUNCE,
+    finish, push_order, send, serve_stream, version_of, Connection, End, Nonces, Protocol, ProtocolStream, Snapshot, StreamError, XdsServer,
 };
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeSet, HashMap};
@@ -19,7 +20,7 @@ use tonic::{Status, Streaming};
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
 pub(super) async fn run(server: XdsServer, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
-    let result = serve(server, requests, &tx).await;
+    let result = serve_stream::<Stream>(server, requests, &tx).await;
     finish(&tx, result).await;
 }
 
@@ -43,34 +44,33 @@ struct Stream {
     nonces: Nonces,
 }
 
-async fn serve(server: XdsServer, mut requests: Streaming<DeltaDiscoveryRequest>, tx: &Tx) -> Result<(), End> {
-    let Some(first) = requests.message().await? else { return Ok(()) };
-    let node = first.node.as_ref().ok_or(StreamError::NoNode)?;
-    let (conn, mut snapshots) = server.connect(node, Protocol::Delta);
-    let snapshot = snapshots.borrow_and_update().clone();
-    let mut s = Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() };
-    s.on_request(first, tx).await?;
-    let mut push_at = None;
-    loop {
-        tokio::select! {
-            req = requests.message() => match req? {
-                Some(req) => s.on_request(req, tx).await?,
-                None => return Ok(()),
-            },
-            changed = snapshots.changed(), if push_at.is_none() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                push_at = Some(tokio::time::Instant::now() + DEBOUNCE);
-            },
-            () = tokio::time::sleep_until(push_deadline(push_at)), if push_at.is_some() => {
-                push_at = None;
-                s.snapshot = snapshots.borrow_and_update().clone();
-                for type_url in push_order(s.types.keys()) {
-                    s.respond(&type_url, tx).await?;
-                }
-            },
+impl ProtocolStream for Stream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn new(conn: Connection, snapshot: Option<Arc<Snapshot>>) -> Self {
+        Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() }
+    }
+
+    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
+        self.snapshot = snapshot;
+    }
+
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest, tx: &Tx) -> Result<(), End> {
+        Stream::on_request(self, req, tx).await
+    }
+
+    async fn push(&mut self, tx: &Tx) -> Result<(), End> {
+        let s = self;
+        for type_url in push_order(s.types.keys()) {
+            s.respond(&type_url, tx).await?;
         }
+        Ok(())
     }
 }
 

@@ -3,8 +3,9 @@
 //! proxy's next request with that nonce ACKs or NACKs it.
 
 use super::{
-    finish, push_deadline, push_order, send, version_of, Connection, End, Nonces, Protocol, Snapshot, StreamError, XdsServer, DEBOUNCE,
+    finish, push_order, send, serve_stream, version_of, Connection, End, Nonces, Protocol, ProtocolStream, Snapshot, StreamError, XdsServer,
 };
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeSet, HashMap};
@@ -15,7 +16,7 @@ use tonic::{Status, Streaming};
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
 pub(super) async fn run(server: XdsServer, requests: Streaming<DiscoveryRequest>, tx: Tx) {
-    let result = serve(server, requests, &tx).await;
+    let result = serve_stream::<Stream>(server, requests, &tx).await;
     finish(&tx, result).await;
 }
 
@@ -35,34 +36,33 @@ struct Stream {
     nonces: Nonces,
 }
 
-async fn serve(server: XdsServer, mut requests: Streaming<DiscoveryRequest>, tx: &Tx) -> Result<(), End> {
-    let Some(first) = requests.message().await? else { return Ok(()) };
-    let node = first.node.as_ref().ok_or(StreamError::NoNode)?;
-    let (conn, mut snapshots) = server.connect(node, Protocol::Sotw);
-    let snapshot = snapshots.borrow_and_update().clone();
-    let mut s = Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() };
-    s.on_request(first, tx).await?;
-    let mut push_at = None;
-    loop {
-        tokio::select! {
-            req = requests.message() => match req? {
-                Some(req) => s.on_request(req, tx).await?,
-                None => return Ok(()),
-            },
-            changed = snapshots.changed(), if push_at.is_none() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                push_at = Some(tokio::time::Instant::now() + DEBOUNCE);
-            },
-            () = tokio::time::sleep_until(push_deadline(push_at)), if push_at.is_some() => {
-                push_at = None;
-                s.snapshot = snapshots.borrow_and_update().clone();
-                for type_url in push_order(s.types.keys()) {
-                    s.respond(&type_url, false, tx).await?;
-                }
-            },
+impl ProtocolStream for Stream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn new(conn: Connection, snapshot: Option<Arc<Snapshot>>) -> Self {
+        Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() }
+    }
+
+    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
+        self.snapshot = snapshot;
+    }
+
+    async fn on_request(&mut self, req: DiscoveryRequest, tx: &Tx) -> Result<(), End> {
+        Stream::on_request(self, req, tx).await
+    }
+
+    async fn push(&mut self, tx: &Tx) -> Result<(), End> {
+        let s = self;
+        for type_url in push_order(s.types.keys()) {
+            s.respond(&type_url, false, tx).await?;
         }
+        Ok(())
     }
 }
 
