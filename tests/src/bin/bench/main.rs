@@ -137,7 +137,7 @@ fn api() {
     let rps = |i: usize| median(samples[i].iter().map(|s: &Sample| s.rps).collect());
     let p50 = |i: usize| median(samples[i].iter().map(|s: &Sample| s.p50_ms).collect());
     let body = format!(
-        "## API proxy guard (issue: the API proxy)\n\n\
+        "## API proxy guard (issue: the API proxy)\n\nCommand: `scripts/bench.sh api`.\n\n\
 Run: `wrk -t1 -c{c} -d{d}s`, {rounds} interleaved rounds, median; one Envoy (`--concurrency 1`), one upstream standing in for the API server (the test bed's recording server, counting only). \
 The same `GET {path}` with the same bearer token goes to the same upstream through a route with the `multicloud-api` filter (token verified, from its cache after the first request; allow-list; per-peer limits set out of reach; token stripped) and through a route without it.\n\n\
 | figure | ratio | guarded | unguarded |\n|---|---|---|---|\n\
@@ -333,7 +333,7 @@ fn edge() {
     let met = |ok: bool| if ok { "met" } else { "**not met**" };
     let slowdown = (1.0 - appf / appp) * 100.0;
     let body = format!(
-        "## Edge filter (issue: the edge)\n\n\
+        "## Edge filter (issue: the edge)\n\nCommand: `scripts/bench.sh edge` (`make bench` runs all sections).\n\n\
 Run: {date}, Envoy 1.40.0 (V8), `--concurrency 1`; load: `wrk -t1 -c{c} -d{d}s`, {rounds} interleaved rounds, median. \
 Bodies and response headers are the same on both sides of each ratio.\n\n\
 | figure | ratio | target | | filter side | baseline side |\n|---|---|---|---|---|---|\n\
