@@ -657,7 +657,7 @@ mod tests {
                             ServicePort { name: "g".into(), port: 81, protocol: None },
                         ],
                         ready_endpoints: 1,
-                    }],
+                    }], mesh_mode: None,
                 },
                 fetched_at: "2026-01-01T00:00:00Z".into(),
             }),

@@ -2,7 +2,7 @@
 //! (Kubernetes objects, or the standalone file), and the documents and
 //! filter configuration the agent assembles from it.
 
-use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, PublicMetadata};
+use multicloud_core::metadata::{ExportedService, IngressGateway, MeshMode, PrivateMetadata, PublicMetadata};
 use serde::{Deserialize, Serialize};
 
 /// This cluster's facts.
@@ -25,6 +25,27 @@ pub struct LocalFacts {
     /// Services exported to peers.
     #[serde(default)]
     pub services: Vec<ExportedService>,
+    /// What this cluster's gateway does with peers' mesh traffic (published
+    /// in the private document so peers dial it the right way).
+    #[serde(default)]
+    pub mesh_mode: MeshMode,
+    /// Where this cluster's own copies of services run (pod address and
+    /// target port per service port). Never published: it feeds the local
+    /// side of the merged clusters sidecars get (namespace sameness) and the
+    /// gateway's routes to exported services.
+    #[serde(default)]
+    pub local_endpoints: Vec<LocalEndpoints>,
+}
+
+/// The ready endpoints of one local service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalEndpoints {
+    pub hostname: String,
+    /// The service port.
+    pub port: u16,
+    /// `ip:port` of each ready endpoint (the sidecar's inbound side).
+    pub addresses: Vec<String>,
 }
 
 impl LocalFacts {
@@ -38,6 +59,7 @@ impl LocalFacts {
             api_host: self.api_host.clone(),
             network_name: self.network_name.clone(),
             services: self.services.clone(),
+            mesh_mode: Some(self.mesh_mode),
         }
     }
 }

@@ -125,6 +125,21 @@ struct RunArgs {
     workload_cert: Option<PathBuf>,
     #[arg(long, requires = "workload_cert")]
     workload_key: Option<PathBuf>,
+    /// Standalone mode without istio-agent: the gateway's own workload certificate chain (PEM),
+    /// served to the gateway as SDS secret --workload-cert-secret (identity-enforcing mesh port).
+    #[arg(long, requires = "gateway_key")]
+    gateway_cert: Option<PathBuf>,
+    #[arg(long, requires = "gateway_cert")]
+    gateway_key: Option<PathBuf>,
+    /// How sidecars share a service between its local endpoints and peers' copies:
+    /// balanced (one pool, weighted by ready endpoints) or local-first (peers only when
+    /// local endpoints are missing or unhealthy). See docs/traffic.md.
+    #[arg(long, default_value = "balanced", value_parser = parse_sameness)]
+    sameness: multicloud_proto::traffic::Sameness,
+    /// Serve the gateway's mesh-port listener (LDS, name multicloud-mesh) bound here; the
+    /// mode comes from the local facts' meshMode. Leave unset where istiod programs the port.
+    #[arg(long)]
+    mesh_listen: Option<std::net::SocketAddr>,
     /// Path of the filter module as the gateway sees it.
     #[arg(long)]
     filter_wasm: String,
@@ -413,6 +428,16 @@ async fn run(args: RunArgs) -> Result<()> {
         },
         api_credential,
         push_lock: Default::default(),
+        traffic_cache: Default::default(),
+        sameness: args.sameness,
+        mesh_listen: args.mesh_listen,
+        gateway_cert: match (&args.gateway_cert, &args.gateway_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read_to_string(c).with_context(|| format!("reading --gateway-cert {}", c.display()))?,
+                std::fs::read_to_string(k).with_context(|| format!("reading --gateway-key {}", k.display()))?,
+            )),
+            _ => None,
+        },
     });
     xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));
     let reconciler = reconcile::Reconciler {
@@ -443,4 +468,8 @@ async fn run(args: RunArgs) -> Result<()> {
         _ = reconciler.run(rx) => Ok(()),
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, exiting"); Ok(()) }
     }
+}
+
+fn parse_sameness(s: &str) -> Result<multicloud_proto::traffic::Sameness, String> {
+    s.parse()
 }

@@ -18,10 +18,12 @@
 use crate::metrics::Metrics;
 use crate::reconcile::{DataPlane, DataPlaneSink};
 use crate::source::BoxFuture;
-use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, SECRET};
+use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
 use multicloud_proto::edge_filter;
 use multicloud_proto::envoy_types::util::pack_any;
+use multicloud_core::metadata::MeshMode;
 use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
+use multicloud_proto::traffic::{self, LocalPort, Sameness, TrafficPeer};
 use std::sync::Arc;
 
 pub const GATEWAY_GROUP: &str = "gateway";
@@ -61,6 +63,28 @@ pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, 
 /// A built resource: the hash of its inputs, its version, the resource.
 pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
 
+/// `cache[(type, name)]` when built from the same inputs, else `build()`;
+/// either way the entry is (re)stored.
+/// Moves the entry into `next` (so entries nobody asks for again are dropped
+/// at the end of the push).
+fn cached(
+    (old, next): (&mut std::collections::HashMap<(&'static str, String), Built>, &mut std::collections::HashMap<(&'static str, String), Built>),
+    type_url: &'static str,
+    name: &str,
+    key: u64,
+    build: impl FnOnce() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>,
+) -> Result<Built, mesh::BuildError> {
+    let b = match old.remove(&(type_url, name.to_string())) {
+        Some(b) if b.0 == key => b,
+        _ => {
+            let any = build()?;
+            (key, crate::xds::resource_version(&any), Arc::new(any))
+        }
+    };
+    next.insert((type_url, name.to_string()), b.clone());
+    Ok(b)
+}
+
 fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
     use std::hash::Hasher as _;
     // Fixed keys: the cache lives in this process only.
@@ -71,6 +95,8 @@ fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
 
 pub struct XdsSink {
     pub cache: BuildCache,
+    /// The merged (sameness) clusters' build cache.
+    pub traffic_cache: BuildCache,
     pub server: XdsServer,
     pub metrics: Arc<Metrics>,
     /// Where the gateway finds the filter module.
@@ -86,6 +112,14 @@ pub struct XdsSink {
     pub api_credential: Option<Arc<ApiCredential>>,
     /// Serializes whole pushes with credential-only updates.
     pub push_lock: tokio::sync::Mutex<()>,
+    /// How sidecars share a service between its local and remote copies.
+    pub sameness: Sameness,
+    /// Where the gateway's mesh-port listener binds (none: the agent serves
+    /// no listener, as when istiod programs the port).
+    pub mesh_listen: Option<std::net::SocketAddr>,
+    /// Standalone mode: the gateway's own workload certificate and key
+    /// (PEM), served to the gateway group as SDS `cert_secret`.
+    pub gateway_cert: Option<(String, String)>,
 }
 
 /// The API proxy's credential file, re-read when it changes (projected
@@ -229,14 +263,136 @@ impl XdsSink {
         if let Some((chain, key)) = &self.workload_cert {
             sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
-        let bundle = mesh::trust_bundle_secret(&dp.local.root_ca, &good)?;
+        if let Some((chain, key)) = &self.gateway_cert {
+            gateway.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
+        }
+        // Inbound trust: with an identity-enforcing gateway, peers reach the
+        // workloads only through it (re-originated with the gateway's local
+        // identity), so the workloads trust the local root alone and a
+        // peer's CA can never be taken for a local workload.
+        let inbound_peers: &[PeerView] = match dp.local.mesh_mode {
+            MeshMode::Passthrough => &good,
+            MeshMode::IdentityEnforcing => &[],
+        };
+        let bundle = mesh::trust_bundle_secret(&dp.local.root_ca, inbound_peers)?;
         sidecar.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle.clone()));
         gateway.insert(SECRET, mesh::TRUST_BUNDLE_SECRET, pack_any(bundle));
+        let local_root = pack_any(traffic::local_root_secret(&dp.local.root_ca)?);
+        sidecar.insert(SECRET, traffic::LOCAL_ROOT_SECRET, local_root.clone());
+        gateway.insert(SECRET, traffic::LOCAL_ROOT_SECRET, local_root);
+        self.traffic(dp, &good, &client, &mut gateway, &mut sidecar, &json);
         Ok((gateway, sidecar))
     }
 }
 
 impl XdsSink {
+    /// Namespace sameness for the sidecars and the mesh port for the
+    /// gateway. A service port whose resources do not build is left out
+    /// (logged and counted under the object `(local)` or the peer).
+    fn traffic(&self, dp: &DataPlane, good: &[PeerView], client: &ClientIdentity, gateway: &mut Snapshot, sidecar: &mut Snapshot, json: &str) {
+        let local: Vec<LocalPort> = dp
+            .local
+            .local_endpoints
+            .iter()
+            .map(|l| LocalPort { hostname: &l.hostname, port: l.port, addresses: &l.addresses })
+            .collect();
+        let enabled: std::collections::HashSet<&str> =
+            dp.peers.iter().filter(|p| p.enable_ingress_gateway).map(|p| p.name.as_str()).collect();
+        let modes: std::collections::HashMap<&str, MeshMode> = dp
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.private.as_ref().and_then(|d| d.mesh_mode).unwrap_or_default()))
+            .collect();
+        let peers: Vec<TrafficPeer> = good
+            .iter()
+            .filter(|v| enabled.contains(v.name))
+            .map(|v| TrafficPeer { view: *v, mode: modes.get(v.name).copied().unwrap_or_default() })
+            .collect();
+        let mut cache = self.traffic_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut old = std::mem::take(&mut *cache);
+        for ((host, port), exporters) in traffic::exports_by_port(&peers) {
+            let name = traffic::sameness_cluster_name(host, port);
+            let who: Vec<(&str, &str, MeshMode, &str, &[multicloud_core::metadata::IngressGateway], u32)> = exporters
+                .iter()
+                .map(|(p, s)| (p.view.name, p.view.cluster_uuid, p.mode, p.view.network, p.view.gateways, s.ready_endpoints))
+                .collect();
+            let mine: Vec<&LocalPort> = local.iter().filter(|l| l.hostname == host && l.port == port).collect();
+            let cluster_key = input_hash(&(
+                host,
+                port,
+                &dp.local.cluster_uuid,
+                who.iter().map(|w| (w.0, w.1, w.2)).collect::<Vec<_>>(),
+                client.cert_secret,
+                client.sds_cluster,
+            ));
+            let cla_key = input_hash(&(
+                host,
+                port,
+                self.sameness,
+                mine.iter().map(|l| l.addresses).collect::<Vec<_>>(),
+                who.iter().map(|w| (w.0, w.3, w.4, w.5)).collect::<Vec<_>>(),
+            ));
+            let built = (|| -> Result<_, mesh::BuildError> {
+                let c = cached((&mut old, &mut cache), CLUSTER, &name, cluster_key, || {
+                    Ok(pack_any(traffic::sameness_cluster(&dp.local.cluster_uuid, host, port, &exporters, client)?))
+                })?;
+                let e = cached((&mut old, &mut cache), ENDPOINT, &name, cla_key, || {
+                    Ok(pack_any(traffic::sameness_load_assignment(host, port, &local, &exporters, self.sameness)?))
+                })?;
+                Ok((c, e))
+            })();
+            match built {
+                Ok((c, e)) => {
+                    sidecar.insert_shared(CLUSTER, &name, c.1, c.2);
+                    sidecar.insert_shared(ENDPOINT, &name, e.1, e.2);
+                }
+                Err(e) => {
+                    tracing::error!(object = %e.peer(), service = %name, "the merged cluster does not build and is not pushed: {e}");
+                    self.metrics.xds_build_error(e.peer());
+                }
+            }
+        }
+        drop(cache);
+        let Some(listen) = self.mesh_listen else { return };
+        if dp.local.mesh_mode == MeshMode::IdentityEnforcing {
+            gateway.insert(
+                EXTENSION_CONFIG,
+                traffic::MESH_FILTER_NAME,
+                edge_filter::resource_with_root_id(&self.wasm_path, json, traffic::MESH_FILTER_NAME),
+            );
+        }
+        let peer_views: Vec<PeerView> = peers.iter().map(|p| p.view).collect();
+        let inputs = traffic::GatewayInputs {
+            mode: dp.local.mesh_mode,
+            listen,
+            exported: &dp.local.services,
+            local: &local,
+            peers: &peer_views,
+            client: *client,
+        };
+        match traffic::gateway_resources(&inputs) {
+            Ok((listener, clusters, cla)) => {
+                if listener.filter_chains.is_empty() {
+                    tracing::info!("the mesh port has nothing to serve yet (no exported service or no peer): no listener");
+                    return;
+                }
+                for c in clusters {
+                    let name = c.name.clone();
+                    gateway.insert(CLUSTER, &name, pack_any(c));
+                }
+                for e in cla {
+                    let name = e.cluster_name.clone();
+                    gateway.insert(ENDPOINT, &name, pack_any(e));
+                }
+                gateway.insert(LISTENER, traffic::MESH_LISTENER, pack_any(listener));
+            }
+            Err(e) => {
+                tracing::error!(object = %e.peer(), "the mesh-port listener does not build and is not pushed: {e}");
+                self.metrics.xds_build_error(e.peer());
+            }
+        }
+    }
+
     /// One peer's resources: its root secret, and per exported service and
     /// port a cluster and a load assignment, each reused from `cache` when
     /// its inputs are unchanged. Any error leaves the whole peer out.
@@ -373,7 +529,7 @@ mod tests {
             ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
             api_host: String::new(),
             network_name: "net-a".into(),
-            services: vec![],
+            services: vec![], mesh_mode: Default::default(), local_endpoints: vec![],
         };
         let services = (0..20)
             .map(|i| ExportedService {
@@ -402,7 +558,7 @@ mod tests {
                     ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
                     api_host: String::new(),
                     network_name: "net-b".into(),
-                    services,
+                    services, mesh_mode: None,
                 }),
                 enable_ingress_gateway: true,
                 metadata_ca: None,
@@ -417,6 +573,7 @@ mod tests {
     fn sink() -> XdsSink {
         XdsSink {
             cache: Default::default(),
+            traffic_cache: Default::default(),
             server: XdsServer::new(classify()),
             metrics: Arc::new(Metrics::default()),
             wasm_path: "/f.wasm".into(),
@@ -425,6 +582,9 @@ mod tests {
             workload_cert: None,
             api_credential: None,
             push_lock: Default::default(),
+            sameness: Default::default(),
+            mesh_listen: None,
+            gateway_cert: None,
         }
     }
 

@@ -34,6 +34,34 @@ pub struct PrivateMetadata {
     pub network_name: String,
     #[serde(default)]
     pub services: Vec<ExportedService>,
+    /// How this cluster's gateway treats mesh traffic on `ingressGateways`;
+    /// absent (Deckhouse, older agents) means [`MeshMode::Passthrough`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_mode: Option<MeshMode>,
+}
+
+/// What a cluster's gateway does with mesh traffic from peers, and so what
+/// a caller must send it (see `docs/traffic.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum MeshMode {
+    /// Istio's `AUTO_PASSTHROUGH`: routed by SNI `outbound_.<port>_._.<host>`,
+    /// mTLS end to end between the sidecars.
+    #[default]
+    Passthrough,
+    /// The gateway terminates the peer's mTLS, validates the client against
+    /// that peer's root only (chain chosen by SNI `<caller uuid>.peer.multicloud`),
+    /// allows only exported services and tells the application who called.
+    IdentityEnforcing,
+}
+
+impl MeshMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeshMode::Passthrough => "Passthrough",
+            MeshMode::IdentityEnforcing => "IdentityEnforcing",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,7 +243,7 @@ mod tests {
                 hostname: "foo.abc.svc.cluster.local".into(),
                 ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
                 ready_endpoints: 2,
-            }],
+            }], mesh_mode: None,
         };
         doc.validate().unwrap();
         doc.ingress_gateways[0].address = "".into();

@@ -11,6 +11,7 @@ pub use prost;
 
 pub mod edge_filter;
 pub mod mesh;
+pub mod traffic;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;

@@ -287,6 +287,31 @@ fn check_services(p: &PeerView) -> Result<(), BuildError> {
 
 // ------------------------------------------------------------- clusters --
 
+/// The ADS config source.
+pub fn config_source_ads() -> ConfigSource {
+    config_source(&ConfigSourceKind::Ads, "")
+}
+
+/// The config source of `resource_name` from `kind`.
+pub fn config_source_for(kind: &ConfigSourceKind, resource_name: &str) -> ConfigSource {
+    config_source(kind, resource_name)
+}
+
+/// A validation-context secret of `name` trusting `pem`.
+pub fn validation_secret_named(name: &str, pem: String) -> Secret {
+    validation_secret(name.into(), pem)
+}
+
+/// The outlier detection every hop to a remote gateway gets (see [`outlier_detection`]).
+pub fn outlier_detection_default() -> OutlierDetection {
+    outlier_detection()
+}
+
+/// The circuit breakers every remote cluster gets (see [`circuit_breakers`]).
+pub fn circuit_breakers_default() -> CircuitBreakers {
+    circuit_breakers()
+}
+
 fn config_source(kind: &ConfigSourceKind, resource_name: &str) -> ConfigSource {
     let spec = match kind {
         ConfigSourceKind::Ads => config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {}),

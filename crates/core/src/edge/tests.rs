@@ -31,7 +31,7 @@ fn edge_b(a_key: &SigningKey) -> Edge {
                 hostname: "foo.abc.svc.cluster.local".into(),
                 ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
                 ready_endpoints: 1,
-            }],
+            }], mesh_mode: None,
         },
         peers: vec![PeerKey { cluster_uuid: A.into(), authn_key_pub: crate::pem::ed25519_public_key_to_pem(&a_key.verifying_key()) }],
         spiffe: SpiffeSettings::default(),

@@ -48,7 +48,7 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
                         ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
                         ready_endpoints: 1,
                     })
-                    .collect(),
+                    .collect(), mesh_mode: None,
             }),
             enable_ingress_gateway: true,
             metadata_ca: None,
@@ -62,7 +62,7 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
             ingress_gateways: vec![],
             api_host: String::new(),
             network_name: "net-local".into(),
-            services: vec![],
+            services: vec![], mesh_mode: Default::default(), local_endpoints: vec![],
         },
         peers,
     }
@@ -96,6 +96,10 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
         workload_cert: Some(local.workload_cert("bench", "sidecar")),
         api_credential: None,
         push_lock: Default::default(),
+        traffic_cache: Default::default(),
+        sameness: Default::default(),
+        mesh_listen: None,
+        gateway_cert: None,
     };
     let listener = rt.block_on(tokio::net::TcpListener::bind((SimCluster(42).ip(2), 0))).expect("bind xds");
     let addr = listener.local_addr().expect("addr");
