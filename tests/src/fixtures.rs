@@ -114,7 +114,8 @@ pub fn sample_private(cluster: SimCluster) -> PrivateMetadata {
             ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) }],
             ready_endpoints: 2,
         }],
-    }, mesh_mode: None
+        mesh_mode: None,
+    }
 }
 
 /// `local`'s edge configuration, federating with `peers`.

@@ -83,7 +83,7 @@ pub enum EdgeSource {
 pub fn ads_bootstrap(role: &str, xds: SocketAddr, delta: bool) -> (String, String, String) {
     let node = format!("node:\n  metadata: {{MULTICLOUD_ROLE: {role}}}\n");
     let dynamic = format!(
-        "dynamic_resources:\n  ads_config:\n    api_type: {}\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n",
+        "dynamic_resources:\n  ads_config:\n    api_type: {}\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n  lds_config: {{ads: {{}}, resource_api_version: V3}}\n",
         if delta { "DELTA_GRPC" } else { "GRPC" }
     );
     let cluster = format!(

@@ -21,6 +21,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod http;
 pub mod mesh;
+pub mod mtls;
 pub mod paths;
 pub mod procs;
 pub mod sidecar;

@@ -8,9 +8,11 @@ use crate::apiserver::RecordedApiServer;
 use crate::envoy::{Envoy, EnvoySpec};
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
 use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
+use crate::sidecar::TrafficSidecar;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, wait_until, SimCluster};
-use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
+use multicloud_core::metadata::{ExportedService, IngressGateway, MeshMode, ServicePort};
+use multicloud_proto::traffic::Sameness;
 use std::time::Duration;
 
 /// One simulated cluster, before or after start.
@@ -28,6 +30,21 @@ pub struct Cluster {
     /// With [`MeshOptions::api`]: the recorded API server and the proxy credential.
     pub apiserver: Option<RecordedApiServer>,
     pub api_credential: Option<String>,
+    /// With [`MeshOptions::traffic`]: the workload's sidecar, its echo app and the ports.
+    pub traffic: Option<ClusterTraffic>,
+}
+
+/// A cluster's workload in a traffic test bed.
+pub struct ClusterTraffic {
+    pub sidecar: Envoy,
+    pub echo: RecordingUpstream,
+    /// The sidecar's inbound (mTLS) port: this cluster's endpoint of its services.
+    pub inbound_port: u16,
+    /// The gateway's mesh port (agent-served listener `multicloud-mesh`).
+    pub mesh_port: u16,
+    pub mode: MeshMode,
+    /// Whether this cluster runs (and exports) `foo.abc`.
+    pub runs_foo: bool,
 }
 
 /// How the simulated clusters are wired.
@@ -41,7 +58,23 @@ pub struct MeshOptions {
     /// SNI), the agent serving the proxy credential and writing remote
     /// secrets (`{agent dir}/remote-secrets`) with tokens of this lifetime.
     pub api: Option<ApiOptions>,
+    /// Workloads and mesh ports (needs [`MeshOptions::ads`]).
+    pub traffic: Option<TrafficOptions>,
 }
+
+/// The traffic test bed: per cluster a sidecar (outbound + inbound) in front
+/// of an echo app, and the gateway's mesh port served by the agent.
+#[derive(Clone, Copy)]
+pub struct TrafficOptions {
+    pub mode: MeshMode,
+    pub sameness: Sameness,
+    /// Which clusters (by index) run `foo.abc` (and export it). Every
+    /// cluster runs `secret.abc`, which none exports.
+    pub foo_in: &'static [bool],
+}
+
+pub const FOO: &str = "foo.abc.svc.cluster.local";
+pub const SECRET: &str = "secret.abc.svc.cluster.local";
 
 #[derive(Clone, Copy)]
 pub struct ApiOptions {
@@ -78,10 +111,23 @@ impl Cluster {
         format!("cluster-{}", sim.0)
     }
 
-    /// Rewrites the agent's standalone file from `peers` and `services`.
+    /// Rewrites the agent's standalone file from `peers` and `services`
+    /// (and, in a traffic test bed, `traffic`).
     pub fn rewrite_standalone(&mut self) {
-        let text = standalone_file_with(self.sim, &self.id, &self.peers, &self.services);
+        let text = match &self.traffic {
+            Some(t) => traffic_standalone_file(self.sim, &self.id, &self.peers, t.mode, t.mesh_port, t.inbound_port, t.runs_foo),
+            None => standalone_file_with(self.sim, &self.id, &self.peers, &self.services),
+        };
         self.agent.rewrite_standalone(&text);
+    }
+
+    /// The application's call to `host` through its sidecar.
+    pub fn call(&self, host: &str, headers: &[(&str, &str)]) -> Result<crate::http::Resp, String> {
+        let t = self.traffic.as_ref().expect("a traffic test bed");
+        let url = format!("http://{}/whoami", t.sidecar.listener("outbound"));
+        let mut h = vec![("host", host)];
+        h.extend_from_slice(headers);
+        crate::http::try_request("GET", &url, &h)
     }
 }
 
@@ -124,6 +170,39 @@ pub fn standalone_file_with(sim: SimCluster, id: &ClusterIdentity, peers: &[Peer
     .to_string()
 }
 
+/// The standalone file of a traffic test bed's cluster: its gateway's mesh
+/// port, its mode, its local endpoints (`secret.abc`, and `foo.abc` when it
+/// runs it, both on the sidecar's inbound port) and its exports (`foo.abc`
+/// when it runs it).
+pub fn traffic_standalone_file(
+    sim: SimCluster,
+    id: &ClusterIdentity,
+    peers: &[PeerRef],
+    mode: MeshMode,
+    mesh_port: u16,
+    inbound_port: u16,
+    runs_foo: bool,
+) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&standalone_file_with(sim, id, peers, &[])).expect("json");
+    let endpoint = format!("{}:{inbound_port}", sim.ip(hosts::SIDECAR));
+    let mut local = vec![serde_json::json!({"hostname": SECRET, "port": 80, "addresses": [endpoint]})];
+    let mut services = vec![];
+    if runs_foo {
+        local.push(serde_json::json!({"hostname": FOO, "port": 80, "addresses": [endpoint]}));
+        services.push(ExportedService {
+            hostname: FOO.into(),
+            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) }],
+            ready_endpoints: 1,
+        });
+    }
+    let c = &mut v["cluster"];
+    c["ingressGateways"] = serde_json::json!([{"address": sim.ip(hosts::GATEWAY).to_string(), "port": mesh_port}]);
+    c["meshMode"] = serde_json::json!(mode);
+    c["localEndpoints"] = serde_json::json!(local);
+    c["services"] = serde_json::json!(services);
+    v.to_string()
+}
+
 /// Starts clusters that all federate with each other: agents first (they
 /// write the filter's configuration), then the gateways, in parallel.
 pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {
@@ -139,6 +218,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
     let mut upstreams = Vec::new();
     let mut all_peers = Vec::new();
     let mut apis = Vec::new();
+    let (mut sidecar_specs, mut traffic_parts) = (Vec::new(), Vec::new());
     for (i, sim) in sims.iter().enumerate() {
         let peers: Vec<PeerRef> = sims
             .iter()
@@ -161,11 +241,36 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
         }
         let dir = Agent::prepare(*sim);
         let ecds = dir.path().join("edge.pb");
+        let mut standalone = standalone_file(*sim, &ids[i], &peers);
+        let mut traffic_ports = None;
+        if let Some(t) = opts.traffic {
+            assert!(opts.ads.is_some(), "the traffic test bed needs the agent's ADS");
+            let (mesh_port, inbound_port) = (free_port(sim.ip(hosts::GATEWAY)), free_port(sim.ip(hosts::SIDECAR)));
+            let runs_foo = t.foo_in.get(i).copied().unwrap_or(false);
+            standalone = traffic_standalone_file(*sim, &ids[i], &peers, t.mode, mesh_port, inbound_port, runs_foo);
+            let (gc, gk) = ids[i].workload_cert("istio-system", "istio-ingressgateway-service-account");
+            std::fs::write(dir.path().join("gateway.crt"), gc).expect("write gateway cert");
+            std::fs::write(dir.path().join("gateway.key"), gk).expect("write gateway key");
+            extra_args.extend([
+                "--mesh-listen".to_string(),
+                format!("{}:{mesh_port}", sim.ip(hosts::GATEWAY)),
+                "--sameness".into(),
+                match t.sameness {
+                    Sameness::Balanced => "balanced".into(),
+                    Sameness::LocalFirst => "local-first".into(),
+                },
+                "--gateway-cert".into(),
+                "{dir}/gateway.crt".into(),
+                "--gateway-key".into(),
+                "{dir}/gateway.key".into(),
+            ]);
+            traffic_ports = Some((t.mode, mesh_port, inbound_port, runs_foo));
+        }
         let agent = Agent::start(
             dir,
             AgentOptions {
                 cluster: *sim,
-                standalone: standalone_file(*sim, &ids[i], &peers),
+                standalone,
                 ecds_file: ecds.clone(),
                 refresh_seconds: 1,
                 backoff_base_ms: 200,
@@ -196,12 +301,44 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             tls: Some(ServerTls { cert_pem, key_pem, port: ports[i] }),
             api,
         }));
+        if let Some((mode, mesh_port, inbound_port, runs_foo)) = traffic_ports {
+            let echo = RecordingUpstream::start_echo(sim.ip(hosts::APP), &Cluster::object_name(*sim));
+            sidecar_specs.push(
+                TrafficSidecar {
+                    cluster: *sim,
+                    xds: agent.xds_addr(),
+                    inbound_port,
+                    app: echo.addr(),
+                    services: vec![FOO.into(), SECRET.into()],
+                }
+                .spec(),
+            );
+            traffic_parts.push(Some((echo, inbound_port, mesh_port, mode, runs_foo)));
+        } else {
+            traffic_parts.push(None);
+        }
         apis.push((apiserver, credential));
         agents.push(agent);
         upstreams.push(upstream);
         all_peers.push(peers);
     }
-    let gateways = Envoy::start_all(specs);
+    let n_gateways = specs.len();
+    specs.extend(sidecar_specs);
+    let mut gateways = Envoy::start_all(specs);
+    let mut sidecars = gateways.split_off(n_gateways).into_iter();
+    let traffic: Vec<Option<ClusterTraffic>> = traffic_parts
+        .into_iter()
+        .map(|p| {
+            p.map(|(echo, inbound_port, mesh_port, mode, runs_foo)| ClusterTraffic {
+                sidecar: sidecars.next().expect("one sidecar per traffic cluster"),
+                echo,
+                inbound_port,
+                mesh_port,
+                mode,
+                runs_foo,
+            })
+        })
+        .collect();
     ids.into_iter()
         .zip(cas)
         .zip(ports)
@@ -211,7 +348,8 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
         .zip(sims)
         .zip(all_peers)
         .zip(apis)
-        .map(|((((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers), (apiserver, api_credential))| Cluster {
+        .zip(traffic)
+        .map(|(((((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers), (apiserver, api_credential)), traffic)| Cluster {
             sim: *sim,
             id,
             edge_ca,
@@ -223,6 +361,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             services: default_services(),
             apiserver,
             api_credential,
+            traffic,
         })
         .collect()
 }

@@ -33,11 +33,32 @@ pub struct RecordingUpstream {
     record: bool,
 }
 
+/// What an upstream answers.
+#[derive(Clone)]
+enum Reply {
+    /// `upstream <method> <path>` (text).
+    Plain,
+    /// The echo app: JSON `{"cluster": <label>, "path", "headers": {name: value}}`,
+    /// so a test sees which cluster answered and who it says called.
+    Echo(Arc<str>),
+}
+
 const MAX_HEAD: usize = 64 * 1024;
 
 impl RecordingUpstream {
     /// Listens on `ip:0`. Answers `200 upstream <method> <path>`.
     pub fn start(ip: std::net::Ipv4Addr, record: bool) -> RecordingUpstream {
+        Self::start_with(ip, record, Reply::Plain)
+    }
+
+    /// The echo app of a simulated cluster: answers every request with
+    /// JSON naming `cluster` and every request header it received (the
+    /// caller identity a sidecar or gateway passed on), and records it.
+    pub fn start_echo(ip: std::net::Ipv4Addr, cluster: &str) -> RecordingUpstream {
+        Self::start_with(ip, true, Reply::Echo(cluster.into()))
+    }
+
+    fn start_with(ip: std::net::Ipv4Addr, record: bool, reply: Reply) -> RecordingUpstream {
         let listener = TcpListener::bind((ip, 0)).expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
@@ -48,8 +69,8 @@ impl RecordingUpstream {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                std::thread::spawn(move || serve(conn, &st, record));
+                let (st, reply) = (st.clone(), reply.clone());
+                std::thread::spawn(move || serve(conn, &st, record, &reply));
             }
         });
         RecordingUpstream { addr, state, record }
@@ -76,7 +97,7 @@ impl Drop for RecordingUpstream {
     }
 }
 
-fn serve(conn: TcpStream, st: &State, record: bool) {
+fn serve(conn: TcpStream, st: &State, record: bool, reply_kind: &Reply) {
     let _ = conn.set_nodelay(true);
     let Ok(mut out) = conn.try_clone() else { return };
     let mut rd = BufReader::new(conn);
@@ -115,12 +136,19 @@ fn serve(conn: TcpStream, st: &State, record: bool) {
         if rd.read_exact(&mut body).is_err() {
             return;
         }
-        let reply = format!("upstream {method} {path}\n");
+        let (content_type, reply) = match reply_kind {
+            Reply::Plain => ("text/plain", format!("upstream {method} {path}\n")),
+            Reply::Echo(cluster) => {
+                let h: serde_json::Map<String, serde_json::Value> =
+                    headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                ("application/json", serde_json::json!({"cluster": &**cluster, "path": path, "headers": h}).to_string())
+            }
+        };
         if record {
             st.requests.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded { method, path, headers });
         }
         st.count.fetch_add(1, Ordering::SeqCst);
-        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());
+        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());
         if out.write_all(resp.as_bytes()).is_err() {
             return;
         }

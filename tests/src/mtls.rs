@@ -1,0 +1,130 @@
+//! A TLS client that can be anybody: any SNI, any client certificate (or
+//! none), one HTTP/1.1 request. Tests use it to play a peer's workload, a
+//! rogue CA or an impersonator against a gateway's mesh port or a
+//! sidecar's inbound port, and to see exactly where they are refused.
+//!
+//! It does not check the server's certificate: the attacker does not care
+//! who answers, and what is under test is whether the *server* lets the
+//! client in.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What came back.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The handshake or the connection failed before any HTTP response.
+    Refused(String),
+    /// An HTTP response: status and body.
+    Http(u16, String),
+}
+
+impl Outcome {
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Outcome::Refused(_))
+    }
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Http(s, _) => Some(*s),
+            Outcome::Refused(_) => None,
+        }
+    }
+    pub fn body(&self) -> &str {
+        match self {
+            Outcome::Http(_, b) => b,
+            Outcome::Refused(e) => e,
+        }
+    }
+}
+
+/// One request over TLS to `addr` with `sni`, presenting `client` (chain
+/// PEM, key PEM) if given: `GET path` with `Host: host` and `headers`.
+pub fn get(addr: SocketAddr, sni: &str, client: Option<&(String, String)>, host: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let config = match client {
+        Some((chain, key)) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<_, _>>().expect("client chain PEM");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("client key PEM");
+            builder.with_client_auth_cert(certs, key).expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = match ServerName::try_from(sni.to_string()) {
+        Ok(n) => n,
+        Err(e) => return Outcome::Refused(format!("bad SNI {sni:?}: {e}")),
+    };
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let mut tcp = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Refused(format!("connect: {e}")),
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if let Err(e) = tls.write_all(req.as_bytes()) {
+        return Outcome::Refused(format!("handshake/write: {e}"));
+    }
+    let mut buf = Vec::new();
+    let read = tls.read_to_end(&mut buf);
+    if buf.is_empty() {
+        return Outcome::Refused(match read {
+            Err(e) => format!("read: {e}"),
+            Ok(_) => "closed without a response".into(),
+        });
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Outcome::Http(status, body)
+}
