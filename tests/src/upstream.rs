@@ -90,10 +90,18 @@ impl RecordingUpstream {
     }
 }
 
-impl Drop for RecordingUpstream {
-    fn drop(&mut self) {
+impl RecordingUpstream {
+    /// Stops answering: new connections are refused, requests on open ones
+    /// get no answer (the app died).
+    pub fn stop(&self) {
         self.state.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr); // wake accept()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -134,6 +142,10 @@ fn serve(conn: TcpStream, st: &State, record: bool, reply_kind: &Reply) {
         }
         let mut body = vec![0; content_length.min(1 << 20)];
         if rd.read_exact(&mut body).is_err() {
+            return;
+        }
+        if st.stop.load(Ordering::SeqCst) {
+            // Stopped: close kept-alive connections too, without an answer.
             return;
         }
         let (content_type, reply) = match reply_kind {

@@ -200,3 +200,37 @@ fn identity_enforcing_gateway() {
     let allowed = format!("wasmcustom.multicloud_mesh.peer.{name_a}.allowed");
     assert!(cs[1].gateway.stat(&allowed).unwrap_or(0) >= 5, "{allowed}");
 }
+
+/// Local first: while the local copy is healthy only it answers; when it
+/// fails, the peer's copy takes over (Envoy's priority spill-over).
+#[test]
+fn local_first_fails_over_to_the_peer() {
+    let (sa, sb) = (SimCluster(105), SimCluster(106));
+    let cs = start_mesh(
+        &[sa, sb],
+        MeshOptions {
+            ads: Some(false),
+            traffic: Some(TrafficOptions { mode: MeshMode::Passthrough, sameness: Sameness::LocalFirst, foo_in: &[true, true] }),
+            ..Default::default()
+        },
+    );
+    let (name_a, name_b) = (Cluster::object_name(sa), Cluster::object_name(sb));
+    // Wait until B's copy is known to A's sidecar (two localities in EDS)...
+    let sidecar_a = &traffic(&cs[0]).sidecar;
+    let cluster = multicloud_proto::traffic::sameness_cluster_name(FOO, 80);
+    wait_until("A's sidecar to know both copies of foo", WAIT, || {
+        let eps = multicloud_e2e::dump::endpoints(&sidecar_a.config_dump(), &cluster);
+        if eps.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{eps:?}"))
+        }
+    });
+    // ... then only the local copy answers.
+    let local = answers(&cs[0], FOO, 30);
+    assert_eq!(local.get(&name_a), Some(&30), "{local:?}");
+    // A's foo dies: B's copy answers.
+    traffic(&cs[0]).echo.stop();
+    let remote = wait_answers(&cs[0], "B to take over", FOO, 20, |a| a.get(&name_b) == Some(&20));
+    eprintln!("A's foo down: {remote:?}");
+}
