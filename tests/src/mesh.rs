@@ -349,19 +349,21 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
         .zip(all_peers)
         .zip(apis)
         .zip(traffic)
-        .map(|(((((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers), (apiserver, api_credential)), traffic)| Cluster {
-            sim: *sim,
-            id,
-            edge_ca,
-            tls_port,
-            upstream,
-            agent,
-            gateway,
-            peers,
-            services: default_services(),
-            apiserver,
-            api_credential,
-            traffic,
+        .map(|(((((((((id, edge_ca), tls_port), upstream), agent), gateway), sim), peers), (apiserver, api_credential)), traffic)| {
+            Cluster {
+                sim: *sim,
+                id,
+                edge_ca,
+                tls_port,
+                upstream,
+                agent,
+                gateway,
+                peers,
+                services: default_services(),
+                apiserver,
+                api_credential,
+                traffic,
+            }
         })
         .collect()
 }

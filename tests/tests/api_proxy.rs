@@ -48,8 +48,10 @@ fn claims(token: &str) -> serde_json::Value {
 fn the_api_proxy_end_to_end() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let _guard = rt.enter();
-    let cs =
-        start_mesh(&[SimCluster(71), SimCluster(72)], MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: TTL }) });
+    let cs = start_mesh(
+        &[SimCluster(71), SimCluster(72)],
+        MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: TTL }), ..Default::default() },
+    );
     let (a, b) = (&cs[0], &cs[1]);
     let b_name = Cluster::object_name(b.sim);
     a.agent.wait_condition(&b_name, "Ready", "True", READY);

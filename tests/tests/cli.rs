@@ -58,8 +58,10 @@ fn step<'a>(steps: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 #[test]
 fn status_and_check_against_a_two_cluster_mesh() {
-    let mut cs =
-        start_mesh(&[SimCluster(81), SimCluster(82)], MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: 3600 }) });
+    let mut cs = start_mesh(
+        &[SimCluster(81), SimCluster(82)],
+        MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: 3600 }), ..Default::default() },
+    );
     let (a_name, b_name) = (Cluster::object_name(cs[0].sim), Cluster::object_name(cs[1].sim));
     cs[0].agent.wait_condition(&b_name, "Ready", "True", READY);
     cs[1].agent.wait_condition(&a_name, "Ready", "True", READY);

@@ -89,7 +89,9 @@ fn passthrough_sameness_failover_and_limits() {
     // 2. A runs foo too: both answer (balanced: one pool, weighted by ready endpoints).
     cs[0].traffic.as_mut().expect("traffic").runs_foo = true;
     cs[0].rewrite_standalone();
-    let both = wait_answers(&cs[0], "both clusters to answer", FOO, 40, |a| a.get(&name_a).copied().unwrap_or(0) >= 5 && a.get(&name_b).copied().unwrap_or(0) >= 5 && a.len() == 2);
+    let both = wait_answers(&cs[0], "both clusters to answer", FOO, 40, |a| {
+        a.get(&name_a).copied().unwrap_or(0) >= 5 && a.get(&name_b).copied().unwrap_or(0) >= 5 && a.len() == 2
+    });
     eprintln!("both run foo (first sample where both answered): {both:?}");
     // One local endpoint and one remote ready endpoint weigh the same.
     let share = answers(&cs[0], FOO, 60);
@@ -107,7 +109,10 @@ fn passthrough_sameness_failover_and_limits() {
     // ejection period (15 s), not after health checks or timeouts.
     assert!(took < Duration::from_secs(15), "took {took:?}");
     let sidecar_a = &traffic(&cs[0]).sidecar;
-    let ejected = format!("cluster.{}.outlier_detection.ejections_enforced_consecutive_gateway_failure", multicloud_proto::traffic::sameness_cluster_name(FOO, 80));
+    let ejected = format!(
+        "cluster.{}.outlier_detection.ejections_enforced_consecutive_gateway_failure",
+        multicloud_proto::traffic::sameness_cluster_name(FOO, 80)
+    );
     assert!(sidecar_a.stat(&ejected).unwrap_or(0) >= 1, "{ejected}");
 
     // 4. B's gateway returns: B serves again after the ejection time.
@@ -163,7 +168,9 @@ fn identity_enforcing_gateway() {
     assert_eq!(h["x-multicloud-caller-spiffe"], "spiffe://cluster.local/ns/abc/sa/foo", "{body}");
     // B's workload saw B's gateway as its mTLS peer (re-originated locally).
     assert!(
-        h["x-forwarded-client-cert"].as_str().is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account")),
+        h["x-forwarded-client-cert"]
+            .as_str()
+            .is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account")),
         "{body}"
     );
 

@@ -97,7 +97,9 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
         ingress_gateways,
         api_host: opts.api_host.clone(),
         network_name: opts.network_name.clone(),
-        services, mesh_mode: Default::default(), local_endpoints: vec![],
+        services,
+        mesh_mode: Default::default(),
+        local_endpoints: vec![],
     })
 }
 

@@ -268,7 +268,13 @@ mod tests {
     const B: &str = "22222222-2222-4222-8222-222222222222";
 
     fn dp(api_host: &str) -> DataPlane {
-        let private = PrivateMetadata { ingress_gateways: vec![], api_host: api_host.into(), network_name: "nb".into(), services: vec![], mesh_mode: None };
+        let private = PrivateMetadata {
+            ingress_gateways: vec![],
+            api_host: api_host.into(),
+            network_name: "nb".into(),
+            services: vec![],
+            mesh_mode: None,
+        };
         DataPlane {
             edge: multicloud_core::edge::EdgeConfig {
                 public: multicloud_core::metadata::PublicMetadata {
@@ -289,7 +295,9 @@ mod tests {
                 ingress_gateways: vec![],
                 api_host: String::new(),
                 network_name: "na".into(),
-                services: vec![], mesh_mode: Default::default(), local_endpoints: vec![],
+                services: vec![],
+                mesh_mode: Default::default(),
+                local_endpoints: vec![],
             },
             peers: vec![EstablishedPeer {
                 name: "cluster-b".into(),

@@ -19,9 +19,9 @@ use crate::metrics::Metrics;
 use crate::reconcile::{DataPlane, DataPlaneSink};
 use crate::source::BoxFuture;
 use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
+use multicloud_core::metadata::MeshMode;
 use multicloud_proto::edge_filter;
 use multicloud_proto::envoy_types::util::pack_any;
-use multicloud_core::metadata::MeshMode;
 use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
 use multicloud_proto::traffic::{self, LocalPort, Sameness, TrafficPeer};
 use std::sync::Arc;
@@ -60,6 +60,8 @@ pub fn classify() -> Classify {
 /// resource whose inputs did not change is reused byte for byte instead.
 pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
 
+type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
+
 /// A built resource: the hash of its inputs, its version, the resource.
 pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
 
@@ -68,7 +70,7 @@ pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::pr
 /// Moves the entry into `next` (so entries nobody asks for again are dropped
 /// at the end of the push).
 fn cached(
-    (old, next): (&mut std::collections::HashMap<(&'static str, String), Built>, &mut std::collections::HashMap<(&'static str, String), Built>),
+    (old, next): (&mut BuiltMap, &mut BuiltMap),
     type_url: &'static str,
     name: &str,
     key: u64,
@@ -289,20 +291,21 @@ impl XdsSink {
     /// Namespace sameness for the sidecars and the mesh port for the
     /// gateway. A service port whose resources do not build is left out
     /// (logged and counted under the object `(local)` or the peer).
-    fn traffic(&self, dp: &DataPlane, good: &[PeerView], client: &ClientIdentity, gateway: &mut Snapshot, sidecar: &mut Snapshot, json: &str) {
-        let local: Vec<LocalPort> = dp
-            .local
-            .local_endpoints
-            .iter()
-            .map(|l| LocalPort { hostname: &l.hostname, port: l.port, addresses: &l.addresses })
-            .collect();
+    fn traffic(
+        &self,
+        dp: &DataPlane,
+        good: &[PeerView],
+        client: &ClientIdentity,
+        gateway: &mut Snapshot,
+        sidecar: &mut Snapshot,
+        json: &str,
+    ) {
+        let local: Vec<LocalPort> =
+            dp.local.local_endpoints.iter().map(|l| LocalPort { hostname: &l.hostname, port: l.port, addresses: &l.addresses }).collect();
         let enabled: std::collections::HashSet<&str> =
             dp.peers.iter().filter(|p| p.enable_ingress_gateway).map(|p| p.name.as_str()).collect();
-        let modes: std::collections::HashMap<&str, MeshMode> = dp
-            .peers
-            .iter()
-            .map(|p| (p.name.as_str(), p.private.as_ref().and_then(|d| d.mesh_mode).unwrap_or_default()))
-            .collect();
+        let modes: std::collections::HashMap<&str, MeshMode> =
+            dp.peers.iter().map(|p| (p.name.as_str(), p.private.as_ref().and_then(|d| d.mesh_mode).unwrap_or_default())).collect();
         let peers: Vec<TrafficPeer> = good
             .iter()
             .filter(|v| enabled.contains(v.name))
@@ -312,6 +315,7 @@ impl XdsSink {
         let mut old = std::mem::take(&mut *cache);
         for ((host, port), exporters) in traffic::exports_by_port(&peers) {
             let name = traffic::sameness_cluster_name(host, port);
+            #[allow(clippy::type_complexity)]
             let who: Vec<(&str, &str, MeshMode, &str, &[multicloud_core::metadata::IngressGateway], u32)> = exporters
                 .iter()
                 .map(|(p, s)| (p.view.name, p.view.cluster_uuid, p.mode, p.view.network, p.view.gateways, s.ready_endpoints))
@@ -529,7 +533,9 @@ mod tests {
             ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
             api_host: String::new(),
             network_name: "net-a".into(),
-            services: vec![], mesh_mode: Default::default(), local_endpoints: vec![],
+            services: vec![],
+            mesh_mode: Default::default(),
+            local_endpoints: vec![],
         };
         let services = (0..20)
             .map(|i| ExportedService {
@@ -558,7 +564,8 @@ mod tests {
                     ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
                     api_host: String::new(),
                     network_name: "net-b".into(),
-                    services, mesh_mode: None,
+                    services,
+                    mesh_mode: None,
                 }),
                 enable_ingress_gateway: true,
                 metadata_ca: None,

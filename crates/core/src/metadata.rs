@@ -243,7 +243,8 @@ mod tests {
                 hostname: "foo.abc.svc.cluster.local".into(),
                 ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
                 ready_endpoints: 2,
-            }], mesh_mode: None,
+            }],
+            mesh_mode: None,
         };
         doc.validate().unwrap();
         doc.ingress_gateways[0].address = "".into();

@@ -285,7 +285,9 @@ async fn local_facts_are_read_from_the_cluster_objects() {
                 ServicePort { name: "db".into(), port: 5432, protocol: None },
             ],
             ready_endpoints: 2,
-        }], mesh_mode: Default::default(), local_endpoints: vec![],
+        }],
+        mesh_mode: Default::default(),
+        local_endpoints: vec![],
     };
     assert_eq!(facts, expected);
 }

@@ -35,7 +35,8 @@ fn private_doc() -> PrivateMetadata {
         api_host: String::new(),
         network_name: "net-b".into(),
         services: vec![],
-    }, mesh_mode: None
+        mesh_mode: None,
+    }
 }
 
 /// What the fake remote answers next.
@@ -112,7 +113,9 @@ fn desired(names: &[&str]) -> Desired {
             ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
             api_host: String::new(),
             network_name: "net-a".into(),
-            services: vec![], mesh_mode: Default::default(), local_endpoints: vec![],
+            services: vec![],
+            mesh_mode: Default::default(),
+            local_endpoints: vec![],
         },
     }
 }

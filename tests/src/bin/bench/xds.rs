@@ -48,7 +48,8 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
                         ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
                         ready_endpoints: 1,
                     })
-                    .collect(), mesh_mode: None,
+                    .collect(),
+                mesh_mode: None,
             }),
             enable_ingress_gateway: true,
             metadata_ca: None,
@@ -62,7 +63,9 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
             ingress_gateways: vec![],
             api_host: String::new(),
             network_name: "net-local".into(),
-            services: vec![], mesh_mode: Default::default(), local_endpoints: vec![],
+            services: vec![],
+            mesh_mode: Default::default(),
+            local_endpoints: vec![],
         },
         peers,
     }
