@@ -1,13 +1,18 @@
 //! `make demo`: two simulated clusters on loopback, each with its own Istio
-//! root CA, a real Envoy gateway running the filter, and the real agent in
-//! standalone mode holding an IstioMulticloud object for the other. The demo
-//! shows them join, prints the agents' status, reads the other cluster's
-//! private metadata with the agent's own federation key, and shows an
-//! impersonation attempt refused. Everything stops on exit and on Ctrl-C.
+//! root CA, a real Envoy gateway running the filter, a workload sidecar
+//! Envoy in front of an echo app, and the real agent in standalone mode
+//! holding an IstioMulticloud object for the other (identity-enforcing mesh
+//! ports). The demo shows them join, prints the agents' status, reads the
+//! other cluster's private metadata with the agent's own federation key,
+//! makes a cross-cluster call by the service's usual name and shows who
+//! answered and who the answering app was told called, and shows
+//! impersonation attempts refused. Everything stops on exit and on Ctrl-C.
 
 use multicloud_e2e::fixtures::ClusterIdentity;
-use multicloud_e2e::mesh::{start_full_mesh, Cluster};
-use multicloud_e2e::{http, SimCluster};
+use multicloud_core::metadata::MeshMode;
+use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions, TrafficOptions, FOO, SECRET};
+use multicloud_e2e::{hosts, http, mtls, SimCluster};
+use multicloud_proto::traffic::{peer_sni, Sameness};
 use sha2::Digest as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -59,9 +64,17 @@ fn main() {
     .expect("install Ctrl-C handler");
     let started = Instant::now();
 
-    step(1, "Start two clusters (same cluster.local, different Istio roots): agent + gateway Envoy each");
+    step(1, "Start two clusters (same cluster.local, different Istio roots): agent, gateway Envoy, sidecar Envoy + app each");
+    println!("  foo.abc runs in cluster-2 only; secret.abc runs in both and is exported by neither");
     let sims = [SimCluster(1), SimCluster(2)];
-    let started_clusters = start_full_mesh(&sims);
+    let started_clusters = start_mesh(
+        &sims,
+        MeshOptions {
+            ads: Some(false),
+            traffic: Some(TrafficOptions { mode: MeshMode::IdentityEnforcing, sameness: Sameness::Balanced, foo_in: &[false, true] }),
+            ..Default::default()
+        },
+    );
     RUNNING.lock().unwrap().extend(started_clusters);
     stop_if_interrupted();
     let guard = RUNNING.lock().unwrap();
@@ -152,19 +165,52 @@ fn main() {
         doc["services"].as_array().map(|s| s.len()).unwrap_or(0)
     );
 
-    step(5, "An impersonation attempt: another CA's key signs a token claiming to be cluster-1");
+    step(5, "cluster-1's app calls foo.abc.svc.cluster.local (it runs only in cluster-2)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        match a.call(FOO, &[("x-multicloud-caller-cluster", "forged-by-the-caller")]) {
+            Ok(r) if r.status == 200 => break r.json(),
+            other if Instant::now() > deadline => {
+                println!("  no answer within 60 s: {other:?}");
+                std::process::exit(1);
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let h = &answer["headers"];
+    println!("  answered by: {}", answer["cluster"]);
+    println!(
+        "  the app in {} was told by its gateway: caller cluster {} ({}), caller identity {}",
+        answer["cluster"], h["x-multicloud-caller-cluster"], h["x-multicloud-caller-cluster-uuid"], h["x-multicloud-caller-spiffe"]
+    );
+    println!("  (the caller's own forged x-multicloud-caller-cluster header was replaced)");
+    let called_ok = answer["cluster"] == Cluster::object_name(b.sim) && h["x-multicloud-caller-cluster"] == Cluster::object_name(a.sim);
+
+    step(6, "Impersonation attempts");
     let mut mallory = ClusterIdentity::generate("mallory");
     mallory.uuid = a.id.uuid.clone();
     let forged = mallory.token_for(&b.id, "private-multicluster");
     let r = http::request("GET", &url, &[("authorization", &format!("Bearer {forged}"))]);
-    println!("  -> {} {}", r.status, r.text());
-    let refused = r.status == 401;
+    println!("  another CA's key signs a metadata token claiming to be cluster-1 -> {} {}", r.status, r.text());
+    let mut refused = r.status == 401;
+    let mesh_a = std::net::SocketAddr::new(a.sim.ip(hosts::GATEWAY).into(), a.traffic.as_ref().map(|t| t.mesh_port).unwrap_or(0));
+    let b_foo = b.id.workload_cert("abc", "foo");
+    let r = mtls::get(mesh_a, &peer_sni(&b.id.uuid), Some(&b_foo), SECRET, "/", &[]);
+    println!(
+        "  cluster-2's CA mints spiffe://cluster.local/ns/abc/sa/foo and asks cluster-1's gateway for secret.abc -> {} {}",
+        r.status().map(|s| s.to_string()).unwrap_or_else(|| "refused".into()),
+        r.body().trim()
+    );
+    refused &= r.status() == Some(403);
+    let r = mtls::get(mesh_a, &peer_sni(&a.id.uuid), Some(&b_foo), SECRET, "/", &[]);
+    println!("  the same certificate poses as cluster-1's own workload -> {}", if r.is_refused() { "TLS handshake refused" } else { "NOT refused" });
+    refused &= r.is_refused();
     drop(guard);
     stop_if_interrupted();
-    println!("\nDone in {:.1} s. Stopping agents and gateways.", started.elapsed().as_secs_f64());
+    println!("\nDone in {:.1} s. Stopping agents and Envoys.", started.elapsed().as_secs_f64());
     RUNNING.lock().unwrap().clear();
-    if !refused {
-        eprintln!("error: the forged token was not refused");
+    if !refused || !called_ok {
+        eprintln!("error: the cross-cluster call or a refusal did not go as expected");
         std::process::exit(1);
     }
 }
