@@ -394,6 +394,7 @@ async fn run(args: RunArgs) -> Result<()> {
             )?;
             rs.clone().spawn_timer();
             Some(rs)
+                    metrics: Some(metrics.clone()),
         }
         None => None,
     };
