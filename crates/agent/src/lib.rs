@@ -7,6 +7,7 @@ pub mod crd;
 pub mod edge_file;
 pub mod exchange;
 pub mod facts;
+pub mod install;
 pub mod keys;
 pub mod kube_mode;
 pub mod metrics;

@@ -29,6 +29,9 @@ enum Command {
     },
     /// Print the IstioMulticloud CRD (YAML), as deploy/ carries it.
     Crd,
+    /// Print the objects to install (deploy/'s kustomize base, plus components the flags ask
+    /// for) as multi-document YAML with these values in place; pipe it to `kubectl apply -f -`.
+    Install(multicloud_agent::install::InstallArgs),
     /// Mint a federation token signed with the key at PATH.
     Token {
         #[arg(long)]
@@ -219,6 +222,7 @@ fn main() -> Result<()> {
             print!("{}", multicloud_core::pem::ed25519_public_key_to_pem(&k.verifying_key()));
         }
         Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Install(args) => print!("{}", multicloud_agent::install::render(&args)?),
         Command::Status { agent, output } => std::process::exit(cli::status(&agent, output)),
         Command::Check { peer, agent, standalone, key, api_host_override, output } => {
             let args = cli::CheckArgs {
@@ -405,6 +409,7 @@ async fn run(args: RunArgs) -> Result<()> {
                     kubernetes: kube_client.clone(),
                     ttl_secs: args.api_token_ttl_seconds,
                     host_overrides,
+                    metrics: Some(metrics.clone()),
                 },
             )?;
             rs.clone().spawn_timer();

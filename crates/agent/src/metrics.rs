@@ -24,6 +24,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Peers whose data plane resources did not validate and were not pushed, by peer.",
     ),
     ("multicloud_agent_xds_nacks_total", "counter", "Configurations the local proxies rejected (NACKs)."),
+    (
+        "multicloud_agent_remote_secret_token_expiry_timestamp_seconds",
+        "gauge",
+        "Unix time at which the scope: api token in a peer's Istio remote secret expires, by object.",
+    ),
 ];
 
 #[derive(Default)]
@@ -33,6 +38,7 @@ struct State {
     ready: BTreeMap<String, bool>,
     render_errors: u64,
     xds_build_errors: BTreeMap<String, u64>,
+    remote_secret_expiry: BTreeMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -72,6 +78,16 @@ impl Metrics {
         *self.lock().xds_build_errors.entry(peer.into()).or_default() += 1;
     }
 
+    /// The remote secret of `object` now holds a token expiring at `exp` (Unix seconds).
+    pub fn remote_secret_token(&self, object: &str, exp: i64) {
+        self.lock().remote_secret_expiry.insert(object.into(), exp);
+    }
+
+    /// The remote secret of `object` was removed.
+    pub fn remote_secret_removed(&self, object: &str) {
+        self.lock().remote_secret_expiry.remove(object);
+    }
+
     pub fn set_nack_source(&self, f: Box<dyn Fn() -> u64 + Send + Sync>) {
         *self.nacks.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
@@ -87,6 +103,7 @@ impl Metrics {
         s.last_success.retain(|k, _| k.0 != peer);
         s.ready.remove(peer);
         s.xds_build_errors.remove(peer);
+        s.remote_secret_expiry.remove(peer);
     }
 
     pub fn render(&self) -> String {
@@ -127,6 +144,11 @@ impl Metrics {
                 }
                 "multicloud_agent_xds_nacks_total" => {
                     let _ = writeln!(out, "{name} {nacks}");
+                }
+                "multicloud_agent_remote_secret_token_expiry_timestamp_seconds" => {
+                    for (o, v) in &s.remote_secret_expiry {
+                        let _ = writeln!(out, "{name}{{object=\"{}\"}} {v}", esc(o));
+                    }
                 }
                 _ => {}
             }

@@ -35,6 +35,9 @@ pub struct RemoteSecretOptions {
     /// Test bed only: `apiHost` host name -> address to connect to instead
     /// (the kubeconfig then names the host in `tls-server-name`).
     pub host_overrides: BTreeMap<String, String>,
+    /// Where the expiry of each written token is published
+    /// (`multicloud_agent_remote_secret_token_expiry_timestamp_seconds`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Where and how a peer's API proxy is reached.
@@ -215,6 +218,9 @@ impl RemoteSecrets {
             match res {
                 Ok(()) => {
                     tracing::info!(object = %t.object, server = %t.server, expires_in_s = ttl, "remote secret (kubeconfig) written with a fresh api token");
+                    if let Some(m) = &self.opts.metrics {
+                        m.remote_secret_token(&t.object, now + ttl);
+                    }
                     st.issued.insert(t.object.clone(), Issued { target: t, exp: now + ttl });
                 }
                 Err(e) => errors.push(format!("{}: {e:#}", t.object)),
@@ -224,6 +230,9 @@ impl RemoteSecrets {
         for o in gone {
             st.issued.remove(&o);
             self.remove(&o).await;
+            if let Some(m) = &self.opts.metrics {
+                m.remote_secret_removed(&o);
+            }
             tracing::info!(object = %o, "peer no longer offers an API host: remote secret removed");
         }
         anyhow::ensure!(errors.is_empty(), "cannot write remote secrets: {}", errors.join("; "));
@@ -325,9 +334,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[7; 32]);
         let overrides = BTreeMap::from([("api.b.example".to_string(), "127.0.0.1:8443".to_string())]);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let rs = RemoteSecrets::new(
             key,
-            RemoteSecretOptions { dir: dir.path().into(), kubernetes: None, ttl_secs: 600, host_overrides: overrides },
+            RemoteSecretOptions {
+                dir: dir.path().into(),
+                kubernetes: None,
+                ttl_secs: 600,
+                host_overrides: overrides,
+                metrics: Some(metrics.clone()),
+            },
         )
         .unwrap();
         rs.apply(&dp("api.b.example:443")).await.unwrap();
@@ -344,6 +360,8 @@ mod tests {
         assert_eq!(claims["sub"], A);
         assert_eq!(claims["aud"], B);
         assert_eq!(claims["exp"].as_i64().unwrap() - claims["nbf"].as_i64().unwrap(), 600);
+        let expiry = format!("multicloud_agent_remote_secret_token_expiry_timestamp_seconds{{object=\"cluster-b\"}} {}", claims["exp"]);
+        assert!(metrics.render().contains(&expiry), "{}", metrics.render());
 
         // Not due yet: the same token stays.
         let nbf = claims["nbf"].as_i64().unwrap();
@@ -362,6 +380,7 @@ mod tests {
         assert!(v["clusters"][0]["cluster"]["tls-server-name"].is_null());
         rs.apply(&dp("")).await.unwrap();
         assert!(!path.exists());
+        assert!(!metrics.render().contains("{object=\"cluster-b\"}"), "the expiry series goes with the secret");
     }
 
     #[test]
@@ -387,6 +406,7 @@ mod tests {
                 kubernetes: Some((client, "istio-system".into())),
                 ttl_secs: 600,
                 host_overrides: BTreeMap::new(),
+                metrics: None,
             },
         )
         .unwrap();

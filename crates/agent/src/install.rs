@@ -1,0 +1,367 @@
+//! `multicloud-agent install`: the objects of deploy/ (the kustomize base,
+//! plus the monitoring / WasmPlugin components and the metadata route when
+//! asked) as one multi-document YAML stream, with the operator's values put
+//! in place.
+//!
+//! The YAML files of deploy/ are embedded as they are (`include_str!`) and
+//! patched as data (serde_json values), so deploy/ stays the one source:
+//! with default values the output is what `kubectl kustomize` renders for
+//! the matching overlay (tests/tests/deploy.rs checks that).
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::Value;
+
+const CRD: &str = include_str!("../../../deploy/crd/istiomulticlouds.yaml");
+const EDGE_FILTER: &str = include_str!("../../../deploy/base/edge-filter.yaml");
+const API_PROXY_RBAC: &str = include_str!("../../../deploy/base/api-proxy-rbac.yaml");
+const AGENT: &str = include_str!("../../../deploy/base/agent.yaml");
+const SERVICE_MONITOR: &str = include_str!("../../../deploy/components/monitoring/servicemonitor.yaml");
+const PROMETHEUS_RULE: &str = include_str!("../../../deploy/components/monitoring/prometheusrule.yaml");
+const WASM_PLUGIN: &str = include_str!("../../../deploy/components/wasmplugin/wasmplugin.yaml");
+const METADATA_ROUTE: &str = include_str!("../../../deploy/components/metadata-route/metadata-route.yaml");
+
+/// The namespace the files in deploy/ name.
+const BASE_NAMESPACE: &str = "istio-system";
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct InstallArgs {
+    /// The agent's container image (default: the one in deploy/base/agent.yaml).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Labels of the ingress gateway (k=v,...): the EnvoyFilter's / WasmPlugin's workload
+    /// selector, the metadata Gateway's selector, and the agent's --gateway-selector (which it
+    /// applies to the gateway Service). Default: istio=ingressgateway.
+    #[arg(long)]
+    pub gateway_selector: Option<String>,
+    /// Also render the gateway's /metadata/ route for this host: an Istio Gateway (HTTPS 443,
+    /// certificate from Secret multicloud-metadata-tls) and a VirtualService whose route is named
+    /// multicloud-metadata, the route the edge filter is enabled on.
+    #[arg(long)]
+    pub metadata_host: Option<String>,
+    /// The API proxy's host[:port] as peers reach it (the agent's --api-host).
+    #[arg(long)]
+    pub api_proxy_host: Option<String>,
+    /// Gateway address to advertise instead of the gateway Service's (host:port, repeatable;
+    /// the agent's --advertise).
+    #[arg(long)]
+    pub advertise: Vec<String>,
+    /// The label KEY that exports a Service (the agent exports Services labelled KEY=true;
+    /// KEY=true is accepted too). The agent's --export-label.
+    #[arg(long)]
+    pub export_label: Option<String>,
+    /// Namespace of the agent and of every namespaced object (the Istio gateway is expected there).
+    #[arg(long, default_value = BASE_NAMESPACE)]
+    pub namespace: String,
+    /// Add the ServiceMonitor and the PrometheusRule alerts (deploy/components/monitoring).
+    #[arg(long)]
+    pub monitoring: bool,
+    /// Attach the edge filter by Istio WasmPlugin instead of EnvoyFilter (deploy/components/wasmplugin;
+    /// read deploy/README.md: the filter's configuration then does not come from the agent).
+    #[arg(long)]
+    pub wasmplugin: bool,
+}
+
+fn docs(text: &str) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(d).context("an embedded deploy/ file does not parse")?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// A DNS-1123 label value or name part: [A-Za-z0-9] at both ends, [-_.A-Za-z0-9] inside, at most 63.
+fn label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: [prefix/]name, prefix a DNS subdomain.
+fn label_key(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((prefix, name)) => dns_name(prefix) && label_name(name),
+        None => label_name(s),
+    }
+}
+
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        })
+}
+
+/// `k=v,...` into labels; every pair checked against Kubernetes' label syntax.
+pub fn parse_selector(s: &str) -> Result<serde_json::Map<String, Value>> {
+    let mut labels = serde_json::Map::new();
+    ensure!(!s.trim().is_empty(), "--gateway-selector is empty: want key=value[,key=value...]");
+    for kv in s.split(',') {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
+        ensure!(label_key(k), "--gateway-selector {kv:?}: {k:?} is not a valid label key");
+        ensure!(v.is_empty() || label_name(v), "--gateway-selector {kv:?}: {v:?} is not a valid label value");
+        ensure!(labels.insert(k.to_string(), v.into()).is_none(), "--gateway-selector: key {k:?} given twice");
+    }
+    Ok(labels)
+}
+
+/// `host:port` with a DNS name or IP address and a port 1-65535.
+fn parse_host_port(flag: &str, s: &str, port_required: bool) -> Result<()> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => bail!("{flag} {s:?}: {p:?} is not a port (1-65535)"),
+        }
+    } else if port_required {
+        bail!("{flag} {s:?}: want host:port");
+    }
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    ensure!(dns_name(host) || host.parse::<std::net::IpAddr>().is_ok(), "{flag} {s:?}: {host:?} is not a host name or IP address");
+    Ok(())
+}
+
+fn kind(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or_default()
+}
+
+/// The agent's container in the DaemonSet.
+fn agent_container(objects: &mut [Value]) -> Result<&mut Value> {
+    let ds = objects.iter_mut().find(|o| kind(o) == "DaemonSet").context("deploy/base/agent.yaml has no DaemonSet")?;
+    ds["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == "agent"))
+        .context("the DaemonSet has no container named agent")
+}
+
+/// The objects, in install order (CRD first).
+pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
+    ensure!(
+        dns_name(&a.namespace) && !a.namespace.contains('.') && !a.namespace.bytes().any(|c| c.is_ascii_uppercase()),
+        "--namespace {:?} is not a valid namespace name (lower case letters, digits and '-', at most 63)",
+        a.namespace
+    );
+    let selector = a.gateway_selector.as_deref().map(parse_selector).transpose()?;
+    if let Some(h) = &a.api_proxy_host {
+        parse_host_port("--api-proxy-host", h, false)?;
+    }
+    for adv in &a.advertise {
+        parse_host_port("--advertise", adv, true)?;
+    }
+    if let Some(h) = &a.metadata_host {
+        ensure!(dns_name(h), "--metadata-host {h:?} is not a DNS name (no scheme, port or path)");
+    }
+    let export_label = match a.export_label.as_deref() {
+        None => None,
+        Some(l) => {
+            let key = match l.split_once('=') {
+                Some((k, "true")) => k,
+                Some((_, v)) => {
+                    bail!("--export-label {l:?}: the agent exports Services labelled KEY=true; the value {v:?} cannot be changed")
+                }
+                None => l,
+            };
+            ensure!(label_key(key), "--export-label {l:?}: {key:?} is not a valid label key");
+            Some(key.to_string())
+        }
+    };
+    if let Some(image) = &a.image {
+        ensure!(!image.is_empty() && !image.contains(char::is_whitespace), "--image {image:?} is not an image reference");
+    }
+
+    let mut objects = docs(CRD)?;
+    objects.extend(docs(if a.wasmplugin { WASM_PLUGIN } else { EDGE_FILTER })?);
+    objects.extend(docs(API_PROXY_RBAC)?);
+    objects.extend(docs(AGENT)?);
+    if a.monitoring {
+        objects.extend(docs(SERVICE_MONITOR)?);
+        objects.extend(docs(PROMETHEUS_RULE)?);
+    }
+    if a.metadata_host.is_some() {
+        objects.extend(docs(METADATA_ROUTE)?);
+    }
+
+    // Values.
+    let ns = a.namespace.as_str();
+    for o in objects.iter_mut() {
+        if o["metadata"]["namespace"].is_string() {
+            o["metadata"]["namespace"] = ns.into();
+        }
+        for s in o.get_mut("subjects").and_then(Value::as_array_mut).into_iter().flatten() {
+            if s["kind"] == "ServiceAccount" {
+                s["namespace"] = ns.into();
+            }
+        }
+        match kind(o) {
+            "EnvoyFilter" => {
+                for p in o["spec"]["configPatches"].as_array_mut().into_iter().flatten() {
+                    let at = "/patch/value/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/address";
+                    if let Some(addr) = p.pointer_mut(at) {
+                        *addr = format!("multicloud-agent-xds.{ns}.svc.cluster.local").into();
+                    }
+                }
+                if let Some(sel) = &selector {
+                    o["spec"]["workloadSelector"]["labels"] = Value::Object(sel.clone());
+                }
+            }
+            "WasmPlugin" => {
+                if let Some(sel) = &selector {
+                    o["spec"]["selector"]["matchLabels"] = Value::Object(sel.clone());
+                }
+            }
+            "Gateway" => {
+                if let Some(sel) = &selector {
+                    o["spec"]["selector"] = Value::Object(sel.clone());
+                }
+                if let Some(h) = &a.metadata_host {
+                    o["spec"]["servers"][0]["hosts"] = serde_json::json!([h]);
+                }
+            }
+            "VirtualService" => {
+                if let Some(h) = &a.metadata_host {
+                    o["spec"]["hosts"] = serde_json::json!([h]);
+                }
+            }
+            "ServiceMonitor" => o["spec"]["namespaceSelector"]["matchNames"] = serde_json::json!([ns]),
+            _ => {}
+        }
+    }
+    let c = agent_container(&mut objects)?;
+    if let Some(image) = &a.image {
+        c["image"] = image.as_str().into();
+    }
+    let args = c["args"].as_array_mut().context("the agent container has no args")?;
+    if let Some(g) = &a.gateway_selector {
+        args.push(format!("--gateway-selector={g}").into());
+    }
+    if let Some(k) = export_label {
+        args.push(format!("--export-label={k}").into());
+    }
+    if let Some(h) = &a.api_proxy_host {
+        args.push(format!("--api-host={h}").into());
+    }
+    for adv in &a.advertise {
+        args.push(format!("--advertise={adv}").into());
+    }
+    Ok(objects)
+}
+
+/// The objects as multi-document YAML.
+pub fn render(a: &InstallArgs) -> Result<String> {
+    let mut out = String::from("# Rendered by `multicloud-agent install` from deploy/ (docs/operator-guide.md).\n");
+    for o in objects(a)? {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&o)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(objs: &'a [Value], k: &str) -> &'a Value {
+        objs.iter().find(|o| kind(o) == k).unwrap_or_else(|| panic!("no {k}"))
+    }
+
+    fn args_of(objs: &[Value]) -> Vec<String> {
+        find(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_base_and_flags_add_components() {
+        let objs = objects(&InstallArgs { namespace: BASE_NAMESPACE.into(), ..Default::default() }).unwrap();
+        let kinds: Vec<&str> = objs.iter().map(kind).collect();
+        assert_eq!(kinds[0], "CustomResourceDefinition");
+        assert!(kinds.contains(&"EnvoyFilter") && !kinds.contains(&"WasmPlugin") && !kinds.contains(&"PrometheusRule"));
+        assert!(!args_of(&objs).iter().any(|a| a.starts_with("--gateway-selector")));
+        let objs =
+            objects(&InstallArgs { namespace: BASE_NAMESPACE.into(), monitoring: true, wasmplugin: true, ..Default::default() }).unwrap();
+        let kinds: Vec<&str> = objs.iter().map(kind).collect();
+        assert!(!kinds.contains(&"EnvoyFilter") && kinds.contains(&"WasmPlugin"));
+        assert!(kinds.contains(&"ServiceMonitor") && kinds.contains(&"PrometheusRule"));
+    }
+
+    #[test]
+    fn values_land_in_the_daemonset_args_and_the_filter_attachment() {
+        let a = InstallArgs {
+            image: Some("registry.example/agent:1.2.3".into()),
+            gateway_selector: Some("app=edge,istio.io/rev=canary".into()),
+            metadata_host: Some("metadata.a.example".into()),
+            api_proxy_host: Some("api.a.example:443".into()),
+            advertise: vec!["203.0.113.7:15443".into(), "edge.a.example:443".into()],
+            export_label: Some("example.com/federate=true".into()),
+            namespace: "mesh-edge".into(),
+            monitoring: true,
+            wasmplugin: false,
+        };
+        let objs = objects(&a).unwrap();
+        for o in &objs {
+            if kind(o) != "CustomResourceDefinition" && !o["metadata"]["namespace"].is_null() {
+                assert_eq!(o["metadata"]["namespace"], "mesh-edge", "{o}");
+            }
+            assert!(!o.to_string().contains("\"istio-system\""), "a namespace left behind: {o}");
+        }
+        let ds = find(&objs, "DaemonSet");
+        assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/agent:1.2.3");
+        let args = args_of(&objs);
+        for want in [
+            "--gateway-selector=app=edge,istio.io/rev=canary",
+            "--export-label=example.com/federate",
+            "--api-host=api.a.example:443",
+            "--advertise=203.0.113.7:15443",
+            "--advertise=edge.a.example:443",
+        ] {
+            assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
+        }
+        let ef = find(&objs, "EnvoyFilter");
+        assert_eq!(ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
+        assert!(ef.to_string().contains("multicloud-agent-xds.mesh-edge.svc.cluster.local"));
+        assert_eq!(find(&objs, "Gateway")["spec"]["servers"][0]["hosts"], serde_json::json!(["metadata.a.example"]));
+        assert_eq!(find(&objs, "VirtualService")["spec"]["hosts"], serde_json::json!(["metadata.a.example"]));
+        assert_eq!(find(&objs, "VirtualService")["spec"]["http"][0]["name"], "multicloud-metadata");
+        assert_eq!(find(&objs, "ServiceMonitor")["spec"]["namespaceSelector"]["matchNames"], serde_json::json!(["mesh-edge"]));
+        let wasm = objects(&InstallArgs { wasmplugin: true, ..a }).unwrap();
+        assert_eq!(find(&wasm, "WasmPlugin")["spec"]["selector"]["matchLabels"]["app"], "edge");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let base = InstallArgs { namespace: BASE_NAMESPACE.into(), ..Default::default() };
+        let cases: Vec<(InstallArgs, &str)> = vec![
+            (InstallArgs { gateway_selector: Some("istio".into()), ..base.clone() }, "want key=value"),
+            (InstallArgs { gateway_selector: Some("istio=ingress gateway".into()), ..base.clone() }, "not a valid label value"),
+            (InstallArgs { gateway_selector: Some("=x".into()), ..base.clone() }, "not a valid label key"),
+            (InstallArgs { gateway_selector: Some("a=1,a=2".into()), ..base.clone() }, "given twice"),
+            (InstallArgs { advertise: vec!["1.2.3.4".into()], ..base.clone() }, "want host:port"),
+            (InstallArgs { advertise: vec!["1.2.3.4:99999".into()], ..base.clone() }, "is not a port"),
+            (InstallArgs { api_proxy_host: Some("https://api.example".into()), ..base.clone() }, "--api-proxy-host"),
+            (InstallArgs { metadata_host: Some("a.example:443".into()), ..base.clone() }, "--metadata-host"),
+            (InstallArgs { export_label: Some("k=yes".into()), ..base.clone() }, "cannot be changed"),
+            (InstallArgs { namespace: "Istio_System".into(), ..base.clone() }, "--namespace"),
+        ];
+        for (a, want) in cases {
+            let e = objects(&a).unwrap_err().to_string();
+            assert!(e.contains(want), "{a:?}: {e}");
+        }
+    }
+}
