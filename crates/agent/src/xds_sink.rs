@@ -392,6 +392,7 @@ mod tests {
                 max_token_lifetime_seconds: 600,
                 public_max_age_seconds: 60,
                 api: Default::default(),
+                mesh: Default::default(),
             },
             local: facts,
             peers: vec![EstablishedPeer {

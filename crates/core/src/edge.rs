@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha512};
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::meshguard::{MeshGuard, MeshSettings};
 use crate::metadata::{InvalidField, PrivateMetadata, PublicMetadata};
 use crate::spiffe;
 use crate::token::{self, Scope, TokenError, MAX_CLOCK_SKEW_SECS};
@@ -44,6 +45,9 @@ pub struct EdgeConfig {
     /// The API proxy guard (the filter instance with root id `multicloud-api`).
     #[serde(default)]
     pub api: ApiSettings,
+    /// The mesh port's guard (the filter instance with root id `multicloud-mesh`).
+    #[serde(default, skip_serializing_if = "MeshSettings::is_empty")]
+    pub mesh: MeshSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +302,7 @@ pub struct ApiRequest<'a, H: Iterator<Item = (&'a str, &'a str)>> {
 /// A validated configuration with every reply precomputed.
 pub struct Edge {
     api_refusals: Vec<Reply>,
+    mesh: MeshGuard,
     local_uuid: String,
     docs: [CompiledDoc; 3],
     refusals: Vec<Reply>,
@@ -381,21 +386,26 @@ fn compile_doc(body: Vec<u8>, cache_control: &str) -> CompiledDoc {
     }
 }
 
-fn refusal_reply(r: Refusal) -> Reply {
+/// A refusal: `{"error": <what to do>, "reason": <Reason>}`, not cached.
+pub(crate) fn json_refusal(status: u32, error: &str, reason: &str) -> Reply {
     #[derive(Serialize)]
     struct Body<'a> {
         error: &'a str,
         reason: &'a str,
     }
-    let body = serde_json::to_vec(&Body { error: r.message(), reason: r.reason() }).unwrap_or_default();
-    let mut headers = json_headers("no-store");
-    match r.status() {
+    let body = serde_json::to_vec(&Body { error, reason }).unwrap_or_default();
+    Reply { status, headers: json_headers("no-store"), body }
+}
+
+fn refusal_reply(r: Refusal) -> Reply {
+    let Reply { status, mut headers, body } = json_refusal(r.status(), r.message(), r.reason());
+    match status {
         401 => headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\", error=\"invalid_token\"".into())),
         403 => headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\", error=\"insufficient_scope\"".into())),
         405 => headers.push(("allow".into(), "GET, HEAD".into())),
         _ => {}
     }
-    Reply { status: r.status(), headers, body }
+    Reply { status, headers, body }
 }
 
 /// `If-None-Match` holds `etag` (or `*`), per RFC 9110 weak comparison.
@@ -458,8 +468,10 @@ impl Edge {
                 Reply { status: r.code(), headers, body: r.status_json() }
             })
             .collect();
+        let mesh = MeshGuard::compile(&config.mesh, &local_uuid)?;
         Ok(Edge {
             api_refusals,
+            mesh,
             local_uuid,
             docs,
             refusals: Refusal::all().map(refusal_reply).collect(),
@@ -471,6 +483,11 @@ impl Edge {
 
     pub fn config(&self) -> &EdgeConfig {
         &self.config
+    }
+
+    /// The mesh port's guard (root id `multicloud-mesh`).
+    pub fn mesh(&self) -> &MeshGuard {
+        &self.mesh
     }
 
     pub fn etag(&self, doc: Doc) -> &str {
