@@ -128,6 +128,7 @@ pub fn edge_config(local: &ClusterIdentity, peers: &[&ClusterIdentity], private:
         max_token_lifetime_seconds: 600,
         public_max_age_seconds: 60,
         api: multicloud_core::edge::ApiSettings::default(),
+        mesh: Default::default(),
     }
 }
 

@@ -402,6 +402,7 @@ impl Reconciler {
             max_token_lifetime_seconds: 600,
             public_max_age_seconds: 60,
             api: multicloud_core::edge::ApiSettings::default(),
+            mesh: Default::default(),
         };
         let dp = DataPlane { edge, local: facts.clone(), peers: established };
         if last.as_ref() == Some(&dp) {

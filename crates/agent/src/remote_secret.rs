@@ -297,6 +297,7 @@ mod tests {
                 max_token_lifetime_seconds: 600,
                 public_max_age_seconds: 60,
                 api: Default::default(),
+                mesh: Default::default(),
             },
             local: LocalFacts {
                 cluster_uuid: A.into(),

@@ -554,6 +554,7 @@ mod tests {
                 max_token_lifetime_seconds: 600,
                 public_max_age_seconds: 60,
                 api: Default::default(),
+                mesh: Default::default(),
             },
             local: facts,
             peers: vec![EstablishedPeer {

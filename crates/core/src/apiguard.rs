@@ -146,43 +146,64 @@ impl ApiRefusal {
 
 /// Per-peer request rate (token bucket) and concurrent watches. One per
 /// filter configuration per Envoy worker: limits apply per worker.
+///
+/// A list, not a map: only authenticated peers get an entry, so it holds at
+/// most the configured peers (tens), and each hash map type costs the
+/// size-bound Wasm module kilobytes of code.
 #[derive(Default)]
 pub struct PeerLimiter {
-    buckets: std::collections::HashMap<std::rc::Rc<str>, (f64, u64)>,
-    watches: std::collections::HashMap<std::rc::Rc<str>, u32>,
+    peers: Vec<(std::rc::Rc<str>, PeerLimits)>,
+}
+
+struct PeerLimits {
+    tokens: f64,
+    last_ms: u64,
+    watches: u32,
 }
 
 impl PeerLimiter {
+    fn get(&self, peer: &str) -> Option<&PeerLimits> {
+        self.peers.iter().find(|(p, _)| **p == *peer).map(|(_, l)| l)
+    }
+
     /// Admits one request of `peer` at `now_ms`; a watch also takes a slot
     /// until [`PeerLimiter::watch_ended`].
     pub fn admit(&mut self, peer: &std::rc::Rc<str>, now_ms: u64, watch: bool, s: &crate::edge::ApiSettings) -> Result<(), ApiRefusal> {
         let burst = f64::from(s.burst.max(1));
-        let (tokens, last) = self.buckets.entry(peer.clone()).or_insert((burst, now_ms));
-        let elapsed = now_ms.saturating_sub(*last) as f64 / 1000.0;
-        *tokens = (*tokens + elapsed * f64::from(s.requests_per_second)).min(burst);
-        *last = now_ms;
-        if *tokens < 1.0 {
+        let i = match self.peers.iter().position(|(p, _)| p == peer) {
+            Some(i) => i,
+            None => {
+                self.peers.push((peer.clone(), PeerLimits { tokens: burst, last_ms: now_ms, watches: 0 }));
+                self.peers.len() - 1
+            }
+        };
+        let Some((_, l)) = self.peers.get_mut(i) else {
+            return Err(ApiRefusal::RateLimited); // unreachable: i is an index of peers
+        };
+        let elapsed = now_ms.saturating_sub(l.last_ms) as f64 / 1000.0;
+        l.tokens = (l.tokens + elapsed * f64::from(s.requests_per_second)).min(burst);
+        l.last_ms = now_ms;
+        if l.tokens < 1.0 {
             return Err(ApiRefusal::RateLimited);
         }
         if watch {
-            let w = self.watches.entry(peer.clone()).or_insert(0);
-            if *w >= s.max_watches {
+            if l.watches >= s.max_watches {
                 return Err(ApiRefusal::TooManyWatches);
             }
-            *w += 1;
+            l.watches += 1;
         }
-        *tokens -= 1.0;
+        l.tokens -= 1.0;
         Ok(())
     }
 
     pub fn watch_ended(&mut self, peer: &str) {
-        if let Some(w) = self.watches.get_mut(peer) {
-            *w = w.saturating_sub(1);
+        if let Some((_, l)) = self.peers.iter_mut().find(|(p, _)| **p == *peer) {
+            l.watches = l.watches.saturating_sub(1);
         }
     }
 
     pub fn watches(&self, peer: &str) -> u32 {
-        self.watches.get(peer).copied().unwrap_or(0)
+        self.get(peer).map_or(0, |l| l.watches)
     }
 }
 

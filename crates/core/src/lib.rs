@@ -9,6 +9,7 @@
 pub mod apiguard;
 pub mod der;
 pub mod edge;
+pub mod meshguard;
 pub mod metadata;
 pub mod pem;
 pub mod spiffe;

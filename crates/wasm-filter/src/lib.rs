@@ -6,12 +6,15 @@
 //!   not compile is refused with one error log line; `on_configure` returns
 //!   false so Envoy rejects it and the filter configuration in force keeps
 //!   serving.
-//! - The same module runs in two roles, chosen by the plugin's root id:
+//! - The same module runs in three roles, chosen by the plugin's root id:
 //!   `multicloud-edge` serves the metadata documents (local replies only);
 //!   `multicloud-api` guards the API proxy route (token with `scope: api`,
 //!   read-only allow-list, per-peer rate and watch limits), strips the
 //!   peer's token and lets allowed requests continue to the API server; a
-//!   later filter injects the proxy's own credential from SDS.
+//!   later filter injects the proxy's own credential from SDS;
+//!   `multicloud-mesh` guards the identity-enforcing mesh port (peer by
+//!   SNI, caller by the client certificate's SPIFFE ID, host by the peer's
+//!   exported services) and sets the `x-multicloud-caller-*` headers.
 //! - Each HTTP context reads the request headers in one host call, asks the
 //!   edge, and either sends a precomputed local reply or continues. Only
 //!   `proxy_wasm::hostcalls` (which return `Result`) are used: a host error
@@ -20,6 +23,7 @@
 
 use multicloud_core::apiguard::{ApiRead, ApiRefusal, PeerLimiter};
 use multicloud_core::edge::{ApiOutcome, ApiRequest, Edge, Event, Outcome, Request, TokenCache};
+use multicloud_core::meshguard::{MeshOutcome, MeshRequest};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -34,19 +38,22 @@ proxy_wasm::main! {{
 
 /// The root id of the API guard role; anything else serves metadata.
 pub const API_ROOT_ID: &str = "multicloud-api";
+/// The root id of the mesh port guard role.
+pub const MESH_ROOT_ID: &str = "multicloud-mesh";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Metadata,
     Api,
+    Mesh,
 }
 
 /// What every request of one filter configuration shares.
 struct Shared {
     role: Role,
     edge: Edge,
-    /// Counter ids, indexed by [`Event::index`] (metadata role) or by
-    /// [`api_counter`] (API role).
+    /// Counter ids, indexed by [`Event::index`] (metadata role), by
+    /// [`api_counter`] (API role) or by `MeshOutcome::counter` (mesh role).
     counters: Vec<u32>,
     cache: RefCell<TokenCache>,
     limiter: RefCell<PeerLimiter>,
@@ -72,8 +79,9 @@ fn api_counter(allowed: Option<ApiRead>, refused: Option<ApiRefusal>) -> usize {
     }
 }
 
-fn counter_names(role: Role) -> Vec<String> {
+fn counter_names(role: Role, edge: &Edge) -> Vec<String> {
     match role {
+        Role::Mesh => edge.mesh().counter_names().to_vec(),
         Role::Metadata => {
             let mut v = vec![String::new(); Event::COUNT];
             for e in Event::all() {
@@ -124,10 +132,11 @@ impl RootContext for Root {
         };
         let role = match hostcalls::get_property(vec!["plugin_root_id"]) {
             Ok(Some(id)) if id == API_ROOT_ID.as_bytes() => Role::Api,
+            Ok(Some(id)) if id == MESH_ROOT_ID.as_bytes() => Role::Mesh,
             _ => Role::Metadata,
         };
         let mut counters = Vec::new();
-        for name in counter_names(role) {
+        for name in counter_names(role, &edge) {
             match hostcalls::define_metric(MetricType::Counter, &name) {
                 Ok(id) => counters.push(id),
                 Err(status) => {
@@ -139,10 +148,15 @@ impl RootContext for Root {
         log(
             LogLevel::Info,
             &format!(
-                "multicloud {} configured: cluster {} with {} peer(s), public.json etag {}",
-                if role == Role::Api { "API guard" } else { "edge" },
+                "multicloud {} configured: cluster {} with {} peer(s), {} mesh peer(s), public.json etag {}",
+                match role {
+                    Role::Api => "API guard",
+                    Role::Mesh => "mesh guard",
+                    Role::Metadata => "edge",
+                },
                 edge.config().public.cluster_uuid,
                 edge.config().peers.len(),
+                edge.mesh().peers().len(),
                 edge.etag(multicloud_core::edge::Doc::Public)
             ),
         );
@@ -196,8 +210,7 @@ impl EdgeRequest {
             headers: headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         };
         let (Ok(mut cache), Ok(mut limiter)) = (shared.cache.try_borrow_mut(), shared.limiter.try_borrow_mut()) else {
-            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
-            return Action::Pause;
+            return unavailable();
         };
         match shared.edge.decide_api(req, unix_now_ms(), &mut cache, &mut limiter) {
             ApiOutcome::Allow { peer, read } => {
@@ -207,8 +220,7 @@ impl EdgeRequest {
                 if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None).is_err()
                     || hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-multicloud-peer", Some(&peer)).is_err()
                 {
-                    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
-                    return Action::Pause;
+                    return unavailable();
                 }
                 if read == ApiRead::Watch {
                     self.watch_of = Some(peer);
@@ -217,12 +229,64 @@ impl EdgeRequest {
             }
             ApiOutcome::Refuse(reply, refusal) => {
                 count(shared, api_counter(None, Some(refusal)));
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                if hostcalls::send_http_response(reply.status, headers, Some(&reply.body)).is_err() {
-                    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
-                }
-                Action::Pause
+                send(reply)
             }
+        }
+    }
+}
+
+/// Sends `reply` (or, if the host refuses it, the fail-closed 503).
+fn send(reply: &multicloud_core::edge::Reply) -> Action {
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
+    if hostcalls::send_http_response(reply.status, headers, body).is_err() {
+        return unavailable();
+    }
+    Action::Pause
+}
+
+/// Fails closed: 503 [`UNAVAILABLE`].
+fn unavailable() -> Action {
+    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
+    Action::Pause
+}
+
+/// A connection property as text (`None` if absent, empty or not UTF-8).
+fn property(path: [&str; 2]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+/// The mesh role: the peer is the SNI's filter chain, the caller the
+/// client certificate's URI SAN, the host `:authority`.
+fn mesh(shared: &Shared, headers: &[(String, String)]) -> Action {
+    let sni = property(["connection", "requested_server_name"]);
+    let san = property(["connection", "uri_san_peer_certificate"]);
+    let authority = headers.iter().find(|(k, _)| k == ":authority").map_or("", |(_, v)| v.as_str());
+    let req = MeshRequest { sni: sni.as_deref(), peer_uri_san: san.as_deref(), authority };
+    let outcome = shared.edge.mesh().decide(req, headers.iter().map(|(k, _)| k.as_str()));
+    match &outcome {
+        MeshOutcome::Allow { strip, .. } => {
+            // Remove every copy first (remove drops all values of a name),
+            // then set ours: nothing from outside survives under these names.
+            let removed = strip.iter().all(|name| hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_ok());
+            let set = outcome
+                .caller_headers()
+                .is_some_and(|hs| hs.iter().all(|(k, v)| hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v)).is_ok()));
+            if removed && set {
+                count(shared, outcome.counter());
+                Action::Continue
+            } else {
+                unavailable()
+            }
+        }
+        MeshOutcome::Refuse { reply, refusal, .. } => {
+            count(shared, outcome.counter());
+            log(
+                LogLevel::Info,
+                &format!("multicloud mesh refused {}: sni {}, authority {}", refusal.reason(), sni.as_deref().unwrap_or("-"), authority),
+            );
+            send(reply)
         }
     }
 }
@@ -249,12 +313,13 @@ impl HttpContext for EdgeRequest {
         let Some(shared_rc) = self.shared.clone() else {
             // No valid configuration: fail closed. (The API role has no
             // other paths to let through either.)
-            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
-            return Action::Pause;
+            return unavailable();
         };
         let shared = &*shared_rc;
-        if shared.role == Role::Api {
-            return self.api(shared, &headers);
+        match shared.role {
+            Role::Api => return self.api(shared, &headers),
+            Role::Mesh => return mesh(shared, &headers),
+            Role::Metadata => {}
         }
         let req = Request {
             method: find(":method").unwrap_or_default(),
@@ -270,12 +335,7 @@ impl HttpContext for EdgeRequest {
             Outcome::Continue => Action::Continue,
             Outcome::Reply(reply, event) => {
                 count(shared, event.index());
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
-                if hostcalls::send_http_response(reply.status, headers, body).is_err() {
-                    let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(UNAVAILABLE));
-                }
-                Action::Pause
+                send(reply)
             }
         }
     }

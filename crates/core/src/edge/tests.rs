@@ -39,6 +39,7 @@ fn edge_b(a_key: &SigningKey) -> Edge {
         max_token_lifetime_seconds: 600,
         public_max_age_seconds: 60,
         api: ApiSettings::default(),
+        mesh: Default::default(),
     })
     .unwrap()
 }
@@ -200,4 +201,31 @@ fn the_api_guard_authenticates_then_authorizes() {
         Err((401, ApiRefusal::Token(TokenError::Malformed))),
         "authentication first"
     );
+}
+
+#[test]
+fn the_mesh_section_is_optional_and_validated_with_the_rest() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let mut config = edge_b(&a).config().clone();
+    // A configuration without "mesh" (as older agents render it) still
+    // parses, and one without mesh peers renders without it.
+    let json = serde_json::to_value(&config).unwrap();
+    assert!(json.get("mesh").is_none(), "{json}");
+    let edge = Edge::from_json(json.to_string().as_bytes()).unwrap();
+    assert!(edge.mesh().peers().is_empty());
+    let mut with_mesh = json.clone();
+    with_mesh["mesh"] = serde_json::json!({"peers": [
+        {"name": "cluster-a", "clusterUUID": A, "sni": format!("{A}.peer.multicloud"), "services": ["foo.abc.svc.cluster.local"]}
+    ]});
+    let edge = Edge::from_json(with_mesh.to_string().as_bytes()).unwrap();
+    assert_eq!(edge.mesh().peers()[0].name, "cluster-a");
+    assert_eq!(edge.mesh().counter_names().len(), 4);
+    with_mesh["mesh"]["peers"][0]["clusterUUID"] = B.into();
+    let err = Edge::from_json(with_mesh.to_string().as_bytes()).err().unwrap().to_string();
+    assert_eq!(err, "invalid multicloud edge configuration: mesh.peers[0].clusterUUID: is this cluster's own UUID");
+    with_mesh["mesh"]["peers"] = serde_json::json!([{"name": "x"}]);
+    let err = Edge::from_json(with_mesh.to_string().as_bytes()).err().unwrap().to_string();
+    assert!(err.contains("mesh.peers[0].clusterUUID"), "{err}");
+    config.mesh.peers.clear();
+    assert!(Edge::compile(config).is_ok());
 }
