@@ -402,7 +402,26 @@ impl Reconciler {
             max_token_lifetime_seconds: 600,
             public_max_age_seconds: 60,
             api: multicloud_core::edge::ApiSettings::default(),
-            mesh: Default::default(),
+            // The identity-enforcing mesh port: one filter chain per peer
+            // whose private metadata is known (its root secret is pushed
+            // then), every exported service allowed to each.
+            mesh: multicloud_core::meshguard::MeshSettings {
+                peers: established
+                    .iter()
+                    .filter(|p| p.private.is_some())
+                    .map(|p| multicloud_core::meshguard::MeshPeer {
+                        name: p.name.clone(),
+                        cluster_uuid: p.cluster_uuid.clone(),
+                        sni: multicloud_proto::traffic::peer_sni(&p.cluster_uuid),
+                        services: {
+                            let mut hosts: Vec<String> = facts.services.iter().map(|s| s.hostname.to_ascii_lowercase()).collect();
+                            hosts.sort();
+                            hosts.dedup();
+                            hosts
+                        },
+                    })
+                    .collect(),
+            },
         };
         let dp = DataPlane { edge, local: facts.clone(), peers: established };
         if last.as_ref() == Some(&dp) {

@@ -365,7 +365,9 @@ impl XdsSink {
                 edge_filter::resource_with_root_id(&self.wasm_path, json, traffic::MESH_FILTER_NAME),
             );
         }
-        let peer_views: Vec<PeerView> = peers.iter().map(|p| p.view).collect();
+        // Inbound chains: every peer whose root is pushed may call us,
+        // whether or not we route to its gateway (`enableIngressGateway`).
+        let peer_views: Vec<PeerView> = good.to_vec();
         let inputs = traffic::GatewayInputs {
             mode: dp.local.mesh_mode,
             listen,
