@@ -59,7 +59,7 @@ impl LocalFacts {
             api_host: self.api_host.clone(),
             network_name: self.network_name.clone(),
             services: self.services.clone(),
-            mesh_mode: Some(self.mesh_mode),
+            mesh_mode: Some(self.mesh_mode.as_str().to_string()),
         }
     }
 }

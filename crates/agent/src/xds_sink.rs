@@ -305,7 +305,7 @@ impl XdsSink {
         let enabled: std::collections::HashSet<&str> =
             dp.peers.iter().filter(|p| p.enable_ingress_gateway).map(|p| p.name.as_str()).collect();
         let modes: std::collections::HashMap<&str, MeshMode> =
-            dp.peers.iter().map(|p| (p.name.as_str(), p.private.as_ref().and_then(|d| d.mesh_mode).unwrap_or_default())).collect();
+            dp.peers.iter().map(|p| (p.name.as_str(), p.private.as_ref().and_then(|d| d.mesh_mode().ok()).unwrap_or_default())).collect();
         let peers: Vec<TrafficPeer> = good
             .iter()
             .filter(|v| enabled.contains(v.name))

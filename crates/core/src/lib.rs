@@ -7,6 +7,7 @@
 //! what the filter enforces.
 
 pub mod apiguard;
+pub mod b64;
 pub mod der;
 pub mod edge;
 pub mod meshguard;

@@ -34,15 +34,19 @@ pub struct PrivateMetadata {
     pub network_name: String,
     #[serde(default)]
     pub services: Vec<ExportedService>,
-    /// How this cluster's gateway treats mesh traffic on `ingressGateways`;
-    /// absent (Deckhouse, older agents) means [`MeshMode::Passthrough`].
+    /// How this cluster's gateway treats mesh traffic on `ingressGateways`
+    /// ([`MeshMode`] by name; read it with [`PrivateMetadata::mesh_mode`]);
+    /// absent (Deckhouse, older agents) means [`MeshMode::Passthrough`]. A
+    /// string here, not the enum: the Wasm filter parses private documents
+    /// in its configuration, and an enum field costs it about 1 KB it does
+    /// not have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mesh_mode: Option<MeshMode>,
+    pub mesh_mode: Option<String>,
 }
 
 /// What a cluster's gateway does with mesh traffic from peers, and so what
 /// a caller must send it (see `docs/traffic.md`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum MeshMode {
     /// Istio's `AUTO_PASSTHROUGH`: routed by SNI `outbound_.<port>_._.<host>`,
@@ -60,6 +64,25 @@ impl MeshMode {
         match self {
             MeshMode::Passthrough => "Passthrough",
             MeshMode::IdentityEnforcing => "IdentityEnforcing",
+        }
+    }
+}
+
+// By hand, through `&str`: the derived enum code costs the Wasm filter
+// (which parses private documents in its configuration) about 3 KB.
+impl Serialize for MeshMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MeshMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "Passthrough" => Ok(MeshMode::Passthrough),
+            "IdentityEnforcing" => Ok(MeshMode::IdentityEnforcing),
+            _ => Err(serde::de::Error::custom("meshMode: want Passthrough or IdentityEnforcing")),
         }
     }
 }
@@ -178,6 +201,15 @@ pub const MAX_SERVICES: usize = 10_000;
 pub const MAX_PORTS_PER_SERVICE: usize = 64;
 
 impl PrivateMetadata {
+    /// The gateway's mode; an unknown name is an error naming the field.
+    pub fn mesh_mode(&self) -> Result<MeshMode, InvalidField> {
+        match self.mesh_mode.as_deref() {
+            None | Some("Passthrough") => Ok(MeshMode::Passthrough),
+            Some("IdentityEnforcing") => Ok(MeshMode::IdentityEnforcing),
+            Some(_) => Err(invalid("meshMode", "must be Passthrough or IdentityEnforcing")),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), InvalidField> {
         if self.ingress_gateways.len() > MAX_GATEWAYS {
             return Err(invalid("ingressGateways", format!("more than {MAX_GATEWAYS} entries")));
@@ -199,6 +231,7 @@ impl PrivateMetadata {
         {
             return Err(invalid("networkName", "must be 1-253 characters of [A-Za-z0-9-._]"));
         }
+        self.mesh_mode()?;
         if self.services.len() > MAX_SERVICES {
             return Err(invalid("services", format!("more than {MAX_SERVICES} entries")));
         }
@@ -222,6 +255,21 @@ impl PrivateMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_mode_absent_is_passthrough_and_unknown_is_refused() {
+        let doc = |m: Option<&str>| PrivateMetadata {
+            ingress_gateways: vec![],
+            api_host: String::new(),
+            network_name: "n".into(),
+            services: vec![],
+            mesh_mode: m.map(String::from),
+        };
+        assert_eq!(doc(None).mesh_mode(), Ok(MeshMode::Passthrough));
+        assert_eq!(doc(Some("IdentityEnforcing")).mesh_mode(), Ok(MeshMode::IdentityEnforcing));
+        let err = doc(Some("Open")).validate().unwrap_err();
+        assert_eq!(err.field, "meshMode", "{err}");
+    }
 
     #[test]
     fn uuids_and_hosts() {

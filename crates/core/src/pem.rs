@@ -3,8 +3,7 @@
 //! `PUBLIC KEY` block, as Deckhouse publishes it) and the private key
 //! (PKCS#8 `PRIVATE KEY`, as `openssl genpkey -algorithm ed25519` writes it).
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
+use crate::b64::STANDARD;
 use std::fmt;
 
 use crate::der;

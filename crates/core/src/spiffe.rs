@@ -4,8 +4,7 @@
 //! `spiffe_sequence` and `spiffe_refresh_hint` (SPIFFE Trust Domain and
 //! Bundle spec). Roots may be RSA, EC (P-256/384/521) or Ed25519.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine as _;
+use crate::b64::{STANDARD, URL_SAFE_NO_PAD};
 use serde::Serialize;
 
 use crate::der::{self, PublicKey};

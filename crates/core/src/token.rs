@@ -7,8 +7,7 @@
 //! peer is found by `sub`, the signature is verified with that peer's key,
 //! and only then are audience, time and scope trusted.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
+use crate::b64::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -201,10 +200,10 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> String {
     let mut out = String::with_capacity(HEADER.len() + payload.len() * 4 / 3 + 100);
     out.push_str(HEADER);
     out.push('.');
-    URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
+    out.push_str(&URL_SAFE_NO_PAD.encode(&payload));
     let sig = key.sign(out.as_bytes());
     out.push('.');
-    URL_SAFE_NO_PAD.encode_string(sig.to_bytes(), &mut out);
+    out.push_str(&URL_SAFE_NO_PAD.encode(sig.to_bytes()));
     out
 }
 
@@ -251,11 +250,10 @@ pub fn verify<P>(
         return Err(TokenError::MissingClaim);
     }
     let (peer, key) = lookup(&sub).ok_or(TokenError::UnknownPeer)?;
-    let mut sig = [0u8; 64];
-    match URL_SAFE_NO_PAD.decode_slice(s64, &mut sig) {
-        Ok(64) => {}
-        _ => return Err(TokenError::Malformed),
+    if s64.len() != 86 {
+        return Err(TokenError::Malformed); // 64 bytes, unpadded
     }
+    let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(s64).ok().and_then(|v| v.try_into().ok()).ok_or(TokenError::Malformed)?;
     let signed_len = h64.len() + 1 + p64.len();
     let signed = token.as_bytes().get(..signed_len).ok_or(TokenError::Malformed)?;
     key.verify_strict(signed, &Signature::from_bytes(&sig)).map_err(|_| TokenError::BadSignature)?;

@@ -8,8 +8,8 @@
 //! answered and who the answering app was told called, and shows
 //! impersonation attempts refused. Everything stops on exit and on Ctrl-C.
 
-use multicloud_e2e::fixtures::ClusterIdentity;
 use multicloud_core::metadata::MeshMode;
+use multicloud_e2e::fixtures::ClusterIdentity;
 use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions, TrafficOptions, FOO, SECRET};
 use multicloud_e2e::{hosts, http, mtls, SimCluster};
 use multicloud_proto::traffic::{peer_sni, Sameness};
@@ -203,7 +203,10 @@ fn main() {
     );
     refused &= r.status() == Some(403);
     let r = mtls::get(mesh_a, &peer_sni(&a.id.uuid), Some(&b_foo), SECRET, "/", &[]);
-    println!("  the same certificate poses as cluster-1's own workload -> {}", if r.is_refused() { "TLS handshake refused" } else { "NOT refused" });
+    println!(
+        "  the same certificate poses as cluster-1's own workload -> {}",
+        if r.is_refused() { "TLS handshake refused" } else { "NOT refused" }
+    );
     refused &= r.is_refused();
     drop(guard);
     stop_if_interrupted();
