@@ -207,6 +207,10 @@ struct KubeArgs {
     /// Kubernetes mode: gateway addresses to advertise instead of the Service's (host:port, repeatable).
     #[arg(long)]
     advertise: Vec<String>,
+    /// Kubernetes mode: the filter is attached by this Istio WasmPlugin (in --namespace) instead of
+    /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
+    #[arg(long)]
+    wasmplugin: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -320,6 +324,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let source_error = Arc::new(Mutex::new(None));
     let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
     let mut kube_client: Option<(kube::Client, String)> = None;
+    let mut wasmplugin_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
     let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
         let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         let opts = kube_options(&args.kube)?;
@@ -327,6 +332,9 @@ async fn run(args: RunArgs) -> Result<()> {
         let key = kube_mode::SecretKeyStore::new(client.clone(), &opts).load_or_generate().await?;
         let lease = Arc::new(kube_mode::LeaseGuard::new(client.clone(), &opts));
         lease.clone().spawn_renewal();
+        if let Some(name) = &args.kube.wasmplugin {
+            wasmplugin_sink = Some(Arc::new(kube_mode::WasmPluginSink::new(client.clone(), &opts.namespace, name, lease.clone())));
+        }
         tokio::spawn(kube_mode::desired_state(client.clone(), opts, Duration::from_secs(10), tx));
         (key, Arc::new(Both(Arc::new(kube_mode::KubeStatusSink::new(client, lease)), board.clone())))
     } else {
@@ -457,6 +465,7 @@ async fn run(args: RunArgs) -> Result<()> {
             if let Some(path) = args.edge_ecds_file {
                 sinks.push(Arc::new(edge_file::EcdsFile::new(path, args.filter_wasm)));
             }
+            sinks.extend(wasmplugin_sink);
             sinks.push(Arc::new(ReadyOnApply { admin: admin_state }));
             sinks
         },

@@ -463,3 +463,92 @@ async fn watched_objects_are_published_as_the_desired_peers() {
     tokio::time::timeout(within, watcher).await.expect("watch_objects returns once every receiver is gone").unwrap();
     server.await.unwrap();
 }
+
+fn data_plane(uuid: &str) -> crate::reconcile::DataPlane {
+    let facts = LocalFacts {
+        cluster_uuid: uuid.into(),
+        root_ca: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
+        ingress_gateways: vec![IngressGateway { address: "203.0.113.10".into(), port: 15443 }],
+        api_host: String::new(),
+        network_name: "network-a".into(),
+        services: vec![],
+        mesh_mode: Default::default(),
+        local_endpoints: vec![],
+    };
+    crate::reconcile::DataPlane {
+        edge: multicloud_core::edge::EdgeConfig {
+            public: facts.public_document("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into()),
+            private: facts.private_document(),
+            peers: vec![],
+            spiffe: Default::default(),
+            max_token_lifetime_seconds: 600,
+            public_max_age_seconds: 60,
+            api: Default::default(),
+            mesh: Default::default(),
+        },
+        local: facts,
+        peers: vec![],
+    }
+}
+
+const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/multicloud-edge";
+
+/// Scenario — the API server is kube's tower_test mock (no API server can
+/// run here). With `--wasmplugin`, the lease holder writes the edge
+/// configuration into the existing WasmPlugin's `spec.pluginConfig` by
+/// server-side apply, once per change.
+#[tokio::test]
+async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
+    use crate::reconcile::DataPlaneSink as _;
+    let (client, mut api) = mock_client();
+    let uuid = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
+        expect(&mut api, Method::POST, LEASES_PATH, 201, ECHO).await;
+        let existing = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "multicloud-edge", "namespace": "istio-system", "resourceVersion": "7"},
+            "spec": {"url": "oci://example/edge:1", "pluginConfig": {}}});
+        expect(&mut api, Method::GET, WASMPLUGIN_PATH, 200, existing.clone()).await;
+        let seen = expect(&mut api, Method::PATCH, WASMPLUGIN_PATH, 200, existing.clone()).await;
+        assert_eq!(seen.content_type, "application/apply-patch+yaml");
+        assert_eq!(seen.query.get("fieldManager").map(String::as_str), Some("istio-multicloud-agent"));
+        assert_eq!(seen.body["kind"], "WasmPlugin");
+        assert_eq!(seen.body["spec"]["pluginConfig"]["public"]["clusterUUID"], uuid);
+        assert!(seen.body["spec"].get("url").is_none(), "only pluginConfig is ours: {}", seen.body);
+        // A changed configuration: written again (still the leader).
+        expect(&mut api, Method::GET, WASMPLUGIN_PATH, 200, existing.clone()).await;
+        let seen = expect(&mut api, Method::PATCH, WASMPLUGIN_PATH, 200, existing).await;
+        assert_eq!(seen.body["spec"]["pluginConfig"]["private"]["networkName"], "network-b");
+        expect_no_more(&mut api).await;
+    });
+    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
+    let sink = WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone());
+    let dp = data_plane(uuid);
+    sink.apply(&dp).await.unwrap();
+    sink.apply(&dp).await.unwrap(); // unchanged: nothing sent
+    let mut changed = dp.clone();
+    changed.edge.private.network_name = "network-b".into();
+    sink.apply(&changed).await.unwrap();
+    drop((sink, lease));
+    server.await.unwrap();
+}
+
+/// Scenario — tower_test mock API server. The WasmPlugin does not exist:
+/// the agent does not create it, and says what to do.
+#[tokio::test]
+async fn a_missing_wasmplugin_is_not_created_and_the_error_says_what_to_do() {
+    use crate::reconcile::DataPlaneSink as _;
+    let (client, mut api) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
+        expect(&mut api, Method::POST, LEASES_PATH, 201, ECHO).await;
+        expect(&mut api, Method::GET, WASMPLUGIN_PATH, 404, not_found("wasmplugins.extensions.istio.io", "multicloud-edge")).await;
+        expect_no_more(&mut api).await;
+    });
+    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
+    let sink = WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone());
+    let err = sink.apply(&data_plane("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a")).await.unwrap_err();
+    assert!(format!("{err:#}").contains("deploy/overlays/wasmplugin"), "{err:#}");
+    drop((sink, lease));
+    server.await.unwrap();
+}
