@@ -257,6 +257,21 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     for adv in &a.advertise {
         args.push(format!("--advertise={adv}").into());
     }
+    if a.wasmplugin {
+        // As deploy/components/wasmplugin: the agent writes the edge
+        // configuration into the WasmPlugin, and may get and patch it.
+        args.push("--wasmplugin=multicloud-edge".into());
+        let role = objects
+            .iter_mut()
+            .find(|o| kind(o) == "Role" && o["metadata"]["name"] == "istio-multicloud-agent")
+            .context("the agent's Role is missing")?;
+        role["rules"].as_array_mut().context("the agent's Role has no rules")?.push(serde_json::json!({
+            "apiGroups": ["extensions.istio.io"],
+            "resources": ["wasmplugins"],
+            "resourceNames": ["multicloud-edge"],
+            "verbs": ["get", "patch"],
+        }));
+    }
     Ok(objects)
 }
 
