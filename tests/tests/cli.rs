@@ -2,7 +2,8 @@
 //! against two simulated clusters (127.0.81.x and 127.0.82.x) with real
 //! agents and gateways.
 
-use multicloud_e2e::mesh::{api_host, start_mesh, ApiOptions, Cluster, MeshOptions};
+use multicloud_core::metadata::MeshMode;
+use multicloud_e2e::mesh::{api_host, start_mesh, ApiOptions, Cluster, MeshOptions, TrafficOptions};
 use multicloud_e2e::{hosts, paths, wait_until, SimCluster};
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -60,7 +61,15 @@ fn step<'a>(steps: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 fn status_and_check_against_a_two_cluster_mesh() {
     let mut cs = start_mesh(
         &[SimCluster(81), SimCluster(82)],
-        MeshOptions { ads: Some(true), api: Some(ApiOptions { token_ttl_seconds: 3600 }), ..Default::default() },
+        MeshOptions {
+            ads: Some(true),
+            api: Some(ApiOptions { token_ttl_seconds: 3600 }),
+            traffic: Some(TrafficOptions {
+                mode: MeshMode::IdentityEnforcing,
+                sameness: multicloud_proto::traffic::Sameness::Balanced,
+                foo_in: &[true, true],
+            }),
+        },
     );
     let (a_name, b_name) = (Cluster::object_name(cs[0].sim), Cluster::object_name(cs[1].sim));
     cs[0].agent.wait_condition(&b_name, "Ready", "True", READY);
@@ -89,7 +98,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains(&dead), "{}", out.stderr);
 
-    // check on a healthy peer: every step passes (the mesh port is skipped: nothing listens yet).
+    // check on a healthy peer: every step passes, the mesh port's handshake included.
     let key = cs[0].agent.key_path().display().to_string();
     let args = check_args(&cs[0], &cs[1], &key);
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -98,7 +107,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
     let mut jargs = args.clone();
     jargs.extend(["-o".into(), "json".into()]);
     let steps: serde_json::Value = serde_json::from_str(&run(&jargs.iter().map(String::as_str).collect::<Vec<_>>()).stdout).unwrap();
-    for s in ["object", "public", "private"] {
+    for s in ["object", "public", "private", "mesh"] {
         assert_eq!(step(&steps, s)["result"], "PASS", "{steps}");
     }
     assert_ne!(step(&steps, "api")["result"], "FAIL", "{steps}");

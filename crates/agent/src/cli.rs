@@ -428,7 +428,12 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
         steps.push(rt.block_on(api_step(&private.api_host, &spec, &token, a.api_host_override)));
     }
     // (e) The mesh port of each ingress gateway.
-    let sni = private.services.first().map(|s| format!("outbound_.80_._.{}", s.hostname));
+    // What a caller sends that gateway: Istio's SNI for one exported service
+    // port (passthrough), or this cluster's peer SNI (identity-enforcing).
+    let sni = match private.mesh_mode() {
+        Ok(multicloud_core::metadata::MeshMode::IdentityEnforcing) => Some(multicloud_proto::traffic::peer_sni(&facts.cluster_uuid)),
+        _ => private.services.iter().find_map(|s| s.ports.first().map(|p| multicloud_proto::mesh::sni(&s.hostname, p.port))),
+    };
     for g in &private.ingress_gateways {
         steps.push(mesh_step(&g.address, g.port, &public.root.certs_der, sni.as_deref()));
     }
@@ -512,7 +517,13 @@ fn mesh_step(address: &str, port: u16, roots_der: &[Vec<u8>], sni: Option<&str>)
     let mut tcp = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Step::skip(name, format!("{target}: nothing listens there ({e}); the mesh port arrives with cross-cluster traffic"));
+            return Step::fail(
+                name,
+                "MeshPortClosed",
+                format!("{target}: nothing listens there ({e})"),
+                "the peer's gateway does not serve its mesh port: is the gateway up, and does the peer advertise the right ingressGateways port?"
+                    .into(),
+            );
         }
         Err(e) => {
             return Step::fail(
@@ -739,6 +750,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        assert_eq!(mesh_step("127.0.0.1", port, &[], Some("outbound_.80_._.x")).result, Outcome::Skip);
+        let closed = mesh_step("127.0.0.1", port, &[], Some("outbound_.80_._.x"));
+        assert_eq!((closed.result, closed.reason.as_deref()), (Outcome::Fail, Some("MeshPortClosed")), "{closed:?}");
     }
 }
