@@ -3,9 +3,10 @@
 //! rogue CA or an impersonator against a gateway's mesh port or a
 //! sidecar's inbound port, and to see exactly where they are refused.
 //!
-//! It does not check the server's certificate: the attacker does not care
-//! who answers, and what is under test is whether the *server* lets the
-//! client in.
+//! Without `server_ca` it does not check the server's certificate: the
+//! attacker does not care who answers, and what is under test is whether
+//! the *server* lets the client in. With it, the server must present a
+//! certificate for `sni` from that CA.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject as _;
@@ -81,12 +82,33 @@ impl Outcome {
 /// One request over TLS to `addr` with `sni`, presenting `client` (chain
 /// PEM, key PEM) if given: `GET path` with `Host: host` and `headers`.
 pub fn get(addr: SocketAddr, sni: &str, client: Option<&(String, String)>, host: &str, path: &str, headers: &[(&str, &str)]) -> Outcome {
+    get_from(addr, sni, None, client, host, path, headers)
+}
+
+/// [`get`], and the server must prove itself with a certificate for `sni`
+/// from `server_ca` (PEM) when given.
+pub fn get_from(
+    addr: SocketAddr,
+    sni: &str,
+    server_ca: Option<&str>,
+    client: Option<&(String, String)>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Outcome {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let versions =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().expect("protocol versions");
+    let builder = match server_ca {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.expect("server CA PEM")).expect("server CA");
+            }
+            versions.with_root_certificates(roots)
+        }
+        None => versions.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider))),
+    };
     let config = match client {
         Some((chain, key)) => {
             let certs: Vec<CertificateDer<'static>> =

@@ -9,6 +9,23 @@ use crate::gateway::ads_bootstrap;
 use crate::{hosts, SimCluster};
 use std::net::SocketAddr;
 
+/// The inbound filter chain's mTLS, as an Istio sidecar's: the workload
+/// certificate (SDS `default`), callers validated against the agent's
+/// trust bundle, a client certificate required.
+const INBOUND_TLS: &str = r#"    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: default
+              sds_config: {ads: {}, resource_api_version: V3}
+            validation_context_sds_secret_config:
+              name: multicloud-trust-bundle
+              sds_config: {ads: {}, resource_api_version: V3}
+"#;
+
 pub fn spec(cluster: SimCluster, xds: SocketAddr, delta: bool) -> EnvoySpec {
     let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", xds, delta);
     let ip = cluster.ip(hosts::SIDECAR);
@@ -17,19 +34,7 @@ pub fn spec(cluster: SimCluster, xds: SocketAddr, delta: bool) -> EnvoySpec {
   - name: inbound
     address: {{socket_address: {{address: {ip}, port_value: 0}}}}
     filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: default
-              sds_config: {{ads: {{}}, resource_api_version: V3}}
-            validation_context_sds_secret_config:
-              name: multicloud-trust-bundle
-              sds_config: {{ads: {{}}, resource_api_version: V3}}
-      filters:
+{INBOUND_TLS}      filters:
       - name: envoy.filters.network.direct_response
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config
@@ -111,19 +116,7 @@ impl TrafficSidecar {
   - name: inbound
     address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}
     filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: default
-              sds_config: {{ads: {{}}, resource_api_version: V3}}
-            validation_context_sds_secret_config:
-              name: multicloud-trust-bundle
-              sds_config: {{ads: {{}}, resource_api_version: V3}}
-      filters:
+{INBOUND_TLS}      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager

@@ -14,11 +14,7 @@ use multicloud_e2e::upstream::RecordingUpstream;
 use multicloud_e2e::{hosts, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
 use multicloud_proto::prost::Message as _;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 const MESH: SimCluster = SimCluster(91);
@@ -132,8 +128,9 @@ impl Resp {
     }
 }
 
-/// One HTTP/1.1 request over mTLS with a chosen SNI and client certificate.
-/// `Err` is a transport failure (for instance a refused handshake).
+/// One HTTP/1.1 request over mTLS with a chosen SNI and client certificate
+/// (`multicloud_e2e::mtls`), the server checked against `server_ca`. `Err`
+/// is a transport failure (for instance a refused handshake).
 fn mtls_get(
     addr: SocketAddr,
     sni: &str,
@@ -142,37 +139,10 @@ fn mtls_get(
     host: &str,
     headers: &[(&str, &str)],
 ) -> Result<Resp, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap()).unwrap();
-    let chain = vec![CertificateDer::from_pem_slice(client.0.as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(client.1.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_string()).unwrap()).unwrap();
-    let tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut req = format!("GET /hello HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    match multicloud_e2e::mtls::get_from(addr, sni, Some(server_ca), Some(client), host, "/hello", headers) {
+        multicloud_e2e::mtls::Outcome::Http(status, body) => Ok(Resp { status, body }),
+        multicloud_e2e::mtls::Outcome::Refused(e) => Err(e),
     }
-    req.push_str("\r\n");
-    tls.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    if let Err(e) = tls.read_to_end(&mut raw) {
-        // Envoy may close without close_notify after a complete response.
-        if raw.is_empty() {
-            return Err(format!("read: {e}"));
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP response: {text:?}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line: {head:?}"))?;
-    Ok(Resp { status, body: body.to_string() })
 }
 
 /// The sum of the stats whose names end with `suffix`.
