@@ -8,7 +8,7 @@ use crate::apiserver::RecordedApiServer;
 use crate::envoy::{Envoy, EnvoySpec};
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
 use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
-use crate::sidecar::TrafficSidecar;
+use crate::sidecar::{LocalRouteTls, TrafficSidecar};
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, wait_until, SimCluster};
 use multicloud_core::metadata::{ExportedService, IngressGateway, MeshMode, ServicePort};
@@ -71,6 +71,9 @@ pub struct TrafficOptions {
     /// Which clusters (by index) run `foo.abc` (and export it). Every
     /// cluster runs `secret.abc`, which none exports.
     pub foo_in: &'static [bool],
+    /// Each sidecar also routes Host [`crate::sidecar::LOCAL_ROUTE_HOST`]
+    /// straight to its own inbound port (the benchmark's local baseline).
+    pub local_route: bool,
 }
 
 pub const FOO: &str = "foo.abc.svc.cluster.local";
@@ -264,7 +267,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                 "--gateway-key".into(),
                 "{dir}/gateway.key".into(),
             ]);
-            traffic_ports = Some((t.mode, mesh_port, inbound_port, runs_foo));
+            traffic_ports = Some((t.mode, mesh_port, inbound_port, runs_foo, t.local_route));
         }
         let agent = Agent::start(
             dir,
@@ -301,7 +304,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             tls: Some(ServerTls { cert_pem, key_pem, port: ports[i] }),
             api,
         }));
-        if let Some((mode, mesh_port, inbound_port, runs_foo)) = traffic_ports {
+        if let Some((mode, mesh_port, inbound_port, runs_foo, local_route)) = traffic_ports {
             let echo = RecordingUpstream::start_echo(sim.ip(hosts::APP), &Cluster::object_name(*sim));
             sidecar_specs.push(
                 TrafficSidecar {
@@ -310,6 +313,10 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                     inbound_port,
                     app: echo.addr(),
                     services: vec![FOO.into(), SECRET.into()],
+                    local_route: local_route.then(|| {
+                        let (cert_pem, key_pem) = ids[i].workload_cert("abc", "foo");
+                        LocalRouteTls { cert_pem, key_pem, root_pem: ids[i].root_pem() }
+                    }),
                 }
                 .spec(),
             );

@@ -66,18 +66,39 @@ pub struct TrafficSidecar {
     pub app: SocketAddr,
     /// Hostnames (port 80) the application calls.
     pub services: Vec<String>,
+    /// Adds the virtual host [`LOCAL_ROUTE_HOST`]: a direct local call, the
+    /// same sidecar path without any gateway (outbound → mTLS → this
+    /// sidecar's own inbound → the echo app), as the benchmark's baseline.
+    pub local_route: Option<LocalRouteTls>,
 }
+
+/// The client side of the direct local call: the workload certificate the
+/// agent serves as SDS `default` and the local root (SDS
+/// `multicloud-local-root`), as files. Not over ADS: a static cluster whose
+/// TLS comes from SDS over ADS crashes Envoy 1.40 at start (SIGSEGV while
+/// loading the bootstrap's clusters, before the ADS stream exists), and the
+/// agent serves SDS on ADS only. The handshake is the same either way.
+#[derive(Clone)]
+pub struct LocalRouteTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub root_pem: String,
+}
+
+/// The Host of the direct local call ([`TrafficSidecar::local_route`]).
+pub const LOCAL_ROUTE_HOST: &str = "local.foo";
+/// Its static cluster: this sidecar's own inbound port, with the TLS the
+/// merged cluster uses for local endpoints (the workload certificate,
+/// validated against the local root only, Istio's SNI and ALPN for `foo.abc:80`).
+const LOCAL_ROUTE_CLUSTER: &str = "local-foo";
 
 impl TrafficSidecar {
     pub fn spec(&self) -> EnvoySpec {
         let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", self.xds, false);
         let ip = self.cluster.ip(hosts::SIDECAR);
-        let vhosts: String = self
-            .services
-            .iter()
-            .map(|h| {
-                format!(
-                    r#"            - name: "{h}"
+        let vhost = |h: &str, cluster: &str| {
+            format!(
+                r#"            - name: "{h}"
               domains: ["{h}", "{h}:80"]
               routes:
               - match: {{prefix: /}}
@@ -89,12 +110,45 @@ impl TrafficSidecar {
                     num_retries: 2
                     retry_host_predicate: [{{name: envoy.retry_host_predicates.previous_hosts, typed_config: {{"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}}}]
                     host_selection_retry_max_attempts: 5
-"#,
-                    cluster = multicloud_proto::traffic::sameness_cluster_name(h, 80)
-                )
-            })
-            .collect();
+"#
+            )
+        };
+        let mut vhosts: String = self.services.iter().map(|h| vhost(h, &multicloud_proto::traffic::sameness_cluster_name(h, 80))).collect();
         let (inbound, app) = (self.inbound_port, self.app);
+        let (mut local_cluster, mut files) = (String::new(), vec![]);
+        if let Some(tls) = &self.local_route {
+            files = vec![
+                ("local-route/cert.pem".to_string(), tls.cert_pem.clone().into_bytes()),
+                ("local-route/key.pem".to_string(), tls.key_pem.clone().into_bytes()),
+                ("local-route/root.pem".to_string(), tls.root_pem.clone().into_bytes()),
+            ];
+            vhosts.push_str(&vhost(LOCAL_ROUTE_HOST, LOCAL_ROUTE_CLUSTER));
+            local_cluster = format!(
+                r#"  - name: {LOCAL_ROUTE_CLUSTER}
+    type: STATIC
+    connect_timeout: 2s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: "{sni}"
+        common_tls_context:
+          alpn_protocols: [{alpn}]
+          tls_certificates:
+          - certificate_chain: {{filename: "{{dir}}/local-route/cert.pem"}}
+            private_key: {{filename: "{{dir}}/local-route/key.pem"}}
+          validation_context:
+            trusted_ca: {{filename: "{{dir}}/local-route/root.pem"}}
+    load_assignment:
+      cluster_name: {LOCAL_ROUTE_CLUSTER}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}}}
+"#,
+                sni = multicloud_proto::mesh::sni(crate::mesh::FOO, 80),
+                alpn = multicloud_proto::mesh::ALPN.join(", "),
+            );
+        }
         let bootstrap = format!(
             r#"{node}{dynamic}static_resources:
   listeners:
@@ -142,10 +196,10 @@ impl TrafficSidecar {
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
-{agent_cluster}"#,
+{local_cluster}{agent_cluster}"#,
             app.ip(),
             app.port()
         );
-        EnvoySpec { name: format!("sidecar-{}", self.cluster.0), cluster: self.cluster, host: hosts::SIDECAR, bootstrap, files: vec![] }
+        EnvoySpec { name: format!("sidecar-{}", self.cluster.0), cluster: self.cluster, host: hosts::SIDECAR, bootstrap, files }
     }
 }

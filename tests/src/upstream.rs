@@ -1,6 +1,9 @@
-//! An HTTP/1.1 upstream that records every request it receives, so tests can
-//! assert what a filter let through, and with which headers.
+//! An HTTP/1.1 upstream that records the requests it receives, so tests can
+//! assert what a filter let through, and with which headers. It keeps the
+//! last [`RECORD_LIMIT`] requests (a benchmark's load would otherwise grow
+//! it without bound) and counts all of them.
 
+use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +24,7 @@ impl Recorded {
 
 #[derive(Default)]
 struct State {
-    requests: Mutex<Vec<Recorded>>,
+    requests: Mutex<VecDeque<Recorded>>,
     count: AtomicU64,
     stop: AtomicBool,
 }
@@ -44,6 +47,9 @@ enum Reply {
 }
 
 const MAX_HEAD: usize = 64 * 1024;
+
+/// How many of the latest requests an upstream keeps (oldest dropped first).
+pub const RECORD_LIMIT: usize = 1000;
 
 impl RecordingUpstream {
     /// Listens on `ip:0`. Answers `200 upstream <method> <path>`.
@@ -84,9 +90,10 @@ impl RecordingUpstream {
         self.state.count.load(Ordering::SeqCst)
     }
 
+    /// The last [`RECORD_LIMIT`] requests, oldest first ([`Self::count`] counts all).
     pub fn requests(&self) -> Vec<Recorded> {
         assert!(self.record, "this upstream only counts");
-        self.state.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.state.requests.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 }
 
@@ -157,7 +164,11 @@ fn serve(conn: TcpStream, st: &State, record: bool, reply_kind: &Reply) {
             }
         };
         if record {
-            st.requests.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded { method, path, headers });
+            let mut kept = st.requests.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() >= RECORD_LIMIT {
+                kept.pop_front();
+            }
+            kept.push_back(Recorded { method, path, headers });
         }
         st.count.fetch_add(1, Ordering::SeqCst);
         let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{reply}", reply.len());

@@ -70,7 +70,12 @@ fn passthrough_sameness_failover_and_limits() {
         &[sa, sb],
         MeshOptions {
             ads: Some(false),
-            traffic: Some(TrafficOptions { mode: MeshMode::Passthrough, sameness: Sameness::Balanced, foo_in: &[false, true] }),
+            traffic: Some(TrafficOptions {
+                mode: MeshMode::Passthrough,
+                sameness: Sameness::Balanced,
+                foo_in: &[false, true],
+                local_route: false,
+            }),
             ..Default::default()
         },
     );
@@ -149,7 +154,12 @@ fn identity_enforcing_gateway() {
         &[sa, sb],
         MeshOptions {
             ads: Some(false),
-            traffic: Some(TrafficOptions { mode: MeshMode::IdentityEnforcing, sameness: Sameness::Balanced, foo_in: &[false, true] }),
+            traffic: Some(TrafficOptions {
+                mode: MeshMode::IdentityEnforcing,
+                sameness: Sameness::Balanced,
+                foo_in: &[false, true],
+                local_route: false,
+            }),
             ..Default::default()
         },
     );
@@ -217,7 +227,12 @@ fn local_first_fails_over_to_the_peer() {
         &[sa, sb],
         MeshOptions {
             ads: Some(false),
-            traffic: Some(TrafficOptions { mode: MeshMode::Passthrough, sameness: Sameness::LocalFirst, foo_in: &[true, true] }),
+            traffic: Some(TrafficOptions {
+                mode: MeshMode::Passthrough,
+                sameness: Sameness::LocalFirst,
+                foo_in: &[true, true],
+                local_route: false,
+            }),
             ..Default::default()
         },
     );

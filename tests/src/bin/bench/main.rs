@@ -2,7 +2,7 @@
 //! same run and writes the ratios to BENCHMARKS.md. Every load is a bounded
 //! wrk run on loopback; nothing runs without an end.
 //!
-//! Usage: bench [edge]...   (default: all benchmarks)
+//! Usage: bench [edge|api|xds|traffic]...   (default: all benchmarks)
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -23,6 +23,9 @@ fn main() {
     }
     if all || args.iter().any(|a| a == "xds") {
         xds::run();
+    }
+    if all || args.iter().any(|a| a == "traffic") {
+        traffic::run();
     }
 }
 
@@ -155,6 +158,7 @@ The same `GET {path}` with the same bearer token goes to the same upstream throu
     write_section("api", &body);
 }
 
+mod traffic;
 mod xds;
 
 fn yaml_str(s: &str) -> String {
