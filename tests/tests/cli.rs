@@ -68,6 +68,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
                 mode: MeshMode::IdentityEnforcing,
                 sameness: multicloud_proto::traffic::Sameness::Balanced,
                 foo_in: &[true, true],
+                local_route: false,
             }),
         },
     );
