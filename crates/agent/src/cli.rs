@@ -258,11 +258,21 @@ impl Step {
     }
 }
 
+/// Where `check` gets the peer's spec, this cluster's facts and its key.
+#[allow(clippy::large_enum_variant)] // one value per process
+pub enum CheckSource<'a> {
+    /// The standalone file and key file the agent runs with (without a file:
+    /// a clear failure naming what the agent at `agent` knows).
+    Standalone { file: Option<&'a Path>, key: &'a Path },
+    /// Read from the API server by the caller (`kube_mode::check_inputs`),
+    /// or why it could not be: (reason, detail, what to do).
+    Kubernetes(Result<(LocalFacts, IstioMulticloudSpec, ed25519_dalek::SigningKey), (String, String, String)>),
+}
+
 pub struct CheckArgs<'a> {
     pub peer: &'a str,
     pub agent: &'a str,
-    pub standalone: Option<&'a Path>,
-    pub key: &'a Path,
+    pub source: CheckSource<'a>,
     /// HOST=ADDR: connect to ADDR for the API proxy HOST (like curl --resolve).
     pub api_host_override: &'a [String],
 }
@@ -323,10 +333,14 @@ pub fn check(a: &CheckArgs<'_>, output: Output) -> i32 {
     }
 }
 
-pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
-    let mut steps = Vec::new();
-    // (a) The object and this cluster's facts.
-    let Some(file) = a.standalone else {
+/// The standalone inputs, each failure pushed as a step.
+fn standalone_inputs(
+    a: &CheckArgs<'_>,
+    file: Option<&Path>,
+    key_path: &Path,
+    steps: &mut Vec<Step>,
+) -> Option<(LocalFacts, IstioMulticloudSpec, ed25519_dalek::SigningKey)> {
+    let Some(file) = file else {
         let known = agent_get(a.agent, "/status")
             .ok()
             .and_then(|s| serde_json::from_str::<StatusDoc>(&s).ok())
@@ -336,14 +350,14 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
             Some(false) => format!("the agent at {} has no object {:?}", a.agent, a.peer),
             None => format!("the agent at {} cannot be reached", a.agent),
         };
-        steps.push(Step::fail("object", "SpecUnavailable", detail, "pass --standalone FILE (Kubernetes mode comes later)".into()));
-        return steps;
+        steps.push(Step::fail("object", "SpecUnavailable", detail, "pass --standalone FILE, or --kubernetes".into()));
+        return None;
     };
     let (facts, specs) = match load_local(file) {
         Ok(v) => v,
         Err(e) => {
             steps.push(Step::fail("object", "FileInvalid", e, "pass the standalone file the agent runs with (--standalone)".into()));
-            return steps;
+            return None;
         }
     };
     let Some(spec) = specs.get(a.peer).cloned() else {
@@ -354,11 +368,11 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
             format!("no IstioMulticloud {:?} in {} (objects: {names:?})", a.peer, file.display()),
             "check the name (multicloud-agent status lists them)".into(),
         ));
-        return steps;
+        return None;
     };
     steps.push(Step::pass("object", format!("{} → {}", a.peer, spec.metadata_endpoint)));
-    let key = match crate::keys::load_existing(a.key) {
-        Ok(k) => k,
+    match crate::keys::load_existing(key_path) {
+        Ok(k) => Some((facts, spec, k)),
         Err(e) => {
             steps.push(Step::fail(
                 "key",
@@ -366,8 +380,27 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
                 format!("{e:#}"),
                 "--key must be this cluster's federation key file (the agent's --key)".into(),
             ));
+            None
+        }
+    }
+}
+
+pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    // (a) The object, this cluster's facts and its key.
+    let (facts, spec, key) = match &a.source {
+        CheckSource::Kubernetes(Ok((facts, spec, key))) => {
+            steps.push(Step::pass("object", format!("{} → {} (from the API server)", a.peer, spec.metadata_endpoint)));
+            (facts.clone(), spec.clone(), key.clone())
+        }
+        CheckSource::Kubernetes(Err((reason, detail, hint))) => {
+            steps.push(Step::fail("object", reason, detail.clone(), hint.clone()));
             return steps;
         }
+        CheckSource::Standalone { file, key } => match standalone_inputs(a, *file, key, &mut steps) {
+            Some(v) => v,
+            None => return steps,
+        },
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -511,6 +511,47 @@ impl StatusSink for KubeStatusSink {
 }
 
 // ---------------------------------------------------------------------------
+// `check --kubernetes`
+// ---------------------------------------------------------------------------
+
+/// Why `check --kubernetes` could not read its inputs: reason, detail, what to do.
+pub type CheckInputError = (String, String, String);
+
+/// What `multicloud-agent check --kubernetes PEER` probes with, read the way
+/// the agent reads them: the object's spec, this cluster's facts, and the
+/// federation key from its Secret (never generated here).
+pub async fn check_inputs(
+    client: kube::Client,
+    opts: &KubeOptions,
+    peer: &str,
+) -> std::result::Result<(LocalFacts, crate::crd::IstioMulticloudSpec, SigningKey), CheckInputError> {
+    let err = |reason: &str, detail: String, hint: &str| (reason.to_string(), detail, hint.to_string());
+    let api: Api<IstioMulticloud> = Api::all(client.clone());
+    let object = api
+        .get_opt(peer)
+        .await
+        .map_err(|e| {
+            err("ApiError", format!("cannot read IstioMulticloud {peer}: {e}"), "check the kubeconfig and RBAC (get on istiomulticlouds)")
+        })?
+        .ok_or_else(|| err("NotFound", format!("no IstioMulticloud {peer:?}"), "check the name: kubectl get istiomulticlouds"))?;
+    let facts = read_local_facts(&client, opts).await.map_err(|e| {
+        err("FactsUnavailable", format!("{e:#}"), "the agent reads the same objects: see its log and the flags it runs with")
+    })?;
+    let key = SecretKeyStore::new(client, opts)
+        .load()
+        .await
+        .map_err(|e| err("KeyInvalid", format!("{e:#}"), "see the message; the agent's Secret holds the federation key"))?
+        .ok_or_else(|| {
+            err(
+                "KeyMissing",
+                format!("no Secret {}/{KEY_SECRET_NAME}", opts.namespace),
+                "the agent creates it on its first start: is the agent running in this namespace?",
+            )
+        })?;
+    Ok((facts, object.spec, key))
+}
+
+// ---------------------------------------------------------------------------
 // WasmPlugin configuration
 // ---------------------------------------------------------------------------
 
@@ -636,7 +677,8 @@ impl SecretKeyStore {
         }
     }
 
-    async fn load(&self) -> Result<Option<SigningKey>> {
+    /// The key if the Secret exists (never generates one).
+    pub async fn load(&self) -> Result<Option<SigningKey>> {
         let what = self.what();
         let Some(secret) =
             self.api.get_opt(KEY_SECRET_NAME).await.with_context(|| format!("cannot read {what}; grant the agent get on secrets"))?

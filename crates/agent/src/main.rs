@@ -69,11 +69,18 @@ enum Command {
         #[arg(long, default_value = cli::DEFAULT_AGENT)]
         agent: String,
         /// The standalone file the agent runs with (objects and this cluster's UUID).
-        #[arg(long, env = "MULTICLOUD_STANDALONE")]
+        #[arg(long, env = "MULTICLOUD_STANDALONE", conflicts_with = "kubernetes")]
         standalone: Option<PathBuf>,
-        /// This cluster's federation key (the agent's --key).
-        #[arg(long, env = "MULTICLOUD_KEY")]
-        key: PathBuf,
+        /// Standalone: this cluster's federation key (the agent's --key).
+        #[arg(long, env = "MULTICLOUD_KEY", required_unless_present = "kubernetes")]
+        key: Option<PathBuf>,
+        /// Read the object, this cluster's facts and the key from the API server, as the agent
+        /// in Kubernetes mode does (in-cluster config or KUBECONFIG; the Kubernetes flags below
+        /// must match the agent's).
+        #[arg(long)]
+        kubernetes: bool,
+        #[command(flatten)]
+        kube: KubeArgs,
         /// HOST=IP:PORT: reach the API proxy HOST at IP:PORT (like curl --resolve).
         #[arg(long)]
         api_host_override: Vec<String>,
@@ -228,14 +235,25 @@ fn main() -> Result<()> {
         Command::Crd => print!("{}", crd::crd_yaml()),
         Command::Install(args) => print!("{}", multicloud_agent::install::render(&args)?),
         Command::Status { agent, output } => std::process::exit(cli::status(&agent, output)),
-        Command::Check { peer, agent, standalone, key, api_host_override, output } => {
-            let args = cli::CheckArgs {
-                peer: &peer,
-                agent: &agent,
-                standalone: standalone.as_deref(),
-                key: &key,
-                api_host_override: &api_host_override,
+        Command::Check { peer, agent, standalone, key, kubernetes, kube, api_host_override, output } => {
+            let source = if kubernetes {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                cli::CheckSource::Kubernetes(rt.block_on(async {
+                    let client = kube::Client::try_default().await.map_err(|e| {
+                        (
+                            "KubeconfigInvalid".to_string(),
+                            format!("cannot build a Kubernetes client: {e}"),
+                            "run in the cluster or set KUBECONFIG".to_string(),
+                        )
+                    })?;
+                    let opts =
+                        kube_options(&kube).map_err(|e| ("FlagsInvalid".to_string(), format!("{e:#}"), "fix the flag".to_string()))?;
+                    multicloud_agent::kube_mode::check_inputs(client, &opts, &peer).await
+                }))
+            } else {
+                cli::CheckSource::Standalone { file: standalone.as_deref(), key: key.as_deref().unwrap_or(std::path::Path::new("")) }
             };
+            let args = cli::CheckArgs { peer: &peer, agent: &agent, source, api_host_override: &api_host_override };
             std::process::exit(cli::check(&args, output))
         }
         Command::Token { key, sub, aud, scope, ttl } => {

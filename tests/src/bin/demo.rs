@@ -71,7 +71,12 @@ fn main() {
         &sims,
         MeshOptions {
             ads: Some(false),
-            traffic: Some(TrafficOptions { mode: MeshMode::IdentityEnforcing, sameness: Sameness::Balanced, foo_in: &[false, true], local_route: false }),
+            traffic: Some(TrafficOptions {
+                mode: MeshMode::IdentityEnforcing,
+                sameness: Sameness::Balanced,
+                foo_in: &[false, true],
+                local_route: false,
+            }),
             ..Default::default()
         },
     );

@@ -552,3 +552,26 @@ async fn a_missing_wasmplugin_is_not_created_and_the_error_says_what_to_do() {
     drop((sink, lease));
     server.await.unwrap();
 }
+
+/// Scenario — tower_test mock API server. `check --kubernetes` for an object
+/// that does not exist stops at once with `NotFound` and what to do, and
+/// reads nothing else.
+#[tokio::test]
+async fn check_inputs_name_a_missing_object() {
+    let (client, mut api) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::GET,
+            "/apis/istio-multicloud.dev/v1alpha1/istiomulticlouds/cluster-z",
+            404,
+            not_found("istiomulticlouds", "cluster-z"),
+        )
+        .await;
+        expect_no_more(&mut api).await;
+    });
+    let err = check_inputs(client, &opts(), "cluster-z").await.map(|_| ()).unwrap_err();
+    assert_eq!(err.0, "NotFound");
+    assert!(err.1.contains("cluster-z") && err.2.contains("kubectl get istiomulticlouds"), "{err:?}");
+    server.await.unwrap();
+}
