@@ -32,6 +32,25 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// ADS, and the per-type services a proxy uses when a config source is not
+/// ADS: an `EnvoyFilter`-added filter or cluster in an istiod-run proxy
+/// points its ECDS/SDS/EDS/CDS `api_config_source` at the agent, and Envoy
+/// then calls e.g. `ExtensionConfigDiscoveryService`. Every one of them is
+/// the same stream handling (each request names its type).
+macro_rules! router {
+    ($server:expr) => {{
+        use multicloud_proto::envoy_types::pb::envoy::service::{cluster, endpoint, extension, secret};
+        tonic::transport::Server::builder()
+            .add_service($server.service())
+            .add_service(extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryServiceServer::new(
+                $server.clone(),
+            ))
+            .add_service(secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new($server.clone()))
+            .add_service(endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new($server.clone()))
+            .add_service(cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer::new($server.clone()))
+    }};
+}
+
 pub type TypeUrl = &'static str;
 
 pub const SECRET: TypeUrl = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
@@ -242,7 +261,7 @@ impl XdsServer {
 
     pub async fn serve_tcp(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tonic::transport::Server::builder().serve_with_incoming(self.service(), incoming).await?;
+        router!(self).serve_with_incoming(incoming).await?;
         Ok(())
     }
 
@@ -256,7 +275,7 @@ impl XdsServer {
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen for xDS on {}: {e}", path.display()))?;
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        tonic::transport::Server::builder().serve_with_incoming(self.service(), incoming).await?;
+        router!(self).serve_with_incoming(incoming).await?;
         Ok(())
     }
 
@@ -490,6 +509,63 @@ impl AggregatedDiscoveryService for XdsServer {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
+
+/// A per-type xDS service (`$stream`/`$delta` are its SotW and delta
+/// methods) served by the same handling as ADS; its unary fetch is refused.
+macro_rules! per_type_service {
+    ($trait_:path, $stream:ident, $stream_ty:ident, $delta:ident, $delta_ty:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $trait_ for XdsServer {
+            type $stream_ty = ResponseStream<DiscoveryResponse>;
+            type $delta_ty = ResponseStream<DeltaDiscoveryResponse>;
+
+            async fn $stream(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<Self::$stream_ty>, Status> {
+                self.stream_aggregated_resources(request).await
+            }
+
+            async fn $delta(&self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<Self::$delta_ty>, Status> {
+                self.delta_aggregated_resources(request).await
+            }
+
+            async fn $fetch(&self, _request: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+                Err(Status::unimplemented("REST-style fetch is not served: use a gRPC stream"))
+            }
+        }
+    };
+}
+
+per_type_service!(
+    multicloud_proto::envoy_types::pb::envoy::service::extension::v3::extension_config_discovery_service_server::ExtensionConfigDiscoveryService,
+    stream_extension_configs,
+    StreamExtensionConfigsStream,
+    delta_extension_configs,
+    DeltaExtensionConfigsStream,
+    fetch_extension_configs
+);
+per_type_service!(
+    multicloud_proto::envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService,
+    stream_secrets,
+    StreamSecretsStream,
+    delta_secrets,
+    DeltaSecretsStream,
+    fetch_secrets
+);
+per_type_service!(
+    multicloud_proto::envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService,
+    stream_endpoints,
+    StreamEndpointsStream,
+    delta_endpoints,
+    DeltaEndpointsStream,
+    fetch_endpoints
+);
+per_type_service!(
+    multicloud_proto::envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService,
+    stream_clusters,
+    StreamClustersStream,
+    delta_clusters,
+    DeltaClustersStream,
+    fetch_clusters
+);
 
 /// Types in push order: [`PUSH_ORDER`] first, then any others by name.
 fn push_order<'a>(types: impl Iterator<Item = &'a String>) -> Vec<String> {

@@ -1,0 +1,149 @@
+//! The agent's per-type xDS services against real Envoy 1.40 (127.0.58.x),
+//! configured the way `deploy/base/edge-filter.yaml` configures an
+//! istiod-run gateway: no ADS to the agent at all; the edge filter's
+//! configuration comes by ECDS from an `api_config_source` (`DELTA_GRPC`,
+//! so `ExtensionConfigDiscoveryService/DeltaExtensionConfigs`), and a
+//! cluster's trust by SDS from another (`GRPC`, so
+//! `SecretDiscoveryService/StreamSecrets`), both pointing at the agent's
+//! xDS port. The server is the agent's own `XdsServer`, in process.
+
+use multicloud_agent::xds::{self, Snapshot, XdsServer};
+use multicloud_e2e::envoy::{Envoy, EnvoySpec};
+use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};
+use multicloud_e2e::{hosts, http, paths, wait_until, SimCluster};
+use multicloud_proto::edge_filter;
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, CertificateValidationContext, Secret};
+use multicloud_proto::envoy_types::util::pack_any;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn grpc_source(api_type: &str) -> String {
+    format!(
+        "{{resource_api_version: V3, api_config_source: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]}}}}"
+    )
+}
+
+#[test]
+fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
+    let sim = SimCluster(58);
+    let local = ClusterIdentity::generate("a");
+    let json = serde_json::to_string(&edge_config(&local, &[], sample_private(sim))).expect("json");
+    let wasm = paths::filter_wasm().display().to_string();
+    let ca = EdgeCa::generate("trust");
+    let mut snap = Snapshot::default();
+    snap.insert(xds::EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&wasm, &json));
+    snap.insert(
+        xds::SECRET,
+        "peer-root",
+        pack_any(Secret {
+            name: "peer-root".into(),
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(ca.pem())), ..Default::default() }),
+                ..Default::default()
+            })),
+        }),
+    );
+    let server = XdsServer::new(Arc::new(|_| "gateway".to_string()));
+    server.set("gateway", snap);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind((sim.ip(hosts::AGENT), 0))).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    rt.spawn(server.clone().serve_tcp(listener));
+
+    let ip = sim.ip(hosts::GATEWAY);
+    let bootstrap = format!(
+        r#"node: {{id: router~per-type, cluster: gw}}
+static_resources:
+  listeners:
+  - name: edge
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: edge
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                direct_response: {{status: 404}}
+          http_filters:
+          - name: {filter}
+            config_discovery:
+              config_source: {ecds}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: peer
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: {{cluster_name: peer, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: 9}}}}}}}}]}}]}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          validation_context_sds_secret_config: {{name: peer-root, sds_config: {sds}}}
+  - name: multicloud-agent
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: multicloud-agent
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {xip}, port_value: {xport}}}}}}}
+"#,
+        filter = edge_filter::FILTER_NAME,
+        ecds = grpc_source("DELTA_GRPC"),
+        sds = grpc_source("GRPC"),
+        xip = addr.ip(),
+        xport = addr.port(),
+    );
+    let envoy = Envoy::start(EnvoySpec { name: "per-type-58".into(), cluster: sim, host: hosts::GATEWAY, bootstrap, files: vec![] });
+
+    // ECDS by DeltaExtensionConfigs: the filter serves this cluster's document.
+    let url = format!("http://{}/metadata/public/public.json", envoy.listener("edge"));
+    let doc = wait_until("the filter configured by ECDS from the per-type service", TIMEOUT, || {
+        let r = http::try_request("GET", &url, &[])?;
+        if r.status == 200 {
+            Ok(r.json())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    });
+    assert_eq!(doc["clusterUUID"], local.uuid.as_str());
+    // SDS by StreamSecrets: the cluster's validation context is the served root.
+    wait_until("the secret delivered by SDS from the per-type service", TIMEOUT, || {
+        let dump = envoy.admin_get("/config_dump?resource=dynamic_active_secrets").map_err(|e| e.to_string())?;
+        if dump.contains("peer-root") && dump.contains("BEGIN CERTIFICATE") {
+            Ok(())
+        } else {
+            Err(dump.chars().take(300).collect())
+        }
+    });
+    // Both streams ACKed, as the agent's /xds view reports them.
+    wait_until("both types ACKed", TIMEOUT, || {
+        let proxies = server.proxies();
+        let acked = |t: &str| {
+            proxies.iter().any(|p| p.types.get(t).is_some_and(|s| s.acked_version.is_some() && s.acked_version == s.sent_version))
+        };
+        if acked(xds::EXTENSION_CONFIG) && acked(xds::SECRET) {
+            Ok(())
+        } else {
+            Err(serde_json::to_string(&proxies).unwrap_or_default())
+        }
+    });
+    drop(envoy);
+    drop(rt);
+}
