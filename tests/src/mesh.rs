@@ -206,6 +206,15 @@ pub fn traffic_standalone_file(
     v.to_string()
 }
 
+/// Waits until every cluster's agent reports every peer `Ready`.
+pub fn wait_joined(clusters: &[Cluster], timeout: Duration) {
+    for c in clusters {
+        for p in &c.peers {
+            c.agent.wait_condition(&p.object_name, "Ready", "True", timeout);
+        }
+    }
+}
+
 /// Starts clusters that all federate with each other: agents first (they
 /// write the filter's configuration), then the gateways, in parallel.
 pub fn start_full_mesh(sims: &[SimCluster]) -> Vec<Cluster> {

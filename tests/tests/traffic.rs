@@ -14,7 +14,7 @@
 //! 105–106 local-first.
 
 use multicloud_core::metadata::MeshMode;
-use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions, TrafficOptions, FOO, SECRET};
+use multicloud_e2e::mesh::{start_mesh, wait_joined, Cluster, MeshOptions, TrafficOptions, FOO, SECRET};
 use multicloud_e2e::mtls;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
 use multicloud_proto::traffic::{peer_sni, Sameness};
@@ -79,6 +79,9 @@ fn passthrough_sameness_failover_and_limits() {
             ..Default::default()
         },
     );
+    // Calls before both sides trust each other would fail the handshake and
+    // get a gateway ejected by the caller's outlier detector for a while.
+    wait_joined(&cs, WAIT);
     let (name_a, name_b) = (Cluster::object_name(sa), Cluster::object_name(sb));
 
     // 1. A has no foo: B answers every call, through B's gateway.
@@ -91,6 +94,17 @@ fn passthrough_sameness_failover_and_limits() {
     assert!(last.header("x-forwarded-client-cert").is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/abc/sa/foo")), "{last:?}");
     assert!(cs[1].gateway.stat("tcp.outbound_.80_._.foo.abc.svc.cluster.local.downstream_cx_total").unwrap_or(0) > 0);
 
+    // B must not be ejected from A's view (a call that raced the trust
+    // bundles may have failed) before balancing is judged: with B as the only
+    // host, panic routing hid that.
+    let merged = multicloud_proto::traffic::sameness_cluster_name(FOO, 80);
+    wait_until("B's gateway not ejected in A's sidecar", WAIT, || {
+        match traffic(&cs[0]).sidecar.stat(&format!("cluster.{merged}.outlier_detection.ejections_active")) {
+            Some(0) | None => Ok(()),
+            other => Err(format!("ejections_active = {other:?}")),
+        }
+    });
+
     // 2. A runs foo too: both answer (balanced: one pool, weighted by ready endpoints).
     cs[0].traffic.as_mut().expect("traffic").runs_foo = true;
     cs[0].rewrite_standalone();
@@ -101,6 +115,13 @@ fn passthrough_sameness_failover_and_limits() {
     // One local endpoint and one remote ready endpoint weigh the same.
     let share = answers(&cs[0], FOO, 60);
     eprintln!("both run foo, steady: {share:?}");
+    eprintln!(
+        "{}",
+        traffic(&cs[0])
+            .sidecar
+            .admin_get("/stats?filter=multicloud\\.(outlier_detection.ejections_(active|total)|membership_healthy)")
+            .unwrap_or_default()
+    );
     assert!(share.get(&name_a).copied().unwrap_or(0) >= 15 && share.get(&name_b).copied().unwrap_or(0) >= 15, "{share:?}");
 
     // 3. B's gateway dies: only A answers, once the outlier detector ejects it
@@ -119,11 +140,23 @@ fn passthrough_sameness_failover_and_limits() {
         multicloud_proto::traffic::sameness_cluster_name(FOO, 80)
     );
     assert!(sidecar_a.stat(&ejected).unwrap_or(0) >= 1, "{ejected}");
+    // Calls keep being answered by A alone (the route's retries take any
+    // attempt that still reaches the dead gateway to A).
+    let after_ejection = answers(&cs[0], FOO, 20);
+    assert_eq!(after_ejection.get(&name_a), Some(&20), "{after_ejection:?}");
 
-    // 4. B's gateway returns: B serves again after the ejection time.
+    // 4. B's gateway returns: B serves again once its ejection (15 s, checked
+    //    every 5 s) ends.
     cs[1].gateway.restart();
     let back = wait_answers(&cs[0], "B to serve again", FOO, 40, |a| a.get(&name_b).copied().unwrap_or(0) >= 5);
     eprintln!("B's gateway back: {back:?}");
+    eprintln!(
+        "{}",
+        traffic(&cs[0])
+            .sidecar
+            .admin_get("/stats?filter=multicloud\\.(outlier_detection.ejections_(active|total|enforced_total)|membership_(healthy|total))")
+            .unwrap_or_default()
+    );
 
     // Security, passthrough mode.
     let b_foo = cs[1].id.workload_cert("abc", "foo");
@@ -163,6 +196,9 @@ fn identity_enforcing_gateway() {
             ..Default::default()
         },
     );
+    // Calls before both sides trust each other would fail the handshake and
+    // get a gateway ejected by the caller's outlier detector for a while.
+    wait_joined(&cs, WAIT);
     let (name_a, name_b) = (Cluster::object_name(sa), Cluster::object_name(sb));
     wait_answers(&cs[0], "B to answer A's calls to foo", FOO, 5, |a| a.get(&name_b) == Some(&5));
 
@@ -236,6 +272,9 @@ fn local_first_fails_over_to_the_peer() {
             ..Default::default()
         },
     );
+    // Calls before both sides trust each other would fail the handshake and
+    // get a gateway ejected by the caller's outlier detector for a while.
+    wait_joined(&cs, WAIT);
     let (name_a, name_b) = (Cluster::object_name(sa), Cluster::object_name(sb));
     // Wait until B's copy is known to A's sidecar (two localities in EDS)...
     let sidecar_a = &traffic(&cs[0]).sidecar;

@@ -220,23 +220,25 @@ impl XdsSink {
         gateway.insert(EXTENSION_CONFIG, API_FILTER_NAME, edge_filter::resource_with_root_id(&self.wasm_path, &json, API_FILTER_NAME));
 
         let client = ClientIdentity { cert_secret: &self.cert_secret, sds_cluster: &self.cert_sds_cluster };
+        // A peer's root is trusted (inbound bundle, its root secret) as soon
+        // as its public document is pinned; its services and gateways need
+        // its private document. Waiting for the private document before
+        // trusting its root made early calls from that peer fail the
+        // handshake, and their outlier detectors eject us for a while.
         let mut views = Vec::new();
         for p in &dp.peers {
-            let Some(private) = &p.private else { continue };
-            views.push((
-                p,
-                PeerView {
-                    name: &p.name,
-                    cluster_uuid: &p.cluster_uuid,
-                    root_ca_pem: &p.root_ca,
-                    network: &private.network_name,
-                    gateways: &private.ingress_gateways,
-                    services: &private.services,
-                },
-            ));
+            let (network, gateways, services) = match &p.private {
+                Some(private) => (private.network_name.as_str(), private.ingress_gateways.as_slice(), private.services.as_slice()),
+                None => ("", &[][..], &[][..]),
+            };
+            views
+                .push((p, PeerView { name: &p.name, cluster_uuid: &p.cluster_uuid, root_ca_pem: &p.root_ca, network, gateways, services }));
         }
         let mut sidecar = Snapshot::default();
+        // Peers whose traffic resources are pushed (private document known),
+        // and every peer whose root is trusted.
         let mut good: Vec<PeerView> = Vec::new();
+        let mut trusted: Vec<PeerView> = Vec::new();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut next_cache = std::collections::HashMap::new();
         for (p, view) in &views {
@@ -249,7 +251,10 @@ impl XdsSink {
                         sidecar.insert_shared(type_url, &name, version.clone(), any.clone());
                         next_cache.insert((type_url, name), (key, version, any));
                     }
-                    good.push(*view);
+                    trusted.push(*view);
+                    if p.private.is_some() {
+                        good.push(*view);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(object = %p.name, "the peer's data plane resources do not validate and are not pushed: {e}");
@@ -273,7 +278,7 @@ impl XdsSink {
         // identity), so the workloads trust the local root alone and a
         // peer's CA can never be taken for a local workload.
         let inbound_peers: &[PeerView] = match dp.local.mesh_mode {
-            MeshMode::Passthrough => &good,
+            MeshMode::Passthrough => &trusted,
             MeshMode::IdentityEnforcing => &[],
         };
         let bundle = mesh::trust_bundle_secret(&dp.local.root_ca, inbound_peers)?;
@@ -430,7 +435,7 @@ impl XdsSink {
         reuse(SECRET, root_name, input_hash(&(view.name, view.cluster_uuid, view.root_ca_pem)), &mut || {
             Ok(pack_any(mesh::peer_root_secret(view)?))
         })?;
-        if !p.enable_ingress_gateway {
+        if !p.enable_ingress_gateway || p.private.is_none() {
             return Ok(out);
         }
         let mut names = std::collections::HashSet::new();
@@ -600,6 +605,25 @@ mod tests {
 
     fn versions(s: &Snapshot, t: &str) -> std::collections::BTreeMap<String, String> {
         s.resources(t).map(|m| m.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    /// A peer whose public document is pinned but whose private document is
+    /// not fetched yet: its root is trusted inbound (so its first calls do
+    /// not fail the handshake), and it gets no clusters yet.
+    #[test]
+    fn a_peer_known_only_by_its_public_document_is_trusted_but_not_routed_to() {
+        let s = sink();
+        let mut d = dp(1);
+        d.peers[0].private = None;
+        let (gateway, sidecar) = s.snapshots(&d).unwrap();
+        let bundle = sidecar.resources(SECRET).and_then(|m| m.get(mesh::TRUST_BUNDLE_SECRET)).map(|(_, a)| a.clone()).unwrap();
+        let bundle = <multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as multicloud_proto::prost::Message>::decode(bundle.value.as_slice()).unwrap();
+        let pem = format!("{bundle:?}");
+        let b_first_line = ROOT_B.with(|r| r.lines().nth(1).unwrap().to_string());
+        assert!(pem.contains(&b_first_line), "the peer's root is in the inbound bundle");
+        assert!(sidecar.resources(SECRET).unwrap().contains_key(&mesh::peer_root_secret_name("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b")));
+        assert!(sidecar.resources(CLUSTER).is_none_or(|m| m.is_empty()), "no clusters before the private document");
+        assert!(gateway.resources(LISTENER).is_none_or(|m| m.is_empty()));
     }
 
     /// Rebuilding unchanged resources must not change their bytes (protobuf
