@@ -148,8 +148,9 @@ fn passthrough_sameness_failover_and_limits() {
     // 4. B's gateway returns: B serves again once its ejection (15 s, checked
     //    every 5 s) ends.
     cs[1].gateway.restart();
+    let restarted = std::time::Instant::now();
     let back = wait_answers(&cs[0], "B to serve again", FOO, 40, |a| a.get(&name_b).copied().unwrap_or(0) >= 5);
-    eprintln!("B's gateway back: {back:?}");
+    eprintln!("B's gateway back: {back:?} after {:?}", restarted.elapsed());
     eprintln!(
         "{}",
         traffic(&cs[0])
