@@ -141,6 +141,20 @@ impl Agent {
         })
     }
 
+    /// Waits for condition `type_` of object `name` to have `status` and
+    /// `reason` (e.g. a fetch in flight when a gateway dies reports
+    /// `RequestFailed` before the next one meets the closed port).
+    pub fn wait_reason(&self, name: &str, type_: &str, status: &str, reason: &str, timeout: Duration) -> serde_json::Value {
+        wait_until(&format!("{}: {name} {type_}={status} ({reason})", self.name), timeout, || {
+            let s = self.status()["objects"][name].clone();
+            let c = s["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned());
+            match c {
+                Some(c) if c["status"] == status && c["reason"] == reason => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        })
+    }
+
     pub fn metrics(&self) -> String {
         self.get("/metrics").map(|r| r.text()).unwrap_or_default()
     }

@@ -131,7 +131,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
 
     // B's gateway stops: status exits 1 with the reason; check fails the public step with a hint.
     cs[1].gateway.kill();
-    cs[0].agent.wait_condition(&b_name, "Ready", "False", READY);
+    cs[0].agent.wait_reason(&b_name, "Ready", "False", "ConnectFailed", READY);
     let out = run(&["status", "--agent", &agent_url(&cs[0])]);
     assert_eq!(out.code, 1, "{}", out.stdout);
     let row = out.stdout.lines().find(|l| l.starts_with(b_name.as_str())).unwrap();

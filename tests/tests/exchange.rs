@@ -45,7 +45,7 @@ fn two_clusters_join_and_survive_a_gateway_outage() {
     // 2. B's gateway stops: A's conditions turn False with a reason, the cache stays.
     let before = a_sees_b["metadataCache"].clone();
     cs[1].gateway.kill();
-    let down = cs[0].agent.wait_condition(&b_name, "Ready", "False", READY);
+    let down = cs[0].agent.wait_reason(&b_name, "Ready", "False", "ConnectFailed", READY);
     let ready = down["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
     assert_eq!(ready["reason"], "ConnectFailed", "{ready}");
     assert!(ready["message"].as_str().unwrap().contains("last good copy"), "{ready}");
