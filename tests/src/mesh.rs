@@ -60,6 +60,8 @@ pub struct MeshOptions {
     pub api: Option<ApiOptions>,
     /// Workloads and mesh ports (needs [`MeshOptions::ads`]).
     pub traffic: Option<TrafficOptions>,
+    /// The agents also serve per-peer clusters (`--per-peer-clusters`).
+    pub per_peer_clusters: bool,
 }
 
 /// The traffic test bed: per cluster a sidecar (outbound + inbound) in front
@@ -244,6 +246,9 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             .collect();
         let credential = opts.api.map(|_| api_proxy_credential(*sim));
         let mut extra_args = Vec::new();
+        if opts.per_peer_clusters {
+            extra_args.push("--per-peer-clusters".to_string());
+        }
         if let Some(api) = opts.api {
             extra_args.extend(["--remote-secrets-dir".to_string(), "{dir}/remote-secrets".into()]);
             extra_args.extend(["--api-token-ttl-seconds".to_string(), api.token_ttl_seconds.to_string()]);

@@ -70,6 +70,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
                 foo_in: &[true, true],
                 local_route: false,
             }),
+            ..Default::default()
         },
     );
     let (a_name, b_name) = (Cluster::object_name(cs[0].sim), Cluster::object_name(cs[1].sim));

@@ -15,7 +15,10 @@ fn remote_cluster(peer: &Cluster, host: &str, port: u16) -> String {
 }
 
 fn a_sidecar_and_gateway_are_configured_from_a_real_exchange(delta: bool, base: u8) {
-    let mut cs = start_mesh(&[SimCluster(base), SimCluster(base + 1)], MeshOptions { ads: Some(delta), ..Default::default() });
+    let mut cs = start_mesh(
+        &[SimCluster(base), SimCluster(base + 1)],
+        MeshOptions { ads: Some(delta), per_peer_clusters: true, ..Default::default() },
+    );
     let sidecar = Envoy::start(sidecar::spec(cs[0].sim, cs[0].agent.xds_addr(), delta));
     let b_name = Cluster::object_name(cs[1].sim);
     cs[0].agent.wait_condition(&b_name, "Ready", "True", READY);
@@ -114,7 +117,8 @@ fn delta() {
 /// fails, and the gateway re-syncs when the agent is back.
 #[test]
 fn an_agent_restart_under_load_loses_no_request() {
-    let mut cs = start_mesh(&[SimCluster(65), SimCluster(66)], MeshOptions { ads: Some(true), ..Default::default() });
+    let mut cs =
+        start_mesh(&[SimCluster(65), SimCluster(66)], MeshOptions { ads: Some(true), per_peer_clusters: true, ..Default::default() });
     cs[0].agent.wait_condition(&Cluster::object_name(cs[1].sim), "Ready", "True", READY);
     let url = cs[0].gateway_url("/metadata/public/public.json");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -146,6 +146,10 @@ struct RunArgs {
     /// local endpoints are missing or unhealthy). See docs/traffic.md.
     #[arg(long, default_value = "balanced", value_parser = parse_sameness)]
     sameness: multicloud_proto::traffic::Sameness,
+    /// Also serve one cluster per peer and service port (outbound|<port>||<host>|multicloud-<peer>)
+    /// besides the merged one (outbound|<port>||<host>|multicloud) that holds every copy.
+    #[arg(long)]
+    per_peer_clusters: bool,
     /// Serve the gateway's mesh-port listener (LDS, name multicloud-mesh) bound here; the
     /// mode comes from the local facts' meshMode. Leave unset where istiod programs the port.
     #[arg(long)]
@@ -462,6 +466,7 @@ async fn run(args: RunArgs) -> Result<()> {
         traffic_cache: Default::default(),
         sameness: args.sameness,
         mesh_listen: args.mesh_listen,
+        per_peer_clusters: args.per_peer_clusters,
         gateway_cert: match (&args.gateway_cert, &args.gateway_key) {
             (Some(c), Some(k)) => Some((
                 std::fs::read_to_string(c).with_context(|| format!("reading --gateway-cert {}", c.display()))?,

@@ -122,6 +122,12 @@ pub struct XdsSink {
     /// Standalone mode: the gateway's own workload certificate and key
     /// (PEM), served to the gateway group as SDS `cert_secret`.
     pub gateway_cert: Option<(String, String)>,
+    /// Also serve one cluster per peer and service port
+    /// (`outbound|<port>||<host>|multicloud-<peer>`), besides the merged one
+    /// that already holds every peer's copy: off by default, as it doubles
+    /// what sidecars hold (and what every push diffs) for a cluster nothing
+    /// routes to unless an operator points a route at one peer's copy.
+    pub per_peer_clusters: bool,
 }
 
 /// The API proxy's credential file, re-read when it changes (projected
@@ -435,7 +441,7 @@ impl XdsSink {
         reuse(SECRET, root_name, input_hash(&(view.name, view.cluster_uuid, view.root_ca_pem)), &mut || {
             Ok(pack_any(mesh::peer_root_secret(view)?))
         })?;
-        if !p.enable_ingress_gateway || p.private.is_none() {
+        if !p.enable_ingress_gateway || p.private.is_none() || !self.per_peer_clusters {
             return Ok(out);
         }
         let mut names = std::collections::HashSet::new();
@@ -600,11 +606,24 @@ mod tests {
             sameness: Default::default(),
             mesh_listen: None,
             gateway_cert: None,
+            per_peer_clusters: true,
         }
     }
 
     fn versions(s: &Snapshot, t: &str) -> std::collections::BTreeMap<String, String> {
         s.resources(t).map(|m| m.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    /// By default sidecars get only the merged clusters (every copy of a
+    /// service port in one), not one more per peer.
+    #[test]
+    fn without_per_peer_clusters_only_the_merged_ones_are_served() {
+        let s = XdsSink { per_peer_clusters: false, ..sink() };
+        let (_, sidecar) = s.snapshots(&dp(1)).unwrap();
+        let names: Vec<&String> = sidecar.resources(CLUSTER).unwrap().keys().collect();
+        assert_eq!(names.len(), 20);
+        assert!(names.iter().all(|n| n.ends_with("|multicloud")), "{names:?}");
+        assert_eq!(sidecar.resources(ENDPOINT).unwrap().len(), 20);
     }
 
     /// A peer whose public document is pinned but whose private document is

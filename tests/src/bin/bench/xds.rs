@@ -103,6 +103,7 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
         sameness: Default::default(),
         mesh_listen: None,
         gateway_cert: None,
+        per_peer_clusters: false,
     };
     let listener = rt.block_on(tokio::net::TcpListener::bind((SimCluster(42).ip(2), 0))).expect("bind xds");
     let addr = listener.local_addr().expect("addr");
