@@ -65,26 +65,24 @@ type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
 /// A built resource: the hash of its inputs, its version, the resource.
 pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
 
-/// `cache[(type, name)]` when built from the same inputs, else `build()`;
-/// either way the entry is (re)stored.
-/// Moves the entry into `next` (so entries nobody asks for again are dropped
-/// at the end of the push).
+/// The resource `(type_url, name)` taken out of last push's `old` when it
+/// was built from the same inputs (`key`), else `build()`. Callers put what
+/// they use into the next push's map, so entries nobody asks for again are
+/// dropped at the end of a push.
 fn cached(
-    (old, next): (&mut BuiltMap, &mut BuiltMap),
+    old: &mut BuiltMap,
     type_url: &'static str,
     name: &str,
     key: u64,
     build: impl FnOnce() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>,
 ) -> Result<Built, mesh::BuildError> {
-    let b = match old.remove(&(type_url, name.to_string())) {
-        Some(b) if b.0 == key => b,
+    match old.remove(&(type_url, name.to_string())) {
+        Some(b) if b.0 == key => Ok(b),
         _ => {
             let any = build()?;
-            (key, crate::xds::resource_version(&any), Arc::new(any))
+            Ok((key, crate::xds::resource_version(&any), Arc::new(any)))
         }
-    };
-    next.insert((type_url, name.to_string()), b.clone());
-    Ok(b)
+    }
 }
 
 fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
@@ -348,18 +346,20 @@ impl XdsSink {
                 who.iter().map(|w| (w.0, w.3, w.4, w.5)).collect::<Vec<_>>(),
             ));
             let built = (|| -> Result<_, mesh::BuildError> {
-                let c = cached((&mut old, &mut cache), CLUSTER, &name, cluster_key, || {
+                let c = cached(&mut old, CLUSTER, &name, cluster_key, || {
                     Ok(pack_any(traffic::sameness_cluster(&dp.local.cluster_uuid, host, port, &exporters, client)?))
                 })?;
-                let e = cached((&mut old, &mut cache), ENDPOINT, &name, cla_key, || {
+                let e = cached(&mut old, ENDPOINT, &name, cla_key, || {
                     Ok(pack_any(traffic::sameness_load_assignment(host, port, &local, &exporters, self.sameness)?))
                 })?;
                 Ok((c, e))
             })();
             match built {
                 Ok((c, e)) => {
-                    sidecar.insert_shared(CLUSTER, &name, c.1, c.2);
-                    sidecar.insert_shared(ENDPOINT, &name, e.1, e.2);
+                    sidecar.insert_shared(CLUSTER, &name, c.1.clone(), c.2.clone());
+                    sidecar.insert_shared(ENDPOINT, &name, e.1.clone(), e.2.clone());
+                    cache.insert((CLUSTER, name.clone()), c);
+                    cache.insert((ENDPOINT, name.clone()), e);
                 }
                 Err(e) => {
                     tracing::error!(object = %e.peer(), service = %name, "the merged cluster does not build and is not pushed: {e}");
@@ -427,13 +427,7 @@ impl XdsSink {
              name: String,
              key: u64,
              build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
-                let built = match cache.remove(&(type_url, name.clone())) {
-                    Some((k, version, any)) if k == key => (k, version, any),
-                    _ => {
-                        let any = build()?;
-                        (key, crate::xds::resource_version(&any), Arc::new(any))
-                    }
-                };
+                let built = cached(cache, type_url, &name, key, build)?;
                 out.push((type_url, name, built));
                 Ok::<(), mesh::BuildError>(())
             };
