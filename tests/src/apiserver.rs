@@ -12,7 +12,7 @@
 //! - anything else: 404 with a `Status` body.
 
 use crate::upstream::Recorded;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -153,31 +153,7 @@ fn serve(conn: TcpStream, st: &State) {
     let Ok(mut out) = conn.try_clone() else { return };
     let mut rd = BufReader::new(conn);
     loop {
-        let mut line = String::new();
-        if rd.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
-        let mut headers = Vec::new();
-        let mut size = line.len();
-        loop {
-            let mut h = String::new();
-            if rd.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            size += h.len();
-            if size > MAX_HEAD {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
+        let Some(Recorded { method, path, headers }) = crate::upstream::read_request(&mut rd, MAX_HEAD) else { return };
         st.requests.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded { method: method.clone(), path: path.clone(), headers });
         if handle(&mut out, st, &method, &path).is_err() {
             return;

@@ -112,45 +112,51 @@ impl Drop for RecordingUpstream {
     }
 }
 
+/// Reads one HTTP/1.1 request (head at most `max_head` bytes, body up to
+/// 1 MiB by `content-length`, discarded); `None` at EOF or on a bad request.
+/// Header names are lower-cased.
+pub(crate) fn read_request(rd: &mut BufReader<TcpStream>, max_head: usize) -> Option<Recorded> {
+    let mut line = String::new();
+    if rd.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+    let mut headers = Vec::new();
+    let mut size = line.len();
+    let mut content_length = 0usize;
+    loop {
+        let mut h = String::new();
+        if rd.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        size += h.len();
+        if size > max_head {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            if k == "content-length" {
+                content_length = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0; content_length.min(1 << 20)];
+    rd.read_exact(&mut body).ok()?;
+    Some(Recorded { method, path, headers })
+}
+
 fn serve(conn: TcpStream, st: &State, record: bool, reply_kind: &Reply) {
     let _ = conn.set_nodelay(true);
     let Ok(mut out) = conn.try_clone() else { return };
     let mut rd = BufReader::new(conn);
     loop {
-        let mut line = String::new();
-        if rd.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
-        let mut headers = Vec::new();
-        let mut size = line.len();
-        let mut content_length = 0usize;
-        loop {
-            let mut h = String::new();
-            if rd.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            size += h.len();
-            if size > MAX_HEAD {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                if k == "content-length" {
-                    content_length = v.parse().unwrap_or(0);
-                }
-                headers.push((k, v));
-            }
-        }
-        let mut body = vec![0; content_length.min(1 << 20)];
-        if rd.read_exact(&mut body).is_err() {
-            return;
-        }
+        let Some(Recorded { method, path, headers }) = read_request(&mut rd, MAX_HEAD) else { return };
         if st.stop.load(Ordering::SeqCst) {
             // Stopped: close kept-alive connections too, without an answer.
             return;
