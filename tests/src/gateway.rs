@@ -86,8 +86,14 @@ pub fn ads_bootstrap(role: &str, xds: SocketAddr, delta: bool) -> (String, Strin
         "dynamic_resources:\n  ads_config:\n    api_type: {}\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n  lds_config: {{ads: {{}}, resource_api_version: V3}}\n",
         if delta { "DELTA_GRPC" } else { "GRPC" }
     );
-    let cluster = format!(
-        r#"  - name: multicloud-agent
+    (node, dynamic, grpc_cluster_yaml("multicloud-agent", xds))
+}
+
+/// A static HTTP/2 cluster `name` to an xDS server at `addr` (one entry of
+/// `static_resources.clusters`, indented for it).
+pub fn grpc_cluster_yaml(name: &str, addr: SocketAddr) -> String {
+    format!(
+        r#"  - name: {name}
     type: STATIC
     connect_timeout: 1s
     typed_extension_protocol_options:
@@ -95,15 +101,14 @@ pub fn ads_bootstrap(role: &str, xds: SocketAddr, delta: bool) -> (String, Strin
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
-      cluster_name: multicloud-agent
+      cluster_name: {name}
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
 "#,
-        xds.ip(),
-        xds.port()
-    );
-    (node, dynamic, cluster)
+        addr.ip(),
+        addr.port()
+    )
 }
 
 #[derive(Clone)]

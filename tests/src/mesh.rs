@@ -208,6 +208,20 @@ pub fn traffic_standalone_file(
     v.to_string()
 }
 
+/// A traffic test bed (gateways and sidecars over ADS, state of the world):
+/// every gateway in `mode`, sidecars sharing by `sameness`, `foo.abc` run
+/// by the clusters `foo_in` marks.
+pub fn start_traffic_mesh(sims: &[SimCluster], mode: MeshMode, sameness: Sameness, foo_in: &'static [bool]) -> Vec<Cluster> {
+    start_mesh(
+        sims,
+        MeshOptions {
+            ads: Some(false),
+            traffic: Some(TrafficOptions { mode, sameness, foo_in, local_route: false }),
+            ..Default::default()
+        },
+    )
+}
+
 /// Waits until every cluster's agent reports every peer `Ready`.
 pub fn wait_joined(clusters: &[Cluster], timeout: Duration) {
     for c in clusters {

@@ -14,7 +14,7 @@
 //! 105–106 local-first.
 
 use multicloud_core::metadata::MeshMode;
-use multicloud_e2e::mesh::{start_mesh, wait_joined, Cluster, MeshOptions, TrafficOptions, FOO, SECRET};
+use multicloud_e2e::mesh::{start_traffic_mesh, wait_joined, Cluster, FOO, SECRET};
 use multicloud_e2e::mtls;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
 use multicloud_proto::traffic::{peer_sni, Sameness};
@@ -66,19 +66,7 @@ fn inbound_addr(c: &Cluster) -> SocketAddr {
 #[test]
 fn passthrough_sameness_failover_and_limits() {
     let (sa, sb) = (SimCluster(101), SimCluster(102));
-    let mut cs = start_mesh(
-        &[sa, sb],
-        MeshOptions {
-            ads: Some(false),
-            traffic: Some(TrafficOptions {
-                mode: MeshMode::Passthrough,
-                sameness: Sameness::Balanced,
-                foo_in: &[false, true],
-                local_route: false,
-            }),
-            ..Default::default()
-        },
-    );
+    let mut cs = start_traffic_mesh(&[sa, sb], MeshMode::Passthrough, Sameness::Balanced, &[false, true]);
     // Calls before both sides trust each other would fail the handshake and
     // get a gateway ejected by the caller's outlier detector for a while.
     wait_joined(&cs, WAIT);
@@ -184,19 +172,7 @@ fn passthrough_sameness_failover_and_limits() {
 #[test]
 fn identity_enforcing_gateway() {
     let (sa, sb) = (SimCluster(103), SimCluster(104));
-    let cs = start_mesh(
-        &[sa, sb],
-        MeshOptions {
-            ads: Some(false),
-            traffic: Some(TrafficOptions {
-                mode: MeshMode::IdentityEnforcing,
-                sameness: Sameness::Balanced,
-                foo_in: &[false, true],
-                local_route: false,
-            }),
-            ..Default::default()
-        },
-    );
+    let cs = start_traffic_mesh(&[sa, sb], MeshMode::IdentityEnforcing, Sameness::Balanced, &[false, true]);
     // Calls before both sides trust each other would fail the handshake and
     // get a gateway ejected by the caller's outlier detector for a while.
     wait_joined(&cs, WAIT);
@@ -260,19 +236,7 @@ fn identity_enforcing_gateway() {
 #[test]
 fn local_first_fails_over_to_the_peer() {
     let (sa, sb) = (SimCluster(105), SimCluster(106));
-    let cs = start_mesh(
-        &[sa, sb],
-        MeshOptions {
-            ads: Some(false),
-            traffic: Some(TrafficOptions {
-                mode: MeshMode::Passthrough,
-                sameness: Sameness::LocalFirst,
-                foo_in: &[true, true],
-                local_route: false,
-            }),
-            ..Default::default()
-        },
-    );
+    let cs = start_traffic_mesh(&[sa, sb], MeshMode::Passthrough, Sameness::LocalFirst, &[true, true]);
     // Calls before both sides trust each other would fail the handshake and
     // get a gateway ejected by the caller's outlier detector for a while.
     wait_joined(&cs, WAIT);

@@ -91,24 +91,11 @@ static_resources:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         common_tls_context:
           validation_context_sds_secret_config: {{name: peer-root, sds_config: {sds}}}
-  - name: multicloud-agent
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: multicloud-agent
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {xip}, port_value: {xport}}}}}}}
-"#,
+{agent}"#,
         filter = edge_filter::FILTER_NAME,
         ecds = grpc_source("DELTA_GRPC"),
         sds = grpc_source("GRPC"),
-        xip = addr.ip(),
-        xport = addr.port(),
+        agent = multicloud_e2e::gateway::grpc_cluster_yaml("multicloud-agent", addr),
     );
     let envoy = Envoy::start(EnvoySpec { name: "per-type-58".into(), cluster: sim, host: hosts::GATEWAY, bootstrap, files: vec![] });
 

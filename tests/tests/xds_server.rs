@@ -151,21 +151,8 @@ dynamic_resources:
   cds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
-"#,
-        ip = xds.ip(),
-        port = xds.port()
+{cluster}"#,
+        cluster = multicloud_e2e::gateway::grpc_cluster_yaml("xds", xds)
     )
 }
 

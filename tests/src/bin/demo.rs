@@ -10,7 +10,7 @@
 
 use multicloud_core::metadata::MeshMode;
 use multicloud_e2e::fixtures::ClusterIdentity;
-use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions, TrafficOptions, FOO, SECRET};
+use multicloud_e2e::mesh::{start_traffic_mesh, Cluster, FOO, SECRET};
 use multicloud_e2e::{hosts, http, mtls, SimCluster};
 use multicloud_proto::traffic::{peer_sni, Sameness};
 use sha2::Digest as _;
@@ -67,19 +67,7 @@ fn main() {
     step(1, "Start two clusters (same cluster.local, different Istio roots): agent, gateway Envoy, sidecar Envoy + app each");
     println!("  foo.abc runs in cluster-2 only; secret.abc runs in both and is exported by neither");
     let sims = [SimCluster(1), SimCluster(2)];
-    let started_clusters = start_mesh(
-        &sims,
-        MeshOptions {
-            ads: Some(false),
-            traffic: Some(TrafficOptions {
-                mode: MeshMode::IdentityEnforcing,
-                sameness: Sameness::Balanced,
-                foo_in: &[false, true],
-                local_route: false,
-            }),
-            ..Default::default()
-        },
-    );
+    let started_clusters = start_traffic_mesh(&sims, MeshMode::IdentityEnforcing, Sameness::Balanced, &[false, true]);
     RUNNING.lock().unwrap().extend(started_clusters);
     stop_if_interrupted();
     let guard = RUNNING.lock().unwrap();
