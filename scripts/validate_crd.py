@@ -10,7 +10,7 @@ Usage: validate_crd.py K8S_VERSION CRD.yaml [OBJECT.yaml ...]
 
 Prints one JSON line per file: {"file", "valid", "errors"}. Exits 0 when it
 could run the checks (the caller judges the results), 2 on a usage problem.
-Used by crates/agent/tests/crd.rs; runs from the project's .venv.
+Used by agent/tests/crd.rs; runs from the project's .venv.
 """
 import json
 import sys

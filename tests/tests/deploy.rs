@@ -297,7 +297,7 @@ fn the_alerts_use_exported_metrics_and_link_existing_runbooks() {
         let used: Vec<&str> = expr.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.starts_with("multicloud_")).collect();
         assert!(!used.is_empty(), "{name}: no agent metric in {expr}");
         for m in used {
-            assert!(exported.contains(&m), "{name}: {m} is not exported by the agent (crates/agent/src/metrics.rs)");
+            assert!(exported.contains(&m), "{name}: {m} is not exported by the agent (agent/src/metrics.rs)");
         }
         for key in ["summary", "description"] {
             assert!(r["annotations"][key].as_str().is_some_and(|s| s.contains("{{ $labels.")), "{name}: {key} must name the peer/object");
@@ -316,7 +316,7 @@ fn the_alerts_use_exported_metrics_and_link_existing_runbooks() {
         assert!(alerts.iter().any(|a| a == want), "{want} missing");
     }
     // The UUID alert counts the label the reconciler really uses for RemoteUUIDChanged.
-    let src = std::fs::read_to_string(workspace_root().join("crates/agent/src/reconcile.rs")).unwrap();
+    let src = std::fs::read_to_string(workspace_root().join("agent/src/reconcile.rs")).unwrap();
     assert!(src.contains(r#"self.metrics.fetch(name, "public", "uuid_changed")"#));
     assert!(rule.to_string().contains(r#"result=\"uuid_changed\""#));
 }

@@ -15,7 +15,7 @@ const REGENERATE: &str = "cargo run -p multicloud-agent -- crd > deploy/crd/isti
 const KUBERNETES_VERSION: &str = "1.32.0";
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn crd_file() -> PathBuf {
@@ -30,7 +30,7 @@ fn the_crd_in_deploy_is_the_one_the_types_generate() {
         let first =
             on_disk.lines().zip(crd_yaml().lines()).position(|(a, b)| a != b).map_or("the end".to_string(), |i| format!("line {}", i + 1));
         panic!(
-            "deploy/crd/istiomulticlouds.yaml is stale (first difference at {first}): crates/agent/src/crd.rs changed. \
+            "deploy/crd/istiomulticlouds.yaml is stale (first difference at {first}): agent/src/crd.rs changed. \
              Regenerate it from the workspace root with `{REGENERATE}` and commit it."
         );
     }

@@ -164,7 +164,7 @@ mod tests {
     /// docs/agent.md's metrics table lists exactly what the agent exports.
     #[test]
     fn the_documented_metrics_are_the_exported_ones() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/agent.md")).unwrap();
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/agent.md")).unwrap();
         let section = doc.split("## Metrics").nth(1).unwrap();
         let documented: Vec<(String, String)> = section
             .lines()
