@@ -87,7 +87,8 @@ build_flags() {
     istio)
       # As upstream's dev builds (common/scripts/report_build_info.sh): version
       # "<VERSION file>-dev", which istiod parses as <major>.<minor>.65535 when
-      # it gates features on the proxy's version (a v0.0.0-... would be 0.0).
+      # it gates features on the proxy's version (the default "unknown", or a
+      # v0.0.0-... pseudo-version, would parse as the maximum version).
       local iv=istio.io/istio/pkg/version
       VERSION_WANT="$(istio_version_file)-dev"
       LDFLAGS="-X $iv.buildVersion=$VERSION_WANT -X $iv.buildGitRevision=${ISTIO_VERSION##*-}"
