@@ -160,6 +160,9 @@ struct RunArgs {
     /// Also write every object's status to this JSON file.
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// Kubernetes mode: how often the local facts (root CA, gateway, exported services) are re-read, seconds.
+    #[arg(long, default_value_t = 10)]
+    facts_seconds: u64,
     /// Steady refresh of healthy peers, seconds.
     #[arg(long, default_value_t = 30)]
     refresh_seconds: u64,
@@ -347,6 +350,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
     let mut kube_client: Option<(kube::Client, String)> = None;
     let mut wasmplugin_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
+    let mut lease_guard: Option<Arc<kube_mode::LeaseGuard>> = None;
+    let metrics = Arc::new(metrics::Metrics::default());
     let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
         let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         let opts = kube_options(&args.kube)?;
@@ -357,8 +362,14 @@ async fn run(args: RunArgs) -> Result<()> {
         if let Some(name) = &args.kube.wasmplugin {
             wasmplugin_sink = Some(Arc::new(kube_mode::WasmPluginSink::new(client.clone(), &opts.namespace, name, lease.clone())));
         }
-        tokio::spawn(kube_mode::desired_state(client.clone(), opts, Duration::from_secs(10), tx));
-        (key, Arc::new(Both(Arc::new(kube_mode::KubeStatusSink::new(client, lease)), board.clone())))
+        let kube_status = Arc::new(kube_mode::KubeStatusSink::new(client.clone(), lease.clone(), Some(metrics.clone())));
+        {
+            let l = lease.clone();
+            metrics.set_leader_source(Box::new(move || l.is_leader()));
+        }
+        lease_guard = Some(lease);
+        tokio::spawn(kube_mode::desired_state(client, opts, Duration::from_secs(args.facts_seconds.max(1)), tx, Some(kube_status.clone())));
+        (key, Arc::new(Both(kube_status, board.clone())))
     } else {
         let file = args.standalone.clone().context("--standalone FILE is required without --kubernetes")?;
         let key_path = args.key.clone().context("--key FILE is required in standalone mode")?;
@@ -367,7 +378,6 @@ async fn run(args: RunArgs) -> Result<()> {
         (key, board.clone())
     };
     tracing::info!("federation key loaded (its public key is published in public.json)");
-    let metrics = Arc::new(metrics::Metrics::default());
     let xds_server = multicloud_agent::xds::XdsServer::new(multicloud_agent::xds_sink::classify());
     {
         let s = xds_server.clone();
@@ -502,8 +512,35 @@ async fn run(args: RunArgs) -> Result<()> {
         spiffe: multicloud_core::edge::SpiffeSettings::default(),
     };
     tokio::select! {
-        _ = reconciler.run(rx) => Ok(()),
-        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, exiting"); Ok(()) }
+        _ = reconciler.run(rx) => {}
+        signal = shutdown_signal() => tracing::info!("{signal}, exiting"),
+    }
+    // A pod's SIGTERM: give the Lease up so another replica writes status at
+    // once, not after the Lease expires. Bounded: the kubelet's grace period
+    // (30 s by default) must not run out on an unreachable API server.
+    if let Some(lease) = lease_guard {
+        match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not release the Lease (it expires by itself): {e:#}"),
+            Err(_) => tracing::warn!("releasing the Lease timed out (it expires by itself)"),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the agent cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 

@@ -29,6 +29,12 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "Unix time at which the scope: api token in a peer's Istio remote secret expires, by object.",
     ),
+    ("multicloud_agent_leader", "gauge", "Kubernetes mode: 1 while this replica holds the Lease (it alone writes shared state), else 0."),
+    (
+        "multicloud_agent_status_writes_total",
+        "counter",
+        "Kubernetes mode: IstioMulticloud status writes this replica made to the API server.",
+    ),
 ];
 
 #[derive(Default)]
@@ -39,6 +45,7 @@ struct State {
     render_errors: u64,
     xds_build_errors: BTreeMap<String, u64>,
     remote_secret_expiry: BTreeMap<String, i64>,
+    status_writes: u64,
 }
 
 #[derive(Default)]
@@ -46,6 +53,8 @@ pub struct Metrics {
     state: Mutex<State>,
     /// Read at scrape time (the xDS server's NACK count).
     nacks: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
+    /// Read at scrape time (whether this replica holds the Lease); unset in standalone mode.
+    leader: Mutex<Option<Box<dyn Fn() -> bool + Send + Sync>>>,
 }
 
 fn now_secs() -> f64 {
@@ -92,6 +101,14 @@ impl Metrics {
         *self.nacks.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
+    pub fn set_leader_source(&self, f: Box<dyn Fn() -> bool + Send + Sync>) {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    pub fn status_write(&self) {
+        self.lock().status_writes += 1;
+    }
+
     pub fn edge_render_error(&self) {
         self.lock().render_errors += 1;
     }
@@ -108,6 +125,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let nacks = self.nacks.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |f| f());
+        let leader = self.leader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|f| f());
         let s = self.lock();
         let now = now_secs();
         let mut out = String::new();
@@ -144,6 +162,14 @@ impl Metrics {
                 }
                 "multicloud_agent_xds_nacks_total" => {
                     let _ = writeln!(out, "{name} {nacks}");
+                }
+                "multicloud_agent_leader" => {
+                    if let Some(l) = leader {
+                        let _ = writeln!(out, "{name} {}", u8::from(l));
+                    }
+                }
+                "multicloud_agent_status_writes_total" => {
+                    let _ = writeln!(out, "{name} {}", s.status_writes);
                 }
                 "multicloud_agent_remote_secret_token_expiry_timestamp_seconds" => {
                     for (o, v) in &s.remote_secret_expiry {

@@ -20,6 +20,8 @@ pub mod envoy;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod kube;
+pub mod kube_mesh;
 pub mod mesh;
 pub mod mtls;
 pub mod paths;
@@ -50,6 +52,7 @@ pub mod hosts {
     pub const APP: u8 = 4;
     pub const UPSTREAM: u8 = 9;
     pub const APISERVER: u8 = 10;
+    pub const ETCD: u8 = 11;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming

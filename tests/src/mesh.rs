@@ -309,6 +309,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                 workload_cert: Some(ids[i].workload_cert("abc", "foo")),
                 api_proxy_credential: credential.clone(),
                 extra_args,
+                kubernetes: None,
             },
         );
         wait_until(&format!("{} to write the edge configuration", agent.name), Duration::from_secs(30), || {

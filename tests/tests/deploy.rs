@@ -1,5 +1,5 @@
-//! The manifests in deploy/ render with the real kustomize (kubectl 1.32 /
-//! kustomize 5.5) and say what the test bed does in Envoy: the edge filter
+//! The manifests in deploy/ render with the real kustomize (the pinned kubectl
+//! from scripts/tools.sh) and say what the test bed does in Envoy: the edge filter
 //! disabled in the chain, enabled per route, configured by ECDS. Every
 //! object of the base, the overlays and `multicloud-agent install` validates
 //! against its kind's schema (scripts/validate_manifests.py), and `install`
@@ -9,11 +9,11 @@ use multicloud_e2e::paths::workspace_root;
 
 #[test]
 fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_bed() {
-    let out = std::process::Command::new("kubectl")
+    let out = std::process::Command::new(multicloud_e2e::paths::kubectl())
         .args(["kustomize"])
         .arg(workspace_root().join("deploy/base"))
         .output()
-        .expect("kubectl (preinstalled on the project's machines) must be on PATH");
+        .expect("kubectl (scripts/tools.sh builds it; scripts/test.sh exports MULTICLOUD_KUBECTL)");
     assert!(out.status.success(), "kubectl kustomize failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("kind: EnvoyFilter"));
@@ -38,7 +38,11 @@ fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_be
 }
 
 fn kustomize(dir: &str) -> String {
-    let out = std::process::Command::new("kubectl").args(["kustomize"]).arg(workspace_root().join(dir)).output().expect("kubectl");
+    let out = std::process::Command::new(multicloud_e2e::paths::kubectl())
+        .args(["kustomize"])
+        .arg(workspace_root().join(dir))
+        .output()
+        .expect("kubectl");
     assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

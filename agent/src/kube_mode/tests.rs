@@ -133,7 +133,7 @@ async fn the_status_sink_takes_the_lease_before_it_applies_status() {
         expect_no_more(&mut api).await;
     });
     let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = KubeStatusSink::new(client, lease.clone());
+    let sink = KubeStatusSink::new(client, lease.clone(), None);
     sink.publish("cluster-b", &status()).await.unwrap();
     assert!(lease.is_leader());
     sink.publish("cluster-b", &status()).await.unwrap();
@@ -156,7 +156,7 @@ async fn no_status_is_written_while_another_replica_holds_the_lease() {
         expect_no_more(&mut api).await;
     });
     let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = KubeStatusSink::new(client, lease.clone());
+    let sink = KubeStatusSink::new(client, lease.clone(), None);
     sink.publish("cluster-b", &status()).await.unwrap();
     assert!(!lease.is_leader());
     drop((sink, lease));
@@ -184,7 +184,7 @@ async fn an_expired_lease_is_taken_over_before_status_is_written() {
         expect_no_more(&mut api).await;
     });
     let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    KubeStatusSink::new(client, lease).publish("cluster-b", &status()).await.unwrap();
+    KubeStatusSink::new(client, lease, None).publish("cluster-b", &status()).await.unwrap();
     server.await.unwrap();
 }
 
@@ -451,7 +451,7 @@ async fn watched_objects_are_published_as_the_desired_peers() {
         // handle alive until the watcher is gone.
         while api.next_request().await.is_some() {}
     });
-    let watcher = tokio::spawn(watch_objects(client, tx));
+    let watcher = tokio::spawn(watch_objects(client, tx, None));
     let within = Duration::from_secs(5);
     let listed = tokio::time::timeout(within, rx.wait_for(|m| !m.is_empty())).await.unwrap().unwrap().clone();
     assert_eq!(listed.keys().collect::<Vec<_>>(), ["a", "b"], "the initial list is published whole");
