@@ -88,6 +88,8 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
         .metadata
         .uid
         .ok_or_else(|| anyhow!("Namespace kube-system has no metadata.uid; the API server returned an incomplete object"))?;
+    let network_name =
+        if opts.network_name.is_empty() { default_network(client, opts, &cluster_uuid).await? } else { opts.network_name.clone() };
     let root_ca = read_root_ca(client, opts).await?;
     let ingress_gateways = if opts.advertise.is_empty() { read_gateways(client, opts).await? } else { opts.advertise.clone() };
     let services = read_exported_services(client, opts).await?;
@@ -96,11 +98,27 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
         root_ca,
         ingress_gateways,
         api_host: opts.api_host.clone(),
-        network_name: opts.network_name.clone(),
+        network_name,
         services,
         mesh_mode: Default::default(),
         local_endpoints: vec![],
     })
+}
+
+/// Istio's label for the network a cluster's (or namespace's) workloads are on.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// This cluster's network when `--network-name` is not given: Istio's own
+/// setting (the `topology.istio.io/network` label on the agent's namespace,
+/// as Istio's multi-network install sets it on istio-system), else one
+/// derived from the cluster UUID, so that two clusters never share a network
+/// by accident (each sits behind its own gateway).
+async fn default_network(client: &kube::Client, opts: &KubeOptions, cluster_uuid: &str) -> Result<String> {
+    let ns = Api::<Namespace>::all(client.clone()).get(&opts.namespace).await.with_context(|| {
+        format!("cannot read Namespace {} (for its {NETWORK_LABEL} label); grant the agent `get` on namespaces", opts.namespace)
+    })?;
+    let label = ns.metadata.labels.and_then(|mut l| l.remove(NETWORK_LABEL)).filter(|n| !n.is_empty());
+    Ok(label.unwrap_or_else(|| format!("network-{cluster_uuid}")))
 }
 
 /// Istio publishes its root in every namespace's `istio-ca-root-cert`; a

@@ -212,7 +212,8 @@ struct KubeArgs {
     /// Kubernetes mode: Services labelled <export-label>=true are exported to peers.
     #[arg(long, default_value = "istio-multicloud.dev/export")]
     export_label: String,
-    /// Kubernetes mode: this cluster's Istio network name.
+    /// Kubernetes mode: this cluster's Istio network name. Default: the
+    /// `topology.istio.io/network` label of --namespace, else `network-<cluster UUID>`.
     #[arg(long, default_value = "")]
     network_name: String,
     /// Kubernetes mode: the API proxy's host[:port] as peers reach it.

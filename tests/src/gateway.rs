@@ -134,6 +134,9 @@ pub struct ApiRoute {
     pub apiserver: SocketAddr,
     /// Certificate and key for `host` on `edge_tls` (a filter chain matched by SNI).
     pub tls: Option<(String, String)>,
+    /// The API server speaks TLS with a certificate from this CA (PEM) for
+    /// its IP address (a real kube-apiserver); `None`: plain HTTP.
+    pub upstream_ca: Option<String>,
 }
 
 /// The API guard's ECDS resource name.
@@ -262,6 +265,21 @@ impl Gateway {
                 api.apiserver.ip(),
                 api.apiserver.port()
             );
+            if let Some(ca) = &api.upstream_ca {
+                api_cluster.push_str(&format!(
+                    r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          validation_context:
+            trusted_ca: {{inline_string: {ca}}}
+            match_typed_subject_alt_names: [{{san_type: IP_ADDRESS, matcher: {{exact: "{ip}"}}}}]
+"#,
+                    ca = yaml_str(ca),
+                    ip = api.apiserver.ip()
+                ));
+            }
         }
         vhosts.push_str(&gateway_vhost);
         let hcm = hcm_yaml(&vhosts, &filters);

@@ -154,6 +154,10 @@ impl ControlPlane {
         format!("https://{}:{}", self.sim.ip(APISERVER_HOST), self.port)
     }
 
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((self.sim.ip(APISERVER_HOST), self.port))
+    }
+
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
     }

@@ -15,7 +15,7 @@
 use crate::agent::{Agent, AgentOptions, KubeMode};
 use crate::envoy::Envoy;
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
-use crate::gateway::{EdgeSource, Gateway, GatewayOptions, ServerTls};
+use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
 use crate::kube::ControlPlane;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, paths, wait_until, SimCluster};
@@ -226,7 +226,14 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             sims.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, s)| (*s, tls_ports[j], ca_pems[j].clone())).collect();
         link(cp, &peers);
         let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].as_str().expect("uid").to_string();
-        let opts = KubeMeshOptions { install_args, ..opts.clone() };
+        // The peers' API hosts are names no DNS here resolves: the remote
+        // secrets connect to the peer's gateway instead (keeping the name as
+        // the TLS server name), like `curl --resolve`.
+        let mut agent_args = opts.agent_args.clone();
+        for (j, s) in sims.iter().enumerate().filter(|(j, _)| *j != i) {
+            agent_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), tls_ports[j])]);
+        }
+        let opts = KubeMeshOptions { install_args, agent_args, ..opts.clone() };
         let agents: Vec<Agent> =
             (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir)).collect();
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
@@ -236,7 +243,14 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             upstream: upstream.addr(),
             source: EdgeSource::Ads { xds: agents[0].xds_addr(), delta: true },
             tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
-            api: None,
+            // The API proxy in front of this cluster's real API server, with
+            // the API proxy ServiceAccount's real token as the credential.
+            api: Some(ApiRoute {
+                host: api_host(sim),
+                apiserver: cp.addr(),
+                tls: Some(edge_ca.server_cert_dns(&api_host(sim))),
+                upstream_ca: Some(cp.ca_pem.clone()),
+            }),
         });
         let gateway = Envoy::start_all(vec![spec]).pop().expect("gateway");
         out.push(KubeCluster {

@@ -322,6 +322,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             host: api_host(*sim),
             apiserver: a.addr(),
             tls: Some(cas[i].server_cert_dns(&api_host(*sim))),
+            upstream_ca: None,
         });
         specs.push(Gateway::spec_with(GatewayOptions {
             cluster: *sim,
