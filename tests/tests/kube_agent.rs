@@ -47,7 +47,7 @@ fn secret_data(cp: &ControlPlane, ns: &str, name: &str, key: &str) -> Option<Str
     use base64::Engine as _;
     let s = cp.get_json(&["secret", name, "-n", ns])?;
     let b = s["data"][key].as_str()?;
-    Some(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).ok()?).ok()?)
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).ok()?).ok()
 }
 
 fn forbidden(out: &std::process::Output) -> bool {
