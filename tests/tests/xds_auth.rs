@@ -162,6 +162,24 @@ fn only_the_gateway_identity_gets_the_gateways_resources() {
     let text = String::from_utf8_lossy(&bytes);
     assert!(!text.contains(&credential) && !text.contains(&private_marker), "nothing of the gateway's resources reached the sidecar");
 
+    // A certificate from this cluster's root that names no SPIFFE identity
+    // proves no workload: refused before anything is sent.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["not-a-workload.example".to_string()]).expect("params");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let anonymous = params.signed_by(&key, &c.id.root, &c.id.root_key).expect("sign");
+    let before = refusals(c, "no_spiffe_id");
+    let r = fetch(
+        addr,
+        &Transport::Tls { client_cert: Some((anonymous.pem(), key.serialize_pem())) },
+        node("sidecar~anonymous", None),
+        Api::Ads,
+        SECRET,
+        &[],
+    );
+    assert!(matches!(r, Err(Refused::Status { code: tonic::Code::PermissionDenied, .. })), "{r:?}");
+    wait_refusals(c, "no_spiffe_id", before + 1);
+
     // (c) A certificate from another cluster's CA, even for the gateway's
     // own service account name: refused at the handshake.
     let other = ClusterIdentity::generate("other");
