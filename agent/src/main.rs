@@ -400,7 +400,7 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(c), Some(k)) => multicloud_agent::xds_tls::ServingCert::from_files(c, k)?,
         _ => multicloud_agent::xds_tls::ServingCert::self_signed()?,
     };
-    let xds_tls = Arc::new(multicloud_agent::xds_tls::XdsTls::new(xds_tls));
+    let xds_tls = Arc::new(multicloud_agent::xds_tls::XdsTls::new(xds_tls)?);
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         board: board.clone(),

@@ -144,8 +144,21 @@ pub struct XdsTls {
 }
 
 impl XdsTls {
-    pub fn new(serving: ServingCert) -> XdsTls {
-        XdsTls { serving, current: RwLock::new(None) }
+    /// Checks the serving certificate and key now (they must match and be a
+    /// kind rustls signs with), so a bad `--xds-cert/--xds-key` stops the
+    /// agent at start rather than at the first handshake.
+    pub fn new(serving: ServingCert) -> Result<XdsTls, XdsTlsError> {
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| XdsTlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(serving.chain.clone(), serving.key.clone_key())
+            .map_err(|e| {
+                XdsTlsError::Config(format!(
+                    "--xds-cert and --xds-key do not match or are not supported ({e}); give the key of the chain's first certificate"
+                ))
+            })?;
+        Ok(XdsTls { serving, current: RwLock::new(None) })
     }
 
     /// Trusts the certificates of `roots_pem` (every one: during an Istio
@@ -281,5 +294,52 @@ impl crate::reconcile::DataPlaneSink for ClientRootsSink {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["xds.example".into()]).unwrap().self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn serving_files_are_read_and_bad_ones_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let ((c1, k1), (_, k2)) = (pem_pair(), pem_pair());
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (cert, key, other_key) = (write("c.pem", &c1), write("k.pem", &k1), write("k2.pem", &k2));
+        assert!(XdsTls::new(ServingCert::from_files(&cert, &key).unwrap()).is_ok());
+        let mismatched = XdsTls::new(ServingCert::from_files(&cert, &other_key).unwrap()).err().unwrap().to_string();
+        assert!(mismatched.contains("--xds-cert and --xds-key do not match"), "{mismatched}");
+        let missing = ServingCert::from_files(&dir.path().join("absent.pem"), &key).err().unwrap().to_string();
+        assert!(missing.contains("--xds-cert") && missing.contains("absent.pem"), "{missing}");
+        let no_key = ServingCert::from_files(&cert, &cert).err().unwrap().to_string();
+        assert!(no_key.contains("--xds-key") && no_key.contains("no private key"), "{no_key}");
+    }
+
+    #[test]
+    fn client_roots_change_only_on_a_valid_bundle() {
+        let tls = XdsTls::new(ServingCert::self_signed().unwrap()).unwrap();
+        assert!(tls.config().is_none(), "no roots: no handshake can succeed");
+        let (root, _) = pem_pair();
+        assert!(tls.set_client_roots(&root).unwrap());
+        assert!(!tls.set_client_roots(&root).unwrap(), "the same bundle is no change");
+        assert!(tls.set_client_roots("not a certificate").is_err());
+        assert!(tls.config().is_some(), "a bad bundle keeps the previous roots");
+    }
+
+    #[test]
+    fn refusal_labels_are_distinct() {
+        let labels: std::collections::BTreeSet<&str> = RefusalReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), RefusalReason::ALL.len());
     }
 }

@@ -58,7 +58,7 @@ impl ClusterIdentity {
     /// required to chain to this cluster's root.
     pub fn xds_tls(&self) -> std::sync::Arc<multicloud_agent::xds_tls::XdsTls> {
         let serving = multicloud_agent::xds_tls::ServingCert::self_signed().expect("serving cert");
-        let tls = multicloud_agent::xds_tls::XdsTls::new(serving);
+        let tls = multicloud_agent::xds_tls::XdsTls::new(serving).expect("serving cert and key");
         tls.set_client_roots(&self.root_pem()).expect("client roots");
         std::sync::Arc::new(tls)
     }
