@@ -114,12 +114,19 @@ struct RunArgs {
     /// gateway that reads it from a file instead of ADS.
     #[arg(long)]
     edge_ecds_file: Option<PathBuf>,
-    /// Serve xDS (ADS, state of the world and delta) on this node-local TCP address.
+    /// Serve xDS (ADS, state of the world and delta) on this node-local TCP address, over
+    /// mutual TLS: clients present a certificate chained to this cluster's Istio root.
     #[arg(long)]
     xds: Option<std::net::SocketAddr>,
-    /// Serve xDS on this Unix socket too.
-    #[arg(long)]
-    xds_uds: Option<PathBuf>,
+    /// SPIFFE ID that may receive the gateway's resources (the edge filter's configuration,
+    /// the API proxy credential, the mesh listener and gateway certificate). Repeatable.
+    #[arg(long = "xds-gateway-identity", default_value = DEFAULT_GATEWAY_IDENTITY, value_parser = parse_spiffe_id)]
+    xds_gateway_identity: Vec<String>,
+    /// The xDS port's serving certificate chain (PEM); without it a self-signed one is generated at start.
+    #[arg(long, requires = "xds_key")]
+    xds_cert: Option<PathBuf>,
+    #[arg(long, requires = "xds_cert")]
+    xds_key: Option<PathBuf>,
     /// Write the bound xDS TCP address here (useful with port 0).
     #[arg(long)]
     xds_address_file: Option<PathBuf>,
@@ -226,6 +233,17 @@ struct KubeArgs {
     /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
     #[arg(long)]
     wasmplugin: Option<String>,
+}
+
+/// The identity of Istio's default ingress gateway (Helm chart `gateway`, service account
+/// `istio-ingressgateway-service-account` in `istio-system`).
+const DEFAULT_GATEWAY_IDENTITY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+
+fn parse_spiffe_id(s: &str) -> Result<String, String> {
+    match s.strip_prefix("spiffe://") {
+        Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not a SPIFFE ID: want spiffe://<trust domain>/<path>, e.g. {DEFAULT_GATEWAY_IDENTITY}")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -379,11 +397,21 @@ async fn run(args: RunArgs) -> Result<()> {
         (key, board.clone())
     };
     tracing::info!("federation key loaded (its public key is published in public.json)");
-    let xds_server = multicloud_agent::xds::XdsServer::new(multicloud_agent::xds_sink::classify());
+    let access = multicloud_agent::xds::AccessPolicy {
+        restricted: [(multicloud_agent::xds_sink::GATEWAY_GROUP.to_string(), args.xds_gateway_identity.iter().cloned().collect())].into(),
+    };
+    let xds_server = multicloud_agent::xds::XdsServer::with_access(multicloud_agent::xds_sink::classify(), access);
     {
         let s = xds_server.clone();
         metrics.set_nack_source(Box::new(move || s.nack_count()));
+        let s = xds_server.clone();
+        metrics.set_xds_refusal_source(Box::new(move || s.refusals().into_iter().map(|(r, n)| (r.label(), n)).collect()));
     }
+    let xds_tls = match (&args.xds_cert, &args.xds_key) {
+        (Some(c), Some(k)) => multicloud_agent::xds_tls::ServingCert::from_files(c, k)?,
+        _ => multicloud_agent::xds_tls::ServingCert::self_signed()?,
+    };
+    let xds_tls = Arc::new(multicloud_agent::xds_tls::XdsTls::new(xds_tls)?);
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         board: board.clone(),
@@ -397,20 +425,16 @@ async fn run(args: RunArgs) -> Result<()> {
         if let Some(p) = &args.xds_address_file {
             standalone::write_atomically(p, bound.to_string().as_bytes())?;
         }
-        tracing::info!(address = %bound, "serving xDS (ADS) on TCP");
-        let s = xds_server.clone();
+        tracing::info!(
+            address = %bound,
+            gateway_identities = ?args.xds_gateway_identity,
+            serving_cert = if args.xds_cert.is_some() { "--xds-cert" } else { "self-signed" },
+            "serving xDS (ADS) on TCP with mutual TLS"
+        );
+        let (s, tls) = (xds_server.clone(), xds_tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = s.serve_tcp(l).await {
+            if let Err(e) = s.serve_tls(l, tls).await {
                 tracing::error!("xDS server stopped: {e:#}");
-            }
-        });
-    }
-    if let Some(path) = args.xds_uds.clone() {
-        tracing::info!(path = %path.display(), "serving xDS (ADS) on a Unix socket");
-        let s = xds_server.clone();
-        tokio::spawn(async move {
-            if let Err(e) = s.serve_unix(&path).await {
-                tracing::error!("xDS server (Unix socket) stopped: {e:#}");
             }
         });
     }
@@ -492,7 +516,8 @@ async fn run(args: RunArgs) -> Result<()> {
         factory: remote::factory(policy),
         status: status_sink,
         sinks: {
-            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> = vec![xds_sink];
+            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> =
+                vec![Arc::new(multicloud_agent::xds_tls::ClientRootsSink(xds_tls)), xds_sink];
             if let Some(rs) = remote_secrets {
                 sinks.push(rs);
             }

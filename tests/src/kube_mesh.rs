@@ -15,7 +15,7 @@
 use crate::agent::{Agent, AgentOptions, KubeMode};
 use crate::envoy::Envoy;
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
-use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
+use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls, XdsClient};
 use crate::kube::ControlPlane;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, paths, wait_until, SimCluster};
@@ -241,7 +241,7 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         let spec = Gateway::spec_with(GatewayOptions {
             cluster: sim,
             upstream: upstream.addr(),
-            source: EdgeSource::Ads { xds: agents[0].xds_addr(), delta: true },
+            source: EdgeSource::Ads { xds: XdsClient::gateway(&id, agents[0].xds_addr()), delta: true },
             tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
             // The API proxy in front of this cluster's real API server, with
             // the API proxy ServiceAccount's real token as the credential.

@@ -10,6 +10,8 @@
 //!   UUID, Istio-style root CA, federation key.
 //! - [`upstream::RecordingUpstream`]: an HTTP server that records what reached
 //!   it, to prove what a filter let through (and what it did not).
+//! - [`xds_client`]: an xDS client that is not Envoy (any node id, any
+//!   client certificate or none), to test what the agent's port refuses.
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
 
 pub mod agent;
@@ -28,6 +30,7 @@ pub mod paths;
 pub mod procs;
 pub mod sidecar;
 pub mod upstream;
+pub mod xds_client;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
