@@ -1,3 +1,5 @@
+//! Tier: offline (the pinned kustomize and published schemas; no API server: tests/tests/kube_deploy.rs applies the same objects to a real one).
+//!
 //! The manifests in deploy/ render with the real kustomize (the pinned kubectl
 //! from scripts/tools.sh) and say what the test bed does in Envoy: the edge filter
 //! disabled in the chain, enabled per route, configured by ECDS. Every

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's per-type xDS services against real Envoy 1.40 (127.0.58.x),
 //! configured the way `deploy/base/edge-filter.yaml` configures an
 //! istiod-run gateway: no ADS to the agent at all; the edge filter's
