@@ -83,7 +83,7 @@ fn mesh_gateway(chains: &str, upstream: SocketAddr, config_json: &str) -> Envoy 
     let ecds = multicloud_proto::discovery_response(
         edge_filter::EXTENSION_CONFIG_TYPE_URL,
         "1",
-        vec![edge_filter::resource_with_root_id(&paths::filter_wasm().display().to_string(), config_json, ROOT_ID)],
+        vec![edge_filter::resource_with_root_id(&paths::filter_wasm().display().to_string().as_str().into(), config_json, ROOT_ID)],
     )
     .encode_to_vec();
     let bootstrap = format!(
