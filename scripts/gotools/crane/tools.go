@@ -1,0 +1,10 @@
+//go:build tools
+
+// Package tools names the commands scripts/tools.sh builds from this module
+// (go build <package>); it is never compiled itself. go.mod and go.sum pin
+// their versions: scripts/tools.sh pin crane rewrites them.
+package tools
+
+import (
+	_ "github.com/google/go-containerregistry/cmd/crane"
+)

@@ -1,0 +1,11 @@
+//go:build tools
+
+// Package tools names the commands scripts/tools.sh builds from this module
+// (go build <package>); it is never compiled itself. go.mod and go.sum pin
+// their versions: scripts/tools.sh pin istio rewrites them.
+package tools
+
+import (
+	_ "istio.io/istio/pilot/cmd/pilot-agent"
+	_ "istio.io/istio/pilot/cmd/pilot-discovery"
+)
