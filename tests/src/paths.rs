@@ -32,3 +32,27 @@ pub fn python() -> PathBuf {
 pub fn agent() -> PathBuf {
     from_env_or("MULTICLOUD_AGENT", workspace_root().join("target/debug/multicloud-agent"), "run cargo build -p multicloud-agent")
 }
+
+/// What `make images` (scripts/images.sh) wrote: agent.tar, filter.tar, the
+/// layout directories and their .digest files.
+pub fn images() -> PathBuf {
+    from_env_or("MULTICLOUD_IMAGES", workspace_root().join("target/images"), "run scripts/images.sh (make images)")
+}
+
+/// go-containerregistry's `crane` (MULTICLOUD_CRANE, as `scripts/tools.sh env`
+/// exports it; otherwise `scripts/tools.sh crane` finds or builds it).
+pub fn crane() -> PathBuf {
+    if let Some(p) = std::env::var_os("MULTICLOUD_CRANE") {
+        return from_env_or("MULTICLOUD_CRANE", PathBuf::from(p), "run scripts/tools.sh crane");
+    }
+    let out = std::process::Command::new(workspace_root().join("scripts/tools.sh"))
+        .arg("crane")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run scripts/tools.sh crane");
+    assert!(out.status.success(), "scripts/tools.sh crane failed");
+    // "crane <version> <path>"
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let path = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("scripts/tools.sh crane printed {line:?}"));
+    PathBuf::from(path)
+}
