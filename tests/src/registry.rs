@@ -121,3 +121,34 @@ pub fn serve_filter_image(ip: Ipv4Addr) -> ServedFilterImage {
     assert!(reference.ends_with(&format!("@{digest}")), "pushed {reference}, make images printed {digest}");
     ServedFilterImage { registry, repo, reference, digest }
 }
+
+/// `wasmfetch` (scripts/gotools/istio/wasmfetch): Istio's own Wasm image
+/// fetcher (istio.io/istio/pkg/wasm, the Istio version scripts/tools.sh
+/// pins), as istio-agent runs it for a WasmPlugin. Built with go once per
+/// test process (Go's build cache makes a rebuild take seconds; the first
+/// build downloads Istio's modules from the Go module proxy, as
+/// `scripts/tools.sh istio` does).
+pub fn istio_wasm_fetch() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let go = std::env::var_os("GO").map(std::path::PathBuf::from).unwrap_or_else(|| {
+                let on_path = Command::new("go").arg("version").output().is_ok_and(|o| o.status.success());
+                if on_path { "go".into() } else { "/usr/local/go/bin/go".into() }
+            });
+            let out = paths::workspace_root().join("target/gotools/wasmfetch");
+            let st = Command::new(&go)
+                .current_dir(paths::workspace_root().join("scripts/gotools/istio"))
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg("./wasmfetch")
+                .env("CGO_ENABLED", "0")
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "-mod=readonly")
+                .status()
+                .unwrap_or_else(|e| panic!("run {}: {e} (Go >= 1.26 is needed; GO=path)", go.display()));
+            assert!(st.success(), "go build ./wasmfetch in scripts/gotools/istio failed");
+            out
+        })
+        .clone()
+}

@@ -163,6 +163,11 @@ fn two_builds_of_the_same_commit_give_identical_images() {
         .status()
         .unwrap();
     assert!(st.success());
+    let built = layout("filter").manifest().unwrap().annotations;
+    let again = Layout::read_tar(&out.path().join("filter.tar")).unwrap().manifest().unwrap().annotations;
+    for k in ["org.opencontainers.image.revision", "org.opencontainers.image.created"] {
+        assert_eq!(built[k], again[k], "{} is stale (another commit or tree): run scripts/images.sh", paths::images().display());
+    }
     for name in ["agent", "filter"] {
         let a = std::fs::read(paths::images().join(format!("{name}.tar"))).unwrap();
         let b = std::fs::read(out.path().join(format!("{name}.tar"))).unwrap();
@@ -196,4 +201,22 @@ fn the_images_are_served_by_digest_from_a_loopback_registry() {
     served.registry.crane(&["validate", "--remote", &agent]);
     let config: serde_json::Value = serde_json::from_str(&served.registry.crane(&["config", &agent])).unwrap();
     assert_eq!(config["config"]["User"], "65532:65532");
+}
+
+/// Istio's own fetcher (istio.io/istio/pkg/wasm at the pinned version, the
+/// code istio-agent runs for a WasmPlugin `url: oci://...`) pulls the filter
+/// image by digest from the loopback registry, sees the digest `make images`
+/// printed and extracts exactly the built module.
+#[test]
+fn istios_fetcher_pulls_the_built_module_by_digest() {
+    let served = registry::serve_filter_image(SimCluster(1).ip(hosts::REGISTRY));
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("fetched.wasm");
+    let out = Command::new(registry::istio_wasm_fetch()).arg(&served.reference).arg(&module).output().unwrap();
+    assert!(out.status.success(), "Istio's fetcher refused the image: {}", String::from_utf8_lossy(&out.stderr));
+    // Istio's log shares stdout; the digest is the last line.
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(stdout.lines().last().unwrap_or_default(), served.digest, "the digest Istio keys its cache by: {stdout}");
+    let wasm = std::fs::read(paths::filter_wasm()).unwrap();
+    assert!(std::fs::read(&module).unwrap() == wasm, "Istio extracted the built module byte for byte");
 }
