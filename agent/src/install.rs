@@ -436,7 +436,10 @@ mod tests {
             assert!(!o.to_string().contains("\"istio-system\""), "a namespace left behind: {o}");
         }
         let ds = find(&objs, "DaemonSet");
-        assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], format!("registry.example/agent:1.2.3@sha256:{}", "ab".repeat(32)));
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("registry.example/agent:1.2.3@sha256:{}", "ab".repeat(32))
+        );
         let args = args_of(&objs);
         for want in [
             "--gateway-selector=app=edge,istio.io/rev=canary",
@@ -487,10 +490,19 @@ mod tests {
             (InstallArgs { metadata_host: Some("a.example:443".into()), ..base.clone() }, "--metadata-host"),
             (InstallArgs { export_label: Some("k=yes".into()), ..base.clone() }, "cannot be changed"),
             (InstallArgs { namespace: "Istio_System".into(), ..base.clone() }, "--namespace"),
-            (InstallArgs { image: Some("registry.example/agent:1.2.3".into()), ..base.clone() }, "--image \"registry.example/agent:1.2.3\" is not pinned by digest"),
+            (
+                InstallArgs { image: Some("registry.example/agent:1.2.3".into()), ..base.clone() },
+                "--image \"registry.example/agent:1.2.3\" is not pinned by digest",
+            ),
             (InstallArgs { image: Some("registry.example/agent@sha256:abc".into()), ..base.clone() }, "64 lower-case hex"),
-            (InstallArgs { image: Some(format!("registry.example/Agent@sha256:{}", "a".repeat(64))), ..base.clone() }, "\"Agent\" is not a valid repository"),
-            (InstallArgs { image: Some(format!("reg_istry.example/agent@sha256:{}", "a".repeat(64))), ..base.clone() }, "not a registry host"),
+            (
+                InstallArgs { image: Some(format!("registry.example/Agent@sha256:{}", "a".repeat(64))), ..base.clone() },
+                "\"Agent\" is not a valid repository",
+            ),
+            (
+                InstallArgs { image: Some(format!("reg_istry.example/agent@sha256:{}", "a".repeat(64))), ..base.clone() },
+                "not a registry host",
+            ),
             (InstallArgs { image: Some(format!("agent:-x@sha256:{}", "a".repeat(64))), ..base.clone() }, "not a valid tag"),
             (InstallArgs { filter_image: Some(format!("r.example/f@sha256:{}", "a".repeat(64))), ..base.clone() }, "needs --wasmplugin"),
             (

@@ -227,15 +227,7 @@ pub fn untar(bytes: &[u8]) -> Result<Vec<Entry>> {
         let path = e.path()?.to_string_lossy().trim_end_matches('/').to_string();
         let mut data = Vec::new();
         e.read_to_end(&mut data)?;
-        out.push(Entry {
-            path,
-            mode: h.mode()?,
-            uid: h.uid()?,
-            gid: h.gid()?,
-            mtime: h.mtime()?,
-            dir: h.entry_type().is_dir(),
-            data,
-        });
+        out.push(Entry { path, mode: h.mode()?, uid: h.uid()?, gid: h.gid()?, mtime: h.mtime()?, dir: h.entry_type().is_dir(), data });
     }
     Ok(out)
 }
@@ -447,7 +439,10 @@ pub fn agent_image(binary: &[u8], ca_bundle: &[u8], ca_origin: &str, arch: &str,
         },
         rootfs: RootFs { kind: "layers".into(), diff_ids },
         history: vec![
-            History { created: created.clone(), created_by: format!("multicloud-images: /etc/passwd, /etc/group, {CA_BUNDLE} ({ca_origin})") },
+            History {
+                created: created.clone(),
+                created_by: format!("multicloud-images: /etc/passwd, /etc/group, {CA_BUNDLE} ({ca_origin})"),
+            },
             History { created, created_by: format!("multicloud-images: {AGENT_BINARY} (static)") },
         ],
     };
@@ -471,10 +466,8 @@ pub fn filter_image(wasm: &[u8], root_id: &str, meta: &Meta) -> Result<Layout> {
     let title = |t: &str| BTreeMap::from([("org.opencontainers.image.title".to_string(), t.to_string())]);
     let runtime = json(&runtime)?;
     let config = layout.add(WASM_CONFIG, runtime.clone(), BTreeMap::new());
-    let layers = vec![
-        layout.add(WASM_CONTENT, wasm.to_vec(), title("plugin.wasm")),
-        layout.add(WASM_CONFIG, runtime, title("runtime-config.json")),
-    ];
+    let layers =
+        vec![layout.add(WASM_CONTENT, wasm.to_vec(), title("plugin.wasm")), layout.add(WASM_CONFIG, runtime, title("runtime-config.json"))];
     let labels = meta.labels("multicloud-edge-filter", "Istio Multicloud gateway filter (proxy-wasm)");
     let m = Manifest { schema_version: 2, media_type: OCI_MANIFEST.into(), config, layers, annotations: labels };
     layout.set_manifest(&m, &meta.version)?;

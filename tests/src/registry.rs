@@ -41,11 +41,7 @@ impl Registry {
                 return Err(format!("exited ({st}): {}", std::fs::read_to_string(&log).unwrap_or_default()));
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.split("serving on port ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|p| p.parse().ok())
-                .ok_or(text)
+            text.split("serving on port ").nth(1).and_then(|rest| rest.split_whitespace().next()).and_then(|p| p.parse().ok()).ok_or(text)
         });
         Registry { addr: SocketAddr::from((ip, port)), _proc: proc, _dir: dir }
     }
@@ -134,7 +130,11 @@ pub fn istio_wasm_fetch() -> std::path::PathBuf {
         .get_or_init(|| {
             let go = std::env::var_os("GO").map(std::path::PathBuf::from).unwrap_or_else(|| {
                 let on_path = Command::new("go").arg("version").output().is_ok_and(|o| o.status.success());
-                if on_path { "go".into() } else { "/usr/local/go/bin/go".into() }
+                if on_path {
+                    "go".into()
+                } else {
+                    "/usr/local/go/bin/go".into()
+                }
             });
             let out = paths::workspace_root().join("target/gotools/wasmfetch");
             let st = Command::new(&go)

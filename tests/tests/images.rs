@@ -157,11 +157,8 @@ fn the_filter_image_is_the_built_module_in_istios_wasm_format() {
 #[test]
 fn two_builds_of_the_same_commit_give_identical_images() {
     let out = tempfile::tempdir().unwrap();
-    let st = Command::new(paths::workspace_root().join("scripts/images.sh"))
-        .args(["--no-build", "--out"])
-        .arg(out.path())
-        .status()
-        .unwrap();
+    let st =
+        Command::new(paths::workspace_root().join("scripts/images.sh")).args(["--no-build", "--out"]).arg(out.path()).status().unwrap();
     assert!(st.success());
     let built = layout("filter").manifest().unwrap().annotations;
     let again = Layout::read_tar(&out.path().join("filter.tar")).unwrap().manifest().unwrap().annotations;
