@@ -73,14 +73,14 @@ revision=$(git rev-parse HEAD)
 [[ -z "$(git status --porcelain --untracked-files=normal)" ]] || revision+=-dirty
 version=$("$agent" --version | awk '{print $2}')
 licenses=$(sed -n 's/^license = "\(.*\)"/\1/p' Cargo.toml | head -1)
-source=${MULTICLOUD_IMAGE_SOURCE:-https://github.com/istio-multicloud/istio-multicloud}
+src_url=${MULTICLOUD_IMAGE_SOURCE:-https://github.com/istio-multicloud/istio-multicloud}
 ca_origin=$ca
 if [[ -z "${MULTICLOUD_CA_BUNDLE:-}" ]]; then
   ca_origin="Debian ca-certificates $(dpkg-query -W -f='${Version}' ca-certificates 2>/dev/null || echo '?')"
 fi
 
 images=$tdir/debug/multicloud-images
-common=(--version "$version" --revision "$revision" --source "$source" --licenses "$licenses" --out "$out")
+common=(--version "$version" --revision "$revision" --source "$src_url" --licenses "$licenses" --out "$out")
 mkdir -p "$out"
 "$images" agent --binary "$agent" --ca-bundle "$ca" --ca-origin "$ca_origin" "${common[@]}" >/dev/null
 "$images" filter --wasm "$wasm" "${common[@]}" >/dev/null
