@@ -203,7 +203,8 @@ fn the_images_are_served_by_digest_from_a_loopback_registry() {
 /// Istio's own fetcher (istio.io/istio/pkg/wasm at the pinned version, the
 /// code istio-agent runs for a WasmPlugin `url: oci://...`) pulls the filter
 /// image by digest from the loopback registry, sees the digest `make images`
-/// printed and extracts exactly the built module.
+/// printed and extracts exactly the built module; the same artifact
+/// without its runtime-config layer is refused.
 #[test]
 fn istios_fetcher_pulls_the_built_module_by_digest() {
     let served = registry::serve_filter_image(SimCluster(1).ip(hosts::REGISTRY));
@@ -216,4 +217,19 @@ fn istios_fetcher_pulls_the_built_module_by_digest() {
     assert_eq!(stdout.lines().last().unwrap_or_default(), served.digest, "the digest Istio keys its cache by: {stdout}");
     let wasm = std::fs::read(paths::filter_wasm()).unwrap();
     assert!(std::fs::read(&module).unwrap() == wasm, "Istio extracted the built module byte for byte");
+
+    // Why the image carries the runtime-config layer: the same artifact
+    // with the module as its only layer is refused by this Istio.
+    let mut single = layout("filter");
+    let mut m = single.manifest().unwrap();
+    m.layers.retain(|d| d.media_type == WASM_CONTENT);
+    let body = serde_json::to_vec(&m).unwrap();
+    single.index.manifests[0].digest = digest_of(&body);
+    single.index.manifests[0].size = body.len() as u64;
+    single.blobs.insert(digest_of(&body), body);
+    single.write(&dir.path().join("single"), &dir.path().join("single.tar"), 0).unwrap();
+    let reference = served.registry.push_layout(&dir.path().join("single"), "istio-multicloud/single-layer", "0");
+    let out = Command::new(registry::istio_wasm_fetch()).arg(&reference).arg(dir.path().join("x.wasm")).output().unwrap();
+    assert!(!out.status.success(), "a one-layer Wasm artifact was accepted: update the image format's notes");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("number of layers must be 2"), "{}", String::from_utf8_lossy(&out.stderr));
 }
