@@ -10,6 +10,13 @@ source scripts/lib.sh
 scripts/bootstrap.sh
 scripts/build.sh filter
 
+# The real tier's tools (etcd, kube-apiserver, kubectl, istiod, pilot-agent,
+# crane), built from the Go module proxy once per version and cached outside
+# the checkout (the first build on a fresh machine takes a while: README).
+log "real-tier tools (scripts/tools.sh; cached in ${MULTICLOUD_TOOLS_DIR:-$HOME/.cache/istio-multicloud/tools})"
+tool_env=$(scripts/tools.sh env) || die "scripts/tools.sh could not provide the real tier's tools"
+eval "$tool_env"
+
 log "clippy, whole workspace (the filter crates also deny unwrap/expect/panic)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
@@ -21,16 +28,13 @@ cargo build --quiet -p multicloud-agent
 # the agent changed; no test builds it again).
 log "images (scripts/images.sh)"
 scripts/images.sh
-# crane (pinned, built from the Go module proxy, cached) for the loopback registry.
-MULTICLOUD_CRANE=$(scripts/tools.sh crane | awk '{print $3}')
-export MULTICLOUD_CRANE
 
 log "tests"
 # One build shared by all test binaries; e2e tests start their Envoys in parallel.
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
 
-leftover=$(pgrep -af '/multicloud-(gateway|sidecar|agent)-[0-9]' | grep -v pgrep || true)
+leftover=$(pgrep -af '/multicloud-(gateway|sidecar|agent|kube)-[0-9]' | grep -v pgrep || true)
 if [[ -n "$leftover" ]]; then
   printf 'error: processes left behind by the tests:\n%s\n' "$leftover" >&2
   exit 1

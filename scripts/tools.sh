@@ -23,8 +23,7 @@
 # only there so that go.sum pins every dependency, as the others do). kube: k8s.io/kubernetes plus one replace per staging module
 # (k8s.io/api, ...) => v0.<minor>.<patch>, taken from the replace block of
 # k8s.io/kubernetes's own go.mod (`pin kube` derives it).
-# kubectl is built only when `kubectl version --client` is missing or lacks
-# kustomize; KUBECTL=path overrides.
+# kubectl is built at the API server's version (KUBECTL=path overrides).
 # Builds go to a temporary name and are renamed into place (a killed build
 # leaves no half binary); a flock per tool keeps concurrent callers from
 # building the same tool twice. Needs go (GO=path; /usr/local/go/bin/go).
@@ -37,6 +36,7 @@ ETCD_VERSION=v3.6.16                               # go.etcd.io/etcd/server/v3
 KUBE_VERSION=v1.36.3                               # k8s.io/kubernetes
 ISTIO_VERSION=v0.0.0-20260827124520-eed52ebb66ad   # istio.io/istio
 CRANE_VERSION=v0.21.9                              # github.com/google/go-containerregistry
+PROMETHEUS_OPERATOR_VERSION=v0.85.0                # its CRDs, for deploy/'s monitoring objects
 # -------------------------------------------------------------------------------
 
 TOOLS_DIR=${MULTICLOUD_TOOLS_DIR:-$HOME/.cache/istio-multicloud/tools}
@@ -46,7 +46,9 @@ GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 # Static binaries; never fetch another toolchain behind the caller's back.
 export CGO_ENABLED=${CGO_ENABLED:-0} GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kubectl pilot-discovery pilot-agent crane)
+# What `env` provides (the tests use these). kube-controller-manager builds
+# by name; no test needs it yet.
+ALL_TOOLS=(etcd kube-apiserver kubectl pilot-discovery pilot-agent crane)
 
 # tool_info TOOL: sets WRAPPER (scripts/gotools/<name>), MODULE, VERSION, PKG,
 # VERSION_ARGS (smoke command) and VERSION_WANT (what it must print).
@@ -173,19 +175,38 @@ ensure() {
   log "built $tool $VERSION in ${secs}s ($(du -h "$TOOL_PATH" | cut -f1))"
 }
 
-# kubectl: KUBECTL if set; else the one on PATH if it has kustomize; else ours.
+# kubectl: KUBECTL if set; else ours, at the API server's version (a
+# machine's kubectl may be missing, or several minor versions away from the
+# server, where kubectl's skew policy allows one).
 ensure_kubectl() {
   local k
-  if [[ -n ${KUBECTL:-} ]]; then
-    k=$(command -v "$KUBECTL") || die "KUBECTL=$KUBECTL is not executable"
-  elif k=$(command -v kubectl 2>/dev/null) \
-       && "$k" version --client 2>/dev/null | grep -q '^Kustomize Version'; then
-    :
-  else
+  if [[ -z ${KUBECTL:-} ]]; then
     ensure kubectl; return 0
   fi
+  k=$(command -v "$KUBECTL") || die "KUBECTL=$KUBECTL is not executable"
+  "$k" version --client 2>/dev/null | grep -q '^Kustomize Version' || die "KUBECTL=$KUBECTL has no kustomize"
   TOOL_PATH=$k VERSION=$("$k" version --client 2>/dev/null | awk '/^Client Version:/{print $3}')
   VERSION=${VERSION:-unknown}
+}
+
+# module_dir MODULE VERSION: the module's directory in the Go module cache
+# (downloaded if missing; read-only files).
+module_dir() {
+  local dir
+  dir=$("$GO" mod download -json "$1@$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  [[ -d "$dir" ]] || die "could not download $1@$2 from the Go module proxy"
+  printf '%s\n' "$dir"
+}
+
+# The upstream CRDs the real tier registers before deploy/: Istio's (from the
+# pinned istio.io/istio) and the Prometheus Operator's.
+crd_exports() {
+  local istio prom
+  istio=$(module_dir istio.io/istio "$ISTIO_VERSION")/manifests/charts/base/files/crd-all.gen.yaml
+  prom=$(module_dir github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION")/example/prometheus-operator-crd
+  [[ -f "$istio" ]] || die "$istio missing"
+  [[ -f "$prom/monitoring.coreos.com_servicemonitors.yaml" ]] || die "$prom has no ServiceMonitor CRD"
+  printf 'export MULTICLOUD_ISTIO_CRDS=%q\nexport MULTICLOUD_PROMETHEUS_CRDS=%q\n' "$istio" "$prom"
 }
 
 ensure_any() { if [[ $1 == kubectl ]]; then ensure_kubectl; else ensure "$1"; fi; }
@@ -236,7 +257,8 @@ case "$cmd" in
       ensure_any "$t"
       var=MULTICLOUD_$(tr 'a-z-' 'A-Z_' <<<"$t")
       printf 'export %s=%q\n' "$var" "$TOOL_PATH"
-    done ;;
+    done
+    crd_exports ;;
   all|kube|istio|crane|etcd|kube-apiserver|kube-controller-manager|kubectl|pilot-discovery|pilot-agent)
     case "$cmd" in
       all)   tools=("${ALL_TOOLS[@]}") ;;

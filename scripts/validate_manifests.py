@@ -39,6 +39,7 @@ CORE_GROUPS = (
     "coordination.k8s.io/v1",
     "networking.k8s.io/v1",
     "batch/v1",
+    "admissionregistration.k8s.io/v1",
 )
 NPM_GROUPS = {
     "networking.istio.io": "@kubernetes-models/istio",

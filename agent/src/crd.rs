@@ -39,6 +39,9 @@ pub struct IstioMulticloudSpec {
     /// The remote's metadata endpoint, e.g. `https://istio.cluster-b.example.com/metadata`.
     /// Documents are fetched from `<endpoint>/public/public.json` and
     /// `<endpoint>/private/multicluster.json`. Must be https.
+    // The API server refuses anything else, naming the field, before the
+    // agent sees it (the agent checks again: a CRD can be edited).
+    #[schemars(regex(pattern = r"^https://[^/?#\s]+"), length(max = 2048))]
     pub metadata_endpoint: String,
     /// How to trust the remote's TLS certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]

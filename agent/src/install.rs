@@ -58,6 +58,11 @@ pub struct InstallArgs {
     /// Namespace of the agent and of every namespaced object (the Istio gateway is expected there).
     #[arg(long, default_value = BASE_NAMESPACE)]
     pub namespace: String,
+    /// SPIFFE ID of the ingress gateway, the only client the agent's xDS port serves the
+    /// gateway's resources to (the agent's --xds-gateway-identity; repeatable). Default:
+    /// spiffe://cluster.local/ns/<namespace>/sa/istio-ingressgateway-service-account.
+    #[arg(long)]
+    pub gateway_identity: Vec<String>,
     /// Add the ServiceMonitor and the PrometheusRule alerts (deploy/components/monitoring).
     #[arg(long)]
     pub monitoring: bool,
@@ -355,6 +360,29 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     for adv in &a.advertise {
         args.push(format!("--advertise={adv}").into());
     }
+    // The gateway's identity: given, or the file's with the gateway's namespace.
+    const IDENTITY_FLAG: &str = "--xds-gateway-identity=";
+    let from_file: Vec<String> =
+        args.iter().filter_map(|v| v.as_str().and_then(|s| s.strip_prefix(IDENTITY_FLAG)).map(str::to_string)).collect();
+    let identities: Vec<String> = if a.gateway_identity.is_empty() {
+        from_file.iter().map(|id| id.replace(&format!("/ns/{BASE_NAMESPACE}/"), &format!("/ns/{ns}/"))).collect()
+    } else {
+        for id in &a.gateway_identity {
+            ensure!(
+                id.strip_prefix("spiffe://").is_some_and(|r| r.contains('/') && !r.starts_with('/')),
+                "--gateway-identity {id:?} is not a SPIFFE ID: want spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+            );
+        }
+        a.gateway_identity.clone()
+    };
+    // In the file's place, so that the defaults render exactly as kustomize does.
+    let is_identity = |v: &Value| v.as_str().is_some_and(|s| s.starts_with(IDENTITY_FLAG));
+    let at = args.iter().position(is_identity).unwrap_or(args.len());
+    args.retain(|v| !is_identity(v));
+    let at = at.min(args.len());
+    for (i, id) in identities.iter().enumerate() {
+        args.insert(at + i, Value::from(format!("{IDENTITY_FLAG}{id}")));
+    }
     if a.wasmplugin {
         // As deploy/components/wasmplugin: the agent writes the edge
         // configuration into the WasmPlugin, and may get and patch it.
@@ -425,6 +453,7 @@ mod tests {
             advertise: vec!["203.0.113.7:15443".into(), "edge.a.example:443".into()],
             export_label: Some("example.com/federate=true".into()),
             namespace: "mesh-edge".into(),
+            gateway_identity: vec![],
             monitoring: true,
             wasmplugin: false,
         };
@@ -447,6 +476,7 @@ mod tests {
             "--api-host=api.a.example:443",
             "--advertise=203.0.113.7:15443",
             "--advertise=edge.a.example:443",
+            "--xds-gateway-identity=spiffe://cluster.local/ns/mesh-edge/sa/istio-ingressgateway-service-account",
         ] {
             assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
         }
@@ -457,6 +487,11 @@ mod tests {
         assert_eq!(find(&objs, "VirtualService")["spec"]["hosts"], serde_json::json!(["metadata.a.example"]));
         assert_eq!(find(&objs, "VirtualService")["spec"]["http"][0]["name"], "multicloud-metadata");
         assert_eq!(find(&objs, "ServiceMonitor")["spec"]["namespaceSelector"]["matchNames"], serde_json::json!(["mesh-edge"]));
+        let ids = vec!["spiffe://a.example/ns/edge/sa/gw".to_string(), "spiffe://a.example/ns/edge/sa/gw2".to_string()];
+        let objs = objects(&InstallArgs { gateway_identity: ids.clone(), ..a.clone() }).unwrap();
+        let given: Vec<String> =
+            args_of(&objs).into_iter().filter_map(|s| s.strip_prefix("--xds-gateway-identity=").map(String::from)).collect();
+        assert_eq!(given, ids, "--gateway-identity replaces the default");
         let filter = format!("registry.example:5000/mc/edge-filter@sha256:{}", "0f".repeat(32));
         let wasm = objects(&InstallArgs { wasmplugin: true, filter_image: Some(filter.clone()), ..a }).unwrap();
         assert_eq!(find(&wasm, "WasmPlugin")["spec"]["selector"]["matchLabels"]["app"], "edge");
@@ -487,6 +522,7 @@ mod tests {
             (InstallArgs { advertise: vec!["1.2.3.4".into()], ..base.clone() }, "want host:port"),
             (InstallArgs { advertise: vec!["1.2.3.4:99999".into()], ..base.clone() }, "is not a port"),
             (InstallArgs { api_proxy_host: Some("https://api.example".into()), ..base.clone() }, "--api-proxy-host"),
+            (InstallArgs { gateway_identity: vec!["istio-ingressgateway".into()], ..base.clone() }, "--gateway-identity"),
             (InstallArgs { metadata_host: Some("a.example:443".into()), ..base.clone() }, "--metadata-host"),
             (InstallArgs { export_label: Some("k=yes".into()), ..base.clone() }, "cannot be changed"),
             (InstallArgs { namespace: "Istio_System".into(), ..base.clone() }, "--namespace"),

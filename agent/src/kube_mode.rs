@@ -88,6 +88,8 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
         .metadata
         .uid
         .ok_or_else(|| anyhow!("Namespace kube-system has no metadata.uid; the API server returned an incomplete object"))?;
+    let network_name =
+        if opts.network_name.is_empty() { default_network(client, opts, &cluster_uuid).await? } else { opts.network_name.clone() };
     let root_ca = read_root_ca(client, opts).await?;
     let ingress_gateways = if opts.advertise.is_empty() { read_gateways(client, opts).await? } else { opts.advertise.clone() };
     let services = read_exported_services(client, opts).await?;
@@ -96,11 +98,27 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
         root_ca,
         ingress_gateways,
         api_host: opts.api_host.clone(),
-        network_name: opts.network_name.clone(),
+        network_name,
         services,
         mesh_mode: Default::default(),
         local_endpoints: vec![],
     })
+}
+
+/// Istio's label for the network a cluster's (or namespace's) workloads are on.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// This cluster's network when `--network-name` is not given: Istio's own
+/// setting (the `topology.istio.io/network` label on the agent's namespace,
+/// as Istio's multi-network install sets it on istio-system), else one
+/// derived from the cluster UUID, so that two clusters never share a network
+/// by accident (each sits behind its own gateway).
+async fn default_network(client: &kube::Client, opts: &KubeOptions, cluster_uuid: &str) -> Result<String> {
+    let ns = Api::<Namespace>::all(client.clone()).get(&opts.namespace).await.with_context(|| {
+        format!("cannot read Namespace {} (for its {NETWORK_LABEL} label); grant the agent `get` on namespaces", opts.namespace)
+    })?;
+    let label = ns.metadata.labels.and_then(|mut l| l.remove(NETWORK_LABEL)).filter(|n| !n.is_empty());
+    Ok(label.unwrap_or_else(|| format!("network-{cluster_uuid}")))
 }
 
 /// Istio publishes its root in every namespace's `istio-ca-root-cert`; a
@@ -274,7 +292,11 @@ async fn count_ready_endpoints(client: &kube::Client, ns: &str, name: &str) -> R
 /// Watches every `IstioMulticloud` (cluster-scoped) and publishes the whole
 /// map, name → spec and generation, whenever it changes. Returns when every
 /// receiver is gone. Watch errors are logged and retried with backoff.
-pub async fn watch_objects(client: kube::Client, tx: tokio::sync::watch::Sender<BTreeMap<String, DesiredPeer>>) {
+pub async fn watch_objects(
+    client: kube::Client,
+    tx: tokio::sync::watch::Sender<BTreeMap<String, DesiredPeer>>,
+    status: Option<Arc<KubeStatusSink>>,
+) {
     let api = Api::<IstioMulticloud>::all(client);
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
     // Objects listed since the last (re)start; swapped in at InitDone so a
@@ -306,12 +328,20 @@ pub async fn watch_objects(client: kube::Client, tx: tokio::sync::watch::Sender<
                 }
             }
             watcher::Event::Apply(obj) => {
+                if let (Some(sink), Some(name)) = (&status, obj.metadata.name.as_deref()) {
+                    if let Err(e) = sink.correct_drift(name, obj.status.as_ref()).await {
+                        tracing::warn!(object = name, "cannot correct the object's status: {e:#}");
+                    }
+                }
                 if let Some((name, peer)) = desired_peer(obj) {
                     tx.send_if_modified(|cur| cur.insert(name, peer.clone()).as_ref() != Some(&peer));
                 }
             }
             watcher::Event::Delete(obj) => {
                 if let Some(name) = obj.metadata.name {
+                    if let Some(sink) = &status {
+                        sink.forget(&name);
+                    }
                     tx.send_if_modified(|cur| cur.remove(&name).is_some());
                 }
             }
@@ -346,6 +376,9 @@ pub struct LeaseGuard {
     /// Until when this replica may act as leader: its last successful renewal
     /// plus the lease duration, less a margin for clock skew.
     held_until: Mutex<Option<Timestamp>>,
+    /// Set by [`LeaseGuard::release`]: a replica that is shutting down
+    /// neither renews nor competes any more.
+    released: std::sync::atomic::AtomicBool,
 }
 
 /// Renewals are trusted for the lease duration less this margin.
@@ -358,6 +391,37 @@ impl LeaseGuard {
             name: opts.lease_name.clone(),
             holder: opts.holder_identity.clone(),
             held_until: Mutex::new(None),
+            released: false.into(),
+        }
+    }
+
+    /// Gives the Lease up, if this replica holds it, so another replica takes
+    /// over at its next attempt instead of waiting for the Lease to expire
+    /// (as client-go's ReleaseOnCancel does: empty holder, duration 1 s).
+    /// From then on this replica never acquires it again.
+    pub async fn release(&self) -> Result<()> {
+        self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_held(None);
+        let ns = self.api.namespace().unwrap_or_default().to_string();
+        let what = format!("Lease {ns}/{}", self.name);
+        let Some(mut lease) = self.api.get_opt(&self.name).await.with_context(|| format!("cannot read {what}"))? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => {
+                tracing::info!(lease = %what, holder = %self.holder, "released the Lease; another replica takes over");
+                Ok(())
+            }
+            // Someone else changed it in between: it is not ours to release any more.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot release {what}")),
         }
     }
 
@@ -376,6 +440,9 @@ impl LeaseGuard {
     /// Creates the Lease if absent, renews it if this replica holds it, takes
     /// it over if its holder let it expire. `Ok(false)`: another replica holds it.
     pub async fn try_acquire(&self) -> Result<bool> {
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
         let now = Timestamp::now();
         let held = self.acquire_at(now).await;
         match &held {
@@ -475,17 +542,48 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 
 /// Writes `IstioMulticloud` status with server-side apply, only from the
 /// replica that holds the Lease.
+///
+/// It remembers what it last wrote per object. Another field manager that
+/// rewrites the status (a person's `kubectl apply --subresource=status`, an
+/// old replica) is corrected by [`KubeStatusSink::correct_drift`], which the
+/// object watcher calls with every status it sees.
 pub struct KubeStatusSink {
     api: Api<IstioMulticloud>,
     lease: Arc<LeaseGuard>,
+    written: Mutex<BTreeMap<String, IstioMulticloudStatus>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl KubeStatusSink {
-    pub fn new(client: kube::Client, lease: Arc<LeaseGuard>) -> Self {
-        Self { api: Api::all(client), lease }
+    pub fn new(client: kube::Client, lease: Arc<LeaseGuard>, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        Self { api: Api::all(client), lease, written: Mutex::default(), metrics }
+    }
+
+    /// Called with each object's status as the API server has it: if it is
+    /// not what this replica last wrote (and this replica writes status),
+    /// writes its own again. Returns whether it did.
+    pub async fn correct_drift(&self, name: &str, seen: Option<&IstioMulticloudStatus>) -> Result<bool> {
+        let ours = self.written.lock().ok().and_then(|w| w.get(name).cloned());
+        let Some(ours) = ours else { return Ok(false) };
+        if seen == Some(&ours) || !self.lease.is_leader() {
+            return Ok(false);
+        }
+        tracing::warn!(object = name, "the object's status was changed by someone else; writing the agent's own again");
+        self.write(name, &ours).await?;
+        Ok(true)
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut w) = self.written.lock() {
+            w.remove(name);
+        }
     }
 
     async fn write(&self, name: &str, status: &IstioMulticloudStatus) -> Result<()> {
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(name.to_string(), status.clone());
+        }
         let leader = self.lease.is_leader() || self.lease.try_acquire().await?;
         if !leader {
             tracing::debug!(object = name, "not the lease holder; leaving status to the leader");
@@ -500,6 +598,9 @@ impl KubeStatusSink {
             .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
             .await
             .with_context(|| format!("cannot write status of IstioMulticloud {name}; grant the agent patch on istiomulticlouds/status"))?;
+        if let Some(m) = &self.metrics {
+            m.status_write();
+        }
         Ok(())
     }
 }
@@ -712,9 +813,10 @@ pub async fn desired_state(
     opts: KubeOptions,
     facts_every: std::time::Duration,
     tx: tokio::sync::watch::Sender<Option<crate::source::Desired>>,
+    status: Option<Arc<KubeStatusSink>>,
 ) {
     let (otx, mut orx) = tokio::sync::watch::channel(BTreeMap::new());
-    tokio::spawn(watch_objects(client.clone(), otx));
+    tokio::spawn(watch_objects(client.clone(), otx, status));
     let mut facts: Option<LocalFacts> = None;
     let mut tick = tokio::time::interval(facts_every);
     loop {

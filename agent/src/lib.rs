@@ -18,3 +18,4 @@ pub mod source;
 pub mod standalone;
 pub mod xds;
 pub mod xds_sink;
+pub mod xds_tls;

@@ -114,12 +114,19 @@ struct RunArgs {
     /// gateway that reads it from a file instead of ADS.
     #[arg(long)]
     edge_ecds_file: Option<PathBuf>,
-    /// Serve xDS (ADS, state of the world and delta) on this node-local TCP address.
+    /// Serve xDS (ADS, state of the world and delta) on this node-local TCP address, over
+    /// mutual TLS: clients present a certificate chained to this cluster's Istio root.
     #[arg(long)]
     xds: Option<std::net::SocketAddr>,
-    /// Serve xDS on this Unix socket too.
-    #[arg(long)]
-    xds_uds: Option<PathBuf>,
+    /// SPIFFE ID that may receive the gateway's resources (the edge filter's configuration,
+    /// the API proxy credential, the mesh listener and gateway certificate). Repeatable.
+    #[arg(long = "xds-gateway-identity", default_value = DEFAULT_GATEWAY_IDENTITY, value_parser = parse_spiffe_id)]
+    xds_gateway_identity: Vec<String>,
+    /// The xDS port's serving certificate chain (PEM); without it a self-signed one is generated at start.
+    #[arg(long, requires = "xds_key")]
+    xds_cert: Option<PathBuf>,
+    #[arg(long, requires = "xds_cert")]
+    xds_key: Option<PathBuf>,
     /// Write the bound xDS TCP address here (useful with port 0).
     #[arg(long)]
     xds_address_file: Option<PathBuf>,
@@ -160,6 +167,9 @@ struct RunArgs {
     /// Also write every object's status to this JSON file.
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// Kubernetes mode: how often the local facts (root CA, gateway, exported services) are re-read, seconds.
+    #[arg(long, default_value_t = 10)]
+    facts_seconds: u64,
     /// Steady refresh of healthy peers, seconds.
     #[arg(long, default_value_t = 30)]
     refresh_seconds: u64,
@@ -209,7 +219,8 @@ struct KubeArgs {
     /// Kubernetes mode: Services labelled <export-label>=true are exported to peers.
     #[arg(long, default_value = "istio-multicloud.dev/export")]
     export_label: String,
-    /// Kubernetes mode: this cluster's Istio network name.
+    /// Kubernetes mode: this cluster's Istio network name. Default: the
+    /// `topology.istio.io/network` label of --namespace, else `network-<cluster UUID>`.
     #[arg(long, default_value = "")]
     network_name: String,
     /// Kubernetes mode: the API proxy's host[:port] as peers reach it.
@@ -222,6 +233,17 @@ struct KubeArgs {
     /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
     #[arg(long)]
     wasmplugin: Option<String>,
+}
+
+/// The identity of Istio's default ingress gateway (Helm chart `gateway`, service account
+/// `istio-ingressgateway-service-account` in `istio-system`).
+const DEFAULT_GATEWAY_IDENTITY: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+
+fn parse_spiffe_id(s: &str) -> Result<String, String> {
+    match s.strip_prefix("spiffe://") {
+        Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not a SPIFFE ID: want spiffe://<trust domain>/<path>, e.g. {DEFAULT_GATEWAY_IDENTITY}")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -347,6 +369,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
     let mut kube_client: Option<(kube::Client, String)> = None;
     let mut wasmplugin_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
+    let mut lease_guard: Option<Arc<kube_mode::LeaseGuard>> = None;
+    let metrics = Arc::new(metrics::Metrics::default());
     let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
         let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         let opts = kube_options(&args.kube)?;
@@ -357,8 +381,14 @@ async fn run(args: RunArgs) -> Result<()> {
         if let Some(name) = &args.kube.wasmplugin {
             wasmplugin_sink = Some(Arc::new(kube_mode::WasmPluginSink::new(client.clone(), &opts.namespace, name, lease.clone())));
         }
-        tokio::spawn(kube_mode::desired_state(client.clone(), opts, Duration::from_secs(10), tx));
-        (key, Arc::new(Both(Arc::new(kube_mode::KubeStatusSink::new(client, lease)), board.clone())))
+        let kube_status = Arc::new(kube_mode::KubeStatusSink::new(client.clone(), lease.clone(), Some(metrics.clone())));
+        {
+            let l = lease.clone();
+            metrics.set_leader_source(Box::new(move || l.is_leader()));
+        }
+        lease_guard = Some(lease);
+        tokio::spawn(kube_mode::desired_state(client, opts, Duration::from_secs(args.facts_seconds.max(1)), tx, Some(kube_status.clone())));
+        (key, Arc::new(Both(kube_status, board.clone())))
     } else {
         let file = args.standalone.clone().context("--standalone FILE is required without --kubernetes")?;
         let key_path = args.key.clone().context("--key FILE is required in standalone mode")?;
@@ -367,12 +397,21 @@ async fn run(args: RunArgs) -> Result<()> {
         (key, board.clone())
     };
     tracing::info!("federation key loaded (its public key is published in public.json)");
-    let metrics = Arc::new(metrics::Metrics::default());
-    let xds_server = multicloud_agent::xds::XdsServer::new(multicloud_agent::xds_sink::classify());
+    let access = multicloud_agent::xds::AccessPolicy {
+        restricted: [(multicloud_agent::xds_sink::GATEWAY_GROUP.to_string(), args.xds_gateway_identity.iter().cloned().collect())].into(),
+    };
+    let xds_server = multicloud_agent::xds::XdsServer::with_access(multicloud_agent::xds_sink::classify(), access);
     {
         let s = xds_server.clone();
         metrics.set_nack_source(Box::new(move || s.nack_count()));
+        let s = xds_server.clone();
+        metrics.set_xds_refusal_source(Box::new(move || s.refusals().into_iter().map(|(r, n)| (r.label(), n)).collect()));
     }
+    let xds_tls = match (&args.xds_cert, &args.xds_key) {
+        (Some(c), Some(k)) => multicloud_agent::xds_tls::ServingCert::from_files(c, k)?,
+        _ => multicloud_agent::xds_tls::ServingCert::self_signed()?,
+    };
+    let xds_tls = Arc::new(multicloud_agent::xds_tls::XdsTls::new(xds_tls)?);
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         board: board.clone(),
@@ -386,20 +425,16 @@ async fn run(args: RunArgs) -> Result<()> {
         if let Some(p) = &args.xds_address_file {
             standalone::write_atomically(p, bound.to_string().as_bytes())?;
         }
-        tracing::info!(address = %bound, "serving xDS (ADS) on TCP");
-        let s = xds_server.clone();
+        tracing::info!(
+            address = %bound,
+            gateway_identities = ?args.xds_gateway_identity,
+            serving_cert = if args.xds_cert.is_some() { "--xds-cert" } else { "self-signed" },
+            "serving xDS (ADS) on TCP with mutual TLS"
+        );
+        let (s, tls) = (xds_server.clone(), xds_tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = s.serve_tcp(l).await {
+            if let Err(e) = s.serve_tls(l, tls).await {
                 tracing::error!("xDS server stopped: {e:#}");
-            }
-        });
-    }
-    if let Some(path) = args.xds_uds.clone() {
-        tracing::info!(path = %path.display(), "serving xDS (ADS) on a Unix socket");
-        let s = xds_server.clone();
-        tokio::spawn(async move {
-            if let Err(e) = s.serve_unix(&path).await {
-                tracing::error!("xDS server (Unix socket) stopped: {e:#}");
             }
         });
     }
@@ -481,7 +516,8 @@ async fn run(args: RunArgs) -> Result<()> {
         factory: remote::factory(policy),
         status: status_sink,
         sinks: {
-            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> = vec![xds_sink];
+            let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> =
+                vec![Arc::new(multicloud_agent::xds_tls::ClientRootsSink(xds_tls)), xds_sink];
             if let Some(rs) = remote_secrets {
                 sinks.push(rs);
             }
@@ -502,8 +538,35 @@ async fn run(args: RunArgs) -> Result<()> {
         spiffe: multicloud_core::edge::SpiffeSettings::default(),
     };
     tokio::select! {
-        _ = reconciler.run(rx) => Ok(()),
-        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, exiting"); Ok(()) }
+        _ = reconciler.run(rx) => {}
+        signal = shutdown_signal() => tracing::info!("{signal}, exiting"),
+    }
+    // A pod's SIGTERM: give the Lease up so another replica writes status at
+    // once, not after the Lease expires. Bounded: the kubelet's grace period
+    // (30 s by default) must not run out on an unreachable API server.
+    if let Some(lease) = lease_guard {
+        match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not release the Lease (it expires by itself): {e:#}"),
+            Err(_) => tracing::warn!("releasing the Lease timed out (it expires by itself)"),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the agent cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
     }
 }
 

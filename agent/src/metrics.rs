@@ -25,9 +25,20 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ),
     ("multicloud_agent_xds_nacks_total", "counter", "Configurations the local proxies rejected (NACKs)."),
     (
+        "multicloud_agent_xds_refusals_total",
+        "counter",
+        "xDS clients turned away, by reason: at the TLS handshake (no_client_certificate, untrusted_certificate, handshake_failed, handshake_timeout, no_local_root) or for the group their node claims (no_spiffe_id, group_not_allowed).",
+    ),
+    (
         "multicloud_agent_remote_secret_token_expiry_timestamp_seconds",
         "gauge",
         "Unix time at which the scope: api token in a peer's Istio remote secret expires, by object.",
+    ),
+    ("multicloud_agent_leader", "gauge", "Kubernetes mode: 1 while this replica holds the Lease (it alone writes shared state), else 0."),
+    (
+        "multicloud_agent_status_writes_total",
+        "counter",
+        "Kubernetes mode: IstioMulticloud status writes this replica made to the API server.",
     ),
 ];
 
@@ -39,6 +50,7 @@ struct State {
     render_errors: u64,
     xds_build_errors: BTreeMap<String, u64>,
     remote_secret_expiry: BTreeMap<String, i64>,
+    status_writes: u64,
 }
 
 #[derive(Default)]
@@ -46,7 +58,13 @@ pub struct Metrics {
     state: Mutex<State>,
     /// Read at scrape time (the xDS server's NACK count).
     nacks: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
+    /// Read at scrape time (whether this replica holds the Lease); unset in standalone mode.
+    leader: Mutex<Option<Box<dyn Fn() -> bool + Send + Sync>>>,
+    /// Read at scrape time (the xDS server's refusals by reason).
+    xds_refusals: Mutex<Option<RefusalSource>>,
 }
+
+type RefusalSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -92,6 +110,18 @@ impl Metrics {
         *self.nacks.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
+    pub fn set_leader_source(&self, f: Box<dyn Fn() -> bool + Send + Sync>) {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    pub fn status_write(&self) {
+        self.lock().status_writes += 1;
+    }
+
+    pub fn set_xds_refusal_source(&self, f: RefusalSource) {
+        *self.xds_refusals.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
     pub fn edge_render_error(&self) {
         self.lock().render_errors += 1;
     }
@@ -108,6 +138,8 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let nacks = self.nacks.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |f| f());
+        let leader = self.leader.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|f| f());
+        let refusals = self.xds_refusals.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or_else(Vec::new, |f| f());
         let s = self.lock();
         let now = now_secs();
         let mut out = String::new();
@@ -144,6 +176,19 @@ impl Metrics {
                 }
                 "multicloud_agent_xds_nacks_total" => {
                     let _ = writeln!(out, "{name} {nacks}");
+                }
+                "multicloud_agent_leader" => {
+                    if let Some(l) = leader {
+                        let _ = writeln!(out, "{name} {}", u8::from(l));
+                    }
+                }
+                "multicloud_agent_status_writes_total" => {
+                    let _ = writeln!(out, "{name} {}", s.status_writes);
+                }
+                "multicloud_agent_xds_refusals_total" => {
+                    for (reason, v) in &refusals {
+                        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {v}", esc(reason));
+                    }
                 }
                 "multicloud_agent_remote_secret_token_expiry_timestamp_seconds" => {
                     for (o, v) in &s.remote_secret_expiry {

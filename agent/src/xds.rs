@@ -6,12 +6,18 @@
 //! Versions are content hashes, so two servers holding the same snapshot
 //! agree on every version: a proxy that reconnects (to this process or a
 //! restarted one) is not sent what it already has.
+//!
+//! Who may receive a group's snapshot: on the TLS port ([`XdsServer::serve_tls`])
+//! every client proved a SPIFFE identity chained to this cluster's root;
+//! [`AccessPolicy`] restricts some groups (the gateway's, which carries the
+//! API proxy credential and the private document) to listed identities.
 
 mod delta;
 mod sotw;
 #[cfg(test)]
 mod tests;
 
+use crate::xds_tls::{RefusalReason, XdsPeer, XdsTls};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -22,8 +28,7 @@ use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -181,11 +186,26 @@ pub struct ProxyStatus {
     pub group: String,
     pub protocol: Protocol,
     pub connected_at: SystemTime,
+    /// The SPIFFE ID its client certificate proved (none on a plaintext test server).
+    pub identity: Option<String>,
     /// By type URL.
     pub types: BTreeMap<String, TypeStatus>,
 }
 
 pub type Classify = Arc<dyn Fn(&Node) -> String + Send + Sync>;
+
+/// A group's snapshots as one stream watches them.
+type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Which proven identities may receive which group's resources.
+#[derive(Clone, Debug, Default)]
+pub struct AccessPolicy {
+    /// Groups only these SPIFFE IDs may join (the gateway group: the
+    /// `--xds-gateway-identity` list). A group not named here is open to
+    /// every client the transport admitted (on the TLS port: any SPIFFE
+    /// identity chained to this cluster's root).
+    pub restricted: BTreeMap<String, BTreeSet<String>>,
+}
 
 /// The ADS server. Cheap to clone: every clone serves the same state.
 #[derive(Clone)]
@@ -195,6 +215,9 @@ pub struct XdsServer {
 
 struct Inner {
     classify: Classify,
+    access: AccessPolicy,
+    /// Clients turned away, by reason.
+    refusals: Mutex<BTreeMap<RefusalReason, u64>>,
     /// One channel per group; a proxy's stream watches its group's.
     groups: Mutex<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
     /// Connected proxies by stream id.
@@ -221,11 +244,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl XdsServer {
-    /// `classify` maps a proxy's node (id, cluster, metadata) to its group.
+    /// `classify` maps a proxy's node (id, cluster, metadata) to its group;
+    /// every group is open to every client (see [`XdsServer::with_access`]).
     pub fn new(classify: Classify) -> Self {
+        Self::with_access(classify, AccessPolicy::default())
+    }
+
+    /// A server whose groups are restricted by `access`.
+    pub fn with_access(classify: Classify, access: AccessPolicy) -> Self {
         XdsServer {
             inner: Arc::new(Inner {
                 classify,
+                access,
+                refusals: Mutex::new(BTreeMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 proxies: Mutex::new(BTreeMap::new()),
                 next_stream: AtomicU64::new(1),
@@ -259,24 +290,64 @@ impl XdsServer {
         AggregatedDiscoveryServiceServer::new(self.clone())
     }
 
-    pub async fn serve_tcp(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    /// Serves without TLS: no client proves an identity, so restricted
+    /// groups refuse everyone. In-process unit tests only; the agent serves
+    /// TCP with [`XdsServer::serve_tls`].
+    #[cfg(test)]
+    pub async fn serve_plaintext(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         router!(self).serve_with_incoming(incoming).await?;
         Ok(())
     }
 
-    /// Serves on a Unix socket at `path` (a stale socket file is replaced).
-    pub async fn serve_unix(self, path: &Path) -> anyhow::Result<()> {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => anyhow::bail!("cannot replace xDS socket {}: {e}", path.display()),
-        }
-        let listener =
-            tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen for xDS on {}: {e}", path.display()))?;
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        router!(self).serve_with_incoming(incoming).await?;
+    /// Serves over mutual TLS: each accepted connection is handshaken in
+    /// its own task (a slow client delays no one), and only connections
+    /// whose client certificate chains to `tls`'s client roots reach gRPC,
+    /// carrying the identity they proved. Failed handshakes are logged
+    /// and counted.
+    pub async fn serve_tls(self, listener: tokio::net::TcpListener, tls: Arc<XdsTls>) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<crate::xds_tls::TlsConn, std::io::Error>>(OUTBOUND_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // E.g. out of file descriptors: give others time to close theirs.
+                        tracing::warn!("xDS port: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let (tls, tx, server) = (tls.clone(), tx.clone(), server.clone());
+                tokio::spawn(async move {
+                    match tls.accept(tcp, remote).await {
+                        Ok(conn) => {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                        Err((reason, detail)) => {
+                            tracing::warn!(%remote, reason = reason.label(), error = %detail, "xDS port refused a client at the TLS handshake: present a certificate chained to this cluster's Istio root");
+                            server.count_refusal(reason);
+                        }
+                    }
+                });
+            }
+        });
+        router!(self).serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
         Ok(())
+    }
+
+    fn count_refusal(&self, reason: RefusalReason) {
+        *lock(&self.inner.refusals).entry(reason).or_default() += 1;
+    }
+
+    /// Clients refused since start, by reason (every reason, zeros included).
+    pub fn refusals(&self) -> Vec<(RefusalReason, u64)> {
+        let counts = lock(&self.inner.refusals);
+        RefusalReason::ALL.iter().map(|r| (*r, counts.get(r).copied().unwrap_or(0))).collect()
     }
 
     /// Every connected proxy, in connection order.
@@ -300,16 +371,50 @@ impl XdsServer {
         self.inner.nacks.load(Ordering::Relaxed)
     }
 
-    /// Registers a stream whose first request named `node`; the returned
-    /// guard removes it from [`XdsServer::proxies`] when the stream ends.
-    fn connect(&self, node: &Node, protocol: Protocol) -> (Connection, watch::Receiver<Option<Arc<Snapshot>>>) {
+    /// Whether the client (`peer`: what its TLS handshake proved; `None`
+    /// on a plaintext server) may receive `group`'s resources.
+    fn admit(&self, node: &Node, group: &str, peer: Option<&XdsPeer>) -> Result<(), Status> {
+        let identity = peer.and_then(|p| p.spiffe.as_deref());
+        let remote = peer.map(|p| p.remote.to_string()).unwrap_or_default();
+        if peer.is_some() && identity.is_none() {
+            tracing::warn!(node = %node.id, group, %remote, reason = RefusalReason::NoSpiffeId.label(), "xDS port refused a proxy: its certificate names no SPIFFE identity");
+            self.count_refusal(RefusalReason::NoSpiffeId);
+            return Err(Status::permission_denied(format!(
+                "xDS node {:?}: the client certificate chains to this cluster's root but carries no spiffe:// URI SAN; present the proxy's Istio workload certificate",
+                node.id
+            )));
+        }
+        let Some(allowed) = self.inner.access.restricted.get(group) else { return Ok(()) };
+        if identity.is_some_and(|i| allowed.contains(i)) {
+            return Ok(());
+        }
+        let proven = identity.unwrap_or("no identity (plaintext connection)");
+        tracing::warn!(node = %node.id, group, identity = proven, %remote, reason = RefusalReason::GroupNotAllowed.label(), "xDS port refused a proxy: its node claims a group its certificate does not prove");
+        self.count_refusal(RefusalReason::GroupNotAllowed);
+        let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+        Err(Status::permission_denied(format!(
+            "xDS node {:?} claims group {group:?} (node metadata MULTICLOUD_ROLE, or an Istio router~ node id), but its client certificate proves {proven}, \
+             which may not receive that group's resources (allowed: {}). Connect with the {group}'s own workload certificate, \
+             or, if this proxy is a {group}, add its SPIFFE ID to the agent's --xds-{group}-identity",
+            node.id,
+            allowed.join(", ")
+        )))
+    }
+
+    /// Registers a stream whose first request named `node`, once `peer` may
+    /// receive its group's resources; the returned guard removes it from
+    /// [`XdsServer::proxies`] when the stream ends.
+    fn connect(&self, node: &Node, protocol: Protocol, peer: Option<&XdsPeer>) -> Result<(Connection, Snapshots), Status> {
         let group = (self.inner.classify)(node);
+        self.admit(node, &group, peer)?;
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let identity = peer.and_then(|p| p.spiffe.clone());
         let status = ProxyStatus {
             node_id: node.id.clone(),
             group: group.clone(),
             protocol,
             connected_at: SystemTime::now(),
+            identity: identity.clone(),
             types: BTreeMap::new(),
         };
         lock(&self.inner.proxies).insert(id, status);
@@ -317,8 +422,8 @@ impl XdsServer {
             let mut groups = lock(&self.inner.groups);
             groups.entry(group.clone()).or_insert_with(|| watch::channel(None).0).subscribe()
         };
-        tracing::info!(node = %node.id, group, ?protocol, "xDS proxy connected");
-        (Connection { server: self.clone(), id, node_id: node.id.clone() }, snapshots)
+        tracing::info!(node = %node.id, group, ?protocol, identity = identity.as_deref().unwrap_or("-"), "xDS proxy connected");
+        Ok((Connection { server: self.clone(), id, node_id: node.id.clone() }, snapshots))
     }
 }
 
@@ -418,6 +523,7 @@ trait ProtocolStream: Sized {
 /// handled as they come, and snapshot changes are pushed after [`DEBOUNCE`].
 async fn serve_stream<S: ProtocolStream>(
     server: XdsServer,
+    peer: Option<XdsPeer>,
     mut requests: tonic::Streaming<S::Request>,
     tx: &tokio::sync::mpsc::Sender<Result<S::Response, Status>>,
 ) -> Result<(), End>
@@ -426,7 +532,7 @@ where
 {
     let Some(first) = requests.message().await? else { return Ok(()) };
     let node = S::node(&first).ok_or(StreamError::NoNode)?;
-    let (conn, mut snapshots) = server.connect(node, S::PROTOCOL);
+    let (conn, mut snapshots) = server.connect(node, S::PROTOCOL, peer.as_ref())?;
     let snapshot = snapshots.borrow_and_update().clone();
     let mut s = S::new(conn, snapshot);
     s.on_request(first, tx).await?;
@@ -496,7 +602,8 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
-        tokio::spawn(sotw::run(self.clone(), request.into_inner(), tx));
+        let peer = request.extensions().get::<XdsPeer>().cloned();
+        tokio::spawn(sotw::run(self.clone(), peer, request.into_inner(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -505,7 +612,8 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
-        tokio::spawn(delta::run(self.clone(), request.into_inner(), tx));
+        let peer = request.extensions().get::<XdsPeer>().cloned();
+        tokio::spawn(delta::run(self.clone(), peer, request.into_inner(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }

@@ -1,6 +1,7 @@
 //! A minimal DER reader: just enough X.509 to find a certificate's
-//! SubjectPublicKeyInfo (for SPIFFE bundle JWKs) and to check that a PEM body
-//! is a well-formed certificate. It never panics and never recurses without
+//! SubjectPublicKeyInfo (for SPIFFE bundle JWKs), its URI SANs (the SPIFFE
+//! ID of an xDS client), and to check that a PEM body is a well-formed
+//! certificate. It never panics and never recurses without
 //! bound; anything unexpected is an error.
 
 use std::fmt;
@@ -21,6 +22,14 @@ pub const TAG_BIT_STRING: u8 = 0x03;
 pub const TAG_OID: u8 = 0x06;
 pub const TAG_SEQUENCE: u8 = 0x30;
 pub const TAG_CONTEXT_0: u8 = 0xa0;
+pub const TAG_BOOLEAN: u8 = 0x01;
+pub const TAG_OCTET_STRING: u8 = 0x04;
+/// `[3] EXPLICIT Extensions` in a TBSCertificate.
+const TAG_CONTEXT_3: u8 = 0xa3;
+/// `uniformResourceIdentifier [6] IMPLICIT IA5String` in GeneralNames.
+const TAG_GENERAL_NAME_URI: u8 = 0x86;
+/// id-ce-subjectAltName (2.5.29.17).
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// One TLV element.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +105,47 @@ pub const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 /// Parses a certificate far enough to return its SubjectPublicKeyInfo.
 /// Also serves as the structural check that a PEM body is a certificate.
 pub fn certificate_public_key(cert_der: &[u8]) -> Result<PublicKey, DerError> {
+    let (spki, _) = tbs_after_subject(cert_der)?;
+    spki_public_key(spki)
+}
+
+/// The URI subject alternative names of a certificate (e.g. its SPIFFE ID),
+/// in the order the certificate lists them. The signature is not checked
+/// here: callers read names only from a chain their TLS stack verified.
+pub fn certificate_uri_sans(cert_der: &[u8]) -> Result<Vec<&str>, DerError> {
+    let (_, mut tbs) = tbs_after_subject(cert_der)?;
+    let mut uris = Vec::new();
+    while !tbs.is_empty() {
+        let field = tbs.read()?;
+        if field.tag != TAG_CONTEXT_3 {
+            continue; // issuerUniqueID / subjectUniqueID
+        }
+        let mut exts = Reader::new(Reader::new(field.value).expect(TAG_SEQUENCE, "extensions are not a SEQUENCE")?);
+        while !exts.is_empty() {
+            let mut ext = Reader::new(exts.expect(TAG_SEQUENCE, "extension is not a SEQUENCE")?);
+            let oid = ext.expect(TAG_OID, "extension id is not an OID")?;
+            if ext.peek_tag() == Some(TAG_BOOLEAN) {
+                ext.read()?; // critical
+            }
+            let value = ext.expect(TAG_OCTET_STRING, "extension value is not an OCTET STRING")?;
+            if oid != OID_SUBJECT_ALT_NAME {
+                continue;
+            }
+            let mut names = Reader::new(Reader::new(value).expect(TAG_SEQUENCE, "subjectAltName is not a SEQUENCE")?);
+            while !names.is_empty() {
+                let name = names.read()?;
+                if name.tag == TAG_GENERAL_NAME_URI {
+                    uris.push(std::str::from_utf8(name.value).map_err(|_| DerError("URI SAN is not text"))?);
+                }
+            }
+        }
+    }
+    Ok(uris)
+}
+
+/// The SubjectPublicKeyInfo of a certificate and a reader over the rest of
+/// its TBSCertificate (unique IDs, extensions).
+fn tbs_after_subject(cert_der: &[u8]) -> Result<(&[u8], Reader<'_>), DerError> {
     let mut outer = Reader::new(cert_der);
     let cert = outer.expect(TAG_SEQUENCE, "certificate is not a SEQUENCE")?;
     if !outer.is_empty() {
@@ -115,7 +165,7 @@ pub fn certificate_public_key(cert_der: &[u8]) -> Result<PublicKey, DerError> {
     tbs.expect(TAG_SEQUENCE, "validity is not a SEQUENCE")?;
     tbs.expect(TAG_SEQUENCE, "subject is not a SEQUENCE")?;
     let spki = tbs.expect(TAG_SEQUENCE, "subjectPublicKeyInfo is not a SEQUENCE")?;
-    spki_public_key(spki)
+    Ok((spki, tbs))
 }
 
 /// Decodes the inside of a SubjectPublicKeyInfo SEQUENCE.
@@ -182,6 +232,20 @@ mod tests {
         assert!(Reader::new(&[0x30, 0x85, 1, 1, 1, 1, 1]).read().is_err());
         assert!(certificate_public_key(&[]).is_err());
         assert!(certificate_public_key(&[0x30, 0x00]).is_err());
+    }
+
+    #[test]
+    fn reads_the_uri_sans_of_a_workload_certificate() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI("spiffe://cluster.local/ns/abc/sa/foo".try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::URI("https://example.org/x".try_into().unwrap()));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(certificate_uri_sans(cert.der()).unwrap(), ["spiffe://cluster.local/ns/abc/sa/foo", "https://example.org/x"]);
+        let plain = rcgen::CertificateParams::new(vec!["x".into()]).unwrap().self_signed(&key).unwrap();
+        assert!(certificate_uri_sans(plain.der()).unwrap().is_empty());
+        assert!(certificate_uri_sans(&[0x30, 0x03, 0x30, 0x01, 0x00]).is_err());
     }
 
     #[test]

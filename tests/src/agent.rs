@@ -26,6 +26,31 @@ pub struct AgentOptions {
     pub api_proxy_credential: Option<String>,
     /// More arguments to `multicloud-agent run` (e.g. --remote-secrets-dir).
     pub extra_args: Vec<String>,
+    /// Kubernetes mode instead of standalone (then `standalone` is unused).
+    pub kubernetes: Option<KubeMode>,
+}
+
+/// The agent in Kubernetes mode, as a process outside any pod: what a pod
+/// of the DaemonSet would have from the kubelet comes from the test.
+#[derive(Clone)]
+pub struct KubeMode {
+    /// A kubeconfig holding the token of deploy/'s ServiceAccount.
+    pub kubeconfig: PathBuf,
+    /// POD_NAME (the holder identity in the Lease).
+    pub pod_name: String,
+    /// The DaemonSet container's args as deploy/ renders them; the test bed
+    /// replaces only the listen addresses and file paths that a pod has and a
+    /// loopback process cannot (see [`KubeMode::local_args`]).
+    pub args: Vec<String>,
+}
+
+impl KubeMode {
+    /// `args` (from the rendered DaemonSet) with `--http`, `--xds` and
+    /// `--filter-wasm` dropped: the test bed sets them for loopback.
+    pub fn local_args(&self) -> Vec<String> {
+        const REPLACED: &[&str] = &["--http", "--xds", "--filter-wasm", "--api-proxy-credential"];
+        self.args.iter().filter(|a| a.as_str() != "run" && !REPLACED.iter().any(|r| a.split('=').next() == Some(r))).cloned().collect()
+    }
 }
 
 pub struct Agent {
@@ -116,6 +141,12 @@ impl Agent {
         self.proc.kill();
     }
 
+    /// SIGTERM, as a kubelet stops a pod; `Some(status)` if the agent exited
+    /// within `grace`.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.terminate(grace)
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.http
     }
@@ -198,12 +229,16 @@ impl Agent {
 
 fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
     let mut cmd = Command::new(paths::agent());
-    cmd.arg("run")
-        .arg("--standalone")
-        .arg(path.join("standalone.yaml"))
-        .arg("--key")
-        .arg(path.join("federation.key"))
-        .args(["--http", &format!("{}:0", o.cluster.ip(hosts::AGENT))])
+    cmd.arg("run");
+    match &o.kubernetes {
+        None => {
+            cmd.arg("--standalone").arg(path.join("standalone.yaml")).arg("--key").arg(path.join("federation.key"));
+        }
+        Some(k) => {
+            cmd.args(k.local_args()).env("KUBECONFIG", &k.kubeconfig).env("POD_NAME", &k.pod_name).env("POD_NAMESPACE", "istio-system");
+        }
+    }
+    cmd.args(["--http", &format!("{}:0", o.cluster.ip(hosts::AGENT))])
         .arg("--http-address-file")
         .arg(path.join("http-address"))
         .arg("--edge-ecds-file")

@@ -53,6 +53,16 @@ impl ClusterIdentity {
         self.root.pem()
     }
 
+    /// The TLS an in-process `XdsServer` of this cluster serves with, as the
+    /// agent does: a self-signed serving certificate, client certificates
+    /// required to chain to this cluster's root.
+    pub fn xds_tls(&self) -> std::sync::Arc<multicloud_agent::xds_tls::XdsTls> {
+        let serving = multicloud_agent::xds_tls::ServingCert::self_signed().expect("serving cert");
+        let tls = multicloud_agent::xds_tls::XdsTls::new(serving).expect("serving cert and key");
+        tls.set_client_roots(&self.root_pem()).expect("client roots");
+        std::sync::Arc::new(tls)
+    }
+
     /// A workload certificate with an Istio-style SPIFFE ID
     /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`), signed by this cluster's root.
     pub fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {

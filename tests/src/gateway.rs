@@ -10,6 +10,7 @@
 //!   metadata request never reaches the upstream.
 
 use crate::envoy::{Envoy, EnvoySpec};
+use crate::fixtures::ClusterIdentity;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
@@ -75,12 +76,40 @@ pub enum EdgeSource {
     /// An agent writes it to this file.
     Agent(std::path::PathBuf),
     /// An agent serves it over ADS (state of the world, or delta).
-    Ads { xds: SocketAddr, delta: bool },
+    Ads { xds: XdsClient, delta: bool },
+}
+
+/// The service account Istio's default ingress gateway runs as; the agent's
+/// default `--xds-gateway-identity` is its SPIFFE ID.
+pub const GATEWAY_SERVICE_ACCOUNT: (&str, &str) = ("istio-system", "istio-ingressgateway-service-account");
+
+/// How a proxy reaches its agent's xDS port, which speaks mutual TLS: the
+/// address, and the client certificate the proxy presents (its SPIFFE ID
+/// decides what it may receive). Envoy does not verify the agent's serving
+/// certificate, as in `deploy/`.
+#[derive(Clone)]
+pub struct XdsClient {
+    pub addr: SocketAddr,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl XdsClient {
+    /// As cluster `id`'s ingress gateway ([`GATEWAY_SERVICE_ACCOUNT`]).
+    pub fn gateway(id: &ClusterIdentity, addr: SocketAddr) -> XdsClient {
+        Self::workload(id, addr, GATEWAY_SERVICE_ACCOUNT.0, GATEWAY_SERVICE_ACCOUNT.1)
+    }
+
+    /// As workload `ns/sa` of cluster `id` (a certificate from its root).
+    pub fn workload(id: &ClusterIdentity, addr: SocketAddr, ns: &str, sa: &str) -> XdsClient {
+        let (cert_pem, key_pem) = id.workload_cert(ns, sa);
+        XdsClient { addr, cert_pem, key_pem }
+    }
 }
 
 /// Bootstrap pieces for a proxy fed by an agent over ADS: the node's role,
-/// `dynamic_resources`, and the static cluster to the agent (HTTP/2).
-pub fn ads_bootstrap(role: &str, xds: SocketAddr, delta: bool) -> (String, String, String) {
+/// `dynamic_resources`, and the static cluster to the agent (HTTP/2, mTLS).
+pub fn ads_bootstrap(role: &str, xds: &XdsClient, delta: bool) -> (String, String, String) {
     let node = format!("node:\n  metadata: {{MULTICLOUD_ROLE: {role}}}\n");
     let dynamic = format!(
         "dynamic_resources:\n  ads_config:\n    api_type: {}\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n  lds_config: {{ads: {{}}, resource_api_version: V3}}\n",
@@ -89,13 +118,23 @@ pub fn ads_bootstrap(role: &str, xds: SocketAddr, delta: bool) -> (String, Strin
     (node, dynamic, grpc_cluster_yaml("multicloud-agent", xds))
 }
 
-/// A static HTTP/2 cluster `name` to an xDS server at `addr` (one entry of
-/// `static_resources.clusters`, indented for it).
-pub fn grpc_cluster_yaml(name: &str, addr: SocketAddr) -> String {
+/// A static HTTP/2 cluster `name` to the xDS server `xds` (one entry of
+/// `static_resources.clusters`, indented for it), presenting the client's
+/// certificate. Every proxy of the test bed reaches an xDS server through
+/// this one fragment.
+pub fn grpc_cluster_yaml(name: &str, xds: &XdsClient) -> String {
     format!(
         r#"  - name: {name}
     type: STATIC
     connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{inline_string: {cert}}}
+            private_key: {{inline_string: {key}}}
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -106,8 +145,10 @@ pub fn grpc_cluster_yaml(name: &str, addr: SocketAddr) -> String {
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
 "#,
-        addr.ip(),
-        addr.port()
+        xds.addr.ip(),
+        xds.addr.port(),
+        cert = yaml_str(&xds.cert_pem),
+        key = yaml_str(&xds.key_pem),
     )
 }
 
@@ -134,6 +175,9 @@ pub struct ApiRoute {
     pub apiserver: SocketAddr,
     /// Certificate and key for `host` on `edge_tls` (a filter chain matched by SNI).
     pub tls: Option<(String, String)>,
+    /// The API server speaks TLS with a certificate from this CA (PEM) for
+    /// its IP address (a real kube-apiserver); `None`: plain HTTP.
+    pub upstream_ca: Option<String>,
 }
 
 /// The API guard's ECDS resource name.
@@ -210,7 +254,7 @@ impl Gateway {
         let mut extra_clusters = String::new();
         let config_source = match &o.source {
             EdgeSource::Ads { xds, delta } => {
-                let (node, dynamic, cluster) = ads_bootstrap("gateway", *xds, *delta);
+                let (node, dynamic, cluster) = ads_bootstrap("gateway", xds, *delta);
                 extra_top = format!("{node}{dynamic}");
                 extra_clusters = cluster;
                 "ads: {}".to_string()
@@ -262,6 +306,21 @@ impl Gateway {
                 api.apiserver.ip(),
                 api.apiserver.port()
             );
+            if let Some(ca) = &api.upstream_ca {
+                api_cluster.push_str(&format!(
+                    r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          validation_context:
+            trusted_ca: {{inline_string: {ca}}}
+            match_typed_subject_alt_names: [{{san_type: IP_ADDRESS, matcher: {{exact: "{ip}"}}}}]
+"#,
+                    ca = yaml_str(ca),
+                    ip = api.apiserver.ip()
+                ));
+            }
         }
         vhosts.push_str(&gateway_vhost);
         let hcm = hcm_yaml(&vhosts, &filters);

@@ -13,6 +13,8 @@
 //! - [`registry::Registry`]: an OCI registry on loopback (`crane registry
 //!   serve`); [`registry::serve_filter_image`] serves the filter's Wasm image
 //!   (`make images`) by digest, as a WasmPlugin `url` would name it.
+//! - [`xds_client`]: an xDS client that is not Envoy (any node id, any
+//!   client certificate or none), to test what the agent's port refuses.
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
 
 pub mod agent;
@@ -23,6 +25,8 @@ pub mod envoy;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod kube;
+pub mod kube_mesh;
 pub mod mesh;
 pub mod mtls;
 pub mod paths;
@@ -30,6 +34,7 @@ pub mod procs;
 pub mod registry;
 pub mod sidecar;
 pub mod upstream;
+pub mod xds_client;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -54,7 +59,8 @@ pub mod hosts {
     pub const APP: u8 = 4;
     pub const UPSTREAM: u8 = 9;
     pub const APISERVER: u8 = 10;
-    pub const REGISTRY: u8 = 11;
+    pub const ETCD: u8 = 11;
+    pub const REGISTRY: u8 = 12;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming

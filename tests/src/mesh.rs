@@ -7,7 +7,7 @@ use crate::agent::{Agent, AgentOptions};
 use crate::apiserver::RecordedApiServer;
 use crate::envoy::{Envoy, EnvoySpec};
 use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
-use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls};
+use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls, XdsClient, GATEWAY_SERVICE_ACCOUNT};
 use crate::sidecar::{LocalRouteTls, TrafficSidecar};
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, wait_until, SimCluster};
@@ -124,6 +124,11 @@ impl Cluster {
             None => standalone_file_with(self.sim, &self.id, &self.peers, &self.services),
         };
         self.agent.rewrite_standalone(&text);
+    }
+
+    /// How a workload `ns/sa` of this cluster reaches its agent's xDS port.
+    pub fn xds_client(&self, ns: &str, sa: &str) -> XdsClient {
+        XdsClient::workload(&self.id, self.agent.xds_addr(), ns, sa)
     }
 
     /// The application's call to `host` through its sidecar.
@@ -279,7 +284,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             let (mesh_port, inbound_port) = (free_port(sim.ip(hosts::GATEWAY)), free_port(sim.ip(hosts::SIDECAR)));
             let runs_foo = t.foo_in.get(i).copied().unwrap_or(false);
             standalone = traffic_standalone_file(*sim, &ids[i], &peers, t.mode, mesh_port, inbound_port, runs_foo);
-            let (gc, gk) = ids[i].workload_cert("istio-system", "istio-ingressgateway-service-account");
+            let (gc, gk) = ids[i].workload_cert(GATEWAY_SERVICE_ACCOUNT.0, GATEWAY_SERVICE_ACCOUNT.1);
             std::fs::write(dir.path().join("gateway.crt"), gc).expect("write gateway cert");
             std::fs::write(dir.path().join("gateway.key"), gk).expect("write gateway key");
             extra_args.extend([
@@ -309,6 +314,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                 workload_cert: Some(ids[i].workload_cert("abc", "foo")),
                 api_proxy_credential: credential.clone(),
                 extra_args,
+                kubernetes: None,
             },
         );
         wait_until(&format!("{} to write the edge configuration", agent.name), Duration::from_secs(30), || {
@@ -321,12 +327,13 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             host: api_host(*sim),
             apiserver: a.addr(),
             tls: Some(cas[i].server_cert_dns(&api_host(*sim))),
+            upstream_ca: None,
         });
         specs.push(Gateway::spec_with(GatewayOptions {
             cluster: *sim,
             upstream: upstream.addr(),
             source: match opts.ads {
-                Some(delta) => EdgeSource::Ads { xds: agent.xds_addr(), delta },
+                Some(delta) => EdgeSource::Ads { xds: XdsClient::gateway(&ids[i], agent.xds_addr()), delta },
                 None => EdgeSource::Agent(ecds),
             },
             tls: Some(ServerTls { cert_pem, key_pem, port: ports[i] }),
@@ -337,7 +344,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             sidecar_specs.push(
                 TrafficSidecar {
                     cluster: *sim,
-                    xds: agent.xds_addr(),
+                    xds: XdsClient::workload(&ids[i], agent.xds_addr(), "abc", "foo"),
                     inbound_port,
                     app: echo.addr(),
                     services: vec![FOO.into(), SECRET.into()],

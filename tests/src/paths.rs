@@ -33,26 +33,47 @@ pub fn agent() -> PathBuf {
     from_env_or("MULTICLOUD_AGENT", workspace_root().join("target/debug/multicloud-agent"), "run cargo build -p multicloud-agent")
 }
 
+/// A real-tier tool built by `scripts/tools.sh` (cached outside the checkout);
+/// `scripts/test.sh` exports its path as `var`.
+fn tool(var: &str, name: &str) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is unset: the real tier needs {name}; run `eval \"$(scripts/tools.sh env)\"` (scripts/test.sh does)")
+    });
+    assert!(p.exists(), "{} not found ({var}); run scripts/tools.sh", p.display());
+    p
+}
+
+pub fn etcd() -> PathBuf {
+    tool("MULTICLOUD_ETCD", "etcd")
+}
+
+pub fn kube_apiserver() -> PathBuf {
+    tool("MULTICLOUD_KUBE_APISERVER", "kube-apiserver")
+}
+
+/// kubectl (with kustomize): the machine's when it has one, else built.
+pub fn kubectl() -> PathBuf {
+    std::env::var_os("MULTICLOUD_KUBECTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// Istio's CRDs (`crd-all.gen.yaml` of the pinned istio.io/istio module).
+pub fn istio_crds() -> PathBuf {
+    tool("MULTICLOUD_ISTIO_CRDS", "Istio's CRDs")
+}
+
+/// The Prometheus Operator's CRD directory (the pinned module's
+/// `example/prometheus-operator-crd`).
+pub fn prometheus_crds() -> PathBuf {
+    tool("MULTICLOUD_PROMETHEUS_CRDS", "the Prometheus Operator's CRDs")
+}
+
 /// What `make images` (scripts/images.sh) wrote: agent.tar, filter.tar, the
 /// layout directories and their .digest files.
 pub fn images() -> PathBuf {
     from_env_or("MULTICLOUD_IMAGES", workspace_root().join("target/images"), "run scripts/images.sh (make images)")
 }
 
-/// go-containerregistry's `crane` (MULTICLOUD_CRANE, as `scripts/tools.sh env`
-/// exports it; otherwise `scripts/tools.sh crane` finds or builds it).
+/// go-containerregistry's `crane` (the loopback registry).
 pub fn crane() -> PathBuf {
-    if let Some(p) = std::env::var_os("MULTICLOUD_CRANE") {
-        return from_env_or("MULTICLOUD_CRANE", PathBuf::from(p), "run scripts/tools.sh crane");
-    }
-    let out = std::process::Command::new(workspace_root().join("scripts/tools.sh"))
-        .arg("crane")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run scripts/tools.sh crane");
-    assert!(out.status.success(), "scripts/tools.sh crane failed");
-    // "crane <version> <path>"
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    let path = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("scripts/tools.sh crane printed {line:?}"));
-    PathBuf::from(path)
+    tool("MULTICLOUD_CRANE", "crane")
 }

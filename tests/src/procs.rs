@@ -68,6 +68,29 @@ impl Proc {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Asks the process to stop (SIGTERM), as a kubelet does, and waits up to
+    /// `grace` for it to exit; kills it after that. `Some(status)` when it
+    /// exited by itself.
+    pub fn terminate(&mut self, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let pid = libc::pid_t::try_from(c.id()).ok()?;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// Stops the process now (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

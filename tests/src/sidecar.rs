@@ -5,7 +5,7 @@
 //! `multicloud-trust-bundle`), as an Istio sidecar's inbound chain does.
 
 use crate::envoy::EnvoySpec;
-use crate::gateway::ads_bootstrap;
+use crate::gateway::{ads_bootstrap, XdsClient};
 use crate::{hosts, SimCluster};
 use std::net::SocketAddr;
 
@@ -26,7 +26,8 @@ const INBOUND_TLS: &str = r#"    - transport_socket:
               sds_config: {ads: {}, resource_api_version: V3}
 "#;
 
-pub fn spec(cluster: SimCluster, xds: SocketAddr, delta: bool) -> EnvoySpec {
+/// A sidecar of `cluster` fed by the agent at `xds` (whose certificate it presents).
+pub fn spec(cluster: SimCluster, xds: &XdsClient, delta: bool) -> EnvoySpec {
     let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", xds, delta);
     let ip = cluster.ip(hosts::SIDECAR);
     let listener = format!(
@@ -61,7 +62,8 @@ pub fn spec(cluster: SimCluster, xds: SocketAddr, delta: bool) -> EnvoySpec {
 /// caller in `x-forwarded-client-cert` (URI), and forwards to the echo app.
 pub struct TrafficSidecar {
     pub cluster: SimCluster,
-    pub xds: SocketAddr,
+    /// The agent, and the workload certificate the sidecar presents to it.
+    pub xds: XdsClient,
     pub inbound_port: u16,
     pub app: SocketAddr,
     /// Hostnames (port 80) the application calls.
@@ -94,7 +96,7 @@ const LOCAL_ROUTE_CLUSTER: &str = "local-foo";
 
 impl TrafficSidecar {
     pub fn spec(&self) -> EnvoySpec {
-        let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", self.xds, false);
+        let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", &self.xds, false);
         let ip = self.cluster.ip(hosts::SIDECAR);
         let vhost = |h: &str, cluster: &str| {
             format!(

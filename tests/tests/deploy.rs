@@ -1,5 +1,7 @@
-//! The manifests in deploy/ render with the real kustomize (kubectl 1.32 /
-//! kustomize 5.5) and say what the test bed does in Envoy: the edge filter
+//! Tier: offline (the pinned kustomize and published schemas; no API server: tests/tests/kube_deploy.rs applies the same objects to a real one).
+//!
+//! The manifests in deploy/ render with the real kustomize (the pinned kubectl
+//! from scripts/tools.sh) and say what the test bed does in Envoy: the edge filter
 //! disabled in the chain, enabled per route, configured by ECDS. Every
 //! object of the base, the overlays and `multicloud-agent install` validates
 //! against its kind's schema (scripts/validate_manifests.py), and `install`
@@ -9,11 +11,11 @@ use multicloud_e2e::paths::workspace_root;
 
 #[test]
 fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_bed() {
-    let out = std::process::Command::new("kubectl")
+    let out = std::process::Command::new(multicloud_e2e::paths::kubectl())
         .args(["kustomize"])
         .arg(workspace_root().join("deploy/base"))
         .output()
-        .expect("kubectl (preinstalled on the project's machines) must be on PATH");
+        .expect("kubectl (scripts/tools.sh builds it; scripts/test.sh exports MULTICLOUD_KUBECTL)");
     assert!(out.status.success(), "kubectl kustomize failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("kind: EnvoyFilter"));
@@ -35,10 +37,37 @@ fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_be
         }
         assert!(!rule["resources"].to_string().contains("secrets"), "the API proxy role must not read secrets: {rule}");
     }
+
+    // The agent's xDS port is mutual TLS: the gateway's cluster to it
+    // presents Istio's workload certificate (SDS `default` from the
+    // bootstrap's `sds-grpc`), and the agent serves the gateway's resources
+    // to the gateway's identity only.
+    let ef = docs.iter().find(|d| d["kind"] == "EnvoyFilter").expect("the EnvoyFilter");
+    let cluster = ef["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["applyTo"] == "CLUSTER" && p["patch"]["value"]["name"] == "multicloud-agent")
+        .expect("the cluster to the agent");
+    let tls = &cluster["patch"]["value"]["transport_socket"]["typed_config"];
+    assert_eq!(tls["@type"], "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
+    let sds = &tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0];
+    assert_eq!(sds["name"], "default");
+    assert_eq!(sds["sds_config"]["api_config_source"]["grpc_services"][0]["envoy_grpc"]["cluster_name"], "sds-grpc");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("the agent DaemonSet");
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--xds-gateway-identity=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"),
+        "{args}"
+    );
 }
 
 fn kustomize(dir: &str) -> String {
-    let out = std::process::Command::new("kubectl").args(["kustomize"]).arg(workspace_root().join(dir)).output().expect("kubectl");
+    let out = std::process::Command::new(multicloud_e2e::paths::kubectl())
+        .args(["kustomize"])
+        .arg(workspace_root().join(dir))
+        .output()
+        .expect("kubectl");
     assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -243,6 +272,7 @@ fn the_install_command_line() {
         "--advertise",
         "--export-label",
         "--namespace",
+        "--gateway-identity",
         "--monitoring",
         "--wasmplugin",
         "--filter-image",
@@ -263,7 +293,13 @@ fn the_install_command_line() {
     let objs = parse(&String::from_utf8(ok.stdout).unwrap());
     let ds = objs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
-    for want in ["--advertise=203.0.113.10:15443", "--api-host=api.cluster-a.example.net:443", "--export-label=example.net/federate"] {
+    for want in [
+        "--advertise=203.0.113.10:15443",
+        "--api-host=api.cluster-a.example.net:443",
+        "--export-label=example.net/federate",
+        // The gateway's identity follows --namespace (the gateway runs there).
+        "--xds-gateway-identity=spiffe://cluster.local/ns/multicloud/sa/istio-ingressgateway-service-account",
+    ] {
         assert!(args.contains(want), "{want} not in {args}");
     }
 }

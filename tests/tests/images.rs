@@ -1,12 +1,14 @@
-//! The shippable images (`make images`, scripts/images.sh): the agent's
-//! container image and the filter's Wasm image.
+//! Tier: images (the built images, a registry on loopback, Istio's own Wasm
+//! fetcher; no Envoy, no Kubernetes). Registry on cluster 126 (127.0.126.12).
 //!
-//! Tier: the fast tier (no Kubernetes, loopback only). The tests read the
+//! The shippable images (`make images`, scripts/images.sh): the agent's
+//! container image and the filter's Wasm image. The tests read the
 //! images that scripts/test.sh builds once before `cargo test`
 //! (target/images; MULTICLOUD_IMAGES overrides): the agent's release build
 //! for musl takes minutes, so no test builds it. The reproducibility test
 //! writes the images a second time from the same binaries and commit.
-//! The registry test needs `crane` (scripts/tools.sh crane).
+//! The registry tests need `crane` (MULTICLOUD_CRANE, from `scripts/tools.sh
+//! env`) and Go (Istio's fetcher is built from scripts/gotools/istio).
 
 use multicloud_e2e::registry::{self, OCI_MANIFEST};
 use multicloud_e2e::{hosts, paths, SimCluster};
@@ -180,8 +182,8 @@ fn two_builds_of_the_same_commit_give_identical_images() {
 /// layer's digest and diff_id recomputed by go-containerregistry).
 #[test]
 fn the_images_are_served_by_digest_from_a_loopback_registry() {
-    let served = registry::serve_filter_image(SimCluster(1).ip(hosts::REGISTRY));
-    assert!(served.wasmplugin_url().starts_with("oci://127.0.1.11:"));
+    let served = registry::serve_filter_image(SimCluster(126).ip(hosts::REGISTRY));
+    assert!(served.wasmplugin_url().starts_with("oci://127.0.126.12:"));
     let (ctype, body) = served.registry.manifest(&served.repo, &served.digest);
     assert_eq!(ctype, OCI_MANIFEST);
     assert_eq!(digest_of(&body), served.digest);
@@ -207,7 +209,7 @@ fn the_images_are_served_by_digest_from_a_loopback_registry() {
 /// without its runtime-config layer is refused.
 #[test]
 fn istios_fetcher_pulls_the_built_module_by_digest() {
-    let served = registry::serve_filter_image(SimCluster(1).ip(hosts::REGISTRY));
+    let served = registry::serve_filter_image(SimCluster(126).ip(hosts::REGISTRY));
     let dir = tempfile::tempdir().unwrap();
     let module = dir.path().join("fetched.wasm");
     let out = Command::new(registry::istio_wasm_fetch()).arg(&served.reference).arg(&module).output().unwrap();

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The `multicloud-mesh` filter role in a real Envoy 1.40 (V8): the
 //! identity-enforcing mesh port, as the gateway builds it (one filter chain
 //! per peer, selected by exact SNI, client certificate required and

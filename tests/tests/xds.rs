@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's xDS end to end: real agents exchange metadata between two
 //! simulated clusters; a real Envoy sidecar and the real gateway Envoy are
 //! configured by the agent over ADS, state of the world and delta.
@@ -19,7 +21,7 @@ fn a_sidecar_and_gateway_are_configured_from_a_real_exchange(delta: bool, base: 
         &[SimCluster(base), SimCluster(base + 1)],
         MeshOptions { ads: Some(delta), per_peer_clusters: true, ..Default::default() },
     );
-    let sidecar = Envoy::start(sidecar::spec(cs[0].sim, cs[0].agent.xds_addr(), delta));
+    let sidecar = Envoy::start(sidecar::spec(cs[0].sim, &cs[0].xds_client("abc", "foo"), delta));
     let b_name = Cluster::object_name(cs[1].sim);
     cs[0].agent.wait_condition(&b_name, "Ready", "True", READY);
     cs[1].agent.wait_condition(&Cluster::object_name(cs[0].sim), "Ready", "True", READY);
@@ -169,7 +171,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     use multicloud_e2e::fixtures::{free_port, ClusterIdentity, EdgeCa};
     use multicloud_e2e::mesh::PeerRef;
     let mut cs = start_mesh(&[SimCluster(67)], MeshOptions { ads: Some(false), ..Default::default() });
-    let sidecar = Envoy::start(sidecar::spec(cs[0].sim, cs[0].agent.xds_addr(), false));
+    let sidecar = Envoy::start(sidecar::spec(cs[0].sim, &cs[0].xds_client("abc", "foo"), false));
 
     // One hostile TLS server (a real Envoy with direct responses) playing two remotes.
     let hostile = SimCluster(68);

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's per-type xDS services against real Envoy 1.40 (127.0.58.x),
 //! configured the way `deploy/base/edge-filter.yaml` configures an
 //! istiod-run gateway: no ADS to the agent at all; the edge filter's
@@ -51,7 +53,7 @@ fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let listener = rt.block_on(tokio::net::TcpListener::bind((sim.ip(hosts::AGENT), 0))).expect("bind");
     let addr = listener.local_addr().expect("addr");
-    rt.spawn(server.clone().serve_tcp(listener));
+    rt.spawn(server.clone().serve_tls(listener, local.xds_tls()));
 
     let ip = sim.ip(hosts::GATEWAY);
     let bootstrap = format!(
@@ -95,7 +97,7 @@ static_resources:
         filter = edge_filter::FILTER_NAME,
         ecds = grpc_source("DELTA_GRPC"),
         sds = grpc_source("GRPC"),
-        agent = multicloud_e2e::gateway::grpc_cluster_yaml("multicloud-agent", addr),
+        agent = multicloud_e2e::gateway::grpc_cluster_yaml("multicloud-agent", &multicloud_e2e::gateway::XdsClient::gateway(&local, addr)),
     );
     let envoy = Envoy::start(EnvoySpec { name: "per-type-58".into(), cluster: sim, host: hosts::GATEWAY, bootstrap, files: vec![] });
 

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's ADS server against real Envoy 1.40, state of the world
 //! (`GRPC`, on 127.0.51.x) and delta (`DELTA_GRPC`, on 127.0.52.x): CDS +
 //! EDS + SDS delivered and ACKed, an endpoint added, a cluster Envoy rejects
@@ -6,7 +8,8 @@
 
 use multicloud_agent::xds::{self, Snapshot, XdsServer};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
-use multicloud_e2e::fixtures::EdgeCa;
+use multicloud_e2e::fixtures::{ClusterIdentity, EdgeCa};
+use multicloud_e2e::gateway::XdsClient;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{
@@ -123,6 +126,10 @@ struct Running {
     server: XdsServer,
 }
 
+/// The cluster the in-process server and its Envoy belong to (the server
+/// trusts its root; Envoy presents a workload certificate from it).
+static CLUSTER_ID: std::sync::LazyLock<ClusterIdentity> = std::sync::LazyLock::new(|| ClusterIdentity::generate("xds-server"));
+
 fn serve(addr: SocketAddr, snap: &Snapshot) -> (Running, SocketAddr) {
     let server = XdsServer::new(Arc::new(|_| GROUP.to_string()));
     server.set(GROUP, snap.clone());
@@ -136,7 +143,7 @@ fn serve(addr: SocketAddr, snap: &Snapshot) -> (Running, SocketAddr) {
         let _guard = rt.enter();
         tokio::net::TcpListener::from_std(listener).expect("tokio listener")
     };
-    rt.spawn(server.clone().serve_tcp(listener));
+    rt.spawn(server.clone().serve_tls(listener, CLUSTER_ID.xds_tls()));
     (Running { rt, server }, bound)
 }
 
@@ -152,7 +159,7 @@ dynamic_resources:
 static_resources:
   clusters:
 {cluster}"#,
-        cluster = multicloud_e2e::gateway::grpc_cluster_yaml("xds", xds)
+        cluster = multicloud_e2e::gateway::grpc_cluster_yaml("xds", &XdsClient::workload(&CLUSTER_ID, xds, "abc", "foo"))
     )
 }
 

@@ -1,8 +1,14 @@
-//! Kubernetes mode against kube's `tower_test` mock API server (no API server
-//! can run on these machines), as kube-rs/controller-rs's fixtures do: each
-//! scenario's API-server task asserts every request in order — method, path,
-//! query, content type, the body fields that matter — and answers it with a
-//! recorded object.
+//! Tier: mock. Kubernetes mode against kube's `tower_test` mock API server,
+//! as kube-rs/controller-rs's fixtures do: each scenario's API-server task
+//! asserts every request in order — method, path, query, content type, the
+//! body fields that matter — and answers it with a recorded object.
+//!
+//! Kept for what a real API server cannot be made to do on cue: a Lease that
+//! another replica holds or let expire at an exact time, a 409 at a chosen
+//! moment, a malformed key Secret, a NodePort gateway on nodes that do not
+//! exist here, and the exact requests (order, content type) the agent sends.
+//! The same behaviours against a real kube-apiserver, with deploy/'s RBAC,
+//! are in tests/tests/kube_agent.rs (real tier).
 
 use super::*;
 use crate::crd::{condition, IstioMulticloudSpec};
@@ -133,7 +139,7 @@ async fn the_status_sink_takes_the_lease_before_it_applies_status() {
         expect_no_more(&mut api).await;
     });
     let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = KubeStatusSink::new(client, lease.clone());
+    let sink = KubeStatusSink::new(client, lease.clone(), None);
     sink.publish("cluster-b", &status()).await.unwrap();
     assert!(lease.is_leader());
     sink.publish("cluster-b", &status()).await.unwrap();
@@ -156,7 +162,7 @@ async fn no_status_is_written_while_another_replica_holds_the_lease() {
         expect_no_more(&mut api).await;
     });
     let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = KubeStatusSink::new(client, lease.clone());
+    let sink = KubeStatusSink::new(client, lease.clone(), None);
     sink.publish("cluster-b", &status()).await.unwrap();
     assert!(!lease.is_leader());
     drop((sink, lease));
@@ -184,7 +190,7 @@ async fn an_expired_lease_is_taken_over_before_status_is_written() {
         expect_no_more(&mut api).await;
     });
     let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    KubeStatusSink::new(client, lease).publish("cluster-b", &status()).await.unwrap();
+    KubeStatusSink::new(client, lease, None).publish("cluster-b", &status()).await.unwrap();
     server.await.unwrap();
 }
 
@@ -451,7 +457,7 @@ async fn watched_objects_are_published_as_the_desired_peers() {
         // handle alive until the watcher is gone.
         while api.next_request().await.is_some() {}
     });
-    let watcher = tokio::spawn(watch_objects(client, tx));
+    let watcher = tokio::spawn(watch_objects(client, tx, None));
     let within = Duration::from_secs(5);
     let listed = tokio::time::timeout(within, rx.wait_for(|m| !m.is_empty())).await.unwrap().unwrap().clone();
     assert_eq!(listed.keys().collect::<Vec<_>>(), ["a", "b"], "the initial list is published whole");

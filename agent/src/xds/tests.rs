@@ -51,7 +51,7 @@ async fn start() -> (XdsServer, SocketAddr) {
     let server = XdsServer::new(Arc::new(|n: &Node| n.id.split('~').next().unwrap_or_default().to_string()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.clone().serve_tcp(listener));
+    tokio::spawn(server.clone().serve_plaintext(listener));
     (server, addr)
 }
 
@@ -314,40 +314,33 @@ async fn delta_explicit_subscribe_and_unsubscribe() {
     assert_eq!(ClusterLoadAssignment::decode(r.resources[0].resource.as_ref().unwrap().value.as_slice()).unwrap().cluster_name, "y2");
 }
 
+/// A restricted group is refused to a client that proves no identity in
+/// it (here: a plaintext client), with PermissionDenied and nothing sent;
+/// the refusal is counted. An open group on the same server still serves.
 #[tokio::test]
-async fn serves_on_a_unix_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("xds.sock");
-    std::fs::write(&path, b"stale").unwrap();
-    let server = XdsServer::new(Arc::new(|_: &Node| "sidecar".to_string()));
+async fn a_restricted_group_refuses_a_client_without_its_identity() {
+    let access =
+        AccessPolicy { restricted: [("gateway".to_string(), ["spiffe://cluster.local/ns/istio-system/sa/gw".to_string()].into())].into() };
+    let server = XdsServer::with_access(Arc::new(|n: &Node| n.id.split('~').next().unwrap_or_default().to_string()), access);
+    server.set("gateway", clusters(&[("secret-cluster", 1)]));
     server.set("sidecar", clusters(&[("a", 1)]));
-    tokio::spawn({
-        let (server, path) = (server.clone(), path.clone());
-        async move { server.serve_unix(&path).await }
-    });
-    let channel = wait_for_channel(path).await;
-    let mut c = AggregatedDiscoveryServiceClient::new(channel);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.clone().serve_plaintext(listener));
+    let mut c = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+
+    let (tx, rx) = mpsc::channel(8);
+    let mut rx = c.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(DiscoveryRequest { node: node("gateway~1"), ..req(CLUSTER, &[], "", "") }).await.unwrap();
+    let status = tokio::time::timeout(WAIT, rx.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("\"gateway~1\"") && status.message().contains("--xds-gateway-identity"), "{}", status.message());
+    assert!(server.proxies().is_empty());
+    assert!(server.refusals().contains(&(RefusalReason::GroupNotAllowed, 1)));
+
     let (tx, rx) = mpsc::channel(8);
     let mut rx = c.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
     tx.send(DiscoveryRequest { node: node("sidecar~7"), ..req(CLUSTER, &[], "", "") }).await.unwrap();
     let r = tokio::time::timeout(WAIT, rx.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(names(&r.resources), ["a"]);
-}
-
-/// A channel over the Unix socket at `path`, once the server listens there.
-async fn wait_for_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let p = path.clone();
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let p = p.clone();
-            async move { tokio::net::UnixStream::connect(p).await.map(hyper_util::rt::TokioIo::new) }
-        });
-        // The URI is required but unused: the connector picks the socket.
-        match tonic::transport::Endpoint::from_static("http://xds.local").connect_with_connector(connector).await {
-            Ok(ch) => return ch,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "connect to {}: {e}", path.display()),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

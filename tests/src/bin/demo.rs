@@ -6,7 +6,8 @@
 //! other cluster's private metadata with the agent's own federation key,
 //! makes a cross-cluster call by the service's usual name and shows who
 //! answered and who the answering app was told called, and shows
-//! impersonation attempts refused. Everything stops on exit and on Ctrl-C.
+//! impersonation attempts refused (at the edge, the mesh port and the
+//! agent's xDS port). Everything stops on exit and on Ctrl-C.
 
 use multicloud_core::metadata::MeshMode;
 use multicloud_e2e::fixtures::ClusterIdentity;
@@ -201,6 +202,26 @@ fn main() {
         if r.is_refused() { "TLS handshake refused" } else { "NOT refused" }
     );
     refused &= r.is_refused();
+    // The agent's xDS port: a workload of cluster-1 (valid certificate)
+    // calls itself the gateway to get the API proxy credential.
+    let gateway_node =
+        multicloud_e2e::xds_client::node("router~10.0.0.7~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local", None);
+    let a_foo = multicloud_e2e::xds_client::Transport::Tls { client_cert: Some(a.id.workload_cert("abc", "foo")) };
+    let r = multicloud_e2e::xds_client::fetch(
+        a.agent.xds_addr(),
+        &a_foo,
+        gateway_node,
+        multicloud_e2e::xds_client::Api::Ads,
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["multicloud-api-proxy-credential"],
+    );
+    match &r {
+        Err(multicloud_e2e::xds_client::Refused::Status { code, message }) => {
+            println!("  cluster-1's workload abc/foo claims the gateway's node id at cluster-1's xDS port -> {code:?}: {message}")
+        }
+        other => println!("  cluster-1's workload abc/foo claims the gateway's node id at cluster-1's xDS port -> NOT refused: {other:?}"),
+    }
+    refused &= matches!(r, Err(multicloud_e2e::xds_client::Refused::Status { code: tonic::Code::PermissionDenied, .. }));
     drop(guard);
     stop_if_interrupted();
     println!("\nDone in {:.1} s. Stopping agents and Envoys.", started.elapsed().as_secs_f64());

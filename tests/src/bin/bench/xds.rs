@@ -17,6 +17,7 @@ use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata
 use multicloud_e2e::bench::write_section;
 use multicloud_e2e::envoy::Envoy;
 use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity};
+use multicloud_e2e::gateway::XdsClient;
 use multicloud_e2e::{sidecar, SimCluster};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,7 +108,7 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
     };
     let listener = rt.block_on(tokio::net::TcpListener::bind((SimCluster(42).ip(2), 0))).expect("bind xds");
     let addr = listener.local_addr().expect("addr");
-    let task = rt.spawn(server.clone().serve_tcp(listener));
+    let task = rt.spawn(server.clone().serve_tls(listener, local.xds_tls()));
     let mut dp = data_plane(local, roots, peers, 1000);
     let acked = |server: &XdsServer| -> Option<String> {
         server
@@ -119,7 +120,7 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
     let want = |server: &XdsServer| server.snapshot(SIDECAR_GROUP).map(|s| s.version(ENDPOINT));
     let t0 = Instant::now();
     rt.block_on(sink.apply(&dp)).expect("apply");
-    let envoy = Envoy::start_unready(sidecar::spec(SimCluster(42), addr, delta));
+    let envoy = Envoy::start_unready(sidecar::spec(SimCluster(42), &XdsClient::workload(local, addr, "bench", "sidecar"), delta));
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut initial_sync = None;
     while Instant::now() < deadline {

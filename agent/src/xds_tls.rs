@@ -1,0 +1,345 @@
+//! The xDS port's mutual TLS. A client must present a certificate that
+//! chains to this cluster's Istio root (the local facts' `rootCA`, replaced
+//! whenever the facts change, see [`ClientRootsSink`]); its SPIFFE ID (the
+//! leaf's `spiffe://` URI SAN) travels with the connection
+//! ([`XdsPeer`], in each gRPC request's extensions) so that the xDS server
+//! decides what the client may receive (`crate::xds::AccessPolicy`).
+//!
+//! The agent's own serving certificate comes from `--xds-cert/--xds-key` or
+//! is generated (self-signed) at start: proxies authenticate themselves to
+//! the agent, not the other way round (see docs/xds.md for what that means).
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A client that has not finished its handshake by then is dropped, so a
+/// stalled connection holds nothing for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the xDS port turned a client away; the label of
+/// `multicloud_agent_xds_refusals_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefusalReason {
+    /// The TLS client sent no certificate.
+    NoClientCertificate,
+    /// The certificate does not chain to this cluster's root (another
+    /// cluster's CA, self-signed, expired, wrong usage, ...).
+    UntrustedCertificate,
+    /// Any other TLS failure (not TLS at all, closed mid-handshake, ...).
+    HandshakeFailed,
+    HandshakeTimeout,
+    /// The agent does not know this cluster's root yet (no local facts read).
+    NoLocalRoot,
+    /// The certificate chains to the root but names no `spiffe://` identity.
+    NoSpiffeId,
+    /// The node claims a group (e.g. `gateway`) its identity may not join.
+    GroupNotAllowed,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 7] = [
+        RefusalReason::NoClientCertificate,
+        RefusalReason::UntrustedCertificate,
+        RefusalReason::HandshakeFailed,
+        RefusalReason::HandshakeTimeout,
+        RefusalReason::NoLocalRoot,
+        RefusalReason::NoSpiffeId,
+        RefusalReason::GroupNotAllowed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::NoClientCertificate => "no_client_certificate",
+            RefusalReason::UntrustedCertificate => "untrusted_certificate",
+            RefusalReason::HandshakeFailed => "handshake_failed",
+            RefusalReason::HandshakeTimeout => "handshake_timeout",
+            RefusalReason::NoLocalRoot => "no_local_root",
+            RefusalReason::NoSpiffeId => "no_spiffe_id",
+            RefusalReason::GroupNotAllowed => "group_not_allowed",
+        }
+    }
+}
+
+/// Who is at the other end of an xDS connection, as the TLS handshake
+/// proved it. Present in every request's extensions on the TLS port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsPeer {
+    pub remote: SocketAddr,
+    /// The leaf certificate's first `spiffe://` URI SAN.
+    pub spiffe: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdsTlsError {
+    #[error("{what}: {cause}")]
+    Read { what: String, cause: String },
+    #[error("this cluster's root CA (local facts' rootCA) holds no certificate the xDS port can trust: {0}")]
+    Roots(String),
+    #[error("cannot set up the xDS port's TLS: {0}")]
+    Config(String),
+}
+
+/// The agent's serving certificate chain and key (DER).
+pub struct ServingCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ServingCert {
+    /// Reads `--xds-cert` (PEM chain, leaf first) and `--xds-key` (PEM private key).
+    pub fn from_files(cert: &Path, key: &Path) -> Result<ServingCert, XdsTlsError> {
+        let read = |p: &Path, flag: &str| {
+            std::fs::read(p).map_err(|e| XdsTlsError::Read {
+                what: format!("{flag} {}", p.display()),
+                cause: format!("{e} (point it at a readable PEM file, or omit --xds-cert/--xds-key for a self-signed certificate)"),
+            })
+        };
+        let cert_pem = read(cert, "--xds-cert")?;
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| XdsTlsError::Read { what: format!("--xds-cert {}", cert.display()), cause: format!("not PEM: {e}") })?;
+        if chain.is_empty() {
+            return Err(XdsTlsError::Read {
+                what: format!("--xds-cert {}", cert.display()),
+                cause: "holds no CERTIFICATE block (want the PEM chain, leaf first)".into(),
+            });
+        }
+        let key_pem = read(key, "--xds-key")?;
+        let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|e| XdsTlsError::Read { what: format!("--xds-key {}", key.display()), cause: format!("not PEM: {e}") })?
+            .ok_or_else(|| XdsTlsError::Read {
+                what: format!("--xds-key {}", key.display()),
+                cause: "holds no private key block (PKCS#8, PKCS#1 or SEC1 PEM)".into(),
+            })?;
+        Ok(ServingCert { chain, key: key_der })
+    }
+
+    /// A fresh self-signed certificate (P-256) for the agent's xDS Service
+    /// names; nothing is written to disk. Clients in `deploy/` do not verify
+    /// the agent, so its only job is to make TLS possible.
+    pub fn self_signed() -> Result<ServingCert, XdsTlsError> {
+        let err = |e: rcgen::Error| XdsTlsError::Config(format!("generating a self-signed serving certificate: {e}"));
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+        let names = ["multicloud-agent-xds", "multicloud-agent-xds.istio-system.svc", "localhost"].map(String::from).to_vec();
+        let mut params = rcgen::CertificateParams::new(names).map_err(err)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "multicloud-agent xDS (self-signed)");
+        let cert = params.self_signed(&key).map_err(err)?;
+        Ok(ServingCert { chain: vec![cert.der().clone()], key: PrivateKeyDer::Pkcs8(key.serialize_der().into()) })
+    }
+}
+
+/// The xDS port's TLS settings: the serving certificate (fixed) and the
+/// client roots (replaced when this cluster's root changes). A handshake
+/// uses the configuration current when it starts.
+pub struct XdsTls {
+    serving: ServingCert,
+    /// The root bundle (PEM as the facts hold it) and the config built from it.
+    current: RwLock<Option<(String, Arc<rustls::ServerConfig>)>>,
+}
+
+impl XdsTls {
+    /// Checks the serving certificate and key now (they must match and be a
+    /// kind rustls signs with), so a bad `--xds-cert/--xds-key` stops the
+    /// agent at start rather than at the first handshake.
+    pub fn new(serving: ServingCert) -> Result<XdsTls, XdsTlsError> {
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| XdsTlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(serving.chain.clone(), serving.key.clone_key())
+            .map_err(|e| {
+                XdsTlsError::Config(format!(
+                    "--xds-cert and --xds-key do not match or are not supported ({e}); give the key of the chain's first certificate"
+                ))
+            })?;
+        Ok(XdsTls { serving, current: RwLock::new(None) })
+    }
+
+    /// Trusts the certificates of `roots_pem` (every one: during an Istio
+    /// root rotation the bundle holds the old and the new root) as client
+    /// roots from now on; true if they changed. On error the previous roots
+    /// stay in force.
+    pub fn set_client_roots(&self, roots_pem: &str) -> Result<bool, XdsTlsError> {
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|(p, _)| p == roots_pem) {
+            return Ok(false);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+            let c = c.map_err(|e| XdsTlsError::Roots(format!("not PEM: {e}")))?;
+            roots.add(c).map_err(|e| XdsTlsError::Roots(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(XdsTlsError::Roots("no CERTIFICATE block".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| XdsTlsError::Roots(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| XdsTlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.serving.chain.clone(), self.serving.key.clone_key())
+            .map_err(|e| XdsTlsError::Config(format!("the serving certificate and key do not match or are not supported: {e}")))?;
+        // gRPC is HTTP/2 only.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots_pem.to_string(), Arc::new(config)));
+        Ok(true)
+    }
+
+    fn config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, c)| c.clone())
+    }
+
+    /// Runs the server side of the handshake on `tcp`; on success, the
+    /// connection and the identity it proved.
+    pub async fn accept(&self, tcp: tokio::net::TcpStream, remote: SocketAddr) -> Result<TlsConn, (RefusalReason, String)> {
+        let Some(config) = self.config() else {
+            return Err((RefusalReason::NoLocalRoot, "this cluster's root CA is not known yet (local facts not read)".into()));
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Err(_) => return Err((RefusalReason::HandshakeTimeout, format!("no complete handshake within {HANDSHAKE_TIMEOUT:?}"))),
+            Ok(Err(e)) => return Err(classify_handshake_error(&e)),
+            Ok(Ok(s)) => s,
+        };
+        let spiffe = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| multicloud_core::der::certificate_uri_sans(leaf).ok())
+            .and_then(|uris| uris.into_iter().find(|u| u.starts_with("spiffe://")).map(str::to_string));
+        Ok(TlsConn { stream, peer: XdsPeer { remote, spiffe } })
+    }
+}
+
+fn classify_handshake_error(e: &std::io::Error) -> (RefusalReason, String) {
+    let reason = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => RefusalReason::NoClientCertificate,
+        Some(rustls::Error::InvalidCertificate(_)) => RefusalReason::UntrustedCertificate,
+        _ => RefusalReason::HandshakeFailed,
+    };
+    (reason, e.to_string())
+}
+
+/// An accepted TLS connection and who it proved to be; tonic hands
+/// [`XdsPeer`] to each request on it.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: XdsPeer,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = XdsPeer;
+
+    fn connect_info(&self) -> XdsPeer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Keeps the xDS port's client roots equal to this cluster's root as the
+/// local facts state it (standalone file `rootCA`, or Kubernetes
+/// `istio-ca-root-cert`). Runs before the xDS sink, so no proxy is served a
+/// snapshot built from facts whose root the port does not yet trust.
+pub struct ClientRootsSink(pub Arc<XdsTls>);
+
+impl crate::reconcile::DataPlaneSink for ClientRootsSink {
+    fn apply<'a>(&'a self, dp: &'a crate::reconcile::DataPlane) -> crate::source::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            match self.0.set_client_roots(&dp.local.root_ca) {
+                Ok(true) => {
+                    tracing::info!("xDS port: client certificates must now chain to this cluster's root CA as the local facts state it")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // The previous roots stay in force; the edge configuration
+                    // validation normally refuses such facts before this.
+                    anyhow::bail!("xDS port keeps its previous client roots: {e}; fix this cluster's rootCA (istio-ca-root-cert)")
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["xds.example".into()]).unwrap().self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn serving_files_are_read_and_bad_ones_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let ((c1, k1), (_, k2)) = (pem_pair(), pem_pair());
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (cert, key, other_key) = (write("c.pem", &c1), write("k.pem", &k1), write("k2.pem", &k2));
+        assert!(XdsTls::new(ServingCert::from_files(&cert, &key).unwrap()).is_ok());
+        let mismatched = XdsTls::new(ServingCert::from_files(&cert, &other_key).unwrap()).err().unwrap().to_string();
+        assert!(mismatched.contains("--xds-cert and --xds-key do not match"), "{mismatched}");
+        let missing = ServingCert::from_files(&dir.path().join("absent.pem"), &key).err().unwrap().to_string();
+        assert!(missing.contains("--xds-cert") && missing.contains("absent.pem"), "{missing}");
+        let no_key = ServingCert::from_files(&cert, &cert).err().unwrap().to_string();
+        assert!(no_key.contains("--xds-key") && no_key.contains("no private key"), "{no_key}");
+    }
+
+    #[test]
+    fn client_roots_change_only_on_a_valid_bundle() {
+        let tls = XdsTls::new(ServingCert::self_signed().unwrap()).unwrap();
+        assert!(tls.config().is_none(), "no roots: no handshake can succeed");
+        let (root, _) = pem_pair();
+        assert!(tls.set_client_roots(&root).unwrap());
+        assert!(!tls.set_client_roots(&root).unwrap(), "the same bundle is no change");
+        assert!(tls.set_client_roots("not a certificate").is_err());
+        assert!(tls.config().is_some(), "a bad bundle keeps the previous roots");
+    }
+
+    #[test]
+    fn refusal_labels_are_distinct() {
+        let labels: std::collections::BTreeSet<&str> = RefusalReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), RefusalReason::ALL.len());
+    }
+}

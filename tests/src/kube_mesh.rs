@@ -1,0 +1,273 @@
+//! Real tier: simulated clusters whose agents run in Kubernetes mode against
+//! real API servers ([`crate::kube::ControlPlane`]), installed the way an
+//! operator installs them: `multicloud-agent install` applied with
+//! server-side apply, the agent process run with the DaemonSet's own args (the
+//! test bed replaces only listen addresses and in-pod file paths) and with a
+//! kubeconfig holding a TokenRequest token of deploy/'s ServiceAccount, so
+//! deploy/'s RBAC is what the agent has.
+//!
+//! What Istio and Kubernetes controllers would write, the test writes as
+//! admin and says so: the `istio-ca-root-cert` ConfigMap (istiod), the
+//! gateway Service's load-balancer address (a cloud controller) and the
+//! exported Service's EndpointSlice (kube-controller-manager). The gateway is
+//! the test bed's Envoy with the built filter, fed by the agent over xDS.
+
+use crate::agent::{Agent, AgentOptions, KubeMode};
+use crate::envoy::Envoy;
+use crate::fixtures::{free_port, ClusterIdentity, EdgeCa};
+use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls, XdsClient};
+use crate::kube::ControlPlane;
+use crate::upstream::RecordingUpstream;
+use crate::{hosts, paths, wait_until, SimCluster};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One simulated cluster of the real tier.
+pub struct KubeCluster {
+    pub sim: SimCluster,
+    pub cp: &'static ControlPlane,
+    /// Its Istio root (the ConfigMap istiod would write) and workload certificates.
+    pub id: ClusterIdentity,
+    /// The cluster UUID: kube-system's UID on this API server.
+    pub uuid: String,
+    pub edge_ca: EdgeCa,
+    /// The gateway's TLS port for the metadata endpoint.
+    pub tls_port: u16,
+    /// The mesh port published through the gateway Service.
+    pub mesh_port: u16,
+    pub agents: Vec<Agent>,
+    pub gateway: Envoy,
+    pub upstream: RecordingUpstream,
+    /// The agent ServiceAccount's kubeconfig (deploy/'s identity).
+    pub agent_kubeconfig: PathBuf,
+    /// The options it was started with (install args include its API host).
+    pub opts: KubeMeshOptions,
+    dir: tempfile::TempDir,
+}
+
+/// How the real-tier clusters are set up.
+#[derive(Clone, Default)]
+pub struct KubeMeshOptions {
+    /// Agent replicas per cluster (each its own POD_NAME; one holds the Lease).
+    pub replicas: usize,
+    /// More `multicloud-agent install` flags.
+    pub install_args: Vec<String>,
+    /// More `multicloud-agent run` flags for every replica.
+    pub agent_args: Vec<String>,
+}
+
+pub fn object_name(sim: SimCluster) -> String {
+    format!("cluster-{}", sim.0)
+}
+
+pub fn api_host(sim: SimCluster) -> String {
+    format!("api.cluster-{}.example", sim.0)
+}
+
+fn metadata_endpoint(sim: SimCluster, port: u16) -> String {
+    format!("https://{}:{port}/metadata", sim.ip(hosts::GATEWAY))
+}
+
+/// `multicloud-agent install ARGS`, run as an operator would.
+pub fn install(args: &[String]) -> String {
+    let out = std::process::Command::new(paths::agent()).arg("install").args(args).output().expect("multicloud-agent install");
+    assert!(out.status.success(), "install {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The agent container's args in the DaemonSet that `yaml` holds.
+pub fn daemonset_args(yaml: &str) -> Vec<String> {
+    for d in serde_yaml::Deserializer::from_str(yaml) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(d).expect("yaml");
+        if v["kind"] == "DaemonSet" {
+            let c = v["spec"]["template"]["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == "agent"));
+            let args = c.and_then(|c| c["args"].as_array()).expect("the agent container's args");
+            return args.iter().map(|a| a.as_str().expect("string arg").to_string()).collect();
+        }
+    }
+    panic!("no DaemonSet in the install output");
+}
+
+impl KubeCluster {
+    /// `kubectl get imc NAME` as a person reads it: the READY column.
+    pub fn imc_ready_column(&self, name: &str) -> String {
+        let out = self.cp.kubectl_ok(&["get", "imc", name]);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+        let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+        let i = header.iter().position(|h| *h == "READY").expect("a READY column");
+        row.get(i).copied().unwrap_or_default().to_string()
+    }
+
+    /// The object's status as the API server has it.
+    pub fn imc_status(&self, name: &str) -> serde_json::Value {
+        self.cp.get_json(&["imc", name]).map(|o| o["status"].clone()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until `kubectl get imc NAME` shows Ready=True.
+    pub fn wait_imc_ready(&self, name: &str, timeout: Duration) {
+        wait_until(&format!("cluster {}: imc {name} Ready=True on the API server", self.sim.0), timeout, || {
+            let s = self.imc_status(name);
+            let ready = s["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned());
+            match ready {
+                Some(c) if c["status"] == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Starts one more agent replica named `pod_name`.
+    pub fn start_replica(&self, pod_name: &str) -> Agent {
+        start_agent(self.sim, &self.agent_kubeconfig, pod_name, &self.opts, &self.dir)
+    }
+}
+
+fn start_agent(sim: SimCluster, kubeconfig: &std::path::Path, pod_name: &str, opts: &KubeMeshOptions, dir: &tempfile::TempDir) -> Agent {
+    let rendered = install(&opts.install_args);
+    let adir = Agent::prepare(sim);
+    let mut extra_args =
+        vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()];
+    extra_args.extend(opts.agent_args.iter().cloned());
+    Agent::start(
+        adir,
+        AgentOptions {
+            cluster: sim,
+            standalone: String::new(),
+            ecds_file: dir.path().join(format!("edge-{pod_name}.pb")),
+            refresh_seconds: 1,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 1000,
+            workload_cert: None,
+            api_proxy_credential: None,
+            extra_args,
+            kubernetes: Some(KubeMode {
+                kubeconfig: kubeconfig.to_path_buf(),
+                pod_name: pod_name.to_string(),
+                args: daemonset_args(&rendered),
+            }),
+        },
+    )
+}
+
+/// Writes, as admin, what istiod, a cloud controller and
+/// kube-controller-manager would: the root ConfigMap, the gateway Service
+/// with its load-balancer address, and an exported Service `foo.abc` with
+/// one ready endpoint.
+fn local_facts(cp: &ControlPlane, sim: SimCluster, id: &ClusterIdentity, mesh_port: u16) {
+    let root = serde_json::to_string(&id.root_pem()).expect("json");
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio-ca-root-cert, namespace: istio-system}}\ndata: {{root-cert.pem: {root}}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: istio-ingressgateway, namespace: istio-system, labels: {{istio: ingressgateway}}}}\n\
+         spec: {{type: LoadBalancer, selector: {{istio: ingressgateway}}, ports: [{{name: tls, port: {mesh_port}, targetPort: 15443}}]}}\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: foo, namespace: abc, labels: {{istio-multicloud.dev/export: 'true'}}}}\n\
+         spec: {{selector: {{app: foo}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: foo-1, namespace: abc, labels: {{kubernetes.io/service-name: foo}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [10.1.{n}.7], conditions: {{ready: true}}}}]\n",
+        n = sim.0
+    ))
+    .expect("local facts");
+    // The load balancer's address: a cloud controller writes it into the status.
+    let status = format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{}\"}}]}}}}}}", sim.ip(hosts::GATEWAY));
+    cp.kubectl_ok(&[
+        "patch",
+        "service",
+        "istio-ingressgateway",
+        "-n",
+        "istio-system",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+}
+
+/// Applies the IstioMulticloud objects naming each of `peers`.
+pub fn link(cp: &ControlPlane, peers: &[(SimCluster, u16, String)]) {
+    for (sim, port, ca) in peers {
+        let ca = serde_json::to_string(ca).expect("json");
+        cp.apply(&format!(
+            "apiVersion: istio-multicloud.dev/v1alpha1\nkind: IstioMulticloud\nmetadata: {{name: {}}}\n\
+             spec: {{metadataEndpoint: '{}', metadata: {{ca: {ca}}}}}\n",
+            object_name(*sim),
+            metadata_endpoint(*sim, *port)
+        ))
+        .expect("apply IstioMulticloud");
+    }
+}
+
+/// Starts the real-tier clusters `sims`, each linked to every other.
+pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCluster> {
+    let cps = ControlPlane::shared_all(sims);
+    let ids: Vec<ClusterIdentity> = sims.iter().map(|s| ClusterIdentity::generate(&object_name(*s))).collect();
+    let cas: Vec<EdgeCa> = sims.iter().map(|s| EdgeCa::generate(&object_name(*s))).collect();
+    let ca_pems: Vec<String> = cas.iter().map(EdgeCa::pem).collect();
+    let tls_ports: Vec<u16> = sims.iter().map(|s| free_port(s.ip(hosts::GATEWAY))).collect();
+    let mut out = Vec::new();
+    for (i, (id, edge_ca)) in ids.into_iter().zip(cas).enumerate() {
+        let (sim, cp) = (sims[i], cps[i]);
+        cp.install_prerequisites();
+        let mut install_args = vec![format!("--api-proxy-host={}:{}", api_host(sim), tls_ports[i])];
+        install_args.extend(opts.install_args.iter().cloned());
+        cp.apply(&install(&install_args)).expect("install output applies");
+        let mesh_port = free_port(sim.ip(hosts::GATEWAY));
+        local_facts(cp, sim, &id, mesh_port);
+        let dir = tempfile::Builder::new().prefix(&format!("multicloud-agent-{}-kube-", sim.0)).tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("agent.kubeconfig");
+        cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
+        // What the kubelet mounts from the api-proxy token Secret: a real
+        // token of the API proxy's ServiceAccount.
+        std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
+        let peers: Vec<(SimCluster, u16, String)> =
+            sims.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, s)| (*s, tls_ports[j], ca_pems[j].clone())).collect();
+        link(cp, &peers);
+        let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].as_str().expect("uid").to_string();
+        // The peers' API hosts are names no DNS here resolves: the remote
+        // secrets connect to the peer's gateway instead (keeping the name as
+        // the TLS server name), like `curl --resolve`.
+        let mut agent_args = opts.agent_args.clone();
+        for (j, s) in sims.iter().enumerate().filter(|(j, _)| *j != i) {
+            agent_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), tls_ports[j])]);
+        }
+        let opts = KubeMeshOptions { install_args, agent_args, ..opts.clone() };
+        let agents: Vec<Agent> =
+            (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir)).collect();
+        let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
+        let (cert_pem, key_pem) = edge_ca.server_cert(sim.ip(hosts::GATEWAY));
+        let spec = Gateway::spec_with(GatewayOptions {
+            cluster: sim,
+            upstream: upstream.addr(),
+            source: EdgeSource::Ads { xds: XdsClient::gateway(&id, agents[0].xds_addr()), delta: true },
+            tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
+            // The API proxy in front of this cluster's real API server, with
+            // the API proxy ServiceAccount's real token as the credential.
+            api: Some(ApiRoute {
+                host: api_host(sim),
+                apiserver: cp.addr(),
+                tls: Some(edge_ca.server_cert_dns(&api_host(sim))),
+                upstream_ca: Some(cp.ca_pem.clone()),
+            }),
+        });
+        let gateway = Envoy::start_all(vec![spec]).pop().expect("gateway");
+        out.push(KubeCluster {
+            sim,
+            cp,
+            id,
+            uuid,
+            edge_ca,
+            tls_port: tls_ports[i],
+            mesh_port,
+            agents,
+            gateway,
+            upstream,
+            agent_kubeconfig: kubeconfig,
+            opts,
+            dir,
+        });
+    }
+    out
+}

@@ -1,0 +1,335 @@
+//! Real tier: the agent in Kubernetes mode against real API servers (etcd +
+//! kube-apiserver per simulated cluster, tests/src/kube.rs), installed with
+//! `multicloud-agent install` and run with deploy/'s ServiceAccount token, so
+//! deploy/'s RBAC, server-side apply field ownership, the status
+//! subresource, the CRD's schema, watch semantics and the Lease are the real
+//! ones. Gateways are the test bed's Envoys with the built filter, fed by the
+//! agent; the API proxy forwards to the peer's real API server.
+//!
+//! Clusters: 122+123 (join, faults), 124 (Lease), 125 (least privilege,
+//! key Secret, WasmPlugin). What no controller here writes (the root
+//! ConfigMap, the gateway's load-balancer address, EndpointSlices) the test
+//! bed writes as admin (tests/src/kube_mesh.rs).
+
+use multicloud_e2e::agent::Agent;
+use multicloud_e2e::kube::ControlPlane;
+use multicloud_e2e::kube_mesh::{self, api_host, object_name, start_kube_mesh, KubeMeshOptions};
+use multicloud_e2e::{hosts, paths, wait_until, SimCluster};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const JOIN: Duration = Duration::from_secs(90);
+
+fn metric(agent: &Agent, name: &str) -> Option<f64> {
+    agent
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+}
+
+fn is_leader(agent: &Agent) -> bool {
+    metric(agent, "multicloud_agent_leader") == Some(1.0)
+}
+
+/// `multicloud-agent ARGS` with `env`; (exit code, stdout + stderr).
+fn agent_cli(args: &[&str], env: &[(&str, &std::path::Path)]) -> (i32, String) {
+    let mut cmd = Command::new(paths::agent());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("multicloud-agent");
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn secret_data(cp: &ControlPlane, ns: &str, name: &str, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let s = cp.get_json(&["secret", name, "-n", ns])?;
+    let b = s["data"][key].as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).ok()?).ok()
+}
+
+fn forbidden(out: &std::process::Output) -> bool {
+    !out.status.success() && String::from_utf8_lossy(&out.stderr).to_ascii_lowercase().contains("forbidden")
+}
+
+/// The peers each see the other Ready on the API server; the CLI agrees.
+#[test]
+fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
+    let sims = [SimCluster(122), SimCluster(123)];
+    // Remote secrets get 9-second tokens, so rotation shows within the test.
+    let opts = KubeMeshOptions { replicas: 1, agent_args: vec!["--api-token-ttl-seconds=9".into()], ..Default::default() };
+    let mut clusters = start_kube_mesh(&sims, opts);
+    let (a, b) = (&clusters[0], &clusters[1]);
+    let (name_a, name_b) = (object_name(sims[0]), object_name(sims[1]));
+
+    // 1. Ready on both sides, as `kubectl get imc` shows it.
+    a.wait_imc_ready(&name_b, JOIN);
+    b.wait_imc_ready(&name_a, JOIN);
+    assert_eq!(a.imc_ready_column(&name_b), "True");
+    assert_eq!(b.imc_ready_column(&name_a), "True");
+    assert_eq!(a.imc_status(&name_b)["remoteClusterUUID"], b.uuid.as_str(), "A pinned B's kube-system UID");
+
+    // 2. The CLI: status and check --kubernetes pass.
+    for c in [a, b] {
+        let (code, out) = agent_cli(&["status", "--agent", &format!("http://{}", c.agents[0].http_addr())], &[]);
+        assert_eq!(code, 0, "status on cluster {}: {out}", c.sim.0);
+    }
+    let peer_gateway = format!("{}={}:{}", api_host(sims[1]), sims[1].ip(hosts::GATEWAY), b.tls_port);
+    let (code, out) =
+        agent_cli(&["check", &name_b, "--kubernetes", "--api-host-override", &peer_gateway], &[("KUBECONFIG", &a.cp.admin_kubeconfig())]);
+    // Every step passes but the mesh port's: in this tier nothing programs
+    // B's mesh port (under istiod an AUTO_PASSTHROUGH Gateway does; the
+    // real-Istio tier covers it), and check says so rather than pass.
+    for step in ["object", "public", "private", "api"] {
+        assert!(out.lines().any(|l| l.starts_with("PASS") && l.split_whitespace().nth(1) == Some(step)), "{step} must PASS:\n{out}");
+    }
+    assert!(out.lines().any(|l| l.starts_with("FAIL") && l.contains("mesh") && l.contains("MeshPortClosed")), "{out}");
+    assert_eq!(code, 1, "check --kubernetes {name_b}:\n{out}");
+
+    // 3. Status by server-side apply under the agent's field manager, on the
+    //    status subresource; another manager's fields survive.
+    let obj = a.cp.get_json(&["imc", &name_b]).unwrap();
+    let managers = obj["metadata"]["managedFields"].as_array().unwrap().clone();
+    assert!(
+        managers.iter().any(|m| m["manager"] == "istio-multicloud-agent" && m["operation"] == "Apply" && m["subresource"] == "status"),
+        "{managers:#?}"
+    );
+    a.cp.kubectl_ok(&["label", "imc", &name_b, "team=platform", "--field-manager=someone-else"]);
+    let before = metric(&a.agents[0], "multicloud_agent_status_writes_total").unwrap();
+
+    // 4. A foreign manager rewrites the status: corrected, and the agent lives on.
+    let forged = r#"{"apiVersion":"istio-multicloud.dev/v1alpha1","kind":"IstioMulticloud","metadata":{"name":"NAME"},"status":{"conditions":[{"type":"Ready","status":"False","reason":"Forged","message":"not by the agent","lastTransitionTime":"2020-01-01T00:00:00Z"}]}}"#
+        .replace("NAME", &name_b);
+    let out = a.cp.kubectl_as(
+        &a.cp.admin_kubeconfig(),
+        &["apply", "--server-side", "--subresource=status", "--field-manager=intruder", "--force-conflicts", "-f", "-"],
+        Some(&forged),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.wait_imc_ready(&name_b, Duration::from_secs(30));
+    let st = a.imc_status(&name_b);
+    assert!(!st.to_string().contains("Forged"), "the forged condition is gone: {st}");
+    assert!(metric(&a.agents[0], "multicloud_agent_status_writes_total").unwrap() > before, "the agent wrote its own status again");
+    assert!(a.agents[0].get("/healthz").is_ok(), "the agent is still running");
+    let labels = &a.cp.get_json(&["imc", &name_b]).unwrap()["metadata"]["labels"];
+    assert_eq!(labels["team"], "platform", "another manager's label survived the agent's status writes");
+
+    // 5. The Istio remote secret: written, a working kubeconfig to B's API
+    //    proxy (B's gateway, B's real API server behind it), rotated.
+    let secret = format!("istio-remote-secret-{name_b}");
+    let s = wait_until("A's remote secret for B", Duration::from_secs(30), || {
+        a.cp.get_json(&["secret", &secret, "-n", "istio-system"]).ok_or_else(|| "absent".to_string())
+    });
+    assert_eq!(s["metadata"]["labels"]["istio/multiCluster"], "true");
+    let key = s["data"].as_object().unwrap().keys().next().unwrap().clone();
+    let kubeconfig_text = secret_data(a.cp, "istio-system", &secret, &key).unwrap();
+    let kc = a.dir().join("remote.kubeconfig");
+    std::fs::write(&kc, &kubeconfig_text).unwrap();
+    let read = b.cp.kubectl_as(&kc, &["get", "services", "-A", "-o", "name"], None);
+    assert!(read.status.success(), "a read through B's API proxy: {}", String::from_utf8_lossy(&read.stderr));
+    assert!(String::from_utf8_lossy(&read.stdout).contains("service/foo"), "B's services, from B's API server");
+    let secrets = b.cp.kubectl_as(&kc, &["get", "secrets", "-n", "istio-system"], None);
+    assert!(!secrets.status.success(), "a Secret read through B's API proxy is refused");
+    let rotated = wait_until("the remote secret's token to rotate", Duration::from_secs(30), || {
+        let now = secret_data(a.cp, "istio-system", &secret, &key).unwrap_or_default();
+        if now != kubeconfig_text && !now.is_empty() {
+            Ok(now)
+        } else {
+            Err("same token".into())
+        }
+    });
+    std::fs::write(&kc, &rotated).unwrap();
+    let read = b.cp.kubectl_as(&kc, &["get", "services", "-n", "abc", "-o", "name"], None);
+    assert!(read.status.success(), "the rotated token works: {}", String::from_utf8_lossy(&read.stderr));
+
+    // 6. The API server restarts mid-run: the agent reconnects, keeps its
+    //    state, loses no object, and sees what changes afterwards.
+    let objects_before = a.cp.kubectl_ok(&["get", "imc,secrets,leases", "-A", "-o", "name"]);
+    a.cp.restart_apiserver();
+    assert_eq!(a.imc_ready_column(&name_b), "True", "kept across the restart");
+    b.wait_imc_ready(&name_a, Duration::from_secs(30));
+    let objects_after = a.cp.kubectl_ok(&["get", "imc,secrets,leases", "-A", "-o", "name"]);
+    for o in objects_before.lines() {
+        assert!(objects_after.contains(o), "{o} lost across the API server's restart");
+    }
+    kube_mesh::link(a.cp, &[(SimCluster(129), 9, "not a pem".into())]);
+    wait_until("the agent to see an object created after the restart", Duration::from_secs(60), || {
+        let st = a.imc_status(&object_name(SimCluster(129)));
+        if st["conditions"].as_array().is_some_and(|c| !c.is_empty()) {
+            Ok(())
+        } else {
+            Err(st.to_string())
+        }
+    });
+    a.cp.kubectl_ok(&["delete", "imc", &object_name(SimCluster(129))]);
+
+    // 7. The key Secret deleted while running: as the operator guide says,
+    //    the agent keeps signing with the key it loaded; a restart creates a
+    //    new one, and the peer recovers by itself.
+    let key_before = secret_data(a.cp, "istio-system", "istio-multicloud-federation-key", "private.pem").expect("the key Secret");
+    a.cp.kubectl_ok(&["delete", "secret", "istio-multicloud-federation-key", "-n", "istio-system"]);
+    b.wait_imc_ready(&name_a, Duration::from_secs(30));
+    assert_eq!(a.imc_ready_column(&name_b), "True");
+    assert!(a.cp.get_json(&["secret", "istio-multicloud-federation-key", "-n", "istio-system"]).is_none(), "not re-created while running");
+    let st = clusters[0].agents[0].terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "the agent exits cleanly on SIGTERM: {st:?}");
+    // The pod comes back (same node, same xDS port the gateway dials).
+    clusters[0].agents[0].restart();
+    let key_after = wait_until("a new key Secret", Duration::from_secs(30), || {
+        secret_data(clusters[0].cp, "istio-system", "istio-multicloud-federation-key", "private.pem").ok_or_else(|| "absent".to_string())
+    });
+    assert_ne!(key_before, key_after, "a new key");
+    clusters[1].wait_imc_ready(&name_a, JOIN);
+    let (a, b) = (&clusters[0], &clusters[1]);
+    a.wait_imc_ready(&name_b, JOIN);
+
+    // 8. Unlink: the remote secret goes with the object.
+    a.cp.kubectl_ok(&["delete", "imc", &name_b]);
+    wait_until("the remote secret to be deleted", Duration::from_secs(30), || {
+        match a.cp.get_json(&["secret", &secret, "-n", "istio-system"]) {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    });
+    let _ = b;
+}
+
+/// Two replicas: one holds the Lease and alone writes status; SIGTERM hands
+/// the Lease over at once (well before it would expire); SIGKILL within the
+/// Lease's duration.
+#[test]
+fn only_the_lease_holder_writes_and_another_replica_takes_over() {
+    let sim = SimCluster(124);
+    let mut c = start_kube_mesh(&[sim], KubeMeshOptions { replicas: 2, ..Default::default() }).pop().unwrap();
+    // A peer that cannot be reached: its status is still written (Ready=False).
+    kube_mesh::link(c.cp, &[(SimCluster(128), 9, "not a pem".into())]);
+    let peer = object_name(SimCluster(128));
+    let holder = wait_until("one replica to hold the Lease and write status", Duration::from_secs(60), || {
+        let leaders: Vec<usize> = (0..2).filter(|i| is_leader(&c.agents[*i])).collect();
+        let written = c.imc_status(&peer)["conditions"].as_array().is_some_and(|a| !a.is_empty());
+        match (leaders.as_slice(), written) {
+            ([i], true) => Ok(*i),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let other = 1 - holder;
+    let lease = c.cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], format!("agent-{holder}"));
+    assert!(metric(&c.agents[holder], "multicloud_agent_status_writes_total").unwrap() >= 1.0);
+    assert_eq!(metric(&c.agents[other], "multicloud_agent_status_writes_total"), Some(0.0), "the other replica never wrote status");
+
+    // SIGTERM: the holder releases the Lease on its way out.
+    let t = Instant::now();
+    let st = c.agents[holder].terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "exits cleanly on SIGTERM: {st:?}");
+    // Well inside the Lease's 15 s: the other did not wait for it to expire.
+    wait_until("the other replica to take over after SIGTERM", Duration::from_secs(10), || {
+        if is_leader(&c.agents[other]) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let after_term = t.elapsed();
+    let lease = c.cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], format!("agent-{other}"));
+    eprintln!("takeover after SIGTERM: {after_term:?}");
+
+    // SIGKILL: nothing is released; the Lease expires (15 s) and the standby takes it.
+    let standby = c.start_replica("agent-2");
+    c.agents[holder] = standby;
+    let t = Instant::now();
+    c.agents[other].kill();
+    wait_until("the standby to take over after SIGKILL", Duration::from_secs(30), || {
+        if is_leader(&c.agents[holder]) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    eprintln!("takeover after SIGKILL: {:?}", t.elapsed());
+    let before = metric(&c.agents[holder], "multicloud_agent_status_writes_total").unwrap_or(0.0);
+    // The new holder writes: delete the condition list and see it come back.
+    c.cp.kubectl_ok(&["delete", "imc", &peer]);
+    kube_mesh::link(c.cp, &[(SimCluster(128), 9, "not a pem".into())]);
+    wait_until("the new holder to write the status", Duration::from_secs(30), || {
+        let n = metric(&c.agents[holder], "multicloud_agent_status_writes_total").unwrap_or(0.0);
+        if n > before && c.imc_status(&peer)["conditions"].as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(())
+        } else {
+            Err(format!("writes {n}"))
+        }
+    });
+}
+
+/// deploy/'s identity can do what the agent needs and nothing else: the key
+/// Secret created once and reused, the WasmPlugin's `pluginConfig` written,
+/// and 403 for other Secrets, Services, and deleting the key.
+#[test]
+fn least_privilege_key_secret_and_wasmplugin_with_deploys_identity() {
+    let sim = SimCluster(125);
+    let opts = KubeMeshOptions { replicas: 1, install_args: vec!["--wasmplugin".into()], ..Default::default() };
+    let mut c = start_kube_mesh(&[sim], opts).pop().unwrap();
+    let cp = c.cp;
+    let kc = c.agent_kubeconfig.clone();
+
+    // The key Secret: created by the first replica, reused by the next.
+    let secret = cp.get_json(&["secret", "istio-multicloud-federation-key", "-n", "istio-system"]).expect("created on first start");
+    let rv = secret["metadata"]["resourceVersion"].clone();
+    let second = c.start_replica("agent-1");
+    let again = cp.get_json(&["secret", "istio-multicloud-federation-key", "-n", "istio-system"]).unwrap();
+    assert_eq!(again["metadata"]["resourceVersion"], rv, "the second replica reused the key Secret");
+    c.agents.push(second);
+
+    // The WasmPlugin (deploy/'s wasmplugin variant): the holder writes the
+    // edge configuration into spec.pluginConfig, under its field manager.
+    let plugin = wait_until("the WasmPlugin's pluginConfig", Duration::from_secs(60), || {
+        let w = cp.get_json(&["wasmplugin", "multicloud-edge", "-n", "istio-system"]).ok_or("no WasmPlugin")?;
+        if w["spec"]["pluginConfig"].to_string().contains(&c.uuid) {
+            Ok(w)
+        } else {
+            Err(w["spec"].to_string())
+        }
+    });
+    let managers = plugin["metadata"]["managedFields"].to_string();
+    assert!(managers.contains("istio-multicloud-agent"), "{managers}");
+    assert!(plugin["spec"]["url"].as_str().is_some_and(|u| !u.is_empty()), "the operator's url is kept");
+
+    // Refused (403) for what it must not do.
+    cp.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated, namespace: istio-system}\nstringData: {password: hunter2}\n")
+        .unwrap();
+    let refused: &[(&str, &[&str])] = &[
+        ("read another Secret", &["get", "secret", "unrelated", "-n", "istio-system"]),
+        ("list Secrets", &["get", "secrets", "-n", "istio-system"]),
+        ("read Secrets in kube-system", &["get", "secrets", "-n", "kube-system"]),
+        ("delete the key Secret (an operator's step)", &["delete", "secret", "istio-multicloud-federation-key", "-n", "istio-system"]),
+        ("create a Service", &["create", "service", "clusterip", "intruder", "--tcp=80:80", "-n", "istio-system"]),
+        ("patch a Service", &["label", "service", "istio-ingressgateway", "-n", "istio-system", "x=y"]),
+        ("write an IstioMulticloud's spec", &["label", "imc", "--all", "x=y"]),
+        ("create a Pod", &["run", "intruder", "--image=busybox", "-n", "istio-system"]),
+    ];
+    // The last one needs an object to label.
+    kube_mesh::link(cp, &[(SimCluster(127), 9, "not a pem".into())]);
+    // The API server loads admission policies asynchronously: wait until a
+    // server-side dry run (which passes admission) of the key's deletion is refused.
+    wait_until("deploy/'s ValidatingAdmissionPolicy to be in force", Duration::from_secs(30), || {
+        let out =
+            cp.kubectl_as(&kc, &["delete", "secret", "istio-multicloud-federation-key", "-n", "istio-system", "--dry-run=server"], None);
+        if forbidden(&out) {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    for (what, args) in refused {
+        let out = cp.kubectl_as(&kc, args, None);
+        assert!(forbidden(&out), "deploy/'s agent identity may not {what}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // And allowed what it needs (the same identity, for contrast).
+    for args in [&["get", "imc"][..], &["get", "lease", "istio-multicloud-agent", "-n", "istio-system"]] {
+        let out = cp.kubectl_as(&kc, args, None);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
