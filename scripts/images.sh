@@ -69,8 +69,9 @@ fi
 
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct HEAD)}
 revision=$(git rev-parse HEAD)
-# A tree with uncommitted changes is not the commit: say so in the label.
-[[ -z "$(git status --porcelain --untracked-files=normal)" ]] || revision+=-dirty
+# A tree with uncommitted changes to tracked files is not the commit: say so
+# in the label.
+[[ -z "$(git status --porcelain --untracked-files=no)" ]] || revision+=-dirty
 version=$("$agent" --version | awk '{print $2}')
 licenses=$(sed -n 's/^license = "\(.*\)"/\1/p' Cargo.toml | head -1)
 src_url=${MULTICLOUD_IMAGE_SOURCE:-https://github.com/istio-multicloud/istio-multicloud}
