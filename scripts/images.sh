@@ -83,7 +83,7 @@ fi
 images=$tdir/debug/multicloud-images
 common=(--version "$version" --revision "$revision" --source "$src_url" --licenses "$licenses" --out "$out")
 mkdir -p "$out"
-"$images" agent --binary "$agent" --ca-bundle "$ca" --ca-origin "$ca_origin" "${common[@]}" >/dev/null
+"$images" agent --binary "$agent" --wasm "$wasm" --ca-bundle "$ca" --ca-origin "$ca_origin" "${common[@]}" >/dev/null
 "$images" filter --wasm "$wasm" "${common[@]}" >/dev/null
 log "images in $out (version $version, revision $revision, SOURCE_DATE_EPOCH $SOURCE_DATE_EPOCH)"
 printf 'agent  %s  %s\n' "$(cat "$out/agent.digest")" "$out/agent.tar"

@@ -53,6 +53,9 @@ pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// this uid/gid (`restricted` Pod Security Standard).
 pub const AGENT_UID: u32 = 65532;
 pub const AGENT_BINARY: &str = "/usr/local/bin/multicloud-agent";
+/// The filter module in the agent's image: deploy/'s `--filter-module` sends
+/// it to the gateway inside the filter's ECDS resource.
+pub const AGENT_FILTER_MODULE: &str = "/usr/share/istio-multicloud/multicloud_filter.wasm";
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 pub fn sha256_hex(b: &[u8]) -> String {
@@ -398,8 +401,10 @@ fn passwd_group() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// The agent's image: `binary` (static) at [`AGENT_BINARY`] as the
-/// entrypoint, `ca_bundle` at [`CA_BUNDLE`], user 65532:65532.
-pub fn agent_image(binary: &[u8], ca_bundle: &[u8], ca_origin: &str, arch: &str, meta: &Meta) -> Result<Layout> {
+/// entrypoint, the filter module at [`AGENT_FILTER_MODULE`], `ca_bundle` at
+/// [`CA_BUNDLE`], user 65532:65532.
+pub fn agent_image(binary: &[u8], wasm: &[u8], ca_bundle: &[u8], ca_origin: &str, arch: &str, meta: &Meta) -> Result<Layout> {
+    ensure!(wasm.starts_with(b"\0asm"), "the filter module is not a WebAssembly module");
     let (passwd, group) = passwd_group();
     let base = vec![
         Entry::dir("etc", 0o755),
@@ -415,6 +420,9 @@ pub fn agent_image(binary: &[u8], ca_bundle: &[u8], ca_origin: &str, arch: &str,
         Entry::dir("usr/local", 0o755),
         Entry::dir("usr/local/bin", 0o755),
         Entry::file(AGENT_BINARY.trim_start_matches('/'), 0o755, binary.to_vec()),
+        Entry::dir("usr/share", 0o755),
+        Entry::dir("usr/share/istio-multicloud", 0o755),
+        Entry::file(AGENT_FILTER_MODULE.trim_start_matches('/'), 0o644, wasm.to_vec()),
     ];
     let mut layout = Layout::new();
     let mut layers = Vec::new();
@@ -443,7 +451,7 @@ pub fn agent_image(binary: &[u8], ca_bundle: &[u8], ca_origin: &str, arch: &str,
                 created: created.clone(),
                 created_by: format!("multicloud-images: /etc/passwd, /etc/group, {CA_BUNDLE} ({ca_origin})"),
             },
-            History { created, created_by: format!("multicloud-images: {AGENT_BINARY} (static)") },
+            History { created, created_by: format!("multicloud-images: {AGENT_BINARY} (static), {AGENT_FILTER_MODULE}") },
         ],
     };
     let config = layout.add(OCI_CONFIG, json(&config)?, BTreeMap::new());

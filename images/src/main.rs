@@ -56,6 +56,10 @@ enum Cmd {
         /// The static agent binary.
         #[arg(long)]
         binary: PathBuf,
+        /// The built filter module (target/filter/multicloud_filter.wasm), which
+        /// the agent sends to the gateway (`--filter-module`).
+        #[arg(long)]
+        wasm: PathBuf,
         /// The CA bundle to install as /etc/ssl/certs/ca-certificates.crt.
         #[arg(long)]
         ca_bundle: PathBuf,
@@ -99,8 +103,8 @@ fn emit(name: &str, layout: &Layout, m: &MetaArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Agent { binary, ca_bundle, ca_origin, arch, meta } => {
-            let l = agent_image(&read(&binary)?, &read(&ca_bundle)?, &ca_origin, &arch, &meta.meta())?;
+        Cmd::Agent { binary, wasm, ca_bundle, ca_origin, arch, meta } => {
+            let l = agent_image(&read(&binary)?, &read(&wasm)?, &read(&ca_bundle)?, &ca_origin, &arch, &meta.meta())?;
             emit("agent", &l, &meta)
         }
         Cmd::Filter { wasm, root_id, meta } => {

@@ -13,8 +13,8 @@
 use multicloud_e2e::registry::{self, OCI_MANIFEST};
 use multicloud_e2e::{hosts, paths, SimCluster};
 use multicloud_images::{
-    digest_of, gunzip, untar, Entry, ImageConfig, Layout, WasmRuntimeConfig, AGENT_BINARY, CA_BUNDLE, OCI_CONFIG, OCI_LAYER_GZIP,
-    WASM_CONFIG, WASM_CONTENT,
+    digest_of, gunzip, untar, Entry, ImageConfig, Layout, WasmRuntimeConfig, AGENT_BINARY, AGENT_FILTER_MODULE, CA_BUNDLE, OCI_CONFIG,
+    OCI_LAYER_GZIP, WASM_CONFIG, WASM_CONTENT,
 };
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -48,7 +48,8 @@ fn agent_files() -> (ImageConfig, Vec<Vec<Entry>>) {
 
 /// The config runs the entrypoint as the non-root uid/gid that
 /// deploy/base/agent.yaml declares, carries the OCI labels, and the layers
-/// hold the CA bundle, passwd/group and the binary: no shell, nothing else,
+/// hold the CA bundle, passwd/group, the binary and the filter module it
+/// sends to the gateway: no shell, nothing else,
 /// every entry owned by 0:0 and stamped with the image's creation time.
 #[test]
 fn the_agent_image_is_non_root_and_holds_only_its_binary_and_ca_bundle() {
@@ -84,7 +85,13 @@ fn the_agent_image_is_non_root_and_holds_only_its_binary_and_ca_bundle() {
             files.insert(e.path.as_str());
         }
     }
-    let want = ["etc/group", "etc/passwd", CA_BUNDLE.trim_start_matches('/'), AGENT_BINARY.trim_start_matches('/')];
+    let want = [
+        "etc/group",
+        "etc/passwd",
+        CA_BUNDLE.trim_start_matches('/'),
+        AGENT_BINARY.trim_start_matches('/'),
+        AGENT_FILTER_MODULE.trim_start_matches('/'),
+    ];
     assert_eq!(files, BTreeSet::from(want), "the image's files");
     let file = |p: &str| layers.iter().flatten().find(|e| e.path == p.trim_start_matches('/')).unwrap();
     let bundle = String::from_utf8(file(CA_BUNDLE).data.clone()).unwrap();
@@ -92,6 +99,10 @@ fn the_agent_image_is_non_root_and_holds_only_its_binary_and_ca_bundle() {
     let passwd = String::from_utf8(file("/etc/passwd").data.clone()).unwrap();
     assert!(passwd.contains(&format!(":{}:{}:", sc["runAsUser"], sc["runAsGroup"])), "{passwd}");
     assert_eq!(file(AGENT_BINARY).mode & 0o7777, 0o755);
+    // The module deploy/'s `--filter-module` names, byte for byte the built one.
+    let ds_args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(ds_args.contains(&format!("--filter-module={AGENT_FILTER_MODULE}")), "deploy/ sends this module: {ds_args}");
+    assert_eq!(file(AGENT_FILTER_MODULE).data, std::fs::read(paths::filter_wasm()).unwrap(), "the built filter module");
 }
 
 /// Whether an ELF64 file has a PT_INTERP program header (asks for a dynamic loader).
