@@ -100,6 +100,7 @@ impl ControlPlane {
             return p;
         }
         let p: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start(sim)));
+        remove_at_exit(p.dir.clone());
         planes.push(p);
         p
     }
@@ -316,6 +317,31 @@ impl Drop for ControlPlane {
         self.apiserver.lock().unwrap_or_else(|e| e.into_inner()).kill();
         self.etcd.lock().unwrap_or_else(|e| e.into_inner()).kill();
     }
+}
+
+/// A shared control plane is never dropped, so its directory (etcd's data,
+/// about 120 MB with the WAL preallocated) would outlive the test process:
+/// remove it when the process exits (the processes in it die with the
+/// process, by their parent-death signal).
+fn remove_at_exit(dir: PathBuf) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_dirs() {
+        if let Ok(dirs) = DIRS.lock() {
+            for d in dirs.iter() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn` that only removes
+        // directories; atexit(3) runs it once when the process exits.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(remove_dirs);
+        }
+    });
 }
 
 enum User<'a> {
