@@ -252,6 +252,8 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
                 upstream_ca: Some(cp.ca_pem.clone()),
             }),
         });
+        let mut spec = spec;
+        add_mesh_port_stand_in(&mut spec, sim, &id, mesh_port);
         let gateway = Envoy::start_all(vec![spec]).pop().expect("gateway");
         out.push(KubeCluster {
             sim,
@@ -270,4 +272,55 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         });
     }
     out
+}
+
+/// What istiod programs on a gateway's mesh port under Istio
+/// (`AUTO_PASSTHROUGH`: TLS passed through by SNI to the service's
+/// endpoint, whose sidecar terminates it with a workload certificate from
+/// this cluster's root), written into the gateway's bootstrap since no
+/// istiod runs in this tier: `outbound_.80_._.foo.abc.svc.cluster.local` on
+/// the mesh port goes to a listener standing in for foo's sidecar (mTLS with
+/// `abc/foo`'s certificate), which forwards to the upstream.
+fn add_mesh_port_stand_in(spec: &mut crate::envoy::EnvoySpec, sim: SimCluster, id: &ClusterIdentity, mesh_port: u16) {
+    let ip = sim.ip(hosts::GATEWAY);
+    let inbound = free_port(ip);
+    let (cert, key) = id.workload_cert("abc", "foo");
+    let q = |s: &str| serde_json::to_string(s).expect("json");
+    let listeners = format!(
+        r#"  - name: mesh_passthrough_stand_in
+    address: {{socket_address: {{address: {ip}, port_value: {mesh_port}}}}}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+    filter_chains:
+    - filter_chain_match: {{server_names: ["outbound_.80_._.foo.abc.svc.cluster.local"]}}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: mesh, cluster: foo_sidecar}}
+  - name: foo_sidecar_stand_in
+    address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{inline_string: {cert}}}
+              private_key: {{inline_string: {key}}}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: foo_inbound, cluster: local_upstream}}
+"#,
+        cert = q(&cert),
+        key = q(&key),
+    );
+    let clusters = format!(
+        "  - name: foo_sidecar\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: foo_sidecar\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}}}\n"
+    );
+    spec.bootstrap = spec.bootstrap.replacen("  listeners:\n", &format!("  listeners:\n{listeners}"), 1).replacen(
+        "  clusters:\n",
+        &format!("  clusters:\n{clusters}"),
+        1,
+    );
 }
