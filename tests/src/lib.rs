@@ -22,6 +22,7 @@ pub mod envoy;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod istio;
 pub mod kube;
 pub mod kube_mesh;
 pub mod mesh;
@@ -56,6 +57,8 @@ pub mod hosts {
     pub const UPSTREAM: u8 = 9;
     pub const APISERVER: u8 = 10;
     pub const ETCD: u8 = 11;
+    /// istiod (real tier, tests/src/istio.rs).
+    pub const ISTIOD: u8 = 20;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming
