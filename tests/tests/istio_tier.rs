@@ -9,9 +9,12 @@
 //! gateways' Envoy admin on 127.0.0.1 and their health/Prometheus/status
 //! ports on 0.0.0.0, all chosen at run time).
 
+use multicloud_e2e::agent::{Agent, AgentOptions, KubeMode};
+use multicloud_e2e::fixtures::{free_port, EdgeCa};
 use multicloud_e2e::istio::{self, GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
+use multicloud_e2e::kube_mesh::{daemonset_args, install};
+use multicloud_e2e::{dump, hosts, mtls, wait_until, SimCluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -97,7 +100,16 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
         let hs: Vec<_> = cps
             .iter()
             .zip(&istiods)
-            .map(|(cp, istiod)| s.spawn(move || IstioGateway::start(cp, istiod, GatewayOptions::default())))
+            .map(|(cp, istiod)| {
+                // The Service's 443 -> a run-time port: where istiod binds the
+                // gateway's listener for a Gateway server on 443.
+                // The mesh TLS port (15443) is what the agent publishes as the
+                // gateway's address; nothing serves it in this step.
+                let any = std::net::Ipv4Addr::UNSPECIFIED;
+                let ports = vec![("https".into(), 443, free_port(any)), ("tls".into(), 15443, free_port(any))];
+                let opts = GatewayOptions { service_ports: ports, ..Default::default() };
+                s.spawn(move || IstioGateway::start(cp, istiod, opts))
+            })
             .collect();
         hs.into_iter().map(|h| h.join().expect("gateway start")).collect()
     });
@@ -183,7 +195,24 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     }
     eprintln!("FIGURES control planes {t_kube:?}; both gateways (parallel) {t_gw:?}; test so far {:?}", t0.elapsed());
 
-    // 3. Stopping by PID leaves nothing behind: the gateway's Envoy goes with
+    // 3. The edge filter attached to the istiod-run gateway by deploy/'s own
+    //    EnvoyFilter (rendered by `multicloud-agent install`), configured by
+    //    the agent in Kubernetes mode over its mTLS xDS port (the gateway
+    //    presents the certificate istiod signed, served by pilot-agent as SDS
+    //    `default` on `sds-grpc`): the gateway serves public.json with the
+    //    root istiod wrote.
+    let t_edge = Instant::now();
+    let (cp, gw) = (cps[0], &gateways[0]);
+    let (_agent, public) = edge_through_istiod(cp, gw);
+    assert_eq!(public["rootCA"].as_str().map(str::trim), Some(roots[0].trim()), "public.json carries the root istiod wrote");
+    let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].clone();
+    assert_eq!(public["clusterUUID"], uuid, "the cluster UUID is kube-system's UID");
+    assert!(public["authnKeyPub"].as_str().unwrap_or("").contains("BEGIN PUBLIC KEY"), "{public}");
+    let rejected: Vec<_> = gw.stats_ending(".update_rejected").into_iter().filter(|(_, v)| *v > 0).collect();
+    assert!(rejected.is_empty(), "the gateway accepted deploy/'s EnvoyFilter as istiod rendered it: {rejected:?}");
+    eprintln!("FIGURES edge filter through istiod: {:?}", t_edge.elapsed());
+
+    // 4. Stopping by PID leaves nothing behind: the gateway's Envoy goes with
     //    pilot-agent, istiod's ports are free again.
     for gw in &mut gateways {
         let envoy = gw.envoy_pid().expect("the gateway's Envoy runs under pilot-agent");
@@ -202,4 +231,109 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
         istiod.stop(Duration::from_secs(10));
         assert!(listening(pid).is_empty(), "istiod's ports are closed");
     }
+}
+
+/// deploy/ installed as an operator installs it (`multicloud-agent install
+/// --metadata-host`, server-side applied), the agent run with the
+/// DaemonSet's args and deploy/'s ServiceAccount, and the one thing a
+/// loopback test bed cannot have: DNS for the Service name
+/// `multicloud-agent-xds.istio-system.svc.cluster.local` that the
+/// EnvoyFilter's cluster resolves (STRICT_DNS through the host's resolver).
+/// The test replaces that address and port, in the rendered EnvoyFilter and
+/// nowhere else, with the agent's loopback xDS address. Returns the agent and
+/// the public.json the gateway served.
+fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_json::Value) {
+    let sim = cp.sim;
+    let host = format!("metadata.cluster-{}.example", sim.0);
+    let rendered = install(&[format!("--metadata-host={host}")]);
+    let adir = Agent::prepare(sim);
+    let xds_port = free_port(sim.ip(hosts::AGENT));
+    // The agent's test-bed starter reuses a port written here (tests/src/agent.rs).
+    std::fs::write(adir.path().join("xds-port"), xds_port.to_string()).expect("write xds port");
+    let service = "address: multicloud-agent-xds.istio-system.svc.cluster.local";
+    assert_eq!(rendered.matches(service).count(), 1, "the EnvoyFilter's cluster names the agent's Service once");
+    assert_eq!(rendered.matches("port_value: 15011").count(), 1);
+    let local = rendered
+        .replace(service, &format!("address: {}", sim.ip(hosts::AGENT)))
+        .replace("port_value: 15011", &format!("port_value: {xds_port}"));
+    cp.apply(&local).expect("install output applies");
+
+    // What a cloud controller writes: the gateway Service's address (the
+    // agent publishes it); what an operator provides: the metadata host's
+    // certificate (deploy/components/metadata-route).
+    cp.kubectl_ok(&[
+        "patch",
+        "service",
+        "istio-ingressgateway",
+        "-n",
+        "istio-system",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{}\"}}]}}}}}}", gw.ip),
+    ]);
+    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
+    let (cert, key) = edge_ca.server_cert_dns(&host);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.crt"), cert).expect("write");
+    std::fs::write(dir.path().join("tls.key"), key).expect("write");
+    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    cp.kubectl_ok(&[
+        "create",
+        "secret",
+        "tls",
+        "multicloud-metadata-tls",
+        "-n",
+        "istio-system",
+        &format!("--cert={}", c.display()),
+        &format!("--key={}", k.display()),
+    ]);
+
+    // The agent, as the DaemonSet runs it, with deploy/'s ServiceAccount.
+    let kubeconfig = dir.path().join("agent.kubeconfig");
+    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
+    std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
+    let agent = Agent::start(
+        adir,
+        AgentOptions {
+            cluster: sim,
+            standalone: String::new(),
+            ecds_file: dir.path().join("edge.pb"),
+            refresh_seconds: 1,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 1000,
+            workload_cert: None,
+            api_proxy_credential: None,
+            extra_args: vec![
+                "--api-proxy-credential".into(),
+                dir.path().join("api-proxy-token").display().to_string(),
+                "--facts-seconds=1".into(),
+            ],
+            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args: daemonset_args(&rendered) }),
+        },
+    );
+    assert_eq!(agent.xds_addr().port(), xds_port);
+
+    // The gateway's listener for the Gateway's 443 is on the Service's targetPort.
+    let https = gw.opts.service_ports.iter().find(|(n, _, _)| n == "https").map(|(_, _, t)| *t).expect("https port");
+    let addr = std::net::SocketAddr::from((gw.ip, https));
+    let ca = edge_ca.pem();
+    let public = wait_until(&format!("cluster {}: https://{host}/metadata/public/public.json through the gateway", sim.0), Duration::from_secs(60), || {
+        match mtls::get_from(addr, &host, Some(&ca), None, &host, "/metadata/public/public.json", &[]) {
+            mtls::Outcome::Http(200, body) => {
+                let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(body.len().saturating_sub(1))];
+                serde_json::from_str::<serde_json::Value>(json).map_err(|e| format!("{e}: {body}"))
+            }
+            other => Err(format!("{other:?}; agent /xds: {}", agent.xds_view())),
+        }
+    });
+    // The gateway, and only it, is connected to the agent, as the gateway identity.
+    let view = agent.xds_view();
+    let proxies = view["proxies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(proxies.len(), 1, "{view}");
+    assert_eq!(proxies[0]["group"], "gateway");
+    assert_eq!(proxies[0]["identity"], "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account");
+    assert!(proxies[0]["node_id"].as_str().unwrap_or("").starts_with("router~"), "{view}");
+    assert_eq!(view["nacks"], 0, "{view}");
+    (agent, public)
 }
