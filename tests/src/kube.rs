@@ -92,16 +92,22 @@ fn b64(s: &str) -> String {
 impl ControlPlane {
     /// The control plane of `sim`, started once per test binary and shared
     /// by its tests.
+    ///
+    /// Clusters start concurrently (the registry's lock is not held while one
+    /// starts). A shared control plane is never dropped (it is `'static`), so
+    /// its processes are stopped and its directory (etcd's data, ~120 MB) is
+    /// removed when the test process exits ([`crate::at_exit`]).
     pub fn shared(sim: SimCluster) -> &'static ControlPlane {
-        static PLANES: OnceLock<Mutex<Vec<&'static ControlPlane>>> = OnceLock::new();
-        let planes = PLANES.get_or_init(Default::default);
-        let mut planes = planes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = planes.iter().find(|p| p.sim == sim) {
-            return p;
-        }
-        let p: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start(sim)));
-        planes.push(p);
-        p
+        static PLANES: crate::Shared<ControlPlane> = crate::Shared::new();
+        PLANES.get_or_start(sim, || {
+            let p: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start(sim)));
+            crate::at_exit(move || {
+                p.apiserver.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                p.etcd.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                let _ = std::fs::remove_dir_all(&p.dir);
+            });
+            p
+        })
     }
 
     /// Shared control planes of several clusters, started in parallel.
