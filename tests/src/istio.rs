@@ -33,7 +33,7 @@ use crate::{hosts, http, paths, wait_until, SimCluster};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long istiod may take to become ready (measured here: 1-3 s on an idle
@@ -104,16 +104,17 @@ pub fn istiod_mesh_config(discovery: SocketAddr) -> String {
 
 impl Istiod {
     /// The istiod of `cp`'s cluster, started once per test binary.
+    /// Stopped, and its directory removed, when the test process exits.
     pub fn shared(cp: &'static ControlPlane) -> &'static Istiod {
-        static ALL: OnceLock<Mutex<Vec<&'static Istiod>>> = OnceLock::new();
-        let all = ALL.get_or_init(Default::default);
-        let mut all = all.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = all.iter().find(|i| i.sim == cp.sim) {
-            return i;
-        }
-        let i: &'static Istiod = Box::leak(Box::new(Istiod::start(cp)));
-        all.push(i);
-        i
+        static ALL: crate::Shared<Istiod> = crate::Shared::new();
+        ALL.get_or_start(cp.sim, || {
+            let i: &'static Istiod = Box::leak(Box::new(Istiod::start(cp)));
+            crate::at_exit(move || {
+                i.proc.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                let _ = std::fs::remove_dir_all(i.dir.path());
+            });
+            i
+        })
     }
 
     /// Shared istiods of several clusters, started in parallel.
@@ -158,8 +159,7 @@ impl Istiod {
             .stderr(log);
         let t0 = Instant::now();
         let proc = procs::spawn(cmd).expect("spawn pilot-discovery");
-        let mut istiod =
-            Istiod { sim, cluster_id, addrs, started_in: Duration::ZERO, proc: Mutex::new(proc), dir };
+        let mut istiod = Istiod { sim, cluster_id, addrs, started_in: Duration::ZERO, proc: Mutex::new(proc), dir };
         istiod.wait_ready();
         istiod.started_in = t0.elapsed();
         istiod
@@ -315,7 +315,7 @@ pub struct IstioGateway {
 
 /// The proxy config the gateway's pilot-agent reads (mesh config file,
 /// `defaultConfig`), each field for a reason (docs/istio.md, "Gateways").
-pub fn gateway_mesh_config(istiod: &Istiod, envoy_wrapper: &Path, ports: &GatewayPorts) -> String {
+pub fn gateway_mesh_config(istiod: &Istiod, dir: &Path, envoy_wrapper: &Path, ports: &GatewayPorts) -> String {
     let template = paths::istio_bootstrap_template();
     format!(
         "# Written by the test bed (tests/src/istio.rs); see docs/istio.md.\n\
@@ -328,6 +328,9 @@ pub fn gateway_mesh_config(istiod: &Istiod, envoy_wrapper: &Path, ports: &Gatewa
          \x20 # Istio's bootstrap template from the pinned module (the image has it at\n\
          \x20 # /var/lib/istio/envoy/envoy_bootstrap_tmpl.json).\n\
          \x20 proxyBootstrapTemplatePath: {template}\n\
+         \x20 # Absolute, so that Envoy's command line (-c <configPath>/envoy-rev.json)\n\
+         \x20 # names this directory (scripts/test.sh looks for leftovers by it).\n\
+         \x20 configPath: {config_path}\n\
          \x20 proxyAdminPort: {admin}\n\
          \x20 statusPort: {status}\n\
          \x20 # Two workers, not one per host CPU.\n\
@@ -338,6 +341,7 @@ pub fn gateway_mesh_config(istiod: &Istiod, envoy_wrapper: &Path, ports: &Gatewa
         discovery = istiod.addrs.secure_grpc,
         binary = envoy_wrapper.display(),
         template = template.display(),
+        config_path = dir.join("etc/istio/proxy").display(),
         admin = ports.admin,
         status = ports.agent_status,
     )
@@ -391,10 +395,7 @@ impl IstioGateway {
         // What the pod would have mounted, at pilot-agent's relative paths.
         let root = published_root(cp, ISTIOD_READY);
         let token = cp.kubectl_ok(&["create", "token", GATEWAY_SA, "-n", "istio-system", "--audience=istio-ca", "--duration=3600s"]);
-        for (rel, text) in [
-            ("var/run/secrets/istio/root-cert.pem", root.as_str()),
-            ("var/run/secrets/tokens/istio-token", token.trim()),
-        ] {
+        for (rel, text) in [("var/run/secrets/istio/root-cert.pem", root.as_str()), ("var/run/secrets/tokens/istio-token", token.trim())] {
             let p = d.join(rel);
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(&p, text).expect("write");
@@ -408,7 +409,7 @@ impl IstioGateway {
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         std::fs::create_dir_all(d.join("etc/istio/config")).expect("mkdir");
         std::fs::create_dir_all(d.join("out")).expect("mkdir");
-        std::fs::write(d.join("etc/istio/config/mesh"), gateway_mesh_config(istiod, &wrapper, &ports)).expect("write mesh");
+        std::fs::write(d.join("etc/istio/config/mesh"), gateway_mesh_config(istiod, d, &wrapper, &ports)).expect("write mesh");
         let labels_json = serde_json::to_string(&opts.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()).expect("json");
 
         let log = std::fs::File::create(d.join("pilot-agent.log")).expect("log");
@@ -418,6 +419,9 @@ impl IstioGateway {
             .env("PATH", "/usr/bin:/bin")
             .envs(gateway_env(sim, ip, &opts, &ports, &labels_json))
             .args(["proxy", "router", "--proxyLogLevel=warning"])
+            // Absolute (the default is the same file, relative): names the
+            // directory on the command line.
+            .arg(format!("--meshConfig={}", d.join("etc/istio/config/mesh").display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -34,12 +34,7 @@ fn verifies(root: &str, chain: &str, dir: &std::path::Path) -> Result<(), String
     let (r, c) = (dir.join("verify-root.pem"), dir.join("verify-chain.pem"));
     std::fs::write(&r, root).expect("write");
     std::fs::write(&c, chain).expect("write");
-    let out = Command::new("openssl")
-        .args(["verify", "-purpose", "any", "-CAfile"])
-        .arg(&r)
-        .arg(&c)
-        .output()
-        .expect("openssl");
+    let out = Command::new("openssl").args(["verify", "-purpose", "any", "-CAfile"]).arg(&r).arg(&c).output().expect("openssl");
     if out.status.success() {
         Ok(())
     } else {
@@ -123,10 +118,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
             gw.workload_cert_pem().ok_or_else(|| "not written yet".to_string())
         });
         let sans = uri_sans(&chain);
-        assert!(
-            sans.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"),
-            "cluster {n}: {sans}"
-        );
+        assert!(sans.contains("URI:spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"), "cluster {n}: {sans}");
         verifies(&roots[i], &chain, gw.dir()).unwrap_or_else(|e| panic!("cluster {n}: chains to its istiod's root: {e}"));
         assert!(verifies(&roots[1 - i], &chain, gw.dir()).is_err(), "cluster {n}: must not chain to the other cluster's root");
 
@@ -210,12 +202,20 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     assert!(public["authnKeyPub"].as_str().unwrap_or("").contains("BEGIN PUBLIC KEY"), "{public}");
     let rejected: Vec<_> = gw.stats_ending(".update_rejected").into_iter().filter(|(_, v)| *v > 0).collect();
     assert!(rejected.is_empty(), "the gateway accepted deploy/'s EnvoyFilter as istiod rendered it: {rejected:?}");
+    let log = istiods[0].log();
+    assert!(
+        !log.contains("failed to build envoy filter value"),
+        "istiod applied every patch of deploy/'s EnvoyFilter: {}",
+        log.lines().filter(|l| l.contains("envoyfilter")).collect::<Vec<_>>().join("\n")
+    );
     eprintln!("FIGURES edge filter through istiod: {:?}", t_edge.elapsed());
 
     // 4. Stopping by PID leaves nothing behind: the gateway's Envoy goes with
     //    pilot-agent, istiod's ports are free again.
     for gw in &mut gateways {
         let envoy = gw.envoy_pid().expect("the gateway's Envoy runs under pilot-agent");
+        let cmdline = std::fs::read(format!("/proc/{envoy}/cmdline")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        assert!(cmdline.contains(&gw.dir().display().to_string()), "Envoy's command line names its gateway's directory: {cmdline}");
         gw.kill();
         wait_until("the gateway's Envoy is gone", Duration::from_secs(10), || {
             let alive = std::fs::read_to_string(format!("/proc/{envoy}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false);
@@ -318,15 +318,17 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     let https = gw.opts.service_ports.iter().find(|(n, _, _)| n == "https").map(|(_, _, t)| *t).expect("https port");
     let addr = std::net::SocketAddr::from((gw.ip, https));
     let ca = edge_ca.pem();
-    let public = wait_until(&format!("cluster {}: https://{host}/metadata/public/public.json through the gateway", sim.0), Duration::from_secs(60), || {
-        match mtls::get_from(addr, &host, Some(&ca), None, &host, "/metadata/public/public.json", &[]) {
+    let public = wait_until(
+        &format!("cluster {}: https://{host}/metadata/public/public.json through the gateway", sim.0),
+        Duration::from_secs(60),
+        || match mtls::get_from(addr, &host, Some(&ca), None, &host, "/metadata/public/public.json", &[]) {
             mtls::Outcome::Http(200, body) => {
                 let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(body.len().saturating_sub(1))];
                 serde_json::from_str::<serde_json::Value>(json).map_err(|e| format!("{e}: {body}"))
             }
             other => Err(format!("{other:?}; agent /xds: {}", agent.xds_view())),
-        }
-    });
+        },
+    );
     // The gateway, and only it, is connected to the agent, as the gateway identity.
     let view = agent.xds_view();
     let proxies = view["proxies"].as_array().cloned().unwrap_or_default();
