@@ -128,6 +128,12 @@ impl Istiod {
     /// Starts istiod for `cp`'s cluster (Istio's CRDs and istio-system first)
     /// and waits for `/ready`.
     pub fn start(cp: &ControlPlane) -> Istiod {
+        Istiod::start_with_env(cp, ISTIOD_ENV)
+    }
+
+    /// [`Istiod::start`] with `env` instead of [`ISTIOD_ENV`] (e.g. without
+    /// the switches, to show what vanilla Envoy then refuses).
+    pub fn start_with_env(cp: &ControlPlane, env: &[(&str, &str)]) -> Istiod {
         cp.install_prerequisites();
         let sim = cp.sim;
         let ip = sim.ip(hosts::ISTIOD);
@@ -141,7 +147,7 @@ impl Istiod {
         cmd.current_dir(dir.path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .envs(ISTIOD_ENV.iter().copied())
+            .envs(env.iter().copied())
             .arg("discovery")
             .arg(format!("--kubeconfig={}", cp.admin_kubeconfig().display()))
             .arg("--meshConfig=mesh.yaml")
@@ -274,6 +280,13 @@ pub struct GatewayOptions {
     /// Service's targetPort for the server's port (443 -> a run-time port),
     /// as in a real cluster (443 -> 8443).
     pub service_ports: Vec<(String, u16, u16)>,
+    /// Host number in the cluster's range (the proxy's address).
+    pub host: u8,
+    /// The Service that selects it (`istio-ingressgateway`), or none.
+    pub service: Option<String>,
+    /// Wait for pilot-agent's readiness (Envoy ready with its first
+    /// configuration) before returning.
+    pub wait_ready: bool,
 }
 
 impl Default for GatewayOptions {
@@ -282,6 +295,9 @@ impl Default for GatewayOptions {
             name: "istio-ingressgateway-0".into(),
             labels: vec![("istio".into(), "ingressgateway".into())],
             service_ports: vec![],
+            host: hosts::GATEWAY,
+            service: Some("istio-ingressgateway".into()),
+            wait_ready: true,
         }
     }
 }
@@ -355,7 +371,7 @@ impl IstioGateway {
     /// certificate and first configuration).
     pub fn start(cp: &ControlPlane, istiod: &Istiod, opts: GatewayOptions) -> IstioGateway {
         let sim = cp.sim;
-        let ip = sim.ip(hosts::GATEWAY);
+        let ip = sim.ip(opts.host);
         let any = Ipv4Addr::UNSPECIFIED;
         let ports = GatewayPorts {
             admin: crate::fixtures::free_port(Ipv4Addr::LOCALHOST),
@@ -381,14 +397,18 @@ impl IstioGateway {
              subjects: [{{kind: ServiceAccount, name: {GATEWAY_SA}, namespace: istio-system}}]\n\
              ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
              metadata: {{name: {name}, namespace: istio-system, labels: {{{labels_yaml}}}}}\n\
-             spec: {{address: {ip}, labels: {{{labels_yaml}}}, serviceAccount: {GATEWAY_SA}}}\n\
-             ---\napiVersion: v1\nkind: Service\n\
-             metadata: {{name: istio-ingressgateway, namespace: istio-system, labels: {{{labels_yaml}}}}}\n\
-             spec: {{type: LoadBalancer, selector: {{{labels_yaml}}}, ports: [{ports}]}}\n",
+             spec: {{address: {ip}, labels: {{{labels_yaml}}}, serviceAccount: {GATEWAY_SA}}}\n",
             name = opts.name,
-            ports = svc_ports.join(", "),
         ))
-        .expect("gateway ServiceAccount, WorkloadEntry, Service");
+        .expect("gateway ServiceAccount, Role, WorkloadEntry");
+        if let Some(service) = &opts.service {
+            cp.apply(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: istio-system, labels: {{{labels_yaml}}}}}\n\
+                 spec: {{type: LoadBalancer, selector: {{{labels_yaml}}}, ports: [{ports}]}}\n",
+                ports = svc_ports.join(", "),
+            ))
+            .expect("gateway Service");
+        }
 
         let dir = tempfile::Builder::new().prefix(&format!("multicloud-istio-gw-{}-", sim.0)).tempdir().expect("tempdir");
         let d = dir.path();
@@ -430,7 +450,9 @@ impl IstioGateway {
         let proc = procs::spawn(cmd).expect("spawn pilot-agent");
         let pgid = proc.id().and_then(|p| i32::try_from(p).ok());
         let mut gw = IstioGateway { sim, ip, ports, opts, started_in: Duration::ZERO, proc, pgid, dir };
-        gw.wait_ready();
+        if gw.opts.wait_ready {
+            gw.wait_ready();
+        }
         gw.started_in = t0.elapsed();
         gw
     }

@@ -210,7 +210,79 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     );
     eprintln!("FIGURES edge filter through istiod: {:?}", t_edge.elapsed());
 
-    // 4. Stopping by PID leaves nothing behind: the gateway's Envoy goes with
+    // 4. Why istiod needs its two switches: on cluster 132, two more
+    //    istiods, each without one of them, and a probe gateway on each
+    //    (own labels and address, a Gateway with an HTTP server). Vanilla
+    //    Envoy 1.40 refuses istio.metadata_exchange (upstream filter on every
+    //    cluster, and an HTTP filter in listeners) and istio.alpn (HTTP
+    //    filter in listeners). Envoy names only the first unknown extension
+    //    of a resource, hence one istiod per switch.
+    let t_probe = Instant::now();
+    let cp = cps[1];
+    let cases: [(&str, &[(&str, &str)], u8, &str, &str); 2] = [
+        // (name, istiod env, host, CDS error must name, LDS error must name)
+        (
+            "mx",
+            &[("INJECT_ENABLED", "false"), ("PILOT_ENABLE_ALPN_FILTER", "false")],
+            5,
+            "istio.metadata_exchange",
+            "istio.metadata_exchange",
+        ),
+        ("alpn", &[("INJECT_ENABLED", "false"), ("PILOT_ENABLE_METADATA_EXCHANGE", "false")], 6, "", "istio.alpn"),
+    ];
+    std::thread::scope(|s| {
+        for (name, env, host, cds_want, lds_want) in cases {
+            s.spawn(move || {
+                let istiod = Istiod::start_with_env(cp, env);
+                let ip = cp.sim.ip(host);
+                let label = format!("probe-{name}");
+                cp.apply(&format!(
+                    "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {label}, namespace: istio-system}}\n\
+                     spec: {{selector: {{istio: {label}}}, servers: [{{port: {{number: {}, name: http, protocol: HTTP}}, hosts: ['*'], bind: {ip}}}]}}\n",
+                    free_port(ip)
+                ))
+                .expect("probe Gateway");
+                let probe = IstioGateway::start(
+                    cp,
+                    &istiod,
+                    GatewayOptions {
+                        name: format!("{label}-0"),
+                        labels: vec![("istio".into(), label.clone())],
+                        host,
+                        service: None,
+                        wait_ready: false,
+                        ..Default::default()
+                    },
+                );
+                let proxy = probe.proxy_id();
+                wait_until(&format!("{label}: NACKs in its istiod's syncz"), Duration::from_secs(60), || {
+                    let all = istiod.syncz();
+                    let e = all
+                        .as_array()
+                        .and_then(|a| a.iter().find(|e| e["proxy"] == proxy.as_str()).cloned())
+                        .ok_or_else(|| "not connected".to_string())?;
+                    let err = |t: &str| {
+                        let r = e["resources"].as_object().and_then(|r| r.iter().find(|(k, _)| k.ends_with(t)).map(|(_, v)| v.clone()));
+                        r.and_then(|v| v["lastError"].as_str().map(str::to_string)).unwrap_or_default()
+                    };
+                    let (cds, lds) = (err(".Cluster"), err(".Listener"));
+                    let cds_ok = if cds_want.is_empty() { cds.is_empty() } else { cds.contains(cds_want) };
+                    if cds_ok && lds.contains(lds_want) {
+                        Ok(())
+                    } else {
+                        Err(format!("CDS: {cds:?}; LDS: {lds:?}"))
+                    }
+                });
+                drop(probe);
+                istiod.stop(Duration::from_secs(10));
+                cp.kubectl_ok(&["delete", "gateway", &label, "-n", "istio-system"]);
+                cp.kubectl_ok(&["delete", "workloadentry", &format!("{label}-0"), "-n", "istio-system"]);
+            });
+        }
+    });
+    eprintln!("FIGURES two switch-less istiods + probe gateways: {:?}", t_probe.elapsed());
+
+    // 5. Stopping by PID leaves nothing behind: the gateway's Envoy goes with
     //    pilot-agent, istiod's ports are free again.
     for gw in &mut gateways {
         let envoy = gw.envoy_pid().expect("the gateway's Envoy runs under pilot-agent");
