@@ -18,6 +18,11 @@ use multicloud_e2e::{dump, hosts, mtls, wait_until, SimCluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A probe of one istiod switch: (name, istiod env, host number, what
+/// Envoy's CDS refusal must name ("" = no refusal), what its LDS refusal
+/// must name).
+type SwitchCase = (&'static str, &'static [(&'static str, &'static str)], u8, &'static str, &'static str);
+
 /// `ss -ltnpH`: the TCP addresses process `pid` listens on.
 fn listening(pid: u32) -> Vec<String> {
     let out = Command::new("ss").args(["-ltnpH"]).output().expect("ss (iproute2)");
@@ -219,7 +224,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     //    of a resource, hence one istiod per switch.
     let t_probe = Instant::now();
     let cp = cps[1];
-    let cases: [(&str, &[(&str, &str)], u8, &str, &str); 2] = [
+    let cases: [SwitchCase; 2] = [
         // (name, istiod env, host, CDS error must name, LDS error must name)
         (
             "mx",
