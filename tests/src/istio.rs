@@ -223,9 +223,10 @@ impl Istiod {
         eprint!("{}", tail(&format!("istiod of cluster {}", self.sim.0), &self.log(), 60));
     }
 
-    /// Stops istiod (SIGTERM, then SIGKILL after `grace`).
-    pub fn stop(&self, grace: Duration) {
-        self.proc.lock().unwrap_or_else(|e| e.into_inner()).terminate(grace);
+    /// Stops istiod (SIGTERM, then SIGKILL after `grace`); `Some(status)`
+    /// when it exited by itself within `grace`.
+    pub fn stop(&self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner()).terminate(grace)
     }
 }
 

@@ -279,7 +279,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
                     }
                 });
                 drop(probe);
-                istiod.stop(Duration::from_secs(10));
+                let _ = istiod.stop(Duration::from_secs(10));
                 cp.kubectl_ok(&["delete", "gateway", &label, "-n", "istio-system"]);
                 cp.kubectl_ok(&["delete", "workloadentry", &format!("{label}-0"), "-n", "istio-system"]);
             });
@@ -305,7 +305,10 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     }
     for istiod in &istiods {
         let pid = istiod.pid().expect("pid");
-        istiod.stop(Duration::from_secs(10));
+        let t = Instant::now();
+        let exited = istiod.stop(Duration::from_secs(20));
+        assert!(exited.is_some(), "istiod of cluster {} exits on SIGTERM", istiod.sim.0);
+        eprintln!("FIGURES istiod of cluster {} stopped on SIGTERM in {:?}", istiod.sim.0, t.elapsed());
         assert!(listening(pid).is_empty(), "istiod's ports are closed");
     }
 }
