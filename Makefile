@@ -1,5 +1,5 @@
 # The two commands the README starts with, and the rest.
-.PHONY: demo test build bench clean
+.PHONY: demo test build images bench clean
 
 ## demo: a local two-cluster demo on loopback (real Envoys, the real filter)
 demo:
@@ -13,6 +13,12 @@ test:
 build:
 	scripts/bootstrap.sh
 	scripts/build.sh
+
+## images: the agent's container image and the filter's Wasm image, as OCI
+## layouts in target/images (prints their digests; scripts/images.sh)
+images:
+	scripts/bootstrap.sh
+	scripts/images.sh
 
 ## bench: benchmarks against native Envoy baselines; writes BENCHMARKS.md
 bench:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs, builds the
-# filter for wasm32, runs lints on the filter crates, unit tests and the
-# end-to-end tests against real Envoy 1.40, then checks that no process was
-# left behind.
+# filter for wasm32 and the images (scripts/images.sh), runs lints on the
+# filter crates, unit tests and the end-to-end tests against real Envoy 1.40,
+# then checks that no process was left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -22,6 +22,12 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 log "build the agent binary the end-to-end tests run"
 cargo build --quiet -p multicloud-agent
+
+# The shippable images, built once here: tests/tests/images.rs reads them
+# (the agent's musl release build takes minutes cold, about one when only
+# the agent changed; no test builds it again).
+log "images (scripts/images.sh)"
+scripts/images.sh
 
 log "tests"
 # One build shared by all test binaries; e2e tests start their Envoys in parallel.

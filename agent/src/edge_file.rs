@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct EcdsFile {
     pub path: PathBuf,
-    /// Where the gateway finds the filter module.
-    pub wasm_path: String,
+    /// Where the gateway gets the filter module.
+    pub module: edge_filter::Module,
     version: AtomicU64,
 }
 
 impl EcdsFile {
-    pub fn new(path: PathBuf, wasm_path: String) -> Self {
-        EcdsFile { path, wasm_path, version: AtomicU64::new(0) }
+    pub fn new(path: PathBuf, module: edge_filter::Module) -> Self {
+        EcdsFile { path, module, version: AtomicU64::new(0) }
     }
 }
 
@@ -31,7 +31,7 @@ impl DataPlaneSink for EcdsFile {
             let resp = multicloud_proto::discovery_response(
                 edge_filter::EXTENSION_CONFIG_TYPE_URL,
                 &version.to_string(),
-                vec![edge_filter::resource(&self.wasm_path, &json)],
+                vec![edge_filter::resource(&self.module, &json)],
             );
             crate::standalone::write_atomically(&self.path, &resp.encode_to_vec())?;
             Ok(())

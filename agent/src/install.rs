@@ -25,9 +25,15 @@ const BASE_NAMESPACE: &str = "istio-system";
 
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct InstallArgs {
-    /// The agent's container image (default: the one in deploy/base/agent.yaml).
+    /// The agent's container image, pinned by digest: REPO[:TAG]@sha256:<64 hex> (`make images`
+    /// prints the digest; a tag alone is refused). Default: the placeholder in deploy/base/agent.yaml.
     #[arg(long)]
     pub image: Option<String>,
+    /// The filter's Wasm image for the WasmPlugin (with --wasmplugin), pinned by digest:
+    /// REPO[:TAG]@sha256:<64 hex>; becomes its `url: oci://...`. Default: the placeholder in
+    /// deploy/components/wasmplugin.
+    #[arg(long)]
+    pub filter_image: Option<String>,
     /// Labels of the ingress gateway (k=v,...): the EnvoyFilter's / WasmPlugin's workload
     /// selector, the metadata Gateway's selector, and the agent's --gateway-selector (which it
     /// applies to the gateway Service). Default: istio=ingressgateway.
@@ -144,6 +150,88 @@ fn kind(v: &Value) -> &str {
     v["kind"].as_str().unwrap_or_default()
 }
 
+/// One path component of a repository name: lower-case letters and digits,
+/// separated by `.`, `_`, `__` or runs of `-` (the distribution reference
+/// grammar).
+fn repo_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if !b.first().is_some_and(|&x| alnum(x)) || !b.last().is_some_and(|&x| alnum(x)) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `HOST[:PORT]` of a registry: DNS labels or an IPv4 address.
+fn registry_host(d: &str) -> bool {
+    let (host, port) = match d.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    port_ok && !host.is_empty() && host.split('.').all(label)
+}
+
+/// Checks an image reference pinned by digest:
+/// `[HOST[:PORT]/]PATH[:TAG]@sha256:<64 lower-case hex>`. A tag alone is
+/// refused: the DaemonSet runs on every node and the WasmPlugin on every
+/// gateway, and a tag that moves gives nodes different builds (Istio's Wasm
+/// cache also keys modules by the image digest).
+pub fn pinned_image_ref(flag: &str, s: &str) -> Result<()> {
+    let Some((name_tag, digest)) = s.split_once('@') else {
+        bail!(
+            "{flag} {s:?} is not pinned by digest: want REPO[:TAG]@sha256:<64 hex> (`make images` prints the project's digests; `crane digest REPO:TAG` a pushed image's)"
+        );
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or("");
+    ensure!(
+        hex.len() == 64 && hex.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x)),
+        "{flag} {s:?}: the digest must be sha256: followed by 64 lower-case hex digits"
+    );
+    let (name, tag) = match name_tag.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (name_tag, None),
+    };
+    if let Some(t) = tag {
+        let ok = t.len() <= 128
+            && t.bytes().next().is_some_and(|x| x.is_ascii_alphanumeric() || x == b'_')
+            && t.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-');
+        ensure!(ok, "{flag} {s:?}: {t:?} is not a valid tag");
+    }
+    ensure!(!name.is_empty() && name.len() <= 255, "{flag} {s:?}: no repository name");
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        ensure!(registry_host(parts[0]), "{flag} {s:?}: {:?} is not a registry host[:port]", parts[0]);
+        parts.remove(0);
+    }
+    for p in parts {
+        ensure!(repo_component(p), "{flag} {s:?}: {p:?} is not a valid repository path component (lower case)");
+    }
+    Ok(())
+}
+
 /// The agent's container in the DaemonSet.
 fn agent_container(objects: &mut [Value]) -> Result<&mut Value> {
     let ds = objects.iter_mut().find(|o| kind(o) == "DaemonSet").context("deploy/base/agent.yaml has no DaemonSet")?;
@@ -185,7 +273,14 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
         }
     };
     if let Some(image) = &a.image {
-        ensure!(!image.is_empty() && !image.contains(char::is_whitespace), "--image {image:?} is not an image reference");
+        pinned_image_ref("--image", image)?;
+    }
+    if let Some(image) = &a.filter_image {
+        ensure!(
+            a.wasmplugin,
+            "--filter-image is the WasmPlugin's module: it needs --wasmplugin (with the EnvoyFilter the gateway loads the module from its own filesystem)"
+        );
+        pinned_image_ref("--filter-image", image)?;
     }
 
     let mut objects = docs(CRD)?;
@@ -226,6 +321,9 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
             "WasmPlugin" => {
                 if let Some(sel) = &selector {
                     o["spec"]["selector"]["matchLabels"] = Value::Object(sel.clone());
+                }
+                if let Some(image) = &a.filter_image {
+                    o["spec"]["url"] = format!("oci://{image}").into();
                 }
             }
             "Gateway" => {
@@ -347,7 +445,8 @@ mod tests {
     #[test]
     fn values_land_in_the_daemonset_args_and_the_filter_attachment() {
         let a = InstallArgs {
-            image: Some("registry.example/agent:1.2.3".into()),
+            image: Some(format!("registry.example/agent:1.2.3@sha256:{}", "ab".repeat(32))),
+            filter_image: None,
             gateway_selector: Some("app=edge,istio.io/rev=canary".into()),
             metadata_host: Some("metadata.a.example".into()),
             api_proxy_host: Some("api.a.example:443".into()),
@@ -366,7 +465,10 @@ mod tests {
             assert!(!o.to_string().contains("\"istio-system\""), "a namespace left behind: {o}");
         }
         let ds = find(&objs, "DaemonSet");
-        assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/agent:1.2.3");
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("registry.example/agent:1.2.3@sha256:{}", "ab".repeat(32))
+        );
         let args = args_of(&objs);
         for want in [
             "--gateway-selector=app=edge,istio.io/rev=canary",
@@ -390,8 +492,23 @@ mod tests {
         let given: Vec<String> =
             args_of(&objs).into_iter().filter_map(|s| s.strip_prefix("--xds-gateway-identity=").map(String::from)).collect();
         assert_eq!(given, ids, "--gateway-identity replaces the default");
-        let wasm = objects(&InstallArgs { wasmplugin: true, ..a }).unwrap();
+        let filter = format!("registry.example:5000/mc/edge-filter@sha256:{}", "0f".repeat(32));
+        let wasm = objects(&InstallArgs { wasmplugin: true, filter_image: Some(filter.clone()), ..a }).unwrap();
         assert_eq!(find(&wasm, "WasmPlugin")["spec"]["selector"]["matchLabels"]["app"], "edge");
+        assert_eq!(find(&wasm, "WasmPlugin")["spec"]["url"], format!("oci://{filter}"));
+    }
+
+    #[test]
+    fn pinned_references_are_accepted() {
+        let d = "9".repeat(64);
+        for r in [
+            format!("agent@sha256:{d}"),
+            format!("registry.example/istio-multicloud/agent@sha256:{d}"),
+            format!("127.0.0.1:5000/istio-multicloud/edge-filter:0.1.0@sha256:{d}"),
+            format!("localhost/a__b/c.d/e---f:v1.2_3-rc.1@sha256:{d}"),
+        ] {
+            pinned_image_ref("--image", &r).unwrap();
+        }
     }
 
     #[test]
@@ -409,6 +526,25 @@ mod tests {
             (InstallArgs { metadata_host: Some("a.example:443".into()), ..base.clone() }, "--metadata-host"),
             (InstallArgs { export_label: Some("k=yes".into()), ..base.clone() }, "cannot be changed"),
             (InstallArgs { namespace: "Istio_System".into(), ..base.clone() }, "--namespace"),
+            (
+                InstallArgs { image: Some("registry.example/agent:1.2.3".into()), ..base.clone() },
+                "--image \"registry.example/agent:1.2.3\" is not pinned by digest",
+            ),
+            (InstallArgs { image: Some("registry.example/agent@sha256:abc".into()), ..base.clone() }, "64 lower-case hex"),
+            (
+                InstallArgs { image: Some(format!("registry.example/Agent@sha256:{}", "a".repeat(64))), ..base.clone() },
+                "\"Agent\" is not a valid repository",
+            ),
+            (
+                InstallArgs { image: Some(format!("reg_istry.example/agent@sha256:{}", "a".repeat(64))), ..base.clone() },
+                "not a registry host",
+            ),
+            (InstallArgs { image: Some(format!("agent:-x@sha256:{}", "a".repeat(64))), ..base.clone() }, "not a valid tag"),
+            (InstallArgs { filter_image: Some(format!("r.example/f@sha256:{}", "a".repeat(64))), ..base.clone() }, "needs --wasmplugin"),
+            (
+                InstallArgs { filter_image: Some("r.example/f:0.1.0".into()), wasmplugin: true, ..base.clone() },
+                "--filter-image \"r.example/f:0.1.0\" is not pinned",
+            ),
         ];
         for (a, want) in cases {
             let e = objects(&a).unwrap_err().to_string();

@@ -161,9 +161,15 @@ struct RunArgs {
     /// mode comes from the local facts' meshMode. Leave unset where istiod programs the port.
     #[arg(long)]
     mesh_listen: Option<std::net::SocketAddr>,
-    /// Path of the filter module as the gateway sees it.
+    /// The filter module (.wasm) on the agent's filesystem: the agent sends it
+    /// inside the filter's ECDS resource, so the gateway needs no file of its
+    /// own (deploy/ uses this; the agent image ships the module).
+    #[arg(long, conflicts_with = "filter_wasm", required_unless_present = "filter_wasm")]
+    filter_module: Option<PathBuf>,
+    /// Instead: the path of the filter module on the gateway's filesystem
+    /// (the gateway must have the file there).
     #[arg(long)]
-    filter_wasm: String,
+    filter_wasm: Option<String>,
     /// Also write every object's status to this JSON file.
     #[arg(long)]
     status_file: Option<PathBuf>,
@@ -446,6 +452,17 @@ async fn run(args: RunArgs) -> Result<()> {
     tracing::info!(address = %bound, "HTTP port: /healthz /readyz /metrics /status");
     tokio::spawn(admin::serve(listener, admin_state.clone()));
 
+    let module = match (&args.filter_module, &args.filter_wasm) {
+        (Some(file), _) => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read --filter-module {}", file.display()))?;
+            let m = multicloud_proto::edge_filter::Module::inline(bytes)
+                .map_err(|e| anyhow::anyhow!("--filter-module {}: {e}; give the built multicloud_filter.wasm", file.display()))?;
+            tracing::info!(module = %file.display(), "the filter module goes to the gateway inside its ECDS resource");
+            m
+        }
+        (None, Some(path)) => multicloud_proto::edge_filter::Module::Path(path.clone()),
+        (None, None) => anyhow::bail!("give --filter-module FILE (sent to the gateway) or --filter-wasm PATH (on the gateway)"),
+    };
     let policy = remote::Policy {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         total_timeout: Duration::from_millis(args.fetch_timeout_ms),
@@ -486,7 +503,7 @@ async fn run(args: RunArgs) -> Result<()> {
         cache: Default::default(),
         server: xds_server,
         metrics: metrics.clone(),
-        wasm_path: args.filter_wasm.clone(),
+        module: module.clone(),
         cert_secret: args.workload_cert_secret.clone(),
         cert_sds_cluster: args.workload_cert_sds_cluster.clone(),
         workload_cert: match (&args.workload_cert, &args.workload_key) {
@@ -522,7 +539,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 sinks.push(rs);
             }
             if let Some(path) = args.edge_ecds_file {
-                sinks.push(Arc::new(edge_file::EcdsFile::new(path, args.filter_wasm)));
+                sinks.push(Arc::new(edge_file::EcdsFile::new(path, module)));
             }
             sinks.extend(wasmplugin_sink);
             sinks.push(Arc::new(ReadyOnApply { admin: admin_state }));

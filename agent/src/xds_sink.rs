@@ -99,8 +99,8 @@ pub struct XdsSink {
     pub traffic_cache: BuildCache,
     pub server: XdsServer,
     pub metrics: Arc<Metrics>,
-    /// Where the gateway finds the filter module.
-    pub wasm_path: String,
+    /// Where the gateway gets the filter module (inline, or a path on the gateway).
+    pub module: multicloud_proto::edge_filter::Module,
     /// SDS name and source of the workload certificate sidecars present to peers.
     pub cert_secret: String,
     pub cert_sds_cluster: String,
@@ -220,8 +220,8 @@ impl XdsSink {
     fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<(Snapshot, Snapshot)> {
         let json = serde_json::to_string(&dp.edge)?;
         let mut gateway = Snapshot::default();
-        gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.wasm_path, &json));
-        gateway.insert(EXTENSION_CONFIG, API_FILTER_NAME, edge_filter::resource_with_root_id(&self.wasm_path, &json, API_FILTER_NAME));
+        gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.module, &json));
+        gateway.insert(EXTENSION_CONFIG, API_FILTER_NAME, edge_filter::resource_with_root_id(&self.module, &json, API_FILTER_NAME));
 
         let client = ClientIdentity { cert_secret: &self.cert_secret, sds_cluster: &self.cert_sds_cluster };
         // A peer's root is trusted (inbound bundle, its root secret) as soon
@@ -373,7 +373,7 @@ impl XdsSink {
             gateway.insert(
                 EXTENSION_CONFIG,
                 traffic::MESH_FILTER_NAME,
-                edge_filter::resource_with_root_id(&self.wasm_path, json, traffic::MESH_FILTER_NAME),
+                edge_filter::resource_with_root_id(&self.module, json, traffic::MESH_FILTER_NAME),
             );
         }
         // Inbound chains: every peer whose root is pushed may call us,
@@ -591,7 +591,7 @@ mod tests {
             traffic_cache: Default::default(),
             server: XdsServer::new(classify()),
             metrics: Arc::new(Metrics::default()),
-            wasm_path: "/f.wasm".into(),
+            module: "/f.wasm".into(),
             cert_secret: "default".into(),
             cert_sds_cluster: "ads".into(),
             workload_cert: None,

@@ -1,3 +1,5 @@
+//! Tier: offline (schema checks; the real API server's verdict is in tests/tests/kube_deploy.rs).
+//!
 //! The CRD in deploy/ is exactly what the Rust types generate, it is a valid
 //! Kubernetes CustomResourceDefinition, and the example object in deploy/
 //! validates against its schema (while a broken one does not).

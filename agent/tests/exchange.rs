@@ -1,3 +1,5 @@
+//! Tier: unit, in-process (a hostile HTTPS server made to misbehave on cue).
+//!
 //! The metadata exchange client against a hostile HTTPS server on loopback
 //! (tokio-rustls + hyper, certificates made with rcgen here). One case per
 //! behaviour, each asserting the exact reason.

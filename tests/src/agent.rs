@@ -46,9 +46,9 @@ pub struct KubeMode {
 
 impl KubeMode {
     /// `args` (from the rendered DaemonSet) with `--http`, `--xds` and
-    /// `--filter-wasm` dropped: the test bed sets them for loopback.
+    /// `--filter-module` dropped: the test bed sets them for loopback.
     pub fn local_args(&self) -> Vec<String> {
-        const REPLACED: &[&str] = &["--http", "--xds", "--filter-wasm", "--api-proxy-credential"];
+        const REPLACED: &[&str] = &["--http", "--xds", "--filter-module", "--filter-wasm", "--api-proxy-credential"];
         self.args.iter().filter(|a| a.as_str() != "run" && !REPLACED.iter().any(|r| a.split('=').next() == Some(r))).cloned().collect()
     }
 }
@@ -243,7 +243,9 @@ fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
         .arg(path.join("http-address"))
         .arg("--edge-ecds-file")
         .arg(&o.ecds_file)
-        .arg("--filter-wasm")
+        // The module travels inline in the filter's ECDS resource, as
+        // deploy/ has it: the gateway reads no file of its own.
+        .arg("--filter-module")
         .arg(paths::filter_wasm())
         .arg("--status-file")
         .arg(path.join("status.json"))

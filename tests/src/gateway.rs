@@ -24,8 +24,12 @@ pub use multicloud_proto::edge_filter::FILTER_NAME;
 /// very resource the agent serves over ADS (`multicloud_proto::edge_filter`).
 pub fn ecds_file(config_json: &str, version: &str) -> Vec<u8> {
     let wasm = paths::filter_wasm().display().to_string();
-    multicloud_proto::discovery_response(edge_filter::EXTENSION_CONFIG_TYPE_URL, version, vec![edge_filter::resource(&wasm, config_json)])
-        .encode_to_vec()
+    multicloud_proto::discovery_response(
+        edge_filter::EXTENSION_CONFIG_TYPE_URL,
+        version,
+        vec![edge_filter::resource(&wasm.as_str().into(), config_json)],
+    )
+    .encode_to_vec()
 }
 
 /// The HTTP filter entry for the edge filter, delivered by ECDS from `{dir}/ecds/edge.pb`.

@@ -10,6 +10,9 @@
 //!   UUID, Istio-style root CA, federation key.
 //! - [`upstream::RecordingUpstream`]: an HTTP server that records what reached
 //!   it, to prove what a filter let through (and what it did not).
+//! - [`registry::Registry`]: an OCI registry on loopback (`crane registry
+//!   serve`); [`registry::serve_filter_image`] serves the filter's Wasm image
+//!   (`make images`) by digest, as a WasmPlugin `url` would name it.
 //! - [`xds_client`]: an xDS client that is not Envoy (any node id, any
 //!   client certificate or none), to test what the agent's port refuses.
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
@@ -29,6 +32,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod paths;
 pub mod procs;
+pub mod registry;
 pub mod sidecar;
 pub mod upstream;
 pub mod xds_client;
@@ -57,6 +61,7 @@ pub mod hosts {
     pub const UPSTREAM: u8 = 9;
     pub const APISERVER: u8 = 10;
     pub const ETCD: u8 = 11;
+    pub const REGISTRY: u8 = 12;
     /// istiod (real tier, tests/src/istio.rs).
     pub const ISTIOD: u8 = 20;
 }

@@ -67,6 +67,17 @@ pub fn prometheus_crds() -> PathBuf {
     tool("MULTICLOUD_PROMETHEUS_CRDS", "the Prometheus Operator's CRDs")
 }
 
+/// What `make images` (scripts/images.sh) wrote: agent.tar, filter.tar, the
+/// layout directories and their .digest files.
+pub fn images() -> PathBuf {
+    from_env_or("MULTICLOUD_IMAGES", workspace_root().join("target/images"), "run scripts/images.sh (make images)")
+}
+
+/// go-containerregistry's `crane` (the loopback registry).
+pub fn crane() -> PathBuf {
+    tool("MULTICLOUD_CRANE", "crane")
+}
+
 pub fn pilot_discovery() -> PathBuf {
     tool("MULTICLOUD_PILOT_DISCOVERY", "pilot-discovery (istiod)")
 }

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The API proxy end to end (issue 6): cluster A (127.0.71.x) reaches
 //! cluster B's (127.0.72.x) recorded API server through B's gateway Envoy,
 //! with the kubeconfig (Istio remote secret) A's agent wrote.

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! `multicloud-agent status` and `multicloud-agent check`, the real binary
 //! against two simulated clusters (127.0.81.x and 127.0.82.x) with real
 //! agents and gateways.

@@ -1,3 +1,5 @@
+//! Tier: offline (the pinned kustomize and published schemas; no API server: tests/tests/kube_deploy.rs applies the same objects to a real one).
+//!
 //! The manifests in deploy/ render with the real kustomize (the pinned kubectl
 //! from scripts/tools.sh) and say what the test bed does in Envoy: the edge filter
 //! disabled in the chain, enabled per route, configured by ECDS. Every
@@ -138,7 +140,7 @@ fn install(args: &[&str]) -> String {
 }
 
 const NON_DEFAULT: &[&str] = &[
-    "--image=registry.example/multicloud/agent:9.9.9",
+    "--image=registry.example/multicloud/agent:9.9.9@sha256:4f0c7a4a9cb5f6e2b3a8d1e0c9b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9",
     "--gateway-selector=app=multicloud-edge,istio.io/rev=stable",
     "--metadata-host=metadata.cluster-a.example.net",
     "--api-proxy-host=api.cluster-a.example.net:443",
@@ -163,6 +165,7 @@ fn every_rendered_object_validates() {
     }
     let mut with_wasm = NON_DEFAULT.to_vec();
     with_wasm.push("--wasmplugin");
+    with_wasm.push("--filter-image=127.0.0.1:5000/istio-multicloud/edge-filter@sha256:0b5d8c6e4a2f1e3d5c7b9a8f6e4d2c1b3a5f7e9d8c6b4a2f1e3d5c7b9a8f6e4d");
     let mut with_monitoring = NON_DEFAULT.to_vec();
     with_monitoring.push("--monitoring");
     for args in [&[][..], &["--monitoring", "--wasmplugin"][..], NON_DEFAULT, &with_wasm, &with_monitoring] {
@@ -272,6 +275,7 @@ fn the_install_command_line() {
         "--gateway-identity",
         "--monitoring",
         "--wasmplugin",
+        "--filter-image",
     ] {
         assert!(help.contains(flag), "{flag} not in --help:\n{help}");
     }
@@ -281,6 +285,9 @@ fn the_install_command_line() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--gateway-selector \"istio\": want key=value"), "{bad:?}");
     assert!(bad.stdout.is_empty(), "nothing printed on a bad value");
+    let tag_only = run(&["--image", "registry.example/agent:1.0"]);
+    assert_eq!(tag_only.status.code(), Some(1), "an image named by a tag alone is refused");
+    assert!(String::from_utf8_lossy(&tag_only.stderr).contains("is not pinned by digest"), "{tag_only:?}");
     let ok = run(NON_DEFAULT);
     assert!(ok.status.success(), "{ok:?}");
     let objs = parse(&String::from_utf8(ok.stdout).unwrap());

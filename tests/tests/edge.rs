@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The gateway filter in a real Envoy 1.40 (V8): documents, refusals, token
 //! rules and run-time configuration, end to end over loopback.
 //!

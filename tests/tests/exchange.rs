@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The metadata exchange end to end: two simulated clusters, each with a
 //! real gateway Envoy running the filter and the real agent in standalone
 //! mode; each holds an IstioMulticloud object for the other. Metadata is

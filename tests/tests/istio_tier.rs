@@ -417,5 +417,13 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     assert_eq!(proxies[0]["identity"], "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account");
     assert!(proxies[0]["node_id"].as_str().unwrap_or("").starts_with("router~"), "{view}");
     assert_eq!(view["nacks"], 0, "{view}");
+    // The module reached the gateway inside its ECDS resource (deploy/'s
+    // --filter-module): no file on the gateway's side.
+    let dump = gw.config_dump();
+    let ecds = dump::ecds(&dump);
+    let (_, edge) = ecds.iter().find(|(n, _)| n == "multicloud-edge").expect("the edge filter's ECDS resource on the gateway");
+    let code = &edge["typed_config"]["config"]["vm_config"]["code"]["local"];
+    assert!(code["inline_bytes"].as_str().is_some_and(|b| b.len() > 100_000), "module inline: {}", code.to_string().len());
+    assert!(code.get("filename").is_none(), "no path on the gateway: {code}");
     (agent, public)
 }

@@ -71,6 +71,17 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     assert_eq!(b.imc_ready_column(&name_a), "True");
     assert_eq!(a.imc_status(&name_b)["remoteClusterUUID"], b.uuid.as_str(), "A pinned B's kube-system UID");
 
+    // The filter module reached each gateway inside its ECDS resource, as
+    // deploy/'s agent args (--filter-module) send it: no file on the gateway.
+    for c in [a, b] {
+        let dump = c.gateway.config_dump();
+        let ecds = multicloud_e2e::dump::ecds(&dump);
+        let (_, edge) = ecds.iter().find(|(n, _)| n == "multicloud-edge").expect("the edge filter's ECDS resource");
+        let code = &edge["typed_config"]["config"]["vm_config"]["code"]["local"];
+        assert!(code["inline_bytes"].as_str().is_some_and(|b| b.len() > 100_000), "module inline: {}", code.to_string().len());
+        assert!(code.get("filename").is_none(), "no path on the gateway: {code}");
+    }
+
     // 2. The CLI: status and check --kubernetes pass.
     for c in [a, b] {
         let (code, out) = agent_cli(&["status", "--agent", &format!("http://{}", c.agents[0].http_addr())], &[]);

@@ -73,7 +73,8 @@ fn every_overlay_and_the_install_output_apply_to_a_real_api_server() {
         apply_and_find_all(cp, dir, &kustomize(dir));
     }
     let non_default = [
-        "--image=registry.example/multicloud/agent:9.9.9",
+        "--image=registry.example/multicloud/agent:9.9.9@sha256:4f0c7a4a9cb5f6e2b3a8d1e0c9b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9",
+        "--filter-image=registry.example/multicloud/edge-filter@sha256:0b5d8c6e4a2f1e3d5c7b9a8f6e4d2c1b3a5f7e9d8c6b4a2f1e3d5c7b9a8f6e4d",
         "--gateway-selector=app=multicloud-edge,istio.io/rev=stable",
         "--metadata-host=metadata.cluster-a.example.net",
         "--api-proxy-host=api.cluster-a.example.net:443",

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The `multicloud-mesh` filter role in a real Envoy 1.40 (V8): the
 //! identity-enforcing mesh port, as the gateway builds it (one filter chain
 //! per peer, selected by exact SNI, client certificate required and
@@ -81,7 +83,7 @@ fn mesh_gateway(chains: &str, upstream: SocketAddr, config_json: &str) -> Envoy 
     let ecds = multicloud_proto::discovery_response(
         edge_filter::EXTENSION_CONFIG_TYPE_URL,
         "1",
-        vec![edge_filter::resource_with_root_id(&paths::filter_wasm().display().to_string(), config_json, ROOT_ID)],
+        vec![edge_filter::resource_with_root_id(&paths::filter_wasm().display().to_string().as_str().into(), config_json, ROOT_ID)],
     )
     .encode_to_vec();
     let bootstrap = format!(

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The test bed's own promises: Envoys become ready on their cluster's
 //! loopback range, and never outlive the test that started them, not even
 //! when the test process is killed.

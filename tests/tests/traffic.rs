@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! Cross-cluster traffic between simulated clusters, all real: per cluster
 //! an agent (standalone), a gateway Envoy whose mesh port the agent
 //! programs (LDS/CDS/EDS/SDS/ECDS over ADS), and a workload sidecar Envoy in

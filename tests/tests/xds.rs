@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's xDS end to end: real agents exchange metadata between two
 //! simulated clusters; a real Envoy sidecar and the real gateway Envoy are
 //! configured by the agent over ADS, state of the world and delta.

@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's per-type xDS services against real Envoy 1.40 (127.0.58.x),
 //! configured the way `deploy/base/edge-filter.yaml` configures an
 //! istiod-run gateway: no ADS to the agent at all; the edge filter's
@@ -34,7 +36,7 @@ fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
     let wasm = paths::filter_wasm().display().to_string();
     let ca = EdgeCa::generate("trust");
     let mut snap = Snapshot::default();
-    snap.insert(xds::EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&wasm, &json));
+    snap.insert(xds::EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&wasm.as_str().into(), &json));
     snap.insert(
         xds::SECRET,
         "peer-root",

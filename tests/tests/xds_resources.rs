@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The mesh resources (`multicloud_proto::mesh`) load in a real Envoy 1.40.
 //!
 //! No xDS server: the very resources the agent pushes over ADS are written

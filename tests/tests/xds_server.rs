@@ -1,3 +1,5 @@
+//! Tier: fast (no Kubernetes; real Envoy 1.40 and the real binaries on loopback).
+//!
 //! The agent's ADS server against real Envoy 1.40, state of the world
 //! (`GRPC`, on 127.0.51.x) and delta (`DELTA_GRPC`, on 127.0.52.x): CDS +
 //! EDS + SDS delivered and ACKed, an endpoint added, a cluster Envoy rejects

@@ -1,8 +1,14 @@
-//! Kubernetes mode against kube's `tower_test` mock API server (no API server
-//! can run on these machines), as kube-rs/controller-rs's fixtures do: each
-//! scenario's API-server task asserts every request in order — method, path,
-//! query, content type, the body fields that matter — and answers it with a
-//! recorded object.
+//! Tier: mock. Kubernetes mode against kube's `tower_test` mock API server,
+//! as kube-rs/controller-rs's fixtures do: each scenario's API-server task
+//! asserts every request in order — method, path, query, content type, the
+//! body fields that matter — and answers it with a recorded object.
+//!
+//! Kept for what a real API server cannot be made to do on cue: a Lease that
+//! another replica holds or let expire at an exact time, a 409 at a chosen
+//! moment, a malformed key Secret, a NodePort gateway on nodes that do not
+//! exist here, and the exact requests (order, content type) the agent sends.
+//! The same behaviours against a real kube-apiserver, with deploy/'s RBAC,
+//! are in tests/tests/kube_agent.rs (real tier).
 
 use super::*;
 use crate::crd::{condition, IstioMulticloudSpec};

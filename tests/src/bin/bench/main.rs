@@ -50,7 +50,7 @@ fn api() {
     let ecds = multicloud_proto::discovery_response(
         edge_filter::EXTENSION_CONFIG_TYPE_URL,
         "1",
-        vec![edge_filter::resource_with_root_id(&wasm, &serde_json::to_string(&config).unwrap(), "multicloud-api")],
+        vec![edge_filter::resource_with_root_id(&wasm.as_str().into(), &serde_json::to_string(&config).unwrap(), "multicloud-api")],
     )
     .encode_to_vec();
     let bootstrap = format!(
