@@ -75,6 +75,13 @@ log "wasm toolchain route: $route"
 # Binaryen's wasm-opt shrinks the filter (scripts/build.sh uses it if present).
 command -v wasm-opt >/dev/null 2>&1 || apt_install binaryen
 
+# The real-Istio tier (tests/src/istio.rs) uses setpriv (util-linux: ties
+# pilot-agent's Envoy to its parent), ss (iproute2: which addresses istiod
+# listens on) and openssl (verifies the certificate istiod signed).
+command -v setpriv >/dev/null 2>&1 || apt_install util-linux
+command -v ss >/dev/null 2>&1 || apt_install iproute2
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+
 if ((want_bench)); then
   apt_install wrk valgrind
 fi

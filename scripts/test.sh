@@ -34,7 +34,7 @@ log "tests"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
 
-leftover=$(pgrep -af '/multicloud-(gateway|sidecar|agent|kube)-[0-9]' | grep -v pgrep || true)
+leftover=$(pgrep -af '/multicloud-(gateway|sidecar|agent|kube|istiod|istio-gw)-[0-9]' | grep -v pgrep || true)
 if [[ -n "$leftover" ]]; then
   printf 'error: processes left behind by the tests:\n%s\n' "$leftover" >&2
   exit 1

@@ -92,17 +92,22 @@ fn b64(s: &str) -> String {
 impl ControlPlane {
     /// The control plane of `sim`, started once per test binary and shared
     /// by its tests.
+    ///
+    /// Clusters start concurrently (the registry's lock is not held while one
+    /// starts). A shared control plane is never dropped (it is `'static`), so
+    /// its processes are stopped and its directory (etcd's data, ~120 MB) is
+    /// removed when the test process exits ([`crate::at_exit`]).
     pub fn shared(sim: SimCluster) -> &'static ControlPlane {
-        static PLANES: OnceLock<Mutex<Vec<&'static ControlPlane>>> = OnceLock::new();
-        let planes = PLANES.get_or_init(Default::default);
-        let mut planes = planes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = planes.iter().find(|p| p.sim == sim) {
-            return p;
-        }
-        let p: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start(sim)));
-        remove_at_exit(p.dir.clone());
-        planes.push(p);
-        p
+        static PLANES: crate::Shared<ControlPlane> = crate::Shared::new();
+        PLANES.get_or_start(sim, || {
+            let p: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start(sim)));
+            crate::at_exit(move || {
+                p.apiserver.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                p.etcd.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                let _ = std::fs::remove_dir_all(&p.dir);
+            });
+            p
+        })
     }
 
     /// Shared control planes of several clusters, started in parallel.
@@ -317,31 +322,6 @@ impl Drop for ControlPlane {
         self.apiserver.lock().unwrap_or_else(|e| e.into_inner()).kill();
         self.etcd.lock().unwrap_or_else(|e| e.into_inner()).kill();
     }
-}
-
-/// A shared control plane is never dropped, so its directory (etcd's data,
-/// about 120 MB with the WAL preallocated) would outlive the test process:
-/// remove it when the process exits (the processes in it die with the
-/// process, by their parent-death signal).
-fn remove_at_exit(dir: PathBuf) {
-    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-    static REGISTER: std::sync::Once = std::sync::Once::new();
-    extern "C" fn remove_dirs() {
-        if let Ok(dirs) = DIRS.lock() {
-            for d in dirs.iter() {
-                let _ = std::fs::remove_dir_all(d);
-            }
-        }
-    }
-    DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
-    REGISTER.call_once(|| {
-        // SAFETY: registers a plain `extern "C" fn` that only removes
-        // directories; atexit(3) runs it once when the process exits.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::atexit(remove_dirs);
-        }
-    });
 }
 
 enum User<'a> {

@@ -25,6 +25,7 @@ pub mod envoy;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod istio;
 pub mod kube;
 pub mod kube_mesh;
 pub mod mesh;
@@ -61,6 +62,8 @@ pub mod hosts {
     pub const APISERVER: u8 = 10;
     pub const ETCD: u8 = 11;
     pub const REGISTRY: u8 = 12;
+    /// istiod (real tier, tests/src/istio.rs).
+    pub const ISTIOD: u8 = 20;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming
@@ -80,4 +83,69 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> R
             }
         }
     }
+}
+
+/// One `'static` instance per simulated cluster, started on first use and
+/// shared by every test of a test binary. Different clusters start
+/// concurrently; callers for the same cluster wait for the one start.
+pub struct Shared<T: 'static> {
+    cells: std::sync::Mutex<Vec<(SimCluster, &'static std::sync::OnceLock<&'static T>)>>,
+}
+
+impl<T: Sync> Shared<T> {
+    pub const fn new() -> Self {
+        Shared { cells: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    pub fn get_or_start(&self, sim: SimCluster, start: impl FnOnce() -> &'static T) -> &'static T {
+        let cell = {
+            let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+            match cells.iter().find(|(s, _)| *s == sim) {
+                Some((_, c)) => *c,
+                None => {
+                    let c: &'static std::sync::OnceLock<&'static T> = Box::leak(Box::new(std::sync::OnceLock::new()));
+                    cells.push((sim, c));
+                    c
+                }
+            }
+        };
+        cell.get_or_init(start)
+    }
+}
+
+impl<T: Sync> Default for Shared<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type ExitHook = Box<dyn FnOnce() + Send>;
+
+fn exit_hooks() -> &'static std::sync::Mutex<Vec<ExitHook>> {
+    static HOOKS: std::sync::OnceLock<std::sync::Mutex<Vec<ExitHook>>> = std::sync::OnceLock::new();
+    HOOKS.get_or_init(Default::default)
+}
+
+extern "C" fn run_exit_hooks() {
+    let hooks = std::mem::take(&mut *exit_hooks().lock().unwrap_or_else(|e| e.into_inner()));
+    for h in hooks.into_iter().rev() {
+        h();
+    }
+}
+
+/// Runs `f` when the test process exits normally (`exit(3)`, which the
+/// test harness reaches after the last test): what shared, never-dropped
+/// test-bed pieces use to stop their processes and remove their
+/// directories. (A killed test process still takes its children with it,
+/// [`procs`]; only the directories stay then.)
+pub fn at_exit(f: impl FnOnce() + Send + 'static) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain extern "C" function with no arguments.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(run_exit_hooks);
+        }
+    });
+    exit_hooks().lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
 }

@@ -77,3 +77,27 @@ pub fn images() -> PathBuf {
 pub fn crane() -> PathBuf {
     tool("MULTICLOUD_CRANE", "crane")
 }
+
+pub fn pilot_discovery() -> PathBuf {
+    tool("MULTICLOUD_PILOT_DISCOVERY", "pilot-discovery (istiod)")
+}
+
+pub fn pilot_agent() -> PathBuf {
+    tool("MULTICLOUD_PILOT_AGENT", "pilot-agent")
+}
+
+/// Istio's Envoy bootstrap template (`tools/packaging/common/envoy_bootstrap.json`
+/// of the pinned istio.io/istio module, which also holds [`istio_crds`]; the
+/// proxy image has it at /var/lib/istio/envoy/envoy_bootstrap_tmpl.json).
+/// `MULTICLOUD_ISTIO_BOOTSTRAP` overrides.
+pub fn istio_bootstrap_template() -> PathBuf {
+    if let Some(p) = std::env::var_os("MULTICLOUD_ISTIO_BOOTSTRAP") {
+        return PathBuf::from(p);
+    }
+    let crds = istio_crds();
+    // <module>/manifests/charts/base/files/crd-all.gen.yaml
+    let module = crds.ancestors().nth(5).expect("the istio.io/istio module directory").to_path_buf();
+    let p = module.join("tools/packaging/common/envoy_bootstrap.json");
+    assert!(p.exists(), "{} not found (MULTICLOUD_ISTIO_CRDS does not point into the istio.io/istio module?)", p.display());
+    p
+}
