@@ -290,6 +290,13 @@ impl ControlPlane {
         self.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n").expect("namespace istio-system");
     }
 
+    /// What a cloud controller writes for a LoadBalancer Service: its address
+    /// in the status.
+    pub fn set_load_balancer_ip(&self, ns: &str, service: &str, ip: Ipv4Addr) {
+        let status = format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{ip}\"}}]}}}}}}");
+        self.kubectl_ok(&["patch", "service", service, "-n", ns, "--subresource=status", "--type=merge", "-p", &status]);
+    }
+
     /// A token of ServiceAccount `ns/sa` from the TokenRequest API.
     pub fn token(&self, ns: &str, sa: &str, seconds: u32) -> String {
         self.kubectl_ok(&["create", "token", sa, "-n", ns, &format!("--duration={seconds}s")]).trim().to_string()

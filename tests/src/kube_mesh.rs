@@ -172,18 +172,7 @@ fn local_facts(cp: &ControlPlane, sim: SimCluster, id: &ClusterIdentity, mesh_po
     ))
     .expect("local facts");
     // The load balancer's address: a cloud controller writes it into the status.
-    let status = format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{}\"}}]}}}}}}", sim.ip(hosts::GATEWAY));
-    cp.kubectl_ok(&[
-        "patch",
-        "service",
-        "istio-ingressgateway",
-        "-n",
-        "istio-system",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status,
-    ]);
+    cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", sim.ip(hosts::GATEWAY));
 }
 
 /// Applies the IstioMulticloud objects naming each of `peers`.

@@ -341,17 +341,7 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     // What a cloud controller writes: the gateway Service's address (the
     // agent publishes it); what an operator provides: the metadata host's
     // certificate (deploy/components/metadata-route).
-    cp.kubectl_ok(&[
-        "patch",
-        "service",
-        "istio-ingressgateway",
-        "-n",
-        "istio-system",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{}\"}}]}}}}}}", gw.ip),
-    ]);
+    cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", gw.ip);
     let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
     let (cert, key) = edge_ca.server_cert_dns(&host);
     let dir = tempfile::tempdir().expect("tempdir");
