@@ -478,7 +478,9 @@ impl LeaseGuard {
                     tracing::info!(lease = %what, holder = %self.holder, "created the Lease; this replica writes status");
                     Ok(true)
                 }
-                Err(e) if is_status(&e, 409) => Ok(false), // another replica created it first
+                // Another replica created it first, or this one did: the
+                // renewal task and a sink (WasmPluginSink) race at start.
+                Err(e) if is_status(&e, 409) => self.held_by_us(&what).await,
                 Err(e) => Err(e).with_context(|| format!("cannot create {what}")),
             };
         };
@@ -503,9 +505,18 @@ impl LeaseGuard {
                 }
                 Ok(true)
             }
-            Err(e) if is_status(&e, 409) => Ok(false), // someone else renewed or took it in between
+            // Someone else renewed or took it in between (or this replica's
+            // other task renewed it).
+            Err(e) if is_status(&e, 409) => self.held_by_us(&what).await,
             Err(e) => Err(e).with_context(|| format!("cannot update {what}")),
         }
+    }
+
+    /// After a conflict: whether the Lease, as it is now, names this replica.
+    async fn held_by_us(&self, what: &str) -> Result<bool> {
+        let lease = self.api.get_opt(&self.name).await.with_context(|| format!("cannot read {what}"))?;
+        let holder = lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+        Ok(holder.as_deref() == Some(self.holder.as_str()))
     }
 
     /// Renews (or competes for) the Lease every few seconds until dropped.

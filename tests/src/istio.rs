@@ -288,6 +288,8 @@ pub struct GatewayOptions {
     /// Wait for pilot-agent's readiness (Envoy ready with its first
     /// configuration) before returning.
     pub wait_ready: bool,
+    /// More pilot-agent environment (after the defaults of `gateway_env`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for GatewayOptions {
@@ -299,6 +301,7 @@ impl Default for GatewayOptions {
             host: hosts::GATEWAY,
             service: Some("istio-ingressgateway".into()),
             wait_ready: true,
+            env: vec![],
         }
     }
 }
@@ -439,6 +442,7 @@ impl IstioGateway {
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .envs(gateway_env(sim, ip, &opts, &ports, &labels_json))
+            .envs(opts.env.iter().cloned())
             .args(["proxy", "router", "--proxyLogLevel=warning"])
             // Absolute (the default is the same file, relative): names the
             // directory on the command line.

@@ -46,6 +46,12 @@ impl Registry {
         Registry { addr: SocketAddr::from((ip, port)), _proc: proc, _dir: dir }
     }
 
+    /// The registry's log so far: crane logs every request it serves
+    /// (`GET /v2/<repo>/blobs/<digest>`, ...).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     /// `ip:port`, the registry part of a reference.
     pub fn host(&self) -> String {
         self.addr.to_string()
