@@ -368,6 +368,24 @@ pub fn gateway_mesh_config(istiod: &Istiod, dir: &Path, envoy_wrapper: &Path, po
 }
 
 impl IstioGateway {
+    /// Waits until `https://HOST/metadata/public/public.json` answers 200
+    /// through this gateway's HTTPS port (the Service's `https` targetPort;
+    /// TLS verified against `ca_pem`, SNI `host`) and returns the document.
+    /// `diag` says what to look at while it does not.
+    pub fn wait_public_json(&self, host: &str, ca_pem: &str, timeout: Duration, diag: impl Fn() -> String) -> serde_json::Value {
+        let https = self.opts.service_ports.iter().find(|(n, _, _)| n == "https").map(|(_, _, t)| *t).expect("https port");
+        let addr = SocketAddr::from((self.ip, https));
+        wait_until(&format!("https://{host}/metadata/public/public.json through the gateway at {addr}"), timeout, || {
+            match crate::mtls::get_from(addr, host, Some(ca_pem), None, host, "/metadata/public/public.json", &[]) {
+                crate::mtls::Outcome::Http(200, body) => {
+                    let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(body.len().saturating_sub(1))];
+                    serde_json::from_str::<serde_json::Value>(json).map_err(|e| format!("{e}: {body}"))
+                }
+                other => Err(format!("{other:?}; {}", diag())),
+            }
+        })
+    }
+
     /// Starts a gateway of `cp`'s cluster against `istiod`: its
     /// ServiceAccount, a token for it, its WorkloadEntry and the
     /// `istio-ingressgateway` Service (as admin), its working directory, then

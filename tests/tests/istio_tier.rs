@@ -14,7 +14,7 @@ use multicloud_e2e::fixtures::{free_port, EdgeCa};
 use multicloud_e2e::istio::{self, GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{daemonset_args, install};
-use multicloud_e2e::{dump, hosts, mtls, wait_until, SimCluster};
+use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -385,20 +385,7 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     assert_eq!(agent.xds_addr().port(), xds_port);
 
     // The gateway's listener for the Gateway's 443 is on the Service's targetPort.
-    let https = gw.opts.service_ports.iter().find(|(n, _, _)| n == "https").map(|(_, _, t)| *t).expect("https port");
-    let addr = std::net::SocketAddr::from((gw.ip, https));
-    let ca = edge_ca.pem();
-    let public = wait_until(
-        &format!("cluster {}: https://{host}/metadata/public/public.json through the gateway", sim.0),
-        Duration::from_secs(60),
-        || match mtls::get_from(addr, &host, Some(&ca), None, &host, "/metadata/public/public.json", &[]) {
-            mtls::Outcome::Http(200, body) => {
-                let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(body.len().saturating_sub(1))];
-                serde_json::from_str::<serde_json::Value>(json).map_err(|e| format!("{e}: {body}"))
-            }
-            other => Err(format!("{other:?}; agent /xds: {}", agent.xds_view())),
-        },
-    );
+    let public = gw.wait_public_json(&host, &edge_ca.pem(), Duration::from_secs(60), || format!("agent /xds: {}", agent.xds_view()));
     // The gateway, and only it, is connected to the agent, as the gateway identity.
     let view = agent.xds_view();
     let proxies = view["proxies"].as_array().cloned().unwrap_or_default();

@@ -16,7 +16,7 @@ use multicloud_e2e::fixtures::{free_port, EdgeCa};
 use multicloud_e2e::istio::{GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{daemonset_args, install};
-use multicloud_e2e::{dump, hosts, istio, mtls, paths, registry, wait_until, SimCluster};
+use multicloud_e2e::{dump, hosts, istio, paths, registry, wait_until, SimCluster};
 use sha2::Digest as _;
 use std::time::{Duration, Instant};
 
@@ -160,20 +160,7 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
 
     // public.json through the gateway: the filter pulled from the registry,
     // configured by istiod from the WasmPlugin.
-    let https = gw.opts.service_ports.iter().find(|(n, _, _)| n == "https").map(|(_, _, t)| *t).expect("https port");
-    let addr = std::net::SocketAddr::from((gw.ip, https));
-    let ca = edge_ca.pem();
-    let public = wait_until(
-        &format!("cluster {}: https://{host}/metadata/public/public.json through the gateway", sim.0),
-        Duration::from_secs(90),
-        || match mtls::get_from(addr, &host, Some(&ca), None, &host, "/metadata/public/public.json", &[]) {
-            mtls::Outcome::Http(200, body) => {
-                let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(body.len().saturating_sub(1))];
-                serde_json::from_str::<serde_json::Value>(json).map_err(|e| format!("{e}: {body}"))
-            }
-            other => Err(format!("{other:?}; syncz: {}", istiod.syncz())),
-        },
-    );
+    let public = gw.wait_public_json(&host, &edge_ca.pem(), Duration::from_secs(90), || format!("syncz: {}", istiod.syncz()));
     let t_public = t_agent.elapsed();
     assert_eq!(public["rootCA"].as_str().map(str::trim), Some(root.trim()), "public.json carries the root istiod wrote");
     let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].clone();
