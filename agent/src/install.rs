@@ -15,6 +15,7 @@ const CRD: &str = include_str!("../../deploy/crd/istiomulticlouds.yaml");
 const EDGE_FILTER: &str = include_str!("../../deploy/base/edge-filter.yaml");
 const API_PROXY_RBAC: &str = include_str!("../../deploy/base/api-proxy-rbac.yaml");
 const AGENT: &str = include_str!("../../deploy/base/agent.yaml");
+const ISTIO_MESH: &str = include_str!("../../deploy/base/istio-mesh.yaml");
 const SERVICE_MONITOR: &str = include_str!("../../deploy/components/monitoring/servicemonitor.yaml");
 const PROMETHEUS_RULE: &str = include_str!("../../deploy/components/monitoring/prometheusrule.yaml");
 const WASM_PLUGIN: &str = include_str!("../../deploy/components/wasmplugin/wasmplugin.yaml");
@@ -47,6 +48,10 @@ pub struct InstallArgs {
     /// The API proxy's host[:port] as peers reach it (the agent's --api-host).
     #[arg(long)]
     pub api_proxy_host: Option<String>,
+    /// The gateway's cross-network port: the AUTO_PASSTHROUGH Gateway's server port (default
+    /// 15443). The gateway Service's port named `tls` must be this port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub mesh_port: Option<u16>,
     /// Gateway address to advertise instead of the gateway Service's (host:port, repeatable;
     /// the agent's --advertise).
     #[arg(long)]
@@ -287,6 +292,7 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     objects.extend(docs(if a.wasmplugin { WASM_PLUGIN } else { EDGE_FILTER })?);
     objects.extend(docs(API_PROXY_RBAC)?);
     objects.extend(docs(AGENT)?);
+    objects.extend(docs(ISTIO_MESH)?);
     if a.monitoring {
         objects.extend(docs(SERVICE_MONITOR)?);
         objects.extend(docs(PROMETHEUS_RULE)?);
@@ -330,7 +336,11 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
                 if let Some(sel) = &selector {
                     o["spec"]["selector"] = Value::Object(sel.clone());
                 }
-                if let Some(h) = &a.metadata_host {
+                if o["metadata"]["name"] == "istio-multicloud-crossnetwork" {
+                    if let Some(p) = a.mesh_port {
+                        o["spec"]["servers"][0]["port"]["number"] = p.into();
+                    }
+                } else if let Some(h) = &a.metadata_host {
                     o["spec"]["servers"][0]["hosts"] = serde_json::json!([h]);
                 }
             }
@@ -456,6 +466,7 @@ mod tests {
             gateway_identity: vec![],
             monitoring: true,
             wasmplugin: false,
+            mesh_port: Some(15444),
         };
         let objs = objects(&a).unwrap();
         for o in &objs {
@@ -483,7 +494,13 @@ mod tests {
         let ef = find(&objs, "EnvoyFilter");
         assert_eq!(ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
         assert!(ef.to_string().contains("multicloud-agent-xds.mesh-edge.svc.cluster.local"));
-        assert_eq!(find(&objs, "Gateway")["spec"]["servers"][0]["hosts"], serde_json::json!(["metadata.a.example"]));
+        let gateway = |name: &str| objs.iter().find(|o| kind(o) == "Gateway" && o["metadata"]["name"] == name).expect(name).clone();
+        assert_eq!(gateway("multicloud-metadata")["spec"]["servers"][0]["hosts"], serde_json::json!(["metadata.a.example"]));
+        let cross = gateway("istio-multicloud-crossnetwork");
+        assert_eq!(cross["spec"]["servers"][0]["port"]["number"], 15444);
+        assert_eq!(cross["spec"]["servers"][0]["tls"]["mode"], "AUTO_PASSTHROUGH");
+        assert_eq!(cross["spec"]["servers"][0]["hosts"], serde_json::json!(["*.local"]), "not the metadata host");
+        assert_eq!(cross["spec"]["selector"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
         assert_eq!(find(&objs, "VirtualService")["spec"]["hosts"], serde_json::json!(["metadata.a.example"]));
         assert_eq!(find(&objs, "VirtualService")["spec"]["http"][0]["name"], "multicloud-metadata");
         assert_eq!(find(&objs, "ServiceMonitor")["spec"]["namespaceSelector"]["matchNames"], serde_json::json!(["mesh-edge"]));

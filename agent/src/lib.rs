@@ -10,6 +10,7 @@ pub mod facts;
 pub mod install;
 pub mod keys;
 pub mod kube_mode;
+pub mod mesh_config;
 pub mod metrics;
 pub mod reconcile;
 pub mod remote;

@@ -235,6 +235,11 @@ struct KubeArgs {
     /// Kubernetes mode: gateway addresses to advertise instead of the Service's (host:port, repeatable).
     #[arg(long)]
     advertise: Vec<String>,
+    /// Kubernetes mode: the ConfigMap (in --namespace) istiod merges as SHARED_MESH_CONFIG, into
+    /// which the lease holder writes the peers' roots (caCertificates) and networks
+    /// (meshNetworks); deploy/ creates it. Empty: write nothing into Istio's configuration.
+    #[arg(long, default_value = multicloud_agent::mesh_config::DEFAULT_NAME)]
+    istio_mesh_config: String,
     /// Kubernetes mode: the filter is attached by this Istio WasmPlugin (in --namespace) instead of
     /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
     #[arg(long)]
@@ -375,6 +380,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
     let mut kube_client: Option<(kube::Client, String)> = None;
     let mut wasmplugin_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
+    let mut mesh_config_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
     let mut lease_guard: Option<Arc<kube_mode::LeaseGuard>> = None;
     let metrics = Arc::new(metrics::Metrics::default());
     let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
@@ -384,6 +390,14 @@ async fn run(args: RunArgs) -> Result<()> {
         let key = kube_mode::SecretKeyStore::new(client.clone(), &opts).load_or_generate().await?;
         let lease = Arc::new(kube_mode::LeaseGuard::new(client.clone(), &opts));
         lease.clone().spawn_renewal();
+        if !args.kube.istio_mesh_config.is_empty() {
+            mesh_config_sink = Some(Arc::new(multicloud_agent::mesh_config::MeshConfigSink::new(
+                client.clone(),
+                &opts.namespace,
+                &args.kube.istio_mesh_config,
+                lease.clone(),
+            )));
+        }
         if let Some(name) = &args.kube.wasmplugin {
             wasmplugin_sink = Some(Arc::new(kube_mode::WasmPluginSink::new(client.clone(), &opts.namespace, name, lease.clone())));
         }
@@ -542,6 +556,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 sinks.push(Arc::new(edge_file::EcdsFile::new(path, module)));
             }
             sinks.extend(wasmplugin_sink);
+            sinks.extend(mesh_config_sink);
             sinks.push(Arc::new(ReadyOnApply { admin: admin_state }));
             sinks
         },
