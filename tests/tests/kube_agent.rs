@@ -71,6 +71,32 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     assert_eq!(b.imc_ready_column(&name_a), "True");
     assert_eq!(a.imc_status(&name_b)["remoteClusterUUID"], b.uuid.as_str(), "A pinned B's kube-system UID");
 
+    // Istio's trust and topology: A's shared mesh ConfigMap (deploy/'s, which
+    // istiod reads as SHARED_MESH_CONFIG) holds B's root as a caCertificates
+    // entry and B's network behind B's published gateway, written by the
+    // agent's field manager.
+    let want_root = b.id.root_pem();
+    let nets = wait_until("A's istio-multicloud-mesh ConfigMap names B", Duration::from_secs(30), || {
+        let cm = a.cp.get_json(&["configmap", "istio-multicloud-mesh", "-n", "istio-system"]).ok_or("absent")?;
+        let mesh: serde_json::Value = serde_json::from_str(cm["data"]["mesh"].as_str().ok_or("no mesh key")?).map_err(|e| e.to_string())?;
+        let pems: Vec<&str> = mesh["caCertificates"].as_array().into_iter().flatten().filter_map(|c| c["pem"].as_str()).collect();
+        if pems.iter().map(|p| p.trim()).collect::<Vec<_>>() != [want_root.trim()] {
+            return Err(format!("caCertificates {pems:?}"));
+        }
+        let managers = cm["metadata"]["managedFields"].to_string();
+        if !managers.contains("istio-multicloud-agent") {
+            return Err(format!("managers {managers}"));
+        }
+        serde_json::from_str::<serde_json::Value>(cm["data"]["meshNetworks"].as_str().ok_or("no meshNetworks key")?).map_err(|e| e.to_string())
+    });
+    let net_b = format!("network-{}", b.uuid);
+    assert_eq!(
+        nets["networks"][&net_b],
+        serde_json::json!({"endpoints": [{"fromRegistry": name_b}], "gateways": [{"address": sims[1].ip(hosts::GATEWAY).to_string(), "port": b.mesh_port}]}),
+        "{nets}"
+    );
+    assert_eq!(nets["networks"].as_object().map(|o| o.len()), Some(1), "only B's network: {nets}");
+
     // The filter module reached each gateway inside its ECDS resource, as
     // deploy/'s agent args (--filter-module) send it: no file on the gateway.
     for c in [a, b] {
@@ -198,6 +224,18 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
         match a.cp.get_json(&["secret", &secret, "-n", "istio-system"]) {
             None => Ok(()),
             Some(_) => Err("still there".into()),
+        }
+    });
+    // ... and B's root and network leave Istio's shared mesh config.
+    wait_until("B's root and network to leave A's mesh ConfigMap", Duration::from_secs(30), || {
+        let cm = a.cp.get_json(&["configmap", "istio-multicloud-mesh", "-n", "istio-system"]).ok_or("absent")?;
+        let (mesh, nets) = (cm["data"]["mesh"].as_str().unwrap_or(""), cm["data"]["meshNetworks"].as_str().unwrap_or(""));
+        let mesh: serde_json::Value = serde_json::from_str(mesh).map_err(|e| e.to_string())?;
+        let nets: serde_json::Value = serde_json::from_str(nets).map_err(|e| e.to_string())?;
+        if mesh == serde_json::json!({"caCertificates": []}) && nets == serde_json::json!({"networks": {}}) {
+            Ok(())
+        } else {
+            Err(format!("{mesh} {nets}"))
         }
     });
     let _ = b;
