@@ -7,7 +7,8 @@
 //! allow-listed resource: discovery (`/version`, `/api`, `/apis`), core
 //! `services`, `endpoints`, `pods`, `namespaces`, `nodes`, the configmap
 //! `istio-ca-root-cert`, secrets only by allow-listed name,
-//! `discovery.k8s.io` `endpointslices`, and everything in the Istio
+//! `discovery.k8s.io` `endpointslices`, `apiextensions.k8s.io`
+//! `customresourcedefinitions`, and everything in the Istio
 //! `networking.istio.io` and `security.istio.io` groups. Subresources
 //! (`exec`, `attach`, `portforward`, `proxy`, `log`, `status`, ...) never
 //! pass. Refusals are Kubernetes `Status` objects so `kubectl` and `kube`
@@ -73,7 +74,7 @@ impl ApiRefusal {
             ApiRefusal::Token(t) => t.message(),
             ApiRefusal::VerbNotAllowed => "the multicloud API proxy is read-only: only GET (get, list, watch) passes",
             ApiRefusal::Impersonation => "impersonation headers are not allowed through the multicloud API proxy",
-            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, Istio networking/security kinds, configmap istio-ca-root-cert)",
+            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, CRDs, Istio networking/security kinds, configmap istio-ca-root-cert)",
             ApiRefusal::SubresourceNotAllowed => "subresources (exec, attach, portforward, proxy, log, status, ...) are not allowed through the multicloud API proxy",
             ApiRefusal::HeadersTooLarge => "the request headers are larger than the multicloud API proxy accepts",
             ApiRefusal::RateLimited => "this peer's request rate is above the multicloud API proxy's limit; retry later",
@@ -272,6 +273,9 @@ pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiR
             _ => false,
         },
         "discovery.k8s.io" => resource == "endpointslices",
+        // istiod's remote controller lists and watches CRDs to learn which
+        // Istio kinds the peer serves (schemas only, nothing secret).
+        "apiextensions.k8s.io" => resource == "customresourcedefinitions",
         g => group_allowed(g),
     };
     if !allowed {
@@ -285,7 +289,7 @@ pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiR
 }
 
 fn group_allowed(g: &str) -> bool {
-    matches!(g, "networking.istio.io" | "security.istio.io" | "discovery.k8s.io")
+    matches!(g, "networking.istio.io" | "security.istio.io" | "discovery.k8s.io" | "apiextensions.k8s.io")
 }
 
 /// The whole request check, except rate and watch limits (which need
@@ -334,6 +338,8 @@ mod tests {
         assert_eq!(c("/api/v1/namespaces/abc"), Ok(ApiRead::Get));
         assert_eq!(c("/api/v1/nodes/n1"), Ok(ApiRead::Get));
         assert_eq!(c("/apis/discovery.k8s.io/v1/endpointslices?watch=1"), Ok(ApiRead::Watch));
+        assert_eq!(c("/apis/apiextensions.k8s.io/v1/customresourcedefinitions?watch=1"), Ok(ApiRead::Watch));
+        assert_eq!(c("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"), Ok(ApiRead::List));
         assert_eq!(c("/apis/networking.istio.io/v1/namespaces/abc/virtualservices"), Ok(ApiRead::List));
         assert_eq!(c("/apis/security.istio.io/v1/peerauthentications"), Ok(ApiRead::List));
         assert_eq!(c("/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert"), Ok(ApiRead::Get));

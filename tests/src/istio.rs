@@ -134,13 +134,31 @@ impl Istiod {
     /// [`Istiod::start`] with `env` instead of [`ISTIOD_ENV`] (e.g. without
     /// the switches, to show what vanilla Envoy then refuses).
     pub fn start_with_env(cp: &ControlPlane, env: &[(&str, &str)]) -> Istiod {
+        Istiod::start_with(cp, env, false)
+    }
+
+    /// [`Istiod::start_with_env`]; with `mesh_in_configmap`, istiod reads its
+    /// mesh config as it does in a cluster, from ConfigMap `istio` in
+    /// istio-system (written here, key `mesh`; no file), and so also the
+    /// ConfigMap named by `SHARED_MESH_CONFIG` if `env` sets it.
+    pub fn start_with(cp: &ControlPlane, env: &[(&str, &str)], mesh_in_configmap: bool) -> Istiod {
         cp.install_prerequisites();
         let sim = cp.sim;
         let ip = sim.ip(hosts::ISTIOD);
         let port = || SocketAddr::from((ip, crate::fixtures::free_port(ip)));
         let addrs = IstiodAddrs { secure_grpc: port(), http: port(), https: port(), monitoring: port(), ctrlz: port() };
         let dir = tempfile::Builder::new().prefix(&format!("multicloud-istiod-{}-", sim.0)).tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("mesh.yaml"), istiod_mesh_config(addrs.secure_grpc)).expect("write mesh config");
+        let mesh = istiod_mesh_config(addrs.secure_grpc);
+        if mesh_in_configmap {
+            let cm = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "istio", "namespace": "istio-system"},
+                "data": {"mesh": mesh},
+            });
+            cp.apply(&cm.to_string()).expect("ConfigMap istio-system/istio");
+        } else {
+            std::fs::write(dir.path().join("mesh.yaml"), mesh).expect("write mesh config");
+        }
         let cluster_id = cluster_id(sim);
         let log = std::fs::File::create(dir.path().join("istiod.log")).expect("log");
         let mut cmd = Command::new(paths::pilot_discovery());
@@ -290,6 +308,14 @@ pub struct GatewayOptions {
     pub wait_ready: bool,
     /// More pilot-agent environment (after the defaults of `gateway_env`).
     pub env: Vec<(String, String)>,
+    /// The pod's namespace (POD_NAMESPACE; the WorkloadEntry's too).
+    pub namespace: String,
+    /// The pod's ServiceAccount: its workload identity.
+    pub service_account: String,
+    /// `router` (a gateway, Istio's gateway chart) or `sidecar` (a workload's
+    /// proxy, `ISTIO_META_INTERCEPTION_MODE=NONE`: no iptables, listeners
+    /// from a `Sidecar` resource's ingress and egress, bound to its addresses).
+    pub proxy_type: &'static str,
 }
 
 impl Default for GatewayOptions {
@@ -302,6 +328,9 @@ impl Default for GatewayOptions {
             service: Some("istio-ingressgateway".into()),
             wait_ready: true,
             env: vec![],
+            namespace: "istio-system".into(),
+            service_account: GATEWAY_SA.into(),
+            proxy_type: "router",
         }
     }
 }
@@ -410,22 +439,32 @@ impl IstioGateway {
         // Role is the one Istio's gateway chart gives the gateway: istiod
         // serves a Gateway's `credentialName` Secret to a proxy only if a
         // SubjectAccessReview says its ServiceAccount may list Secrets there.
-        cp.apply(&format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {GATEWAY_SA}, namespace: istio-system}}\n\
-             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {GATEWAY_SA}, namespace: istio-system}}\n\
-             rules: [{{apiGroups: [''], resources: [secrets], verbs: [get, watch, list]}}]\n\
-             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {GATEWAY_SA}, namespace: istio-system}}\n\
-             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {GATEWAY_SA}}}\n\
-             subjects: [{{kind: ServiceAccount, name: {GATEWAY_SA}, namespace: istio-system}}]\n\
-             ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
-             metadata: {{name: {name}, namespace: istio-system, labels: {{{labels_yaml}}}}}\n\
-             spec: {{address: {ip}, labels: {{{labels_yaml}}}, serviceAccount: {GATEWAY_SA}}}\n",
+        let (ns, sa) = (opts.namespace.as_str(), opts.service_account.as_str());
+        let mut objects = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n");
+        if opts.proxy_type == "router" {
+            objects.push_str(&format!(
+                "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {sa}, namespace: {ns}}}\n\
+                 rules: [{{apiGroups: [''], resources: [secrets], verbs: [get, watch, list]}}]\n\
+                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}, namespace: {ns}}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {sa}}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n"
+            ));
+        }
+        // On the proxy's network, if it has one (as a WorkloadGroup's template
+        // would put it): a peer's istiod, which reads this WorkloadEntry
+        // through the remote secret, then knows the endpoint is behind this
+        // cluster's gateway.
+        let network = opts.env.iter().find(|(k, _)| k == "ISTIO_META_NETWORK").map(|(_, v)| format!(", network: {v}")).unwrap_or_default();
+        objects.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+             metadata: {{name: {name}, namespace: {ns}, labels: {{{labels_yaml}}}}}\n\
+             spec: {{address: {ip}, labels: {{{labels_yaml}}}, serviceAccount: {sa}{network}}}\n",
             name = opts.name,
-        ))
-        .expect("gateway ServiceAccount, Role, WorkloadEntry");
+        ));
+        cp.apply(&objects).expect("proxy Namespace, ServiceAccount, (Role), WorkloadEntry");
         if let Some(service) = &opts.service {
             cp.apply(&format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: istio-system, labels: {{{labels_yaml}}}}}\n\
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {ns}, labels: {{{labels_yaml}}}}}\n\
                  spec: {{type: LoadBalancer, selector: {{{labels_yaml}}}, ports: [{ports}]}}\n",
                 ports = svc_ports.join(", "),
             ))
@@ -436,7 +475,7 @@ impl IstioGateway {
         let d = dir.path();
         // What the pod would have mounted, at pilot-agent's relative paths.
         let root = published_root(cp, ISTIOD_READY);
-        let token = cp.kubectl_ok(&["create", "token", GATEWAY_SA, "-n", "istio-system", "--audience=istio-ca", "--duration=3600s"]);
+        let token = cp.kubectl_ok(&["create", "token", sa, "-n", ns, "--audience=istio-ca", "--duration=3600s"]);
         for (rel, text) in [("var/run/secrets/istio/root-cert.pem", root.as_str()), ("var/run/secrets/tokens/istio-token", token.trim())] {
             let p = d.join(rel);
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
@@ -461,7 +500,7 @@ impl IstioGateway {
             .env("PATH", "/usr/bin:/bin")
             .envs(gateway_env(sim, ip, &opts, &ports, &labels_json))
             .envs(opts.env.iter().cloned())
-            .args(["proxy", "router", "--proxyLogLevel=warning"])
+            .args(["proxy", opts.proxy_type, "--proxyLogLevel=warning"])
             // Absolute (the default is the same file, relative): names the
             // directory on the command line.
             .arg(format!("--meshConfig={}", d.join("etc/istio/config/mesh").display()))
@@ -472,7 +511,7 @@ impl IstioGateway {
         let t0 = Instant::now();
         let proc = procs::spawn(cmd).expect("spawn pilot-agent");
         let pgid = proc.id().and_then(|p| i32::try_from(p).ok());
-        let mut gw = IstioGateway { sim, ip, ports, opts, started_in: Duration::ZERO, proc, pgid, dir };
+        let mut gw = IstioGateway { sim, ip, ports, opts: opts.clone(), started_in: Duration::ZERO, proc, pgid, dir };
         if gw.opts.wait_ready {
             gw.wait_ready();
         }
@@ -501,7 +540,7 @@ impl IstioGateway {
 
     /// The proxy id istiod knows it by.
     pub fn proxy_id(&self) -> String {
-        format!("{}.istio-system", self.opts.name)
+        format!("{}.{}", self.opts.name, self.opts.namespace)
     }
 
     /// GET on Envoy's admin API.
@@ -532,6 +571,11 @@ impl IstioGateway {
     /// (`OUTPUT_CERTS` copy), once written.
     pub fn workload_cert_pem(&self) -> Option<String> {
         std::fs::read_to_string(self.dir.path().join("out/cert-chain.pem")).ok().filter(|s| s.contains("BEGIN CERTIFICATE"))
+    }
+
+    /// The private key of [`IstioGateway::workload_cert_pem`].
+    pub fn workload_key_pem(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("out/key.pem")).ok().filter(|s| s.contains("PRIVATE KEY"))
     }
 
     /// The pid of pilot-agent's Envoy, if running.
@@ -586,8 +630,8 @@ impl Drop for IstioGateway {
 fn gateway_env(sim: SimCluster, ip: Ipv4Addr, opts: &GatewayOptions, ports: &GatewayPorts, labels_json: &str) -> Vec<(String, String)> {
     [
         ("POD_NAME", opts.name.clone()),
-        ("POD_NAMESPACE", "istio-system".into()),
-        ("SERVICE_ACCOUNT", GATEWAY_SA.into()),
+        ("POD_NAMESPACE", opts.namespace.clone()),
+        ("SERVICE_ACCOUNT", opts.service_account.clone()),
         // The proxy's address: istiod matches the WorkloadEntry by it.
         ("INSTANCE_IP", ip.to_string()),
         ("ISTIO_META_CLUSTER_ID", cluster_id(sim)),

@@ -37,6 +37,9 @@ pub struct KubeCluster {
     pub mesh_port: u16,
     pub agents: Vec<Agent>,
     pub gateway: Envoy,
+    /// With [`KubeMeshOptions::istio`]: the cluster's istiod and its gateway.
+    pub istiod: Option<crate::istio::Istiod>,
+    pub istio_gateway: Option<crate::istio::IstioGateway>,
     pub upstream: RecordingUpstream,
     /// The agent ServiceAccount's kubeconfig (deploy/'s identity).
     pub agent_kubeconfig: PathBuf,
@@ -54,6 +57,26 @@ pub struct KubeMeshOptions {
     pub install_args: Vec<String>,
     /// More `multicloud-agent run` flags for every replica.
     pub agent_args: Vec<String>,
+    /// Real Istio under the agents (tests/tests/istio_mesh.rs): per cluster an
+    /// istiod reading its mesh config from ConfigMaps (`istio`, and the
+    /// agent's `istio-multicloud-mesh` as SHARED_MESH_CONFIG, multi-root on)
+    /// and an istiod-run gateway that serves the mesh port (deploy/'s
+    /// AUTO_PASSTHROUGH Gateway) and whose certificate the test bed's gateway
+    /// presents to the agent. No stand-ins: istiod writes the root, and the
+    /// test writes no `foo` Service.
+    pub istio: bool,
+}
+
+/// istiod's environment in the real-Istio mesh: [`crate::istio::ISTIOD_ENV`]
+/// plus what deploy/ asks of an operator (docs/istio.md, "What the agent
+/// writes into Istio"): the agent's ConfigMap merged into the mesh config,
+/// and the peers' roots merged into the trust bundle pushed to proxies.
+pub const ISTIOD_MESH_ENV: &[(&str, &str)] = &[("SHARED_MESH_CONFIG", "istio-multicloud-mesh"), ("ISTIO_MULTIROOT_MESH", "true")];
+
+/// The Istio network of a simulated cluster (istio-system's
+/// `topology.istio.io/network` label; the agent publishes it).
+pub fn network(sim: SimCluster) -> String {
+    format!("network-{}", sim.0)
 }
 
 pub fn object_name(sim: SimCluster) -> String {
@@ -175,6 +198,56 @@ fn local_facts(cp: &ControlPlane, sim: SimCluster, id: &ClusterIdentity, mesh_po
     cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", sim.ip(hosts::GATEWAY));
 }
 
+/// The real-Istio mesh's facts of one cluster: istio-system labelled with the
+/// cluster's network; istiod ([`ISTIOD_MESH_ENV`], mesh config from
+/// ConfigMaps); the istiod-run gateway (labels `istio: ingressgateway`, the
+/// `istio-ingressgateway` Service with the mesh port as its `tls` port and
+/// targetPort, on its own network) and the Service's load-balancer address
+/// (what a cloud controller writes): the test bed's gateway address, where
+/// the istiod-run gateway's listener (bound on every address) answers.
+fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
+    use crate::istio::{GatewayOptions as IstioGatewayOptions, IstioGateway, Istiod, ISTIOD_ENV};
+    cp.install_prerequisites();
+    cp.kubectl_ok(&["label", "namespace", "istio-system", &format!("topology.istio.io/network={}", network(sim)), "--overwrite"]);
+    let env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
+    let istiod = Istiod::start_with(cp, &env, true);
+    let net = network(sim);
+    let gw = IstioGateway::start(
+        cp,
+        &istiod,
+        IstioGatewayOptions {
+            name: "istio-ingressgateway-0".into(),
+            host: hosts::ISTIO_GATEWAY,
+            service_ports: vec![("tls".into(), mesh_port, mesh_port)],
+            env: vec![
+                // What Istio's gateway chart sets for a network gateway.
+                ("ISTIO_META_NETWORK".into(), net.clone()),
+                ("ISTIO_META_REQUESTED_NETWORK_VIEW".into(), net),
+                // The peers' roots by PCDS (re-served as ROOTCA).
+                ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", sim.ip(hosts::GATEWAY));
+    (istiod, gw)
+}
+
+/// The test bed gateway's client identity at the agent's xDS port: the
+/// certificate istiod signed for the istiod-run gateway (same ServiceAccount)
+/// when Istio runs, else one from the test bed's root.
+fn xds_client(id: &ClusterIdentity, istio_gateway: Option<&crate::istio::IstioGateway>, addr: std::net::SocketAddr) -> XdsClient {
+    match istio_gateway {
+        Some(gw) => {
+            let (cert_pem, key_pem) = wait_until("the istiod-run gateway's certificate", Duration::from_secs(30), || {
+                gw.workload_cert_pem().zip(gw.workload_key_pem()).ok_or_else(|| "not written yet".to_string())
+            });
+            XdsClient { addr, cert_pem, key_pem }
+        }
+        None => XdsClient::gateway(id, addr),
+    }
+}
+
 /// Applies the IstioMulticloud objects naming each of `peers`.
 pub fn link(cp: &ControlPlane, peers: &[(SimCluster, u16, String)]) {
     for (sim, port, ca) in peers {
@@ -202,9 +275,17 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         cp.install_prerequisites();
         let mut install_args = vec![format!("--api-proxy-host={}:{}", api_host(sim), tls_ports[i])];
         install_args.extend(opts.install_args.iter().cloned());
-        cp.apply(&install(&install_args)).expect("install output applies");
-        let mesh_port = free_port(sim.ip(hosts::GATEWAY));
-        local_facts(cp, sim, &id, mesh_port);
+        let mesh_port = free_port(std::net::Ipv4Addr::UNSPECIFIED);
+        let (mut istiod, mut istio_gateway) = (None, None);
+        if opts.istio {
+            install_args.push(format!("--mesh-port={mesh_port}"));
+            cp.apply(&install(&install_args)).expect("install output applies");
+            let (d, g) = istio_facts(cp, sim, mesh_port);
+            (istiod, istio_gateway) = (Some(d), Some(g));
+        } else {
+            cp.apply(&install(&install_args)).expect("install output applies");
+            local_facts(cp, sim, &id, mesh_port);
+        }
         let dir = tempfile::Builder::new().prefix(&format!("multicloud-agent-{}-kube-", sim.0)).tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("agent.kubeconfig");
         cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
@@ -230,7 +311,7 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         let spec = Gateway::spec_with(GatewayOptions {
             cluster: sim,
             upstream: upstream.addr(),
-            source: EdgeSource::Ads { xds: XdsClient::gateway(&id, agents[0].xds_addr()), delta: true },
+            source: EdgeSource::Ads { xds: xds_client(&id, istio_gateway.as_ref(), agents[0].xds_addr()), delta: true },
             tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
             // The API proxy in front of this cluster's real API server, with
             // the API proxy ServiceAccount's real token as the credential.
@@ -242,7 +323,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             }),
         });
         let mut spec = spec;
-        add_mesh_port_stand_in(&mut spec, sim, &id, mesh_port);
+        if !opts.istio {
+            add_mesh_port_stand_in(&mut spec, sim, &id, mesh_port);
+        }
         let gateway = Envoy::start_all(vec![spec]).pop().expect("gateway");
         out.push(KubeCluster {
             sim,
@@ -254,6 +337,8 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             mesh_port,
             agents,
             gateway,
+            istiod,
+            istio_gateway,
             upstream,
             agent_kubeconfig: kubeconfig,
             opts,

@@ -64,6 +64,12 @@ pub mod hosts {
     pub const REGISTRY: u8 = 12;
     /// istiod (real tier, tests/src/istio.rs).
     pub const ISTIOD: u8 = 20;
+    /// The istiod-run (pilot-agent) gateway beside the test bed's gateway
+    /// (real-Istio mesh, tests/src/kube_mesh.rs).
+    pub const ISTIO_GATEWAY: u8 = 21;
+    /// Workloads: pilot-agent-run sidecars (real-Istio mesh).
+    pub const ISTIO_WORKLOAD: u8 = 30;
+    pub const ISTIO_CLIENT: u8 = 31;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming
