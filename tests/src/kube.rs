@@ -89,6 +89,12 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// The API server's audit policy: requests by the API proxy's
+/// ServiceAccount (what peers send through the API proxy), at Metadata level
+/// (who, verb, URI, status; no bodies), when the response is complete.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+- level: Metadata\n  users: ['system:serviceaccount:istio-system:istio-multicloud-api-proxy']\n- level: None\n";
+
 impl ControlPlane {
     /// The control plane of `sim`, started once per test binary and shared
     /// by its tests.
@@ -130,6 +136,7 @@ impl ControlPlane {
             ("serving.key", &pki.serving.1),
             ("sa.key", &pki.sa_key_pem),
             ("sa.pub", &pki.sa_pub_pem),
+            ("audit-policy.yaml", &AUDIT_POLICY.to_string()),
         ] {
             std::fs::write(dir.join(name), text).expect("write pki");
         }
@@ -153,6 +160,16 @@ impl ControlPlane {
         };
         cp.wait_ready();
         cp
+    }
+
+    /// The audit events of requests made as `user` (JSON lines of
+    /// `--audit-log-path`; only deploy/'s API proxy ServiceAccount is logged).
+    pub fn audit(&self, user: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["user"]["username"] == user)
+            .collect()
     }
 
     /// `https://127.0.N.10:PORT`.
@@ -390,6 +407,11 @@ fn spawn_apiserver(dir: &Path, ip: Ipv4Addr, port: u16) -> Proc {
         .arg("--api-audiences=https://kubernetes.default.svc.cluster.local")
         .arg("--service-cluster-ip-range=10.96.0.0/16")
         .arg("--authorization-mode=RBAC")
+        // Every request made with a peer's remote secret (through the API
+        // proxy, as deploy/'s API proxy ServiceAccount) is logged, so a test
+        // can list what the peer's istiod read ([`ControlPlane::audit`]).
+        .arg(format!("--audit-policy-file={}", f("audit-policy.yaml")))
+        .arg(format!("--audit-log-path={}", f("audit.log")))
         // No kube-controller-manager runs: nothing would create the
         // ServiceAccount tokens that admission would mount into pods.
         .arg("--disable-admission-plugins=ServiceAccount")

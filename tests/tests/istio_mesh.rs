@@ -36,6 +36,9 @@ const JOIN: Duration = Duration::from_secs(120);
 const FOO: &str = "foo.abc.svc.cluster.local";
 /// `foo`'s Service port (both clusters), and the client's egress port for it.
 const FOO_PORT: u16 = 8080;
+/// deploy/'s API proxy ServiceAccount: the user of every request a peer
+/// sends through this cluster's API proxy.
+const API_PROXY_USER: &str = "system:serviceaccount:istio-system:istio-multicloud-api-proxy";
 
 /// A workload's sidecar: pilot-agent `proxy sidecar` in namespace `abc`, no
 /// iptables (`ISTIO_META_INTERCEPTION_MODE=NONE`), on the cluster's network,
@@ -101,8 +104,9 @@ fn start_foo(c: &KubeCluster) -> (RecordingUpstream, IstioGateway) {
 /// The client workload in cluster `c`: a sidecar with `foo`'s port on
 /// 127.0.N.31 (egress to namespace abc), and an inbound port (mTLS STRICT,
 /// so its `ROOTCA` secret is in use, and observable, whatever else it has).
-fn start_client(c: &KubeCluster) -> (IstioGateway, SocketAddr) {
+fn start_client(c: &KubeCluster) -> (IstioGateway, SocketAddr, SocketAddr) {
     let ip = c.sim.ip(hosts::ISTIO_CLIENT);
+    let inbound = multicloud_e2e::fixtures::free_port(ip);
     let gw = sidecar(
         c,
         "client",
@@ -113,10 +117,9 @@ fn start_client(c: &KubeCluster) -> (IstioGateway, SocketAddr) {
              spec:\n  workloadSelector: {{labels: {{app: client}}}}\n\
              \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '127.0.0.1:9'}}]\n\
              \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
-            inbound = multicloud_e2e::fixtures::free_port(ip),
         ),
     );
-    (gw, SocketAddr::from((ip, FOO_PORT)))
+    (gw, SocketAddr::from((ip, FOO_PORT)), SocketAddr::from((ip, inbound)))
 }
 
 /// `GET http://foo.abc.svc.cluster.local:8080/PATH` through the client's sidecar.
@@ -177,7 +180,7 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     }
 
     let (_foo_app, foo) = start_foo(b);
-    let (client, client_addr) = start_client(a);
+    let (client, client_addr, client_inbound) = start_client(a);
     let pids = |g: &IstioGateway| (g.agent_pid(), g.envoy_pid());
     let (client_pids, foo_pids) = (pids(&client), pids(&foo));
     let istiod_pids = (a.istiod.as_ref().and_then(|i| i.pid()), b.istiod.as_ref().and_then(|i| i.pid()));
@@ -229,7 +232,67 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     assert!(has_root(&rootca(&foo), &root_a), "B's foo trusts A's root");
     eprintln!("FIGURES join {t_join:?}; first call answered {t_call:?} after the workloads started");
 
-    // 2. Unlink on A: B's root leaves A's proxies (PCDS, no restart) and the
+    // 2. What A's istiod read through B's API proxy, as B's API server saw
+    //    it (audit log, deploy/'s API proxy ServiceAccount): reads only, of
+    //    what the guard allows. What the guard refused, A's istiod logged.
+    let reads = b.cp.audit(API_PROXY_USER);
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &reads {
+        let (verb, group, resource) = (
+            e["verb"].as_str().unwrap_or(""),
+            e["objectRef"]["apiGroup"].as_str().unwrap_or(""),
+            e["objectRef"]["resource"].as_str().unwrap_or(""),
+        );
+        assert!(["get", "list", "watch"].contains(&verb), "only reads reach B's API server through the proxy: {e}");
+        let allowed = match group {
+            "" => ["services", "endpoints", "pods", "namespaces", "nodes"].contains(&resource),
+            "discovery.k8s.io" => resource == "endpointslices",
+            "apiextensions.k8s.io" => resource == "customresourcedefinitions",
+            "networking.istio.io" | "security.istio.io" => true,
+            _ => false,
+        };
+        assert!(allowed || e["requestURI"].as_str().is_some_and(|u| !u.contains("/secrets")) && resource.is_empty(), "{e}");
+        seen.insert(format!("{verb} {}{resource}", if group.is_empty() { String::new() } else { format!("{group}/") }));
+    }
+    // (client-go lists by streaming watch: lists show as watches.)
+    for want in ["watch services", "watch networking.istio.io/workloadentries", "watch namespaces", "watch discovery.k8s.io/endpointslices"] {
+        assert!(seen.contains(want), "A's istiod did {want:?} through B's API proxy: {seen:?}");
+    }
+    let refused: std::collections::BTreeSet<String> = a
+        .istiod
+        .as_ref()
+        .map(|i| i.log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("watch error in cluster cluster-135") && l.contains("allow-list"))
+        .filter_map(|l| l.split("failed to list ").nth(1).and_then(|r| r.split(':').next()).map(str::to_string))
+        .collect();
+    eprintln!("REQUESTS passed (verb resource, as B's API server audited them): {seen:?}");
+    eprintln!("REQUESTS refused by B's guard (A's istiod log): {refused:?}");
+
+    // 3. A third CA gets into neither cluster; a certificate from a linked
+    //    cluster's istiod does (the control, through the same doors).
+    let sni = format!("outbound_.{FOO_PORT}_._.{FOO}");
+    let gw_addr: SocketAddr = gw_b.parse().expect("B's gateway address");
+    let own = client.workload_cert_pem().zip(client.workload_key_pem()).expect("A's client certificate");
+    let third = multicloud_e2e::fixtures::ClusterIdentity::generate("cluster-136").workload_cert("abc", "client");
+    // ALPN `istio`, as an Istio client offers it (the sidecar's mTLS filter
+    // chain matches on it).
+    let via_b = |cert: &(String, String)| multicloud_e2e::mtls::get_alpn(gw_addr, &sni, None, Some(cert), &["istio"], FOO, "/direct", &[]);
+    let ok = via_b(&own);
+    assert_eq!(ok.status(), Some(200), "A's istiod-signed certificate through B's gateway to foo: {ok:?}");
+    assert!(ok.body().contains(&name_b), "{ok:?}");
+    let denied = via_b(&third);
+    assert!(denied.is_refused(), "a third CA's certificate must not reach B's foo: {denied:?}");
+    let foo_cert = foo.workload_cert_pem().zip(foo.workload_key_pem()).expect("B's foo certificate");
+    let into_a =
+        |cert: &(String, String)| multicloud_e2e::mtls::get_alpn(client_inbound, "client", None, Some(cert), &["istio"], "client", "/", &[]);
+    let ok = into_a(&foo_cert);
+    assert!(!ok.is_refused(), "B's istiod-signed certificate passes A's sidecar's mTLS (A trusts B's root): {ok:?}");
+    let denied = into_a(&third);
+    assert!(denied.is_refused(), "a third CA's certificate must not pass A's sidecar's mTLS: {denied:?}");
+
+    // 4. Unlink on A: B's root leaves A's proxies (PCDS, no restart) and the
     //    call fails closed.
     let t_unlink = Instant::now();
     a.cp.kubectl_ok(&["delete", "imc", &name_b]);
@@ -253,7 +316,7 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
         client.admin_get("/config_dump?resource=dynamic_active_secrets").unwrap_or_default().chars().take(3000).collect::<String>()
     );
 
-    // 3. Relink: recovers, again without restarts.
+    // 5. Relink: recovers, again without restarts.
     let t_relink = Instant::now();
     link(a.cp, &[(sims[1], b.tls_port, b.edge_ca.pem())]);
     let resp = wait_until("the call to be answered by B again", JOIN, || match call_foo(client_addr, "/relinked") {
