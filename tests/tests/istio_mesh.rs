@@ -38,6 +38,9 @@ const FOO: &str = "foo.abc.svc.cluster.local";
 const FOO_PORT: u16 = 8080;
 /// deploy/'s API proxy ServiceAccount: the user of every request a peer
 /// sends through this cluster's API proxy.
+/// Lifetime of the remote secrets' API tokens here (the agent re-issues one
+/// when a third of it remains).
+const TOKEN_TTL: u64 = 15;
 const API_PROXY_USER: &str = "system:serviceaccount:istio-system:istio-multicloud-api-proxy";
 
 /// A workload's sidecar: pilot-agent `proxy sidecar` in namespace `abc`, no
@@ -142,6 +145,16 @@ fn rootca(gw: &IstioGateway) -> String {
     out
 }
 
+/// The `exp` of the token in a remote secret's kubeconfig (base64 data).
+fn jwt_exp(kubeconfig_b64: &str) -> u64 {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.decode(kubeconfig_b64).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let token = text.lines().find_map(|l| l.trim().strip_prefix("token:")).map(|t| t.trim().trim_matches('"').to_string()).unwrap_or_default();
+    let payload = token.split('.').nth(1).unwrap_or("");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(&json).ok().and_then(|v| v["exp"].as_u64()).unwrap_or(u64::MAX)
+}
+
 fn strip(pem: &str) -> String {
     pem.lines().filter(|l| !l.starts_with("-----")).collect()
 }
@@ -166,7 +179,9 @@ fn strict_mtls(c: &KubeCluster) {
 fn a_workload_calls_a_service_of_the_peer_through_istio() {
     let t0 = Instant::now();
     let sims = [SimCluster(134), SimCluster(135)];
-    let clusters = start_kube_mesh(&sims, KubeMeshOptions { replicas: 1, istio: true, ..Default::default() });
+    // 15-second API tokens in the remote secrets: rotated several times in the test.
+    let opts = KubeMeshOptions { replicas: 1, istio: true, agent_args: vec![format!("--api-token-ttl-seconds={TOKEN_TTL}")], ..Default::default() };
+    let clusters = start_kube_mesh(&sims, opts);
     let (a, b) = (&clusters[0], &clusters[1]);
     let (name_a, name_b) = (object_name(sims[0]), object_name(sims[1]));
     a.wait_imc_ready(&name_b, JOIN);
@@ -292,7 +307,47 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     let denied = into_a(&third);
     assert!(denied.is_refused(), "a third CA's certificate must not pass A's sidecar's mTLS: {denied:?}");
 
-    // 4. Unlink on A: B's root leaves A's proxies (PCDS, no restart) and the
+    // 4. Token rotation reaches the real istiod (istio/istio#37925): once the
+    //    first token has expired, B's API server restarts (every watch
+    //    breaks, so istiod must reconnect with a token it holds now), and a
+    //    Service created in B afterwards still shows up in A's proxies.
+    let secret = format!("istio-remote-secret-{name_b}");
+    let token_of = || {
+        let s = a.cp.get_json(&["secret", &secret, "-n", "istio-system"]).unwrap_or_default();
+        s["data"][&name_b].as_str().map(str::to_string).unwrap_or_default()
+    };
+    let first = token_of();
+    let first_exp = jwt_exp(&first);
+    wait_until("the remote secret's first token to expire and a new one to replace it", Duration::from_secs(4 * TOKEN_TTL), || {
+        let t = token_of();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if t != first && !t.is_empty() && now > first_exp {
+            Ok(())
+        } else {
+            Err(format!("rotated: {}, first expires at {first_exp}, now {now}", t != first))
+        }
+    });
+    let since_join = t0.elapsed();
+    b.cp.restart_apiserver();
+    b.cp.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: bar, namespace: abc}}\n\
+         spec: {{selector: {{app: foo}}, ports: [{{name: http, port: {FOO_PORT}, targetPort: 8080}}]}}\n"
+    ))
+    .expect("Service abc/bar in B");
+    let t_bar = Instant::now();
+    wait_until("B's new Service bar in A's client (read with a rotated token)", JOIN, || {
+        let text = client.admin_get("/clusters").unwrap_or_default();
+        if text.contains(&format!("outbound|{FOO_PORT}||bar.abc.svc.cluster.local")) {
+            Ok(())
+        } else {
+            let log = a.istiod.as_ref().map(|i| i.log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("cluster-135") && !l.contains("waiting for sync")).collect();
+            Err(lines[lines.len().saturating_sub(12)..].join("\n"))
+        }
+    });
+    eprintln!("FIGURES token rotation: {since_join:?} into the test (tokens of {TOKEN_TTL} s), B's restart to bar in A {:?}", t_bar.elapsed());
+
+    // 5. Unlink on A: B's root leaves A's proxies (PCDS, no restart) and the
     //    call fails closed.
     let t_unlink = Instant::now();
     a.cp.kubectl_ok(&["delete", "imc", &name_b]);
@@ -316,7 +371,7 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
         client.admin_get("/config_dump?resource=dynamic_active_secrets").unwrap_or_default().chars().take(3000).collect::<String>()
     );
 
-    // 5. Relink: recovers, again without restarts.
+    // 6. Relink: recovers, again without restarts.
     let t_relink = Instant::now();
     link(a.cp, &[(sims[1], b.tls_port, b.edge_ca.pem())]);
     let resp = wait_until("the call to be answered by B again", JOIN, || match call_foo(client_addr, "/relinked") {
