@@ -57,7 +57,9 @@ fn sidecar(c: &KubeCluster, app: &str, host: u8, sidecar: &str) -> IstioGateway 
             name: format!("{app}-0"),
             namespace: "abc".into(),
             service_account: app.into(),
-            labels: vec![("app".into(), app.into())],
+            // Its locality (`istio-locality: region.zone`), which istiod reads from the
+            // proxy's labels and, for the endpoint, from the WorkloadEntry's.
+            labels: vec![("app".into(), app.into()), ("istio-locality".into(), locality(c.sim))],
             host,
             service: None,
             proxy_type: "sidecar",
@@ -70,6 +72,11 @@ fn sidecar(c: &KubeCluster, app: &str, host: u8, sidecar: &str) -> IstioGateway 
             ],
         },
     )
+}
+
+/// The locality of cluster `c`'s workloads: `region-<N>.zone-<N>`.
+fn locality(sim: SimCluster) -> String {
+    format!("region-{0}.zone-{0}", sim.0)
 }
 
 /// `foo` in cluster `c`: the echo app on 127.0.0.1 (a `Sidecar`'s
@@ -174,7 +181,9 @@ fn strict_mtls(c: &KubeCluster) {
 /// answers through B's istiod-run gateway (AUTO_PASSTHROUGH from deploy/),
 /// each side validating the other with the root the agents put into Istio's
 /// `caCertificates`. Unlinking removes B's root from A's proxies and the
-/// call fails closed; relinking recovers; nothing restarts.
+/// call fails closed; relinking recovers; nothing restarts. With `foo` in
+/// both clusters both answer, and locality failover moves A's calls to B
+/// when A's copy fails.
 #[test]
 fn a_workload_calls_a_service_of_the_peer_through_istio() {
     let t0 = Instant::now();
@@ -388,5 +397,56 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
         istiod_pids,
         "neither istiod restarted"
     );
-    eprintln!("FIGURES unlink to fail-closed {t_unlink:?}; relink to answered {t_relink:?}; whole test {:?}", t0.elapsed());
+    eprintln!("FIGURES unlink to fail-closed {t_unlink:?}; relink to answered {t_relink:?}", );
+
+    // 7. foo in both clusters: both answer; with outlier detection, Istio's
+    //    locality load balancing keeps A's calls in A, and fails over to B
+    //    when A's copy fails.
+    let (foo_app_a, _foo_a) = start_foo(a);
+    let mut answered = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        if let Ok(r) = call_foo(client_addr, &format!("/both/{i}")) {
+            if r.status == 200 {
+                answered.insert(r.json()["cluster"].as_str().unwrap_or("").to_string());
+            }
+        }
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(answered, [name_a.clone(), name_b.clone()].into_iter().collect(), "both clusters' foo answer A's client");
+    a.cp.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: foo, namespace: abc}}\n\
+         spec: {{host: {FOO}, trafficPolicy: {{outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}}}}}}\n"
+    ))
+    .expect("DestinationRule foo (outlier detection)");
+    // Who answers `n` calls in a row.
+    let answers = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| match call_foo(client_addr, &format!("/locality/{i}")) {
+                Ok(r) if r.status == 200 => r.json()["cluster"].as_str().unwrap_or("").to_string(),
+                Ok(r) => format!("HTTP {}", r.status),
+                Err(e) => e,
+            })
+            .collect()
+    };
+    // Waits for 10 answers in a row from `want`, then 40 more must all come
+    // from it too (by chance alone, with both copies healthy: 2^-40).
+    let local_only = |what: &str, want: &str| {
+        wait_until(what, JOIN, || {
+            let got = answers(10);
+            if got.iter().all(|g| g == want) {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        });
+        let got = answers(40);
+        assert!(got.iter().all(|g| g == want), "{what}: then 40 more from {want}: {got:?}");
+    };
+    local_only("A's client to stay in its locality (A's foo answers 10 calls in a row)", &name_a);
+    let t_failover = Instant::now();
+    drop(foo_app_a);
+    local_only("the calls to fail over to B (B's foo answers 10 calls in a row)", &name_b);
+    eprintln!("FIGURES A's foo stopped to B answering 10 in a row: {:?}; whole test {:?}", t_failover.elapsed(), t0.elapsed());
 }
