@@ -152,6 +152,104 @@ fn rootca(gw: &IstioGateway) -> String {
     out
 }
 
+/// The decoded kubeconfig of A's remote secret for `peer`.
+fn remote_kubeconfig(a: &KubeCluster, peer: &str) -> String {
+    use base64::Engine as _;
+    let s = a.cp.get_json(&["secret", &format!("istio-remote-secret-{peer}"), "-n", "istio-system"]).expect("the remote secret");
+    let b64 = s["data"][peer].as_str().expect("the remote secret's kubeconfig");
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("utf-8")
+}
+
+/// The value of `key:` in a kubeconfig.
+fn kubeconfig_field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no {key} in the kubeconfig"))
+}
+
+/// Kinds a peer may read through the API proxy (what the guard allows).
+fn allowed_kind(kind: &str) -> bool {
+    let k = kind.trim_end_matches("List");
+    matches!(
+        k,
+        "Service" | "Endpoints" | "Pod" | "Namespace" | "Node" | "EndpointSlice" | "CustomResourceDefinition" | "APIResource" | "APIGroup" | "APIVersions" | "Status"
+    )
+}
+
+fn guard_refuses_what_istiod_does_not_need(a: &KubeCluster, b: &KubeCluster, peer: &str) {
+    let text = remote_kubeconfig(a, peer);
+    let path = a.dir().join("remote-b.kubeconfig");
+    std::fs::write(&path, &text).expect("write");
+    let kubectl = |args: &[&str]| a.cp.kubectl_as(&path, args, None);
+    let out = kubectl(&["get", "services", "-n", "abc", "-o", "name"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("service/foo"), "the control: a read passes: {out:?}");
+    for (what, args, want) in [
+        ("a write", vec!["create", "configmap", "x", "-n", "abc"], "(verb_not_allowed)"),
+        ("a Secret read", vec!["get", "secrets", "-n", "istio-system"], "(resource_not_allowed)"),
+        ("a Secret by name", vec!["get", "secret", "istio-ca-secret", "-n", "istio-system"], "(resource_not_allowed)"),
+        ("exec", vec!["get", "--raw", "/api/v1/namespaces/abc/pods/foo-0/exec?command=id&stdout=true"], "(subresource_not_allowed)"),
+        ("impersonation", vec!["get", "services", "-n", "abc", "--as=system:admin"], "(impersonation)"),
+        ("a ConfigMap list", vec!["get", "configmaps", "-A"], "(resource_not_allowed)"),
+    ] {
+        let out = kubectl(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains(want), "{what} through the remote secret must be refused ({want}): {out:?}");
+    }
+
+    // Path tricks, raw (no client-side path cleaning), with the remote
+    // secret's token, at the address and name the kubeconfig gives.
+    let server = kubeconfig_field(&text, "server");
+    let proxy: SocketAddr = server.trim_start_matches("https://").parse().expect("server address");
+    let sni = kubeconfig_field(&text, "tls-server-name");
+    let token = kubeconfig_field(&text, "token");
+    let judge = {
+        b.cp.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: judge, namespace: default}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: judge}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{kind: ServiceAccount, name: judge, namespace: default}]\n").expect("judge");
+        b.cp.token("default", "judge", 600)
+    };
+    let tricks = [
+        "/api/v1/namespaces/istio-system/secrets",
+        "/api/v1/namespaces/istio-system/services/../secrets",
+        "/api/v1/namespaces/istio-system/services/%2e%2e/secrets",
+        "/api/v1/namespaces/istio-system/services%2F..%2Fsecrets",
+        "/api/v1/namespaces/istio-system/%73ecrets",
+        "/api/v1//namespaces/istio-system/secrets",
+        "/api//v1/secrets",
+        "/api/v1/namespaces/istio-system/secrets;services",
+        "/api/v1/namespaces/istio-system/services;/../secrets",
+        "/api/v1/namespaces/istio-system/./secrets",
+        "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert/../../secrets/istio-ca-secret",
+        "/apis/networking.istio.io/../../api/v1/secrets",
+        "/api/v1/secrets?services",
+        "/api/v1/secrets?watch=0&resource=services",
+        "/api/v1/services?fieldSelector=metadata.name%3Dfoo&x=/secrets",
+        "/api/v1/namespaces/istio-system/configmaps",
+        "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert",
+    ];
+    let mut table = Vec::new();
+    for path in tricks {
+        let direct = multicloud_e2e::mtls::get(b.cp.addr(), "kubernetes", None, "kubernetes", path, &[("Authorization", &format!("Bearer {judge}"))]);
+        // The body's first `"kind":"..."` (the response may be chunked).
+        let direct_kind = match &direct {
+            multicloud_e2e::mtls::Outcome::Http(200, body) => body
+                .split("\"kind\":\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+                .unwrap_or_else(|| "(unknown)".into()),
+            _ => String::new(),
+        };
+        let via = multicloud_e2e::mtls::get(proxy, &sni, None, &sni, path, &[("Authorization", &format!("Bearer {token}"))]);
+        let served = direct.status() == Some(200) && !allowed_kind(&direct_kind) && !(direct_kind == "ConfigMap" && path.ends_with("/istio-ca-root-cert"));
+        table.push(format!("{path}: API server {:?} {direct_kind}; proxy {:?}", direct.status(), via.status()));
+        if served {
+            assert_ne!(via.status(), Some(200), "{path}: the API server would serve a {direct_kind}; the proxy must refuse it: {}", via.body());
+        }
+        assert!(!via.body().contains("\"kind\":\"Secret"), "{path}: a Secret came through the proxy");
+    }
+    eprintln!("GUARD path tricks:\n{}", table.join("\n"));
+}
+
 /// The `exp` of the token in a remote secret's kubeconfig (base64 data).
 fn jwt_exp(kubeconfig_b64: &str) -> u64 {
     use base64::Engine as _;
@@ -293,6 +391,13 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
         .collect();
     eprintln!("REQUESTS passed (verb resource, as B's API server audited them): {seen:?}");
     eprintln!("REQUESTS refused by B's guard (A's istiod log): {refused:?}");
+
+    // 2b. The same remote secret (A's kubeconfig for B) can do nothing else:
+    //     no write, no Secret, no exec, no impersonation. Path tricks are
+    //     judged by what B's real API server would have served for them (as
+    //     an admin): where that is anything the guard does not allow, the
+    //     proxy must not answer 200, and nothing through it is ever a Secret.
+    guard_refuses_what_istiod_does_not_need(a, b, &name_b);
 
     // 3. A third CA gets into neither cluster; a certificate from a linked
     //    cluster's istiod does (the control, through the same doors).
