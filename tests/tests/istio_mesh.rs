@@ -354,6 +354,20 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     assert!(has_root(&rootca(&foo), &root_a), "B's foo trusts A's root");
     eprintln!("FIGURES join {t_join:?}; first call answered {t_call:?} after the workloads started");
 
+    // B publishes no services in its private document (no Service carries
+    // the export label: the shape of a Deckhouse-format peer), and still gets
+    // the traffic, because A's istiod read B's endpoints itself. `check`
+    // fetches B's private document as A's agent does.
+    let override_ = format!("{}={}:{}", multicloud_e2e::kube_mesh::api_host(sims[1]), sims[1].ip(hosts::GATEWAY), b.tls_port);
+    let out = std::process::Command::new(multicloud_e2e::paths::agent())
+        .args(["check", &name_b, "--kubernetes", "--api-host-override", &override_])
+        .env("KUBECONFIG", a.cp.admin_kubeconfig())
+        .output()
+        .expect("multicloud-agent check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let private = text.lines().find(|l| l.starts_with("PASS") && l.split_whitespace().nth(1) == Some("private")).unwrap_or_default();
+    assert!(private.contains(" 0 service(s)"), "B's private document lists no services: {text}");
+
     // 2. What A's istiod read through B's API proxy, as B's API server saw
     //    it (audit log, deploy/'s API proxy ServiceAccount): reads only, of
     //    what the guard allows. What the guard refused, A's istiod logged.
