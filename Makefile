@@ -1,9 +1,14 @@
 # The two commands the README starts with, and the rest.
-.PHONY: demo test build images bench clean
+.PHONY: demo demo-istio test build images bench clean
 
 ## demo: a local two-cluster demo on loopback (real Envoys, the real filter)
 demo:
 	scripts/demo.sh
+
+## demo-istio: the two-cluster demo under real Istio (API servers, istiod,
+## pilot-agent-run proxies; the tools are built once and cached)
+demo-istio:
+	scripts/demo-istio.sh
 
 ## test: the whole test suite (installs Envoy and the wasm toolchain if missing)
 test:

@@ -26,6 +26,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod http;
 pub mod istio;
+pub mod istio_mesh;
 pub mod kube;
 pub mod kube_mesh;
 pub mod mesh;

@@ -25,132 +25,20 @@
 //! Loopback only: cluster N on 127.0.N.x; the istiod-run gateways' mesh
 //! listeners bind every address on ports chosen at run time.
 
-use multicloud_e2e::istio::{GatewayOptions, IstioGateway};
-use multicloud_e2e::kube_mesh::{link, network, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
-use multicloud_e2e::upstream::RecordingUpstream;
-use multicloud_e2e::{dump, hosts, http, wait_until, SimCluster};
-use std::net::{Ipv4Addr, SocketAddr};
+use multicloud_e2e::istio::IstioGateway;
+use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO, FOO_PORT};
+use multicloud_e2e::kube_mesh::{link, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
+use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const JOIN: Duration = Duration::from_secs(120);
-const FOO: &str = "foo.abc.svc.cluster.local";
-/// `foo`'s Service port (both clusters), and the client's egress port for it.
-const FOO_PORT: u16 = 8080;
-/// deploy/'s API proxy ServiceAccount: the user of every request a peer
-/// sends through this cluster's API proxy.
 /// Lifetime of the remote secrets' API tokens here (the agent re-issues one
 /// when a third of it remains).
 const TOKEN_TTL: u64 = 15;
+/// deploy/'s API proxy ServiceAccount: the user of every request a peer
+/// sends through this cluster's API proxy.
 const API_PROXY_USER: &str = "system:serviceaccount:istio-system:istio-multicloud-api-proxy";
-
-/// A workload's sidecar: pilot-agent `proxy sidecar` in namespace `abc`, no
-/// iptables (`ISTIO_META_INTERCEPTION_MODE=NONE`), on the cluster's network,
-/// taking the peers' roots by PCDS; its listeners come from the `Sidecar`
-/// resource `sidecar` (applied first).
-fn sidecar(c: &KubeCluster, app: &str, host: u8, sidecar: &str) -> IstioGateway {
-    c.cp.apply(sidecar).expect("Sidecar resource");
-    let istiod = c.istiod.as_ref().expect("istiod");
-    IstioGateway::start(
-        c.cp,
-        istiod,
-        GatewayOptions {
-            name: format!("{app}-0"),
-            namespace: "abc".into(),
-            service_account: app.into(),
-            // Its locality (`istio-locality: region.zone`), which istiod reads from the
-            // proxy's labels and, for the endpoint, from the WorkloadEntry's.
-            labels: vec![("app".into(), app.into()), ("istio-locality".into(), locality(c.sim))],
-            host,
-            service: None,
-            proxy_type: "sidecar",
-            service_ports: vec![],
-            wait_ready: true,
-            env: vec![
-                ("ISTIO_META_INTERCEPTION_MODE".into(), "NONE".into()),
-                ("ISTIO_META_NETWORK".into(), network(c.sim)),
-                ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
-            ],
-        },
-    )
-}
-
-/// The locality of cluster `c`'s workloads: `region-<N>.zone-<N>`.
-fn locality(sim: SimCluster) -> String {
-    format!("region-{0}.zone-{0}", sim.0)
-}
-
-/// `foo` in cluster `c`: the echo app on 127.0.0.1 (a `Sidecar`'s
-/// defaultEndpoint must be a loopback or wildcard address), its sidecar on
-/// 127.0.N.30 with its `WorkloadEntry` (the pod's stand-in), and the Service
-/// `abc/foo` (port 8080) that selects it. No EndpointSlice: the API server
-/// refuses loopback addresses in one; istiod makes the WorkloadEntry an
-/// endpoint of the Service, and a peer's istiod reads it through the remote
-/// secret (istiod reads WorkloadEntries of remote clusters too).
-fn start_foo(c: &KubeCluster) -> (RecordingUpstream, IstioGateway) {
-    let ip = c.sim.ip(hosts::ISTIO_WORKLOAD);
-    let app = RecordingUpstream::start_echo(Ipv4Addr::LOCALHOST, &object_name(c.sim));
-    let inbound = multicloud_e2e::fixtures::free_port(ip);
-    let gw = sidecar(
-        c,
-        "foo",
-        hosts::ISTIO_WORKLOAD,
-        &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: foo, namespace: abc}}\n\
-             spec:\n  workloadSelector: {{labels: {{app: foo}}}}\n\
-             \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '127.0.0.1:{app_port}'}}]\n\
-             \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
-            app_port = app.addr().port(),
-        ),
-    );
-    c.cp.apply(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: foo, namespace: abc}}\n\
-         spec: {{selector: {{app: foo}}, ports: [{{name: http, port: {FOO_PORT}, targetPort: {inbound}}}]}}\n"
-    ))
-    .expect("Service abc/foo");
-    (app, gw)
-}
-
-/// The client workload in cluster `c`: a sidecar with `foo`'s port on
-/// 127.0.N.31 (egress to namespace abc), and an inbound port (mTLS STRICT,
-/// so its `ROOTCA` secret is in use, and observable, whatever else it has).
-fn start_client(c: &KubeCluster) -> (IstioGateway, SocketAddr, SocketAddr) {
-    let ip = c.sim.ip(hosts::ISTIO_CLIENT);
-    let inbound = multicloud_e2e::fixtures::free_port(ip);
-    let gw = sidecar(
-        c,
-        "client",
-        hosts::ISTIO_CLIENT,
-        &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: client, namespace: abc}}\n\
-             spec:\n  workloadSelector: {{labels: {{app: client}}}}\n\
-             \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '127.0.0.1:9'}}]\n\
-             \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
-        ),
-    );
-    (gw, SocketAddr::from((ip, FOO_PORT)), SocketAddr::from((ip, inbound)))
-}
-
-/// `GET http://foo.abc.svc.cluster.local:8080/PATH` through the client's sidecar.
-fn call_foo(client: SocketAddr, path: &str) -> Result<http::Resp, String> {
-    http::try_request("GET", &format!("http://{client}{path}"), &[("Host", &format!("{FOO}:{FOO_PORT}"))])
-}
-
-/// The roots in a proxy's `ROOTCA` secret (what it validates peers with).
-fn rootca(gw: &IstioGateway) -> String {
-    use base64::Engine as _;
-    let Ok(text) = gw.admin_get("/config_dump?resource=dynamic_active_secrets") else { return String::new() };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let mut out = String::new();
-    for s in v["configs"].as_array().into_iter().flatten() {
-        if s["name"] == "ROOTCA" {
-            let b = s["secret"]["validation_context"]["trusted_ca"]["inline_bytes"].as_str().unwrap_or("");
-            out.push_str(&String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default()));
-        }
-    }
-    out
-}
 
 /// The decoded kubeconfig of A's remote secret for `peer`.
 fn remote_kubeconfig(a: &KubeCluster, peer: &str) -> String {
@@ -260,20 +148,8 @@ fn jwt_exp(kubeconfig_b64: &str) -> u64 {
     serde_json::from_slice::<serde_json::Value>(&json).ok().and_then(|v| v["exp"].as_u64()).unwrap_or(u64::MAX)
 }
 
-fn strip(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect()
-}
 
-fn has_root(bundle: &str, root: &str) -> bool {
-    strip(bundle).contains(&strip(root))
-}
 
-fn strict_mtls(c: &KubeCluster) {
-    c.cp.apply(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
-    )
-    .expect("mesh-wide STRICT mTLS");
-}
 
 /// A's workload calls `foo.abc.svc.cluster.local`, which runs only in B: B
 /// answers through B's istiod-run gateway (AUTO_PASSTHROUGH from deploy/),
