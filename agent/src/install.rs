@@ -20,6 +20,7 @@ const SERVICE_MONITOR: &str = include_str!("../../deploy/components/monitoring/s
 const PROMETHEUS_RULE: &str = include_str!("../../deploy/components/monitoring/prometheusrule.yaml");
 const WASM_PLUGIN: &str = include_str!("../../deploy/components/wasmplugin/wasmplugin.yaml");
 const METADATA_ROUTE: &str = include_str!("../../deploy/components/metadata-route/metadata-route.yaml");
+const API_PROXY_ROUTE: &str = include_str!("../../deploy/components/api-proxy-route/api-proxy-route.yaml");
 
 /// The namespace the files in deploy/ name.
 const BASE_NAMESPACE: &str = "istio-system";
@@ -45,7 +46,10 @@ pub struct InstallArgs {
     /// multicloud-metadata, the route the edge filter is enabled on.
     #[arg(long)]
     pub metadata_host: Option<String>,
-    /// The API proxy's host[:port] as peers reach it (the agent's --api-host).
+    /// The API proxy's host[:port] as peers reach it (the agent's --api-host). Also renders the
+    /// gateway's route for HOST to the API server with the guard and the credential injector
+    /// (deploy/components/api-proxy-route; certificate from Secret multicloud-api-tls), except
+    /// with --wasmplugin.
     #[arg(long)]
     pub api_proxy_host: Option<String>,
     /// The gateway's cross-network port: the AUTO_PASSTHROUGH Gateway's server port (default
@@ -300,6 +304,12 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     if a.metadata_host.is_some() {
         objects.extend(docs(METADATA_ROUTE)?);
     }
+    // The API proxy's route (deploy/components/api-proxy-route): with the
+    // EnvoyFilter attachment only, whose cluster to the agent it uses.
+    let api_route_host = a.api_proxy_host.as_deref().filter(|_| !a.wasmplugin).map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_string());
+    if api_route_host.is_some() {
+        objects.extend(docs(API_PROXY_ROUTE)?);
+    }
 
     // Values.
     let ns = a.namespace.as_str();
@@ -340,12 +350,17 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
                     if let Some(p) = a.mesh_port {
                         o["spec"]["servers"][0]["port"]["number"] = p.into();
                     }
+                } else if o["metadata"]["name"] == "multicloud-api" {
+                    if let Some(h) = &api_route_host {
+                        o["spec"]["servers"][0]["hosts"] = serde_json::json!([h]);
+                    }
                 } else if let Some(h) = &a.metadata_host {
                     o["spec"]["servers"][0]["hosts"] = serde_json::json!([h]);
                 }
             }
             "VirtualService" => {
-                if let Some(h) = &a.metadata_host {
+                let host = if o["metadata"]["name"] == "multicloud-api" { api_route_host.as_ref() } else { a.metadata_host.as_ref() };
+                if let Some(h) = host {
                     o["spec"]["hosts"] = serde_json::json!([h]);
                 }
             }
@@ -495,14 +510,21 @@ mod tests {
         assert_eq!(ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
         assert!(ef.to_string().contains("multicloud-agent-xds.mesh-edge.svc.cluster.local"));
         let gateway = |name: &str| objs.iter().find(|o| kind(o) == "Gateway" && o["metadata"]["name"] == name).expect(name).clone();
+        assert_eq!(gateway("multicloud-api")["spec"]["servers"][0]["hosts"], serde_json::json!(["api.a.example"]), "the host without its port");
+        assert_eq!(gateway("multicloud-api")["spec"]["selector"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
+        let api_vs = objs.iter().find(|o| kind(o) == "VirtualService" && o["metadata"]["name"] == "multicloud-api").expect("api VirtualService");
+        assert_eq!(api_vs["spec"]["hosts"], serde_json::json!(["api.a.example"]));
+        let api_ef = objs.iter().find(|o| kind(o) == "EnvoyFilter" && o["metadata"]["name"] == "multicloud-api").expect("api EnvoyFilter");
+        assert_eq!(api_ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
         assert_eq!(gateway("multicloud-metadata")["spec"]["servers"][0]["hosts"], serde_json::json!(["metadata.a.example"]));
         let cross = gateway("istio-multicloud-crossnetwork");
         assert_eq!(cross["spec"]["servers"][0]["port"]["number"], 15444);
         assert_eq!(cross["spec"]["servers"][0]["tls"]["mode"], "AUTO_PASSTHROUGH");
         assert_eq!(cross["spec"]["servers"][0]["hosts"], serde_json::json!(["*.local"]), "not the metadata host");
         assert_eq!(cross["spec"]["selector"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
-        assert_eq!(find(&objs, "VirtualService")["spec"]["hosts"], serde_json::json!(["metadata.a.example"]));
-        assert_eq!(find(&objs, "VirtualService")["spec"]["http"][0]["name"], "multicloud-metadata");
+        let meta_vs = objs.iter().find(|o| kind(o) == "VirtualService" && o["metadata"]["name"] == "multicloud-metadata").expect("metadata VirtualService");
+        assert_eq!(meta_vs["spec"]["hosts"], serde_json::json!(["metadata.a.example"]));
+        assert_eq!(meta_vs["spec"]["http"][0]["name"], "multicloud-metadata");
         assert_eq!(find(&objs, "ServiceMonitor")["spec"]["namespaceSelector"]["matchNames"], serde_json::json!(["mesh-edge"]));
         let ids = vec!["spiffe://a.example/ns/edge/sa/gw".to_string(), "spiffe://a.example/ns/edge/sa/gw2".to_string()];
         let objs = objects(&InstallArgs { gateway_identity: ids.clone(), ..a.clone() }).unwrap();
