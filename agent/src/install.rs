@@ -364,6 +364,11 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
                     o["spec"]["hosts"] = serde_json::json!([h]);
                 }
             }
+            "DestinationRule" => {
+                if let Some(c) = o.pointer_mut("/spec/trafficPolicy/tls/credentialName") {
+                    *c = format!("configmap://{ns}/kube-root-ca.crt").into();
+                }
+            }
             "ServiceMonitor" => o["spec"]["namespaceSelector"]["matchNames"] = serde_json::json!([ns]),
             _ => {}
         }

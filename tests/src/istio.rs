@@ -134,14 +134,15 @@ impl Istiod {
     /// [`Istiod::start`] with `env` instead of [`ISTIOD_ENV`] (e.g. without
     /// the switches, to show what vanilla Envoy then refuses).
     pub fn start_with_env(cp: &ControlPlane, env: &[(&str, &str)]) -> Istiod {
-        Istiod::start_with(cp, env, false)
+        Istiod::start_with(cp, env, false, false)
     }
 
     /// [`Istiod::start_with_env`]; with `mesh_in_configmap`, istiod reads its
     /// mesh config as it does in a cluster, from ConfigMap `istio` in
     /// istio-system (written here, key `mesh`; no file), and so also the
-    /// ConfigMap named by `SHARED_MESH_CONFIG` if `env` sets it.
-    pub fn start_with(cp: &ControlPlane, env: &[(&str, &str)], mesh_in_configmap: bool) -> Istiod {
+    /// ConfigMap named by `SHARED_MESH_CONFIG` if `env` sets it. With
+    /// `resolve_peers`, istiod resolves peers' API hosts ([`with_peer_names`]).
+    pub fn start_with(cp: &ControlPlane, env: &[(&str, &str)], mesh_in_configmap: bool, resolve_peers: bool) -> Istiod {
         cp.install_prerequisites();
         let sim = cp.sim;
         let ip = sim.ip(hosts::ISTIOD);
@@ -161,7 +162,7 @@ impl Istiod {
         }
         let cluster_id = cluster_id(sim);
         let log = std::fs::File::create(dir.path().join("istiod.log")).expect("log");
-        let mut cmd = Command::new(paths::pilot_discovery());
+        let mut cmd = if resolve_peers { with_peer_names(&paths::pilot_discovery(), dir.path()) } else { Command::new(paths::pilot_discovery()) };
         cmd.current_dir(dir.path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -255,6 +256,23 @@ impl Drop for Istiod {
         }
         self.proc.lock().unwrap_or_else(|e| e.into_inner()).kill();
     }
+}
+
+/// `program` run in a mount namespace of its own whose `/etc/hosts`
+/// (written into `dir`) resolves every simulated cluster's API host
+/// (`api.cluster-<n>.example`) to its gateway address (127.0.n.1): the DNS a
+/// real cluster has for a peer's API proxy, which a loopback test bed has
+/// not. Nothing else changes for the program (same network, same files).
+pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
+    let hosts_file = dir.join("hosts");
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for n in 1..=254u8 {
+        text.push_str(&format!("{} api.cluster-{n}.example\n", Ipv4Addr::new(127, 0, n, hosts::GATEWAY)));
+    }
+    std::fs::write(&hosts_file, text).expect("write hosts");
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""]).arg(&hosts_file).arg(program);
+    c
 }
 
 /// The root istiod published in `istio-system` (ConfigMap

@@ -35,6 +35,8 @@ pub struct KubeCluster {
     pub tls_port: u16,
     /// The mesh port published through the gateway Service.
     pub mesh_port: u16,
+    /// The port of its API host (`--api-proxy-host`).
+    pub api_port: u16,
     pub agents: Vec<Agent>,
     pub gateway: Envoy,
     /// With [`KubeMeshOptions::istio`]: the cluster's istiod and its gateway.
@@ -145,13 +147,24 @@ impl KubeCluster {
 
     /// Starts one more agent replica named `pod_name`.
     pub fn start_replica(&self, pod_name: &str) -> Agent {
-        start_agent(self.sim, &self.agent_kubeconfig, pod_name, &self.opts, &self.dir)
+        start_agent(self.sim, &self.agent_kubeconfig, pod_name, &self.opts, &self.dir, None)
     }
 }
 
-fn start_agent(sim: SimCluster, kubeconfig: &std::path::Path, pod_name: &str, opts: &KubeMeshOptions, dir: &tempfile::TempDir) -> Agent {
+fn start_agent(
+    sim: SimCluster,
+    kubeconfig: &std::path::Path,
+    pod_name: &str,
+    opts: &KubeMeshOptions,
+    dir: &tempfile::TempDir,
+    xds_port: Option<u16>,
+) -> Agent {
     let rendered = install(&opts.install_args);
     let adir = Agent::prepare(sim);
+    if let Some(port) = xds_port {
+        // The port the EnvoyFilter names (tests/src/agent.rs reuses it).
+        std::fs::write(adir.path().join("xds-port"), port.to_string()).expect("write xds port");
+    }
     let mut extra_args =
         vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()];
     extra_args.extend(opts.agent_args.iter().cloned());
@@ -205,12 +218,12 @@ fn local_facts(cp: &ControlPlane, sim: SimCluster, id: &ClusterIdentity, mesh_po
 /// targetPort, on its own network) and the Service's load-balancer address
 /// (what a cloud controller writes): the test bed's gateway address, where
 /// the istiod-run gateway's listener (bound on every address) answers.
-fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
+fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16, https_port: u16) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
     use crate::istio::{GatewayOptions as IstioGatewayOptions, IstioGateway, Istiod, ISTIOD_ENV};
     cp.install_prerequisites();
     cp.kubectl_ok(&["label", "namespace", "istio-system", &format!("topology.istio.io/network={}", network(sim)), "--overwrite"]);
     let env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
-    let istiod = Istiod::start_with(cp, &env, true);
+    let istiod = Istiod::start_with(cp, &env, true, true);
     let net = network(sim);
     let gw = IstioGateway::start(
         cp,
@@ -218,7 +231,7 @@ fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16) -> (crate::is
         IstioGatewayOptions {
             name: "istio-ingressgateway-0".into(),
             host: hosts::ISTIO_GATEWAY,
-            service_ports: vec![("tls".into(), mesh_port, mesh_port)],
+            service_ports: vec![("tls".into(), mesh_port, mesh_port), ("https".into(), 443, https_port)],
             env: vec![
                 // What Istio's gateway chart sets for a network gateway.
                 ("ISTIO_META_NETWORK".into(), net.clone()),
@@ -231,6 +244,45 @@ fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16) -> (crate::is
     );
     cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", sim.ip(hosts::GATEWAY));
     (istiod, gw)
+}
+
+/// `install`'s output with the one thing a loopback test bed cannot have:
+/// DNS for `multicloud-agent-xds.istio-system.svc.cluster.local`, which the
+/// EnvoyFilter's cluster resolves (STRICT_DNS). That address and port, and
+/// nothing else, become the agent's loopback xDS address.
+pub fn agent_address_on_loopback(rendered: &str, sim: SimCluster, xds_port: u16) -> String {
+    let service = "address: multicloud-agent-xds.istio-system.svc.cluster.local";
+    assert_eq!(rendered.matches(service).count(), 1, "the EnvoyFilter's cluster names the agent's Service once");
+    assert_eq!(rendered.matches("port_value: 15011").count(), 1);
+    rendered.replace(service, &format!("address: {}", sim.ip(hosts::AGENT))).replace("port_value: 15011", &format!("port_value: {xds_port}"))
+}
+
+/// What the API proxy's route (deploy/components/api-proxy-route) needs from
+/// outside deploy/: the operator's certificate for the API host (Secret
+/// `multicloud-api-tls`, from the cluster's edge CA, which peers pin), and
+/// what Kubernetes itself has: the cluster CA in ConfigMap
+/// `kube-root-ca.crt` (kube-controller-manager publishes it) and endpoints
+/// for `kubernetes.default` (the API server's own reconciler writes them,
+/// but the API server refuses loopback addresses in an EndpointSlice, so a
+/// ServiceEntry for the same host gives istiod the API server's address).
+fn api_proxy_facts(cp: &ControlPlane, sim: SimCluster, edge_ca: &EdgeCa) {
+    let (cert, key) = edge_ca.server_cert_dns(&api_host(sim));
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let objects = serde_json::json!([
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": "multicloud-api-tls", "namespace": "istio-system"},
+         "data": {"tls.crt": b64(&cert), "tls.key": b64(&key)}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": "istio-system"},
+         "data": {"ca.crt": cp.ca_pem}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+         "metadata": {"name": "kubernetes-apiserver-stand-in", "namespace": "default"},
+         "spec": {"hosts": ["kubernetes.default.svc.cluster.local"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                  "ports": [{"number": 443, "name": "https", "protocol": "HTTPS", "targetPort": cp.addr().port()}],
+                  "endpoints": [{"address": cp.addr().ip().to_string()}]}},
+    ]);
+    for o in objects.as_array().into_iter().flatten() {
+        cp.apply(&o.to_string()).expect("API proxy facts");
+    }
 }
 
 /// The test bed gateway's client identity at the agent's xDS port: the
@@ -269,19 +321,27 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
     let cas: Vec<EdgeCa> = sims.iter().map(|s| EdgeCa::generate(&object_name(*s))).collect();
     let ca_pems: Vec<String> = cas.iter().map(EdgeCa::pem).collect();
     let tls_ports: Vec<u16> = sims.iter().map(|s| free_port(s.ip(hosts::GATEWAY))).collect();
+    // With Istio: the istiod-run gateway's HTTPS port (the Service's 443
+    // targetPort, bound on every address), where the API proxy's route is.
+    let https_ports: Vec<u16> = sims.iter().map(|_| free_port(std::net::Ipv4Addr::UNSPECIFIED)).collect();
     let mut out = Vec::new();
     for (i, (id, edge_ca)) in ids.into_iter().zip(cas).enumerate() {
         let (sim, cp) = (sims[i], cps[i]);
         cp.install_prerequisites();
-        let mut install_args = vec![format!("--api-proxy-host={}:{}", api_host(sim), tls_ports[i])];
+        // With Istio, peers' istiods reach the API host by name (see
+        // `Istiod::start_with`) on the istiod-run gateway's HTTPS port.
+        let api_port = if opts.istio { https_ports[i] } else { tls_ports[i] };
+        let mut install_args = vec![format!("--api-proxy-host={}:{api_port}", api_host(sim))];
         install_args.extend(opts.install_args.iter().cloned());
         let mesh_port = free_port(std::net::Ipv4Addr::UNSPECIFIED);
-        let (mut istiod, mut istio_gateway) = (None, None);
+        let (mut istiod, mut istio_gateway, mut xds_port) = (None, None, None);
         if opts.istio {
             install_args.push(format!("--mesh-port={mesh_port}"));
-            cp.apply(&install(&install_args)).expect("install output applies");
-            let (d, g) = istio_facts(cp, sim, mesh_port);
-            (istiod, istio_gateway) = (Some(d), Some(g));
+            let port = free_port(sim.ip(hosts::AGENT));
+            cp.apply(&agent_address_on_loopback(&install(&install_args), sim, port)).expect("install output applies");
+            api_proxy_facts(cp, sim, &edge_ca);
+            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i]);
+            (istiod, istio_gateway, xds_port) = (Some(d), Some(g), Some(port));
         } else {
             cp.apply(&install(&install_args)).expect("install output applies");
             local_facts(cp, sim, &id, mesh_port);
@@ -300,12 +360,12 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         // secrets connect to the peer's gateway instead (keeping the name as
         // the TLS server name), like `curl --resolve`.
         let mut agent_args = opts.agent_args.clone();
-        for (j, s) in sims.iter().enumerate().filter(|(j, _)| *j != i) {
+        for (j, s) in sims.iter().enumerate().filter(|(j, _)| *j != i && !opts.istio) {
             agent_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), tls_ports[j])]);
         }
         let opts = KubeMeshOptions { install_args, agent_args, ..opts.clone() };
         let agents: Vec<Agent> =
-            (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir)).collect();
+            (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir, xds_port.filter(|_| r == 0))).collect();
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
         let (cert_pem, key_pem) = edge_ca.server_cert(sim.ip(hosts::GATEWAY));
         let spec = Gateway::spec_with(GatewayOptions {
@@ -315,7 +375,8 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
             // The API proxy in front of this cluster's real API server, with
             // the API proxy ServiceAccount's real token as the credential.
-            api: Some(ApiRoute {
+            // (With Istio, the istiod-run gateway serves the API proxy, by deploy/.)
+            api: (!opts.istio).then(|| ApiRoute {
                 host: api_host(sim),
                 apiserver: cp.addr(),
                 tls: Some(edge_ca.server_cert_dns(&api_host(sim))),
@@ -335,6 +396,7 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             edge_ca,
             tls_port: tls_ports[i],
             mesh_port,
+            api_port,
             agents,
             gateway,
             istiod,

@@ -69,7 +69,11 @@ fn guard_refuses_what_istiod_does_not_need(a: &KubeCluster, b: &KubeCluster, pee
     let text = remote_kubeconfig(a, peer);
     let path = a.dir().join("remote-b.kubeconfig");
     std::fs::write(&path, &text).expect("write");
-    let kubectl = |args: &[&str]| a.cp.kubectl_as(&path, args, None);
+    // kubectl, as istiod, resolves the peer's API host by name.
+    let kubectl = |args: &[&str]| {
+        let mut cmd = multicloud_e2e::istio::with_peer_names(&multicloud_e2e::paths::kubectl(), a.dir());
+        cmd.args(args).env("KUBECONFIG", &path).output().expect("kubectl")
+    };
     let out = kubectl(&["get", "services", "-n", "abc", "-o", "name"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("service/foo"), "the control: a read passes: {out:?}");
     for (what, args, want) in [
@@ -88,8 +92,10 @@ fn guard_refuses_what_istiod_does_not_need(a: &KubeCluster, b: &KubeCluster, pee
     // Path tricks, raw (no client-side path cleaning), with the remote
     // secret's token, at the address and name the kubeconfig gives.
     let server = kubeconfig_field(&text, "server");
-    let proxy: SocketAddr = server.trim_start_matches("https://").parse().expect("server address");
-    let sni = kubeconfig_field(&text, "tls-server-name");
+    let (sni, port) = server.trim_start_matches("https://").rsplit_once(':').expect("server host:port");
+    assert_eq!(sni, multicloud_e2e::kube_mesh::api_host(b.sim), "the remote secret names B's API host");
+    let proxy = SocketAddr::from((b.sim.ip(hosts::GATEWAY), port.parse::<u16>().expect("port")));
+    let sni = sni.to_string();
     let token = kubeconfig_field(&text, "token");
     let judge = {
         b.cp.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: judge, namespace: default}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: judge}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{kind: ServiceAccount, name: judge, namespace: default}]\n").expect("judge");
@@ -234,7 +240,7 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     // the export label: the shape of a Deckhouse-format peer), and still gets
     // the traffic, because A's istiod read B's endpoints itself. `check`
     // fetches B's private document as A's agent does.
-    let override_ = format!("{}={}:{}", multicloud_e2e::kube_mesh::api_host(sims[1]), sims[1].ip(hosts::GATEWAY), b.tls_port);
+    let override_ = format!("{}={}:{}", multicloud_e2e::kube_mesh::api_host(sims[1]), sims[1].ip(hosts::GATEWAY), b.api_port);
     let out = std::process::Command::new(multicloud_e2e::paths::agent())
         .args(["check", &name_b, "--kubernetes", "--api-host-override", &override_])
         .env("KUBECONFIG", a.cp.admin_kubeconfig())
