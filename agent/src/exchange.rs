@@ -27,13 +27,11 @@
 //! - Bearer tokens are marked sensitive and never logged.
 //!
 //! Failures carry a CamelCase [`FetchError::reason`] for `status.conditions`
-//! and a snake_case [`FetchError::metric_label`] for metrics.
-//! [`Backoff`] and [`refresh_interval`] pace the retries and the steady
-//! refresh.
+//! and a snake_case [`FetchError::metric_label`] for metrics. The reconciler
+//! paces retries and the steady refresh (`crate::reconcile::backoff`).
 
 use multicloud_core::metadata::{InvalidField, PrivateMetadata, PublicMetadata, ValidPublic};
 use multicloud_core::pem::CertBundle;
-use rand::{Rng as _, SeedableRng as _};
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -554,102 +552,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Retry pacing after failures: exponential with full jitter. The n-th delay
-/// (from 0) is uniform in `[min(base/10, …), min(cap, base·2ⁿ)]`; the small
-/// floor keeps a failing remote from being retried in a hot loop.
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    rng: rand::rngs::StdRng,
-}
-
-impl fmt::Debug for Backoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backoff").field("base", &self.base).field("cap", &self.cap).field("attempt", &self.attempt).finish()
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Backoff::BASE, Backoff::CAP)
-    }
-}
-
-impl Backoff {
-    pub const BASE: Duration = Duration::from_secs(1);
-    pub const CAP: Duration = Duration::from_secs(300);
-
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap: cap.max(base), attempt: 0, rng: rand::rngs::StdRng::from_os_rng() }
-    }
-
-    /// The upper bound of the next delay: `min(cap, base·2^attempt)`.
-    fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The delay before the next retry; each call widens the window.
-    pub fn next_delay(&mut self) -> Duration {
-        let hi = self.ceiling();
-        let lo = (self.base / 10).min(hi);
-        self.attempt = self.attempt.saturating_add(1);
-        let (lo_ms, hi_ms) = (lo.as_millis() as u64, hi.as_millis() as u64);
-        Duration::from_millis(self.rng.random_range(lo_ms..=hi_ms.max(lo_ms)))
-    }
-
-    /// After a success: the next failure starts from `base` again.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// The steady refresh interval while a remote is healthy: 30 s ± 10 %.
-pub fn refresh_interval() -> Duration {
-    Duration::from_millis(rand::rng().random_range(27_000..=33_000))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_stays_under_the_cap_and_resets() {
-        let mut b = Backoff::default();
-        let mut ceilings = Vec::new();
-        for _ in 0..40 {
-            let c = b.ceiling();
-            let d = b.next_delay();
-            assert!(d <= c && d <= Backoff::CAP && d >= Duration::from_millis(100), "{d:?} (ceiling {c:?})");
-            ceilings.push(c);
-        }
-        assert!(ceilings.windows(2).all(|w| w[0] <= w[1]), "{ceilings:?}");
-        assert_eq!(ceilings[0], Duration::from_secs(1));
-        assert_eq!(ceilings[39], Backoff::CAP);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
-
-        // The delays themselves grow: mean of the 1st vs the 6th (≤1 s vs ≤32 s).
-        let (mut first, mut sixth) = (Duration::ZERO, Duration::ZERO);
-        for _ in 0..200 {
-            let mut b = Backoff::default();
-            first += b.next_delay();
-            for _ in 0..4 {
-                b.next_delay();
-            }
-            sixth += b.next_delay();
-        }
-        assert!(sixth > first * 8, "first {first:?} sixth {sixth:?}");
-    }
-
-    #[test]
-    fn refresh_is_thirty_seconds_give_or_take_ten_percent() {
-        for _ in 0..100 {
-            let d = refresh_interval();
-            assert!(d >= Duration::from_secs(27) && d <= Duration::from_secs(33), "{d:?}");
-        }
-    }
 
     #[test]
     fn trust_from_spec() {

@@ -247,3 +247,26 @@ fn backoff_grows_with_failures_and_stays_under_the_cap() {
         assert!(d >= base.saturating_mul(1 << (f - 1).min(20)).min(cap) / 2);
     }
 }
+
+/// The delays themselves grow: the mean of the 1st vs the 6th delay (full
+/// jitter: half to all of 1 s vs of 32 s). Moved here from the unused
+/// `exchange::Backoff` when it was removed.
+#[test]
+fn backoff_delays_grow_on_average() {
+    let (base, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+    let (mut first, mut sixth) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..200 {
+        first += backoff(base, cap, 1);
+        sixth += backoff(base, cap, 6);
+    }
+    assert!(sixth > first * 8, "first {first:?} sixth {sixth:?}");
+}
+
+/// The steady refresh of a healthy peer: 30 s give or take 10 %.
+#[test]
+fn refresh_is_thirty_seconds_give_or_take_ten_percent() {
+    for _ in 0..100 {
+        let d = jitter(Timing::default().refresh, 0.1);
+        assert!(d >= Duration::from_secs(27) && d <= Duration::from_secs(33), "{d:?}");
+    }
+}
