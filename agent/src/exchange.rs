@@ -30,6 +30,8 @@
 //! and a snake_case [`FetchError::metric_label`] for metrics. The reconciler
 //! paces retries and the steady refresh (`crate::reconcile::backoff`).
 
+pub mod factory;
+
 use multicloud_core::metadata::{InvalidField, PrivateMetadata, PublicMetadata, ValidPublic};
 use multicloud_core::pem::CertBundle;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};

@@ -1,10 +1,14 @@
 //! `multicloud-agent`: the node-local agent's command line.
 
-use multicloud_agent::{cli, crd, keys};
+use multicloud_agent::cli::inspect as cli;
+use multicloud_agent::{crd, keys};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use multicloud_agent::{admin, edge_file, metrics, reconcile, remote, standalone};
+use multicloud_agent::exchange::factory as remote;
+use multicloud_agent::sinks::ecds_file as edge_file;
+use multicloud_agent::sources::standalone;
+use multicloud_agent::{admin, metrics, reconcile};
 use multicloud_core::token::Scope;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -31,7 +35,7 @@ enum Command {
     Crd,
     /// Print the objects to install (deploy/'s kustomize base, plus components the flags ask
     /// for) as multi-document YAML with these values in place; pipe it to `kubectl apply -f -`.
-    Install(multicloud_agent::install::InstallArgs),
+    Install(multicloud_agent::cli::install::InstallArgs),
     /// Mint a federation token signed with the key at PATH.
     Token {
         #[arg(long)]
@@ -265,7 +269,7 @@ fn main() -> Result<()> {
             print!("{}", multicloud_core::pem::ed25519_public_key_to_pem(&k.verifying_key()));
         }
         Command::Crd => print!("{}", crd::crd_yaml()),
-        Command::Install(args) => print!("{}", multicloud_agent::install::render(&args)?),
+        Command::Install(args) => print!("{}", multicloud_agent::cli::install::render(&args)?),
         Command::Status { agent, output } => std::process::exit(cli::status(&agent, output)),
         Command::Check { peer, agent, standalone, key, kubernetes, kube, api_host_override, output } => {
             let source = if kubernetes {
@@ -280,7 +284,7 @@ fn main() -> Result<()> {
                     })?;
                     let opts =
                         kube_options(&kube).map_err(|e| ("FlagsInvalid".to_string(), format!("{e:#}"), "fix the flag".to_string()))?;
-                    multicloud_agent::kube_mode::check_inputs(client, &opts, &peer).await
+                    multicloud_agent::sources::kubernetes::check_inputs(client, &opts, &peer).await
                 }))
             } else {
                 cli::CheckSource::Standalone { file: standalone.as_deref(), key: key.as_deref().unwrap_or(std::path::Path::new("")) }
@@ -317,10 +321,10 @@ fn init_logs(format: &str) -> Result<()> {
 }
 
 /// Kubernetes mode: status to the object (with the Lease) and to the board behind `/status`.
-struct Both(Arc<dyn multicloud_agent::source::StatusSink>, Arc<standalone::StatusBoard>);
+struct Both(Arc<dyn multicloud_agent::sources::StatusSink>, Arc<standalone::StatusBoard>);
 
-impl multicloud_agent::source::StatusSink for Both {
-    fn publish<'a>(&'a self, name: &'a str, status: &'a crd::IstioMulticloudStatus) -> multicloud_agent::source::BoxFuture<'a, Result<()>> {
+impl multicloud_agent::sources::StatusSink for Both {
+    fn publish<'a>(&'a self, name: &'a str, status: &'a crd::IstioMulticloudStatus) -> multicloud_agent::sources::BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.1.publish(name, status).await?;
             self.0.publish(name, status).await
@@ -335,7 +339,7 @@ struct ReadyOnApply {
 }
 
 impl reconcile::DataPlaneSink for ReadyOnApply {
-    fn apply<'a>(&'a self, dp: &'a reconcile::DataPlane) -> multicloud_agent::source::BoxFuture<'a, Result<()>> {
+    fn apply<'a>(&'a self, dp: &'a reconcile::DataPlane) -> multicloud_agent::sources::BoxFuture<'a, Result<()>> {
         let _ = dp;
         Box::pin(async move {
             self.admin.ready.store(true, Ordering::SeqCst);
@@ -344,7 +348,7 @@ impl reconcile::DataPlaneSink for ReadyOnApply {
     }
 }
 
-fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::kube_mode::KubeOptions> {
+fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::sources::kubernetes::KubeOptions> {
     let mut gateway_selector = std::collections::BTreeMap::new();
     for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
         let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
@@ -356,7 +360,7 @@ fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::kube_mode::KubeOptions
         let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
         advertise.push(multicloud_core::metadata::IngressGateway { address: host.to_string(), port });
     }
-    Ok(multicloud_agent::kube_mode::KubeOptions {
+    Ok(multicloud_agent::sources::kubernetes::KubeOptions {
         namespace: k.namespace.clone(),
         lease_name: "istio-multicloud-agent".into(),
         holder_identity: k.pod_name.clone(),
@@ -369,7 +373,7 @@ fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::kube_mode::KubeOptions
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    use multicloud_agent::kube_mode;
+    use multicloud_agent::sources::kubernetes as kube_mode;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let source_error = Arc::new(Mutex::new(None));
     let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
@@ -377,7 +381,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut wasmplugin_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
     let mut lease_guard: Option<Arc<kube_mode::LeaseGuard>> = None;
     let metrics = Arc::new(metrics::Metrics::default());
-    let (key, status_sink): (_, Arc<dyn multicloud_agent::source::StatusSink>) = if args.kubernetes {
+    let (key, status_sink): (_, Arc<dyn multicloud_agent::sources::StatusSink>) = if args.kubernetes {
         let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         let opts = kube_options(&args.kube)?;
         kube_client = Some((client.clone(), opts.namespace.clone()));
@@ -404,9 +408,9 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     tracing::info!("federation key loaded (its public key is published in public.json)");
     let access = multicloud_agent::xds::AccessPolicy {
-        restricted: [(multicloud_agent::xds_sink::GATEWAY_GROUP.to_string(), args.xds_gateway_identity.iter().cloned().collect())].into(),
+        restricted: [(multicloud_agent::xds::render::GATEWAY_GROUP.to_string(), args.xds_gateway_identity.iter().cloned().collect())].into(),
     };
-    let xds_server = multicloud_agent::xds::XdsServer::with_access(multicloud_agent::xds_sink::classify(), access);
+    let xds_server = multicloud_agent::xds::XdsServer::with_access(multicloud_agent::xds::render::classify(), access);
     {
         let s = xds_server.clone();
         metrics.set_nack_source(Box::new(move || s.nack_count()));
@@ -414,10 +418,10 @@ async fn run(args: RunArgs) -> Result<()> {
         metrics.set_xds_refusal_source(Box::new(move || s.refusals().into_iter().map(|(r, n)| (r.label(), n)).collect()));
     }
     let xds_tls = match (&args.xds_cert, &args.xds_key) {
-        (Some(c), Some(k)) => multicloud_agent::xds_tls::ServingCert::from_files(c, k)?,
-        _ => multicloud_agent::xds_tls::ServingCert::self_signed()?,
+        (Some(c), Some(k)) => multicloud_agent::xds::tls::ServingCert::from_files(c, k)?,
+        _ => multicloud_agent::xds::tls::ServingCert::self_signed()?,
     };
-    let xds_tls = Arc::new(multicloud_agent::xds_tls::XdsTls::new(xds_tls)?);
+    let xds_tls = Arc::new(multicloud_agent::xds::tls::XdsTls::new(xds_tls)?);
     let admin_state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         board: board.clone(),
@@ -468,7 +472,7 @@ async fn run(args: RunArgs) -> Result<()> {
         total_timeout: Duration::from_millis(args.fetch_timeout_ms),
     };
     let api_credential = match &args.api_proxy_credential {
-        Some(p) => Some(multicloud_agent::xds_sink::ApiCredential::load(p.clone())?),
+        Some(p) => Some(multicloud_agent::xds::render::ApiCredential::load(p.clone())?),
         None => None,
     };
     // Kubernetes mode always writes the remote Secrets; standalone mode only with --remote-secrets-dir.
@@ -484,9 +488,9 @@ async fn run(args: RunArgs) -> Result<()> {
                 let (h, a) = o.split_once('=').with_context(|| format!("--api-host-override {o:?}: want HOST=ADDR"))?;
                 host_overrides.insert(h.to_string(), a.to_string());
             }
-            let rs = multicloud_agent::remote_secret::RemoteSecrets::new(
+            let rs = multicloud_agent::sinks::remote_secret::RemoteSecrets::new(
                 key.clone(),
-                multicloud_agent::remote_secret::RemoteSecretOptions {
+                multicloud_agent::sinks::remote_secret::RemoteSecretOptions {
                     dir: dir.clone(),
                     kubernetes: kube_client.clone(),
                     ttl_secs: args.api_token_ttl_seconds,
@@ -499,7 +503,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let xds_sink = Arc::new(multicloud_agent::xds_sink::XdsSink {
+    let xds_sink = Arc::new(multicloud_agent::xds::render::XdsSink {
         cache: Default::default(),
         server: xds_server,
         metrics: metrics.clone(),
@@ -534,7 +538,7 @@ async fn run(args: RunArgs) -> Result<()> {
         status: status_sink,
         sinks: {
             let mut sinks: Vec<Arc<dyn reconcile::DataPlaneSink>> =
-                vec![Arc::new(multicloud_agent::xds_tls::ClientRootsSink(xds_tls)), xds_sink];
+                vec![Arc::new(multicloud_agent::xds::tls::ClientRootsSink(xds_tls)), xds_sink];
             if let Some(rs) = remote_secrets {
                 sinks.push(rs);
             }

@@ -13,7 +13,7 @@
 use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::source::{BoxFuture, Desired, StatusSink};
+use crate::sources::{BoxFuture, Desired, StatusSink};
 use ed25519_dalek::SigningKey;
 use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};

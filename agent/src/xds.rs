@@ -13,11 +13,13 @@
 //! API proxy credential and the private document) to listed identities.
 
 mod delta;
+pub mod render;
 mod sotw;
+pub mod tls;
 #[cfg(test)]
 mod tests;
 
-use crate::xds_tls::{RefusalReason, XdsPeer, XdsTls};
+use crate::xds::tls::{RefusalReason, XdsPeer, XdsTls};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -306,7 +308,7 @@ impl XdsServer {
     /// carrying the identity they proved. Failed handshakes are logged
     /// and counted.
     pub async fn serve_tls(self, listener: tokio::net::TcpListener, tls: Arc<XdsTls>) -> anyhow::Result<()> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<crate::xds_tls::TlsConn, std::io::Error>>(OUTBOUND_BUFFER);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<crate::xds::tls::TlsConn, std::io::Error>>(OUTBOUND_BUFFER);
         let server = self.clone();
         tokio::spawn(async move {
             loop {

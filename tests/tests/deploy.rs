@@ -133,10 +133,10 @@ fn install(args: &[&str]) -> String {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        install: multicloud_agent::install::InstallArgs,
+        install: multicloud_agent::cli::install::InstallArgs,
     }
     let cli = Cli::try_parse_from(std::iter::once("install").chain(args.iter().copied())).unwrap();
-    multicloud_agent::install::render(&cli.install).unwrap()
+    multicloud_agent::cli::install::render(&cli.install).unwrap()
 }
 
 const NON_DEFAULT: &[&str] = &[

@@ -4,7 +4,7 @@
 use super::*;
 use crate::crd::IstioMulticloudSpec;
 use crate::facts::LocalFacts;
-use crate::source::DesiredPeer;
+use crate::sources::DesiredPeer;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
 use std::sync::Mutex;
 

@@ -296,7 +296,7 @@ fn fetch_hint(e: &FetchError) -> String {
 
 fn load_local(standalone: &Path) -> Result<(LocalFacts, BTreeMap<String, IstioMulticloudSpec>), String> {
     let text = std::fs::read_to_string(standalone).map_err(|e| format!("cannot read {}: {e}", standalone.display()))?;
-    let d = crate::standalone::parse(&text).map_err(|e| format!("{}: {e:#}", standalone.display()))?;
+    let d = crate::sources::standalone::parse(&text).map_err(|e| format!("{}: {e:#}", standalone.display()))?;
     Ok((d.facts, d.peers.into_iter().map(|(k, v)| (k, v.spec)).collect()))
 }
 

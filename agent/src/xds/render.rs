@@ -17,7 +17,7 @@
 
 use crate::metrics::Metrics;
 use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::source::BoxFuture;
+use crate::sources::BoxFuture;
 use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
 use multicloud_core::metadata::MeshMode;
 use multicloud_proto::edge_filter;

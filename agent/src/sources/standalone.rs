@@ -21,7 +21,7 @@
 
 use crate::crd::{IstioMulticloud, IstioMulticloudStatus};
 use crate::facts::LocalFacts;
-use crate::source::{BoxFuture, Desired, DesiredPeer, StatusSink};
+use crate::sources::{BoxFuture, Desired, DesiredPeer, StatusSink};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

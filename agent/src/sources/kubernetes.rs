@@ -8,7 +8,7 @@
 
 use crate::crd::{IstioMulticloud, IstioMulticloudStatus};
 use crate::facts::LocalFacts;
-use crate::source::{BoxFuture, DesiredPeer, StatusSink};
+use crate::sources::{BoxFuture, DesiredPeer, StatusSink};
 use anyhow::{anyhow, bail, Context as _, Result};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt as _;
@@ -823,7 +823,7 @@ pub async fn desired_state(
     client: kube::Client,
     opts: KubeOptions,
     facts_every: std::time::Duration,
-    tx: tokio::sync::watch::Sender<Option<crate::source::Desired>>,
+    tx: tokio::sync::watch::Sender<Option<crate::sources::Desired>>,
     status: Option<Arc<KubeStatusSink>>,
 ) {
     let (otx, mut orx) = tokio::sync::watch::channel(BTreeMap::new());
@@ -841,7 +841,7 @@ pub async fn desired_state(
             r = orx.changed() => if r.is_err() { return },
         }
         if let Some(f) = &facts {
-            let d = crate::source::Desired { peers: orx.borrow().clone(), facts: f.clone() };
+            let d = crate::sources::Desired { peers: orx.borrow().clone(), facts: f.clone() };
             tx.send_if_modified(|cur| {
                 if cur.as_ref() == Some(&d) {
                     false

@@ -2,6 +2,9 @@
 //! where the federation key lives. Kubernetes mode and standalone mode each
 //! implement them; the reconciler does not know which it runs with.
 
+pub mod kubernetes;
+pub mod standalone;
+
 use crate::crd::{IstioMulticloudSpec, IstioMulticloudStatus};
 use crate::facts::LocalFacts;
 use std::collections::BTreeMap;
