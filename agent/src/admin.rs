@@ -4,7 +4,7 @@
 //! responder: GET only, bounded request head, one request per connection.
 
 use crate::metrics::Metrics;
-use crate::sources::standalone::StatusBoard;
+use crate::sinks::status::StatusBoard;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

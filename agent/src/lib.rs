@@ -7,8 +7,12 @@ pub mod crd;
 pub mod exchange;
 pub mod facts;
 pub mod keys;
+pub mod kube;
 pub mod metrics;
 pub mod reconcile;
 pub mod sinks;
 pub mod sources;
 pub mod xds;
+
+/// The boxed future the agent's object-safe async traits return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

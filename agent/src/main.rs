@@ -284,7 +284,7 @@ fn main() -> Result<()> {
                     })?;
                     let opts =
                         kube_options(&kube).map_err(|e| ("FlagsInvalid".to_string(), format!("{e:#}"), "fix the flag".to_string()))?;
-                    multicloud_agent::sources::kubernetes::check_inputs(client, &opts, &peer).await
+                    multicloud_agent::cli::check_kube::check_inputs(client, &opts, &peer).await
                 }))
             } else {
                 cli::CheckSource::Standalone { file: standalone.as_deref(), key: key.as_deref().unwrap_or(std::path::Path::new("")) }
@@ -321,10 +321,10 @@ fn init_logs(format: &str) -> Result<()> {
 }
 
 /// Kubernetes mode: status to the object (with the Lease) and to the board behind `/status`.
-struct Both(Arc<dyn multicloud_agent::sources::StatusSink>, Arc<standalone::StatusBoard>);
+struct Both(Arc<dyn multicloud_agent::sinks::StatusSink>, Arc<multicloud_agent::sinks::status::StatusBoard>);
 
-impl multicloud_agent::sources::StatusSink for Both {
-    fn publish<'a>(&'a self, name: &'a str, status: &'a crd::IstioMulticloudStatus) -> multicloud_agent::sources::BoxFuture<'a, Result<()>> {
+impl multicloud_agent::sinks::StatusSink for Both {
+    fn publish<'a>(&'a self, name: &'a str, status: &'a crd::IstioMulticloudStatus) -> multicloud_agent::BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.1.publish(name, status).await?;
             self.0.publish(name, status).await
@@ -339,7 +339,7 @@ struct ReadyOnApply {
 }
 
 impl reconcile::DataPlaneSink for ReadyOnApply {
-    fn apply<'a>(&'a self, dp: &'a reconcile::DataPlane) -> multicloud_agent::sources::BoxFuture<'a, Result<()>> {
+    fn apply<'a>(&'a self, dp: &'a reconcile::DataPlane) -> multicloud_agent::BoxFuture<'a, Result<()>> {
         let _ = dp;
         Box::pin(async move {
             self.admin.ready.store(true, Ordering::SeqCst);
@@ -348,7 +348,7 @@ impl reconcile::DataPlaneSink for ReadyOnApply {
     }
 }
 
-fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::sources::kubernetes::KubeOptions> {
+fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::kube::KubeOptions> {
     let mut gateway_selector = std::collections::BTreeMap::new();
     for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
         let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
@@ -360,7 +360,7 @@ fn kube_options(k: &KubeArgs) -> Result<multicloud_agent::sources::kubernetes::K
         let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
         advertise.push(multicloud_core::metadata::IngressGateway { address: host.to_string(), port });
     }
-    Ok(multicloud_agent::sources::kubernetes::KubeOptions {
+    Ok(multicloud_agent::kube::KubeOptions {
         namespace: k.namespace.clone(),
         lease_name: "istio-multicloud-agent".into(),
         holder_identity: k.pod_name.clone(),
@@ -376,22 +376,28 @@ async fn run(args: RunArgs) -> Result<()> {
     use multicloud_agent::sources::kubernetes as kube_mode;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let source_error = Arc::new(Mutex::new(None));
-    let board = Arc::new(standalone::StatusBoard::new(args.status_file.clone()));
+    let board = Arc::new(multicloud_agent::sinks::status::StatusBoard::new(args.status_file.clone()));
     let mut kube_client: Option<(kube::Client, String)> = None;
     let mut wasmplugin_sink: Option<Arc<dyn reconcile::DataPlaneSink>> = None;
-    let mut lease_guard: Option<Arc<kube_mode::LeaseGuard>> = None;
+    let mut lease_guard: Option<Arc<multicloud_agent::kube::lease::LeaseGuard>> = None;
     let metrics = Arc::new(metrics::Metrics::default());
-    let (key, status_sink): (_, Arc<dyn multicloud_agent::sources::StatusSink>) = if args.kubernetes {
+    let (key, status_sink): (_, Arc<dyn multicloud_agent::sinks::StatusSink>) = if args.kubernetes {
         let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
         let opts = kube_options(&args.kube)?;
         kube_client = Some((client.clone(), opts.namespace.clone()));
-        let key = kube_mode::SecretKeyStore::new(client.clone(), &opts).load_or_generate().await?;
-        let lease = Arc::new(kube_mode::LeaseGuard::new(client.clone(), &opts));
+        let key = multicloud_agent::kube::key_secret::SecretKeyStore::new(client.clone(), &opts).load_or_generate().await?;
+        let lease = Arc::new(multicloud_agent::kube::lease::LeaseGuard::new(client.clone(), &opts));
         lease.clone().spawn_renewal();
         if let Some(name) = &args.kube.wasmplugin {
-            wasmplugin_sink = Some(Arc::new(kube_mode::WasmPluginSink::new(client.clone(), &opts.namespace, name, lease.clone())));
+            wasmplugin_sink = Some(Arc::new(multicloud_agent::sinks::wasmplugin::WasmPluginSink::new(
+                client.clone(),
+                &opts.namespace,
+                name,
+                lease.clone(),
+            )));
         }
-        let kube_status = Arc::new(kube_mode::KubeStatusSink::new(client.clone(), lease.clone(), Some(metrics.clone())));
+        let kube_status =
+            Arc::new(multicloud_agent::sinks::status::KubeStatusSink::new(client.clone(), lease.clone(), Some(metrics.clone())));
         {
             let l = lease.clone();
             metrics.set_leader_source(Box::new(move || l.is_leader()));
@@ -408,9 +414,10 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     tracing::info!("federation key loaded (its public key is published in public.json)");
     let access = multicloud_agent::xds::AccessPolicy {
-        restricted: [(multicloud_agent::xds::render::GATEWAY_GROUP.to_string(), args.xds_gateway_identity.iter().cloned().collect())].into(),
+        restricted: [(multicloud_agent::xds::groups::GATEWAY_GROUP.to_string(), args.xds_gateway_identity.iter().cloned().collect())]
+            .into(),
     };
-    let xds_server = multicloud_agent::xds::XdsServer::with_access(multicloud_agent::xds::render::classify(), access);
+    let xds_server = multicloud_agent::xds::XdsServer::with_access(multicloud_agent::xds::groups::classify(), access);
     {
         let s = xds_server.clone();
         metrics.set_nack_source(Box::new(move || s.nack_count()));
@@ -433,7 +440,7 @@ async fn run(args: RunArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --xds {addr}"))?;
         let bound = l.local_addr()?;
         if let Some(p) = &args.xds_address_file {
-            standalone::write_atomically(p, bound.to_string().as_bytes())?;
+            multicloud_agent::sinks::write_atomically(p, bound.to_string().as_bytes())?;
         }
         tracing::info!(
             address = %bound,
@@ -451,7 +458,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("cannot listen on --http {}", args.http))?;
     let bound = listener.local_addr()?;
     if let Some(p) = &args.http_address_file {
-        standalone::write_atomically(p, bound.to_string().as_bytes())?;
+        multicloud_agent::sinks::write_atomically(p, bound.to_string().as_bytes())?;
     }
     tracing::info!(address = %bound, "HTTP port: /healthz /readyz /metrics /status");
     tokio::spawn(admin::serve(listener, admin_state.clone()));
@@ -472,7 +479,7 @@ async fn run(args: RunArgs) -> Result<()> {
         total_timeout: Duration::from_millis(args.fetch_timeout_ms),
     };
     let api_credential = match &args.api_proxy_credential {
-        Some(p) => Some(multicloud_agent::xds::render::ApiCredential::load(p.clone())?),
+        Some(p) => Some(multicloud_agent::sinks::xds::ApiCredential::load(p.clone())?),
         None => None,
     };
     // Kubernetes mode always writes the remote Secrets; standalone mode only with --remote-secrets-dir.
@@ -503,7 +510,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let xds_sink = Arc::new(multicloud_agent::xds::render::XdsSink {
+    let xds_sink = Arc::new(multicloud_agent::sinks::xds::XdsSink {
         cache: Default::default(),
         server: xds_server,
         metrics: metrics.clone(),

@@ -13,7 +13,9 @@
 use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::sources::{BoxFuture, Desired, StatusSink};
+use crate::sinks::StatusSink;
+use crate::sources::Desired;
+use crate::BoxFuture;
 use ed25519_dalek::SigningKey;
 use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};

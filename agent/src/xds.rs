@@ -12,12 +12,14 @@
 //! [`AccessPolicy`] restricts some groups (the gateway's, which carries the
 //! API proxy credential and the private document) to listed identities.
 
+pub mod cache;
 mod delta;
+pub mod groups;
 pub mod render;
 mod sotw;
-pub mod tls;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use crate::xds::tls::{RefusalReason, XdsPeer, XdsTls};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;

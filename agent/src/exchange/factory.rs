@@ -3,7 +3,7 @@
 use crate::crd::IstioMulticloudSpec;
 use crate::exchange::{FetchError, FetchPolicy, Remote, Trust};
 use crate::reconcile::{ClientFactory, FetchFailure, MetadataClient};
-use crate::sources::BoxFuture;
+use crate::BoxFuture;
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
 use std::sync::Arc;
 use std::time::Duration;

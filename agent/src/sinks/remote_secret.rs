@@ -13,7 +13,7 @@
 
 use crate::keys;
 use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::sources::BoxFuture;
+use crate::BoxFuture;
 use anyhow::Context as _;
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;

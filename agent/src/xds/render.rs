@@ -9,177 +9,25 @@
 //!   services of every peer whose private metadata is known and whose
 //!   object has `enableIngressGateway`.
 //!
-//! A proxy's group comes from its node metadata `MULTICLOUD_ROLE`
-//! (`gateway`/`sidecar`), else from Istio's node id convention (`router~`
-//! is a gateway). Every resource is built and validated by
+//! A proxy's group: `crate::xds::groups`. Every resource is built and validated by
 //! `multicloud_proto::mesh`; a peer whose resources do not validate is left
 //! out (and logged, and counted) rather than breaking the others.
 
-use crate::metrics::Metrics;
-use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::sources::BoxFuture;
-use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
+use crate::reconcile::DataPlane;
+use crate::sinks::xds::XdsSink;
+use crate::xds::cache::{cached, input_hash, Built};
+use crate::xds::{Snapshot, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
 use multicloud_core::metadata::MeshMode;
 use multicloud_proto::edge_filter;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
-use multicloud_proto::traffic::{self, LocalPort, Sameness, TrafficPeer};
-use std::sync::Arc;
+use multicloud_proto::traffic::{self, LocalPort, TrafficPeer};
 
-pub const GATEWAY_GROUP: &str = "gateway";
-pub const SIDECAR_GROUP: &str = "sidecar";
 /// The API guard's ECDS resource name (and plugin root id).
 pub const API_FILTER_NAME: &str = "multicloud-api";
 /// SDS name of the API proxy's own credential (a generic secret the
 /// gateway's credential injector attaches as `Authorization: Bearer ...`).
 pub const API_PROXY_CREDENTIAL_SECRET: &str = "multicloud-api-proxy-credential";
-
-/// Node metadata key naming the proxy's role.
-pub const ROLE_METADATA_KEY: &str = "MULTICLOUD_ROLE";
-
-pub fn classify() -> Classify {
-    Arc::new(|node| {
-        use multicloud_proto::envoy_types::pb::google::protobuf::value::Kind;
-        let role = node.metadata.as_ref().and_then(|m| m.fields.get(ROLE_METADATA_KEY)).and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        });
-        match role.as_deref() {
-            Some(GATEWAY_GROUP) => GATEWAY_GROUP.into(),
-            Some(_) => SIDECAR_GROUP.into(),
-            None if node.id.starts_with("router~") => GATEWAY_GROUP.into(),
-            None => SIDECAR_GROUP.into(),
-        }
-    })
-}
-
-/// Built resources kept between pushes, by (type, name), with the hash of
-/// the inputs they were built from. Protobuf maps (e.g. `Struct` metadata)
-/// encode in random order, so rebuilding an unchanged resource would change
-/// its bytes and its version, and every push would resend everything; a
-/// resource whose inputs did not change is reused byte for byte instead.
-pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
-
-type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
-
-/// A built resource: the hash of its inputs, its version, the resource.
-pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
-
-/// The resource `(type_url, name)` taken out of last push's `old` when it
-/// was built from the same inputs (`key`), else `build()`. Callers put what
-/// they use into the next push's map, so entries nobody asks for again are
-/// dropped at the end of a push.
-fn cached(
-    old: &mut BuiltMap,
-    type_url: &'static str,
-    name: &str,
-    key: u64,
-    build: impl FnOnce() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>,
-) -> Result<Built, mesh::BuildError> {
-    match old.remove(&(type_url, name.to_string())) {
-        Some(b) if b.0 == key => Ok(b),
-        _ => {
-            let any = build()?;
-            Ok((key, crate::xds::resource_version(&any), Arc::new(any)))
-        }
-    }
-}
-
-fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
-    use std::hash::Hasher as _;
-    // Fixed keys: the cache lives in this process only.
-    let mut h = std::hash::DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
-}
-
-pub struct XdsSink {
-    pub cache: BuildCache,
-    /// The merged (sameness) clusters' build cache.
-    pub traffic_cache: BuildCache,
-    pub server: XdsServer,
-    pub metrics: Arc<Metrics>,
-    /// Where the gateway gets the filter module (inline, or a path on the gateway).
-    pub module: multicloud_proto::edge_filter::Module,
-    /// SDS name and source of the workload certificate sidecars present to peers.
-    pub cert_secret: String,
-    pub cert_sds_cluster: String,
-    /// Standalone mode without istio-agent: the workload certificate and key
-    /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
-    pub workload_cert: Option<(String, String)>,
-    /// The API proxy's own credential (a ServiceAccount token), served to
-    /// the gateway group as SDS generic secret [`API_PROXY_CREDENTIAL_SECRET`].
-    pub api_credential: Option<Arc<ApiCredential>>,
-    /// Serializes whole pushes with credential-only updates.
-    pub push_lock: tokio::sync::Mutex<()>,
-    /// How sidecars share a service between its local and remote copies.
-    pub sameness: Sameness,
-    /// Where the gateway's mesh-port listener binds (none: the agent serves
-    /// no listener, as when istiod programs the port).
-    pub mesh_listen: Option<std::net::SocketAddr>,
-    /// Standalone mode: the gateway's own workload certificate and key
-    /// (PEM), served to the gateway group as SDS `cert_secret`.
-    pub gateway_cert: Option<(String, String)>,
-    /// Also serve one cluster per peer and service port
-    /// (`outbound|<port>||<host>|multicloud-<peer>`), besides the merged one
-    /// that already holds every peer's copy: off by default, as it doubles
-    /// what sidecars hold (and what every push diffs) for a cluster nothing
-    /// routes to unless an operator points a route at one peer's copy.
-    pub per_peer_clusters: bool,
-}
-
-/// The API proxy's credential file, re-read when it changes (projected
-/// ServiceAccount tokens rotate). Its content is never logged.
-pub struct ApiCredential {
-    pub path: std::path::PathBuf,
-    current: std::sync::Mutex<Option<String>>,
-}
-
-impl ApiCredential {
-    /// Reads the file once (an unreadable or empty file is an error at start).
-    pub fn load(path: std::path::PathBuf) -> anyhow::Result<Arc<ApiCredential>> {
-        let c = ApiCredential { path, current: std::sync::Mutex::new(None) };
-        let v = c.read()?;
-        *c.lock() = Some(v);
-        Ok(Arc::new(c))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read(&self) -> anyhow::Result<String> {
-        use anyhow::Context as _;
-        let text =
-            std::fs::read_to_string(&self.path).with_context(|| format!("reading --api-proxy-credential {}", self.path.display()))?;
-        let t = text.trim();
-        anyhow::ensure!(!t.is_empty(), "--api-proxy-credential {} is empty", self.path.display());
-        anyhow::ensure!(!t.contains(['\r', '\n']), "--api-proxy-credential {} holds more than one line", self.path.display());
-        Ok(t.to_string())
-    }
-
-    pub fn current(&self) -> Option<String> {
-        self.lock().clone()
-    }
-
-    /// Re-reads the file; true if the credential changed.
-    pub fn refresh(&self) -> bool {
-        match self.read() {
-            Ok(v) => {
-                let mut cur = self.lock();
-                if cur.as_deref() == Some(v.as_str()) {
-                    return false;
-                }
-                *cur = Some(v);
-                true
-            }
-            Err(e) => {
-                tracing::warn!("keeping the previous API proxy credential: {e:#}");
-                false
-            }
-        }
-    }
-}
 
 /// The SDS generic secret holding the API proxy credential. Envoy marks
 /// `generic_secret.secret` sensitive: config_dump shows it redacted.
@@ -217,7 +65,7 @@ fn tls_certificate_secret(
 }
 
 impl XdsSink {
-    fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<(Snapshot, Snapshot)> {
+    pub(crate) fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<(Snapshot, Snapshot)> {
         let json = serde_json::to_string(&dp.edge)?;
         let mut gateway = Snapshot::default();
         gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.module, &json));
@@ -483,47 +331,18 @@ impl XdsSink {
         }
         Ok(out)
     }
-
-    /// Re-reads the API proxy credential every `every`; when it changed,
-    /// updates the gateway group's current snapshot.
-    pub fn spawn_credential_watch(self: Arc<Self>, every: std::time::Duration) {
-        let Some(cred) = self.api_credential.clone() else { return };
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if !cred.refresh() {
-                    continue;
-                }
-                tracing::info!(path = %cred.path.display(), "API proxy credential changed: pushing it to the gateway");
-                let _g = self.push_lock.lock().await;
-                if let (Some(snap), Some(c)) = (self.server.snapshot(GATEWAY_GROUP), cred.current()) {
-                    let mut snap = (*snap).clone();
-                    snap.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
-                    self.server.set(GATEWAY_GROUP, snap);
-                }
-            }
-        });
-    }
-}
-
-impl DataPlaneSink for XdsSink {
-    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let _g = self.push_lock.lock().await;
-            let (gateway, sidecar) = self.snapshots(dp)?;
-            self.server.set(GATEWAY_GROUP, gateway);
-            self.server.set(SIDECAR_GROUP, sidecar);
-            Ok(())
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::facts::LocalFacts;
+    use crate::metrics::Metrics;
     use crate::reconcile::EstablishedPeer;
+    use crate::xds::groups::classify;
+    use crate::xds::XdsServer;
     use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
+    use std::sync::Arc;
 
     fn root() -> String {
         let key = rcgen::KeyPair::generate().unwrap();

@@ -11,8 +11,9 @@
 use multicloud_agent::facts::LocalFacts;
 use multicloud_agent::metrics::Metrics;
 use multicloud_agent::reconcile::{DataPlane, DataPlaneSink, EstablishedPeer};
+use multicloud_agent::sinks::xds::XdsSink;
+use multicloud_agent::xds::groups::{classify, SIDECAR_GROUP};
 use multicloud_agent::xds::{XdsServer, ENDPOINT};
-use multicloud_agent::xds::render::{classify, XdsSink, SIDECAR_GROUP};
 use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
 use multicloud_e2e::bench::write_section;
 use multicloud_e2e::envoy::Envoy;

@@ -10,11 +10,29 @@
 //! The same behaviours against a real kube-apiserver, with deploy/'s RBAC,
 //! are in tests/tests/kube_agent.rs (real tier).
 
+use super::facts::*;
+use super::key_secret::*;
+use super::lease::*;
 use super::*;
-use crate::crd::{condition, IstioMulticloudSpec};
+use crate::cli::check_kube::check_inputs;
+use crate::crd::{condition, IstioMulticloud, IstioMulticloudSpec, IstioMulticloudStatus};
+use crate::facts::LocalFacts;
+use crate::sinks::status::KubeStatusSink;
+use crate::sinks::wasmplugin::WasmPluginSink;
+use crate::sinks::StatusSink as _;
+use crate::sources::kubernetes::*;
 use http::{header::CONTENT_TYPE, Method, Request, Response};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::api::core::v1::ServicePort as KubeServicePort;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::client::Body;
+use multicloud_core::metadata::{ExportedService, ServicePort};
+use serde_json::json;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 use tower_test::mock::{self, Handle};
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
