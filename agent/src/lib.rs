@@ -2,7 +2,9 @@
 //! exchanges metadata with remote clusters, and configures the local proxies.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
+pub mod config;
 pub mod crd;
 pub mod exchange;
 pub mod facts;

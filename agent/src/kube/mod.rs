@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 pub const FIELD_MANAGER: &str = "istio-multicloud-agent";
 
 /// How the agent finds its own objects in the cluster.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KubeOptions {
     /// The agent's namespace (Lease, key Secret, gateway Service, root CA ConfigMap).
     pub namespace: String,

@@ -126,3 +126,15 @@ impl StatusSink for KubeStatusSink {
         Box::pin(self.write(name, status))
     }
 }
+
+/// Kubernetes mode: status to the object (with the Lease) and to the board behind `/status`.
+pub struct KubeAndBoard(pub Arc<KubeStatusSink>, pub Arc<StatusBoard>);
+
+impl StatusSink for KubeAndBoard {
+    fn publish<'a>(&'a self, name: &'a str, status: &'a IstioMulticloudStatus) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.1.publish(name, status).await?;
+            self.0.publish(name, status).await
+        })
+    }
+}
