@@ -6,6 +6,7 @@
 use crate::admin::{self, AdminState, ReadyOnApply};
 use crate::config::{Config, FilterSource, Mode};
 use crate::exchange::factory;
+use crate::keys;
 use crate::kube::key_secret::SecretKeyStore;
 use crate::kube::lease::LeaseGuard;
 use crate::metrics::Metrics;
@@ -17,10 +18,9 @@ use crate::sinks::wasmplugin::WasmPluginSink;
 use crate::sinks::xds::{ApiCredential, XdsSink};
 use crate::sinks::{write_atomically, StatusSink};
 use crate::sources::{self, Desired};
-use crate::xds::groups::{classify, GATEWAY_GROUP};
+use crate::xds::groups::{classify, NodeGroup};
 use crate::xds::tls::{ClientRootsSink, ServingCert, XdsTls};
 use crate::xds::{AccessPolicy, XdsServer};
-use crate::keys;
 use anyhow::{Context as _, Result};
 use multicloud_proto::edge_filter::Module;
 use std::path::PathBuf;
@@ -81,14 +81,14 @@ impl App {
         };
         tracing::info!("federation key loaded (its public key is published in public.json)");
         let access = AccessPolicy {
-            restricted: [(GATEWAY_GROUP.to_string(), config.xds.gateway_identities.iter().cloned().collect())].into(),
+            restricted: [(NodeGroup::Gateway.as_str().to_string(), config.xds.gateway_identities.iter().cloned().collect())].into(),
         };
         let xds_server = XdsServer::with_access(classify(), access);
         {
             let s = xds_server.clone();
             metrics.set_nack_source(Box::new(move || s.nack_count()));
             let s = xds_server.clone();
-            metrics.set_xds_refusal_source(Box::new(move || s.refusals().into_iter().map(|(r, n)| (r.label(), n)).collect()));
+            metrics.set_xds_refusal_source(Box::new(move || s.refusals()));
         }
         let serving = match &config.xds.serving_cert {
             Some(files) => ServingCert::from_files(&files.cert, &files.key)?,

@@ -26,12 +26,13 @@
 //!   `validate()`; errors name the field.
 //! - Bearer tokens are marked sensitive and never logged.
 //!
-//! Failures carry a CamelCase [`FetchError::reason`] for `status.conditions`
-//! and a snake_case [`FetchError::metric_label`] for metrics. The reconciler
+//! Failures carry a [`Reason`] ([`FetchError::reason`]) for `status.conditions`
+//! and metrics (`Reason::as_str`, `Reason::metric_label`). The reconciler
 //! paces retries and the steady refresh (`crate::reconcile::backoff`).
 
 pub mod factory;
 
+use crate::reasons::Reason;
 use multicloud_core::metadata::{InvalidField, PrivateMetadata, PublicMetadata, ValidPublic};
 use multicloud_core::pem::CertBundle;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
@@ -115,7 +116,7 @@ impl Trust {
 }
 
 /// Why a fetch (or building the client for it) failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     #[error("metadata endpoint {endpoint:?} is invalid: {why}")]
     EndpointInvalid { endpoint: String, why: String },
@@ -161,46 +162,30 @@ fn remote_detail(reason: &Option<String>, error: &Option<String>) -> String {
 }
 
 impl FetchError {
-    /// CamelCase reason for a condition.
-    pub fn reason(&self) -> &'static str {
+    /// The condition reason (`Reason::as_str` is its CamelCase word).
+    pub fn reason(&self) -> Reason {
         match self {
-            FetchError::EndpointInvalid { .. } => "EndpointInvalid",
-            FetchError::TrustInvalid(_) => "TrustInvalid",
-            FetchError::ClientBuild(_) => "ClientBuildFailed",
-            FetchError::TokenInvalid => "TokenInvalid",
-            FetchError::ConnectFailed { .. } => "ConnectFailed",
-            FetchError::Timeout { .. } => "Timeout",
-            FetchError::TlsVerificationFailed { .. } => "TlsVerificationFailed",
-            FetchError::TlsHandshakeFailed { .. } => "TlsHandshakeFailed",
-            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => "RedirectRefused",
-            FetchError::HttpStatus { .. } => "HttpStatus",
-            FetchError::Unauthorized { .. } => "Unauthorized",
-            FetchError::BodyTooLarge { .. } => "BodyTooLarge",
-            FetchError::MalformedJson { .. } => "MalformedJson",
-            FetchError::InvalidDocument { .. } => "InvalidDocument",
-            FetchError::Request { .. } => "RequestFailed",
+            FetchError::EndpointInvalid { .. } => Reason::EndpointInvalid,
+            FetchError::TrustInvalid(_) => Reason::TrustInvalid,
+            FetchError::ClientBuild(_) => Reason::ClientBuildFailed,
+            FetchError::TokenInvalid => Reason::TokenInvalid,
+            FetchError::ConnectFailed { .. } => Reason::ConnectFailed,
+            FetchError::Timeout { .. } => Reason::Timeout,
+            FetchError::TlsVerificationFailed { .. } => Reason::TlsVerificationFailed,
+            FetchError::TlsHandshakeFailed { .. } => Reason::TlsHandshakeFailed,
+            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => Reason::RedirectRefused,
+            FetchError::HttpStatus { .. } => Reason::HttpStatus,
+            FetchError::Unauthorized { .. } => Reason::Unauthorized,
+            FetchError::BodyTooLarge { .. } => Reason::BodyTooLarge,
+            FetchError::MalformedJson { .. } => Reason::MalformedJson,
+            FetchError::InvalidDocument { .. } => Reason::InvalidDocument,
+            FetchError::Request { .. } => Reason::RequestFailed,
         }
     }
 
     /// snake_case of [`FetchError::reason`], for metric labels.
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            FetchError::EndpointInvalid { .. } => "endpoint_invalid",
-            FetchError::TrustInvalid(_) => "trust_invalid",
-            FetchError::ClientBuild(_) => "client_build_failed",
-            FetchError::TokenInvalid => "token_invalid",
-            FetchError::ConnectFailed { .. } => "connect_failed",
-            FetchError::Timeout { .. } => "timeout",
-            FetchError::TlsVerificationFailed { .. } => "tls_verification_failed",
-            FetchError::TlsHandshakeFailed { .. } => "tls_handshake_failed",
-            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => "redirect_refused",
-            FetchError::HttpStatus { .. } => "http_status",
-            FetchError::Unauthorized { .. } => "unauthorized",
-            FetchError::BodyTooLarge { .. } => "body_too_large",
-            FetchError::MalformedJson { .. } => "malformed_json",
-            FetchError::InvalidDocument { .. } => "invalid_document",
-            FetchError::Request { .. } => "request_failed",
-        }
+        self.reason().metric_label()
     }
 }
 
@@ -577,7 +562,7 @@ mod tests {
         assert_eq!(ok.private_url.as_str(), "https://gw.example.com/metadata/private/multicluster.json");
         for bad in ["http://gw.example.com/metadata", "gw.example.com", "https://u:p@gw/m", "https://gw/m?x=1", ""] {
             let e = Remote::new(bad, Trust::InsecureSkipVerify, FetchPolicy::default()).unwrap_err();
-            assert_eq!(e.reason(), "EndpointInvalid", "{bad}: {e}");
+            assert_eq!(e.reason().as_str(), "EndpointInvalid", "{bad}: {e}");
             assert_eq!(e.metric_label(), "endpoint_invalid");
         }
     }
@@ -585,7 +570,7 @@ mod tests {
     #[test]
     fn a_pin_that_is_not_a_certificate_is_refused() {
         let e = Remote::new("https://gw/m", Trust::Pinned("nope".into()), FetchPolicy::default()).unwrap_err();
-        assert_eq!(e.reason(), "TrustInvalid", "{e}");
+        assert_eq!(e.reason().as_str(), "TrustInvalid", "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod facts;
 pub mod keys;
 pub mod kube;
 pub mod metrics;
+pub mod reasons;
 pub mod reconcile;
 pub mod sinks;
 pub mod sources;

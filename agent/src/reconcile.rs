@@ -11,8 +11,10 @@
 //! steadily.
 
 use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
+use crate::exchange::FetchError;
 use crate::keys;
 use crate::metrics::Metrics;
+use crate::reasons::{Document, FetchResult, Reason};
 use crate::sinks::StatusSink;
 use crate::sources::Desired;
 use crate::BoxFuture;
@@ -26,26 +28,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-/// Why a fetch failed, in the words conditions and metrics use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchFailure {
-    /// CamelCase condition reason.
-    pub reason: String,
-    /// snake_case metric label.
-    pub label: String,
-    pub message: String,
-}
-
 /// Talks to one remote's metadata endpoint (HTTPS in production, a fake in
 /// unit tests).
 pub trait MetadataClient: Send + Sync {
-    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>>;
-    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>>;
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>>;
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>>;
 }
 
 /// Builds a client for a spec (fails for a spec that cannot work, e.g. an
 /// `http://` endpoint).
-pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchFailure> + Send + Sync>;
+pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchError> + Send + Sync>;
 
 /// A peer whose public metadata this cluster holds (last good).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +100,7 @@ fn unix(t: SystemTime) -> i64 {
 struct Peer {
     spec: IstioMulticloudSpec,
     generation: Option<i64>,
-    client: Result<Arc<dyn MetadataClient>, FetchFailure>,
+    client: Result<Arc<dyn MetadataClient>, FetchError>,
     status: IstioMulticloudStatus,
     /// The remote's public document and key, last good.
     public: Option<ValidPublic>,
@@ -122,8 +114,8 @@ struct Peer {
 struct Outcome {
     name: String,
     epoch: u64,
-    public: Result<ValidPublic, FetchFailure>,
-    private: Option<Result<PrivateMetadata, FetchFailure>>,
+    public: Result<ValidPublic, FetchError>,
+    private: Option<Result<PrivateMetadata, FetchError>>,
     at: SystemTime,
 }
 
@@ -276,20 +268,20 @@ impl Reconciler {
                 let uuid = doc.doc.cluster_uuid.to_ascii_lowercase();
                 match &st.remote_cluster_uuid {
                     Some(pin) if *pin != uuid => {
-                        self.metrics.fetch(name, "public", "uuid_changed");
+                        self.metrics.fetch(name, Document::Public, FetchResult::Failed(Reason::RemoteUuidChanged));
                         tracing::error!(object = %name, pinned = %pin, offered = %uuid, "remote cluster UUID changed: refused, keeping the last good metadata");
                         st.set_condition(
                             condition::PUBLIC,
                             Some(false),
-                            "RemoteUUIDChanged",
+                            Reason::RemoteUuidChanged,
                             format!("{} now reports cluster UUID {uuid}, but this object is pinned to {pin}; if the remote really was rebuilt, delete and recreate this IstioMulticloud object", p.spec.metadata_endpoint),
                             &now,
                             gen,
                         );
                     }
                     _ => {
-                        self.metrics.fetch(name, "public", "ok");
-                        self.metrics.success(name, "public", o.at);
+                        self.metrics.fetch(name, Document::Public, FetchResult::Ok);
+                        self.metrics.success(name, Document::Public, o.at);
                         st.remote_cluster_uuid = Some(uuid);
                         cache.public = Some(CachedPublic { document: doc.doc.clone(), fetched_at: now.clone() });
                         p.public = Some(doc);
@@ -297,7 +289,7 @@ impl Reconciler {
                         st.set_condition(
                             condition::PUBLIC,
                             Some(true),
-                            "Fetched",
+                            Reason::Fetched,
                             format!("public metadata fetched from {}", p.spec.metadata_endpoint),
                             &now,
                             gen,
@@ -306,41 +298,41 @@ impl Reconciler {
                 }
             }
             Err(e) => {
-                self.metrics.fetch(name, "public", &e.label);
-                tracing::warn!(object = %name, reason = %e.reason, "public metadata fetch failed: {}", e.message);
+                self.metrics.fetch(name, Document::Public, FetchResult::Failed(e.reason()));
+                tracing::warn!(object = %name, reason = %e.reason(), "public metadata fetch failed: {e}");
                 let stale =
                     cache.public.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
-                st.set_condition(condition::PUBLIC, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
+                st.set_condition(condition::PUBLIC, Some(false), e.reason(), format!("{e}{stale}"), &now, gen);
             }
         }
         let mut private_ok = false;
         match o.private {
             Some(Ok(doc)) => {
-                self.metrics.fetch(name, "private", "ok");
-                self.metrics.success(name, "private", o.at);
+                self.metrics.fetch(name, Document::Private, FetchResult::Ok);
+                self.metrics.success(name, Document::Private, o.at);
                 cache.private = Some(CachedPrivate { document: doc, fetched_at: now.clone() });
                 private_ok = true;
                 st.set_condition(
                     condition::PRIVATE,
                     Some(true),
-                    "Fetched",
+                    Reason::Fetched,
                     "private metadata fetched with a federation token".into(),
                     &now,
                     gen,
                 );
             }
             Some(Err(e)) => {
-                self.metrics.fetch(name, "private", &e.label);
-                tracing::warn!(object = %name, reason = %e.reason, "private metadata fetch failed: {}", e.message);
+                self.metrics.fetch(name, Document::Private, FetchResult::Failed(e.reason()));
+                tracing::warn!(object = %name, reason = %e.reason(), "private metadata fetch failed: {e}");
                 let stale =
                     cache.private.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
-                st.set_condition(condition::PRIVATE, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
+                st.set_condition(condition::PRIVATE, Some(false), e.reason(), format!("{e}{stale}"), &now, gen);
             }
             None => {
                 st.set_condition(
                     condition::PRIVATE,
                     None,
-                    "WaitingForPublicMetadata",
+                    Reason::WaitingForPublicMetadata,
                     "the private document needs the remote's public metadata first".into(),
                     &now,
                     gen,
@@ -349,7 +341,7 @@ impl Reconciler {
         }
         st.metadata_cache = Some(cache);
         if public_ok && private_ok {
-            st.set_condition(condition::READY, Some(true), "Federated", "public and private metadata are current".into(), &now, gen);
+            st.set_condition(condition::READY, Some(true), Reason::Federated, "public and private metadata are current".into(), &now, gen);
             p.failures = 0;
             p.next_due = Instant::now() + jitter(self.timing.refresh, 0.1);
         } else {
@@ -357,9 +349,9 @@ impl Reconciler {
                 .iter()
                 .filter_map(|t| st.condition(t))
                 .find(|c| c.status != "True")
-                .map(|c| (c.reason.clone(), c.message.clone()))
-                .unwrap_or_else(|| ("Pending".into(), "exchange in progress".into()));
-            st.set_condition(condition::READY, Some(false), &failing.0, failing.1, &now, gen);
+                .and_then(|c| Some((Reason::parse(&c.reason)?, c.message.clone())))
+                .unwrap_or_else(|| (Reason::Pending, "exchange in progress".into()));
+            st.set_condition(condition::READY, Some(false), failing.0, failing.1, &now, gen);
             p.failures = p.failures.saturating_add(1);
             p.next_due = Instant::now() + backoff(self.timing.backoff_base, self.timing.backoff_cap, p.failures);
         }

@@ -414,7 +414,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
         Ok(r) => r,
         Err(e) => {
             let hint = "fix spec.metadataEndpoint / spec.metadata.ca".to_string();
-            steps.push(Step::fail("public", e.reason(), e.to_string(), hint));
+            steps.push(Step::fail("public", e.reason().as_str(), e.to_string(), hint));
             return steps;
         }
     };
@@ -422,7 +422,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     let public = match rt.block_on(remote.fetch_public()) {
         Ok(p) => p,
         Err(e) => {
-            steps.push(Step::fail("public", e.reason(), e.to_string(), fetch_hint(&e)));
+            steps.push(Step::fail("public", e.reason().as_str(), e.to_string(), fetch_hint(&e)));
             return steps;
         }
     };
@@ -445,7 +445,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     let private = match rt.block_on(remote.fetch_private(&token)) {
         Ok(p) => p,
         Err(e) => {
-            steps.push(Step::fail("private", e.reason(), e.to_string(), fetch_hint(&e)));
+            steps.push(Step::fail("private", e.reason().as_str(), e.to_string(), fetch_hint(&e)));
             return steps;
         }
     };
@@ -479,7 +479,7 @@ async fn api_step(api_host: &str, spec: &IstioMulticloudSpec, token: &str, overr
     let trust = Trust::from_spec(spec.metadata.as_ref());
     let tls = match crate::exchange::client_config(&trust, api_host) {
         Ok(c) => c,
-        Err(e) => return Step::fail(name, e.reason(), e.to_string(), "fix spec.metadata.ca".into()),
+        Err(e) => return Step::fail(name, e.reason().as_str(), e.to_string(), "fix spec.metadata.ca".into()),
     };
     let mut b = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -672,6 +672,7 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 mod tests {
     use super::*;
     use crate::crd::{CachedPrivate, MetadataCache};
+    use crate::reasons::Reason;
     use multicloud_core::metadata::{ExportedService, PrivateMetadata, ServicePort};
 
     #[test]
@@ -686,7 +687,7 @@ mod tests {
     #[test]
     fn a_row_counts_ports_only_when_ready() {
         let mut s = IstioMulticloudStatus::default();
-        s.set_condition(condition::READY, Some(true), "Ready", "ok".into(), "t", None);
+        s.set_condition(condition::READY, Some(true), Reason::Federated, "ok".into(), "t", None);
         s.metadata_cache = Some(MetadataCache {
             public: None,
             private: Some(CachedPrivate {
@@ -710,7 +711,7 @@ mod tests {
         let objects = BTreeMap::from([("peer".to_string(), s.clone())]);
         let r = &rows(&objects, "all ACKed")[0];
         assert_eq!((r.endpoints, r.last_fetch.as_str(), r.public.as_str()), (Some(2), "2026-01-01T00:00:00Z", "Unknown"));
-        s.set_condition(condition::READY, Some(false), "ConnectFailed", "down".into(), "t2", None);
+        s.set_condition(condition::READY, Some(false), Reason::ConnectFailed, "down".into(), "t2", None);
         let objects = BTreeMap::from([("peer".to_string(), s)]);
         let r = &rows(&objects, "no proxies")[0];
         assert_eq!((r.endpoints, r.reason.as_str()), (None, "ConnectFailed"));

@@ -1,8 +1,9 @@
-//! Plugs the HTTPS exchange client into the reconciler.
+//! Plugs the HTTPS exchange client ([`Remote`]) into the reconciler: one
+//! client per `IstioMulticloud` spec, with the `run` flags' timeouts.
 
 use crate::crd::IstioMulticloudSpec;
 use crate::exchange::{FetchError, FetchPolicy, Remote, Trust};
-use crate::reconcile::{ClientFactory, FetchFailure, MetadataClient};
+use crate::reconcile::{ClientFactory, MetadataClient};
 use crate::BoxFuture;
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
 use std::sync::Arc;
@@ -14,19 +15,13 @@ pub struct Policy {
     pub total_timeout: Duration,
 }
 
-fn failure(e: FetchError) -> FetchFailure {
-    FetchFailure { reason: e.reason().into(), label: e.metric_label().into(), message: e.to_string() }
-}
-
-struct Https(Remote);
-
-impl MetadataClient for Https {
-    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>> {
-        Box::pin(async move { self.0.fetch_public().await.map_err(failure) })
+impl MetadataClient for Remote {
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>> {
+        Box::pin(Remote::fetch_public(self))
     }
 
-    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>> {
-        Box::pin(async move { self.0.fetch_private(token).await.map_err(failure) })
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>> {
+        Box::pin(Remote::fetch_private(self, token))
     }
 }
 
@@ -34,7 +29,7 @@ impl MetadataClient for Https {
 pub fn factory(policy: Policy) -> ClientFactory {
     Arc::new(move |spec: &IstioMulticloudSpec| {
         let fp = FetchPolicy { connect_timeout: policy.connect_timeout, total_timeout: policy.total_timeout, ..FetchPolicy::default() };
-        let remote = Remote::new(&spec.metadata_endpoint, Trust::from_spec(spec.metadata.as_ref()), fp).map_err(failure)?;
-        Ok(Arc::new(Https(remote)) as Arc<dyn MetadataClient>)
+        let remote = Remote::new(&spec.metadata_endpoint, Trust::from_spec(spec.metadata.as_ref()), fp)?;
+        Ok(Arc::new(remote) as Arc<dyn MetadataClient>)
     })
 }

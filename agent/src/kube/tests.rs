@@ -109,7 +109,14 @@ fn opts() -> KubeOptions {
 
 fn status() -> IstioMulticloudStatus {
     let mut s = IstioMulticloudStatus::default();
-    s.set_condition(condition::PUBLIC, Some(true), "Fetched", "public metadata fetched".into(), "2025-01-01T00:00:00Z", Some(3));
+    s.set_condition(
+        condition::PUBLIC,
+        Some(true),
+        crate::reasons::Reason::Fetched,
+        "public metadata fetched".into(),
+        "2025-01-01T00:00:00Z",
+        Some(3),
+    );
     s.observed_generation = Some(3);
     s
 }

@@ -48,12 +48,12 @@ enum Remote {
 
 struct Fake(Arc<Mutex<Remote>>, Arc<Mutex<Vec<String>>>);
 
-fn down() -> FetchFailure {
-    FetchFailure { reason: "ConnectFailed".into(), label: "connect_failed".into(), message: "connection refused".into() }
+fn down() -> FetchError {
+    FetchError::ConnectFailed { url: "https://b.example/metadata/public/public.json".into(), why: "connection refused".into() }
 }
 
 impl MetadataClient for Fake {
-    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>> {
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>> {
         let r = self.0.lock().unwrap().clone();
         Box::pin(async move {
             match r {
@@ -62,7 +62,7 @@ impl MetadataClient for Fake {
             }
         })
     }
-    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>> {
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>> {
         self.1.lock().unwrap().push(token.to_string());
         let r = self.0.lock().unwrap().clone();
         Box::pin(async move {
@@ -125,6 +125,7 @@ struct Bed {
     tokens: Arc<Mutex<Vec<String>>>,
     rec: Arc<Recorder>,
     tx: watch::Sender<Option<Desired>>,
+    metrics: Arc<Metrics>,
 }
 
 fn start() -> Bed {
@@ -135,12 +136,13 @@ fn start() -> Bed {
     let factory: ClientFactory =
         Arc::new(move |_spec: &IstioMulticloudSpec| Ok(Arc::new(Fake(r2.clone(), t2.clone())) as Arc<dyn MetadataClient>));
     let (tx, rx) = watch::channel(Some(desired(&["cluster-b"])));
+    let metrics = Arc::new(Metrics::default());
     let r = Reconciler {
         key: SigningKey::from_bytes(&[1; 32]),
         factory,
         status: rec.clone(),
         sinks: vec![rec.clone()],
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         timing: Timing {
             refresh: Duration::from_millis(50),
             backoff_base: Duration::from_millis(20),
@@ -150,7 +152,7 @@ fn start() -> Bed {
         spiffe: SpiffeSettings::default(),
     };
     tokio::spawn(r.run(rx));
-    Bed { remote, tokens, rec, tx }
+    Bed { remote, tokens, rec, tx, metrics }
 }
 
 impl Bed {
@@ -222,6 +224,9 @@ async fn a_changed_remote_uuid_is_refused_and_reported() {
     assert_eq!(s.metadata_cache.as_ref().unwrap().public.as_ref().unwrap().document.cluster_uuid, REMOTE);
     assert_eq!(cond(&s, condition::READY).status, "False");
     assert!(bed.last_edge().peers.iter().all(|p| p.cluster_uuid == REMOTE), "the impostor never joins the edge");
+    // Counted under the label the MulticloudRemoteUUIDChanged alert watches (tests/tests/deploy.rs).
+    let line = r#"multicloud_agent_fetch_total{peer="cluster-b",document="public",result="uuid_changed"}"#;
+    assert!(bed.metrics.render().contains(line), "{}", bed.metrics.render());
 }
 
 #[tokio::test]

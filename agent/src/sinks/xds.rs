@@ -5,7 +5,7 @@
 use crate::metrics::Metrics;
 use crate::reconcile::{DataPlane, DataPlaneSink};
 use crate::xds::cache::BuildCache;
-use crate::xds::groups::{GATEWAY_GROUP, SIDECAR_GROUP};
+use crate::xds::groups::NodeGroup;
 use crate::xds::render::{api_credential_secret, API_PROXY_CREDENTIAL_SECRET};
 use crate::xds::{XdsServer, SECRET};
 use crate::BoxFuture;
@@ -114,10 +114,10 @@ impl XdsSink {
                 }
                 tracing::info!(path = %cred.path.display(), "API proxy credential changed: pushing it to the gateway");
                 let _g = self.push_lock.lock().await;
-                if let (Some(snap), Some(c)) = (self.server.snapshot(GATEWAY_GROUP), cred.current()) {
+                if let (Some(snap), Some(c)) = (self.server.snapshot(NodeGroup::Gateway.as_str()), cred.current()) {
                     let mut snap = (*snap).clone();
                     snap.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
-                    self.server.set(GATEWAY_GROUP, snap);
+                    self.server.set(NodeGroup::Gateway.as_str(), snap);
                 }
             }
         });
@@ -129,8 +129,8 @@ impl DataPlaneSink for XdsSink {
         Box::pin(async move {
             let _g = self.push_lock.lock().await;
             let (gateway, sidecar) = self.snapshots(dp)?;
-            self.server.set(GATEWAY_GROUP, gateway);
-            self.server.set(SIDECAR_GROUP, sidecar);
+            self.server.set(NodeGroup::Gateway.as_str(), gateway);
+            self.server.set(NodeGroup::Sidecar.as_str(), sidecar);
             Ok(())
         })
     }
