@@ -15,7 +15,7 @@ use crate::sinks::ecds_file::EcdsFile;
 use crate::sinks::remote_secret::{RemoteSecretOptions, RemoteSecrets};
 use crate::sinks::status::{KubeAndBoard, KubeStatusSink, StatusBoard};
 use crate::sinks::wasmplugin::WasmPluginSink;
-use crate::sinks::xds::{ApiCredential, XdsSink};
+use crate::sinks::xds::{ApiCredential, CertAndKey, XdsSink};
 use crate::sinks::{write_atomically, StatusSink};
 use crate::sources::{self, Desired};
 use crate::xds::groups::{classify, NodeGroup};
@@ -177,26 +177,14 @@ impl App {
             module: module.clone(),
             cert_secret: dp.workload_cert_secret.clone(),
             cert_sds_cluster: dp.workload_cert_sds_cluster.clone(),
-            workload_cert: match &dp.workload_cert {
-                Some(files) => Some((
-                    std::fs::read_to_string(&files.cert).with_context(|| format!("reading --workload-cert {}", files.cert.display()))?,
-                    std::fs::read_to_string(&files.key).with_context(|| format!("reading --workload-key {}", files.key.display()))?,
-                )),
-                None => None,
-            },
+            workload_cert: dp.workload_cert.as_ref().map(|f| CertAndKey::read(f, "--workload-cert", "--workload-key")).transpose()?,
             api_credential,
             push_lock: Default::default(),
             traffic_cache: Default::default(),
             sameness: dp.sameness,
             mesh_listen: dp.mesh_listen,
             per_peer_clusters: dp.per_peer_clusters,
-            gateway_cert: match &dp.gateway_cert {
-                Some(files) => Some((
-                    std::fs::read_to_string(&files.cert).with_context(|| format!("reading --gateway-cert {}", files.cert.display()))?,
-                    std::fs::read_to_string(&files.key).with_context(|| format!("reading --gateway-key {}", files.key.display()))?,
-                )),
-                None => None,
-            },
+            gateway_cert: dp.gateway_cert.as_ref().map(|f| CertAndKey::read(f, "--gateway-cert", "--gateway-key")).transpose()?,
         });
         xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));
         let mut sinks: Vec<Arc<dyn DataPlaneSink>> = vec![Arc::new(ClientRootsSink(xds_tls)), xds_sink];

@@ -8,18 +8,36 @@ use crate::kube::KubeOptions;
 use ed25519_dalek::SigningKey;
 use kube::api::Api;
 
-/// Why `check --kubernetes` could not read its inputs: reason, detail, what to do.
-pub type CheckInputError = (String, String, String);
+/// What `check` probes with: this cluster's facts, the peer's object spec
+/// and this cluster's federation key.
+#[derive(Debug, Clone)]
+pub struct CheckInputs {
+    pub facts: LocalFacts,
+    pub spec: crate::crd::IstioMulticloudSpec,
+    pub key: SigningKey,
+}
+
+/// Why `check --kubernetes` could not read its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckInputError {
+    /// CamelCase, as the failed step's reason.
+    pub reason: String,
+    pub detail: String,
+    /// What to do.
+    pub hint: String,
+}
+
+impl CheckInputError {
+    pub fn new(reason: &str, detail: String, hint: &str) -> CheckInputError {
+        CheckInputError { reason: reason.to_string(), detail, hint: hint.to_string() }
+    }
+}
 
 /// What `multicloud-agent check --kubernetes PEER` probes with, read the way
 /// the agent reads them: the object's spec, this cluster's facts, and the
 /// federation key from its Secret (never generated here).
-pub async fn check_inputs(
-    client: kube::Client,
-    opts: &KubeOptions,
-    peer: &str,
-) -> std::result::Result<(LocalFacts, crate::crd::IstioMulticloudSpec, SigningKey), CheckInputError> {
-    let err = |reason: &str, detail: String, hint: &str| (reason.to_string(), detail, hint.to_string());
+pub async fn check_inputs(client: kube::Client, opts: &KubeOptions, peer: &str) -> Result<CheckInputs, CheckInputError> {
+    let err = CheckInputError::new;
     let api: Api<IstioMulticloud> = Api::all(client.clone());
     let object = api
         .get_opt(peer)
@@ -42,5 +60,5 @@ pub async fn check_inputs(
                 "the agent creates it on its first start: is the agent running in this namespace?",
             )
         })?;
-    Ok((facts, object.spec, key))
+    Ok(CheckInputs { facts, spec: object.spec, key })
 }

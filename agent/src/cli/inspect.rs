@@ -3,6 +3,7 @@
 //! `main.rs` only wires clap to [`status`] and [`check`]; both return the
 //! process exit code.
 
+use super::check_kube::{CheckInputError, CheckInputs};
 use crate::crd::{condition, IstioMulticloudSpec, IstioMulticloudStatus};
 use crate::exchange::{FetchError, FetchPolicy, Remote, Trust};
 use crate::facts::LocalFacts;
@@ -264,9 +265,9 @@ pub enum CheckSource<'a> {
     /// The standalone file and key file the agent runs with (without a file:
     /// a clear failure naming what the agent at `agent` knows).
     Standalone { file: Option<&'a Path>, key: &'a Path },
-    /// Read from the API server by the caller (`kube_mode::check_inputs`),
-    /// or why it could not be: (reason, detail, what to do).
-    Kubernetes(Result<(LocalFacts, IstioMulticloudSpec, ed25519_dalek::SigningKey), (String, String, String)>),
+    /// Read from the API server by the caller (`check_kube::check_inputs`),
+    /// or why it could not be.
+    Kubernetes(Result<CheckInputs, CheckInputError>),
 }
 
 pub struct CheckArgs<'a> {
@@ -334,12 +335,7 @@ pub fn check(a: &CheckArgs<'_>, output: Output) -> i32 {
 }
 
 /// The standalone inputs, each failure pushed as a step.
-fn standalone_inputs(
-    a: &CheckArgs<'_>,
-    file: Option<&Path>,
-    key_path: &Path,
-    steps: &mut Vec<Step>,
-) -> Option<(LocalFacts, IstioMulticloudSpec, ed25519_dalek::SigningKey)> {
+fn standalone_inputs(a: &CheckArgs<'_>, file: Option<&Path>, key_path: &Path, steps: &mut Vec<Step>) -> Option<CheckInputs> {
     let Some(file) = file else {
         let known = agent_get(a.agent, "/status")
             .ok()
@@ -372,7 +368,7 @@ fn standalone_inputs(
     };
     steps.push(Step::pass("object", format!("{} → {}", a.peer, spec.metadata_endpoint)));
     match crate::keys::load_existing(key_path) {
-        Ok(k) => Some((facts, spec, k)),
+        Ok(key) => Some(CheckInputs { facts, spec, key }),
         Err(e) => {
             steps.push(Step::fail(
                 "key",
@@ -388,12 +384,12 @@ fn standalone_inputs(
 pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     let mut steps = Vec::new();
     // (a) The object, this cluster's facts and its key.
-    let (facts, spec, key) = match &a.source {
-        CheckSource::Kubernetes(Ok((facts, spec, key))) => {
-            steps.push(Step::pass("object", format!("{} → {} (from the API server)", a.peer, spec.metadata_endpoint)));
-            (facts.clone(), spec.clone(), key.clone())
+    let CheckInputs { facts, spec, key } = match &a.source {
+        CheckSource::Kubernetes(Ok(inputs)) => {
+            steps.push(Step::pass("object", format!("{} → {} (from the API server)", a.peer, inputs.spec.metadata_endpoint)));
+            inputs.clone()
         }
-        CheckSource::Kubernetes(Err((reason, detail, hint))) => {
+        CheckSource::Kubernetes(Err(CheckInputError { reason, detail, hint })) => {
             steps.push(Step::fail("object", reason, detail.clone(), hint.clone()));
             return steps;
         }

@@ -12,6 +12,7 @@ pub mod install;
 use crate::{crd, keys};
 use anyhow::{Context as _, Result};
 use args::Command;
+use check_kube::CheckInputError;
 use multicloud_core::token::Scope;
 
 /// Runs every command but `run` (which `main` builds into an
@@ -31,14 +32,14 @@ pub fn execute(command: Command) -> Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 inspect::CheckSource::Kubernetes(rt.block_on(async {
                     let client = kube::Client::try_default().await.map_err(|e| {
-                        (
-                            "KubeconfigInvalid".to_string(),
+                        CheckInputError::new(
+                            "KubeconfigInvalid",
                             format!("cannot build a Kubernetes client: {e}"),
-                            "run in the cluster or set KUBECONFIG".to_string(),
+                            "run in the cluster or set KUBECONFIG",
                         )
                     })?;
                     let opts = crate::config::kube_options(&kube)
-                        .map_err(|e| ("FlagsInvalid".to_string(), format!("{e:#}"), "fix the flag".to_string()))?;
+                        .map_err(|e| CheckInputError::new("FlagsInvalid", format!("{e:#}"), "fix the flag"))?;
                     check_kube::check_inputs(client, &opts, &peer).await
                 }))
             } else {

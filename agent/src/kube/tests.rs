@@ -602,7 +602,7 @@ async fn check_inputs_name_a_missing_object() {
         expect_no_more(&mut api).await;
     });
     let err = check_inputs(client, &opts(), "cluster-z").await.map(|_| ()).unwrap_err();
-    assert_eq!(err.0, "NotFound");
-    assert!(err.1.contains("cluster-z") && err.2.contains("kubectl get istiomulticlouds"), "{err:?}");
+    assert_eq!(err.reason, "NotFound");
+    assert!(err.detail.contains("cluster-z") && err.hint.contains("kubectl get istiomulticlouds"), "{err:?}");
     server.await.unwrap();
 }

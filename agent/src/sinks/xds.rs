@@ -6,12 +6,43 @@ use crate::metrics::Metrics;
 use crate::reconcile::{DataPlane, DataPlaneSink};
 use crate::xds::cache::BuildCache;
 use crate::xds::groups::NodeGroup;
-use crate::xds::render::{api_credential_secret, API_PROXY_CREDENTIAL_SECRET};
+use crate::xds::render::{api_credential_secret, GroupSnapshots, API_PROXY_CREDENTIAL_SECRET};
 use crate::xds::{XdsServer, SECRET};
 use crate::BoxFuture;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::traffic::Sameness;
 use std::sync::Arc;
+
+/// A certificate chain and its private key (PEM contents; never logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertAndKey {
+    pub chain: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey").field("chain", &format_args!("{} bytes", self.chain.len())).finish_non_exhaustive()
+    }
+}
+
+impl CertAndKey {
+    /// Reads both files; errors name the flags.
+    pub fn read(files: &crate::config::CertKeyFiles, cert_flag: &str, key_flag: &str) -> anyhow::Result<CertAndKey> {
+        use anyhow::Context as _;
+        Ok(CertAndKey {
+            chain: std::fs::read_to_string(&files.cert).with_context(|| format!("reading {cert_flag} {}", files.cert.display()))?,
+            key: std::fs::read_to_string(&files.key).with_context(|| format!("reading {key_flag} {}", files.key.display()))?,
+        })
+    }
+}
+
+impl From<(String, String)> for CertAndKey {
+    /// `(chain, key)`, as the test bed's fixtures hand them out.
+    fn from((chain, key): (String, String)) -> CertAndKey {
+        CertAndKey { chain, key }
+    }
+}
 
 pub struct XdsSink {
     pub cache: BuildCache,
@@ -26,7 +57,7 @@ pub struct XdsSink {
     pub cert_sds_cluster: String,
     /// Standalone mode without istio-agent: the workload certificate and key
     /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
-    pub workload_cert: Option<(String, String)>,
+    pub workload_cert: Option<CertAndKey>,
     /// The API proxy's own credential (a ServiceAccount token), served to
     /// the gateway group as SDS generic secret [`API_PROXY_CREDENTIAL_SECRET`].
     pub api_credential: Option<Arc<ApiCredential>>,
@@ -39,7 +70,7 @@ pub struct XdsSink {
     pub mesh_listen: Option<std::net::SocketAddr>,
     /// Standalone mode: the gateway's own workload certificate and key
     /// (PEM), served to the gateway group as SDS `cert_secret`.
-    pub gateway_cert: Option<(String, String)>,
+    pub gateway_cert: Option<CertAndKey>,
     /// Also serve one cluster per peer and service port
     /// (`outbound|<port>||<host>|multicloud-<peer>`), besides the merged one
     /// that already holds every peer's copy: off by default, as it doubles
@@ -128,7 +159,7 @@ impl DataPlaneSink for XdsSink {
     fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let _g = self.push_lock.lock().await;
-            let (gateway, sidecar) = self.snapshots(dp)?;
+            let GroupSnapshots { gateway, sidecar } = self.snapshots(dp)?;
             self.server.set(NodeGroup::Gateway.as_str(), gateway);
             self.server.set(NodeGroup::Sidecar.as_str(), sidecar);
             Ok(())

@@ -12,8 +12,15 @@ pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, 
 
 pub(crate) type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
 
-/// A built resource: the hash of its inputs, its version, the resource.
-pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
+/// A built resource.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The hash of the inputs it was built from ([`input_hash`]).
+    pub key: u64,
+    /// Its xDS version (`crate::xds::resource_version`).
+    pub version: String,
+    pub resource: Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>,
+}
 
 /// The resource `(type_url, name)` taken out of last push's `old` when it
 /// was built from the same inputs (`key`), else `build()`. Callers put what
@@ -27,10 +34,10 @@ pub(crate) fn cached(
     build: impl FnOnce() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>,
 ) -> Result<Built, mesh::BuildError> {
     match old.remove(&(type_url, name.to_string())) {
-        Some(b) if b.0 == key => Ok(b),
+        Some(b) if b.key == key => Ok(b),
         _ => {
             let any = build()?;
-            Ok((key, crate::xds::resource_version(&any), Arc::new(any)))
+            Ok(Built { key, version: crate::xds::resource_version(&any), resource: Arc::new(any) })
         }
     }
 }

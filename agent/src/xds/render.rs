@@ -14,7 +14,7 @@
 //! out (and logged, and counted) rather than breaking the others.
 
 use crate::reconcile::DataPlane;
-use crate::sinks::xds::XdsSink;
+use crate::sinks::xds::{CertAndKey, XdsSink};
 use crate::xds::cache::{cached, input_hash, Built};
 use crate::xds::{Snapshot, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
 use multicloud_core::metadata::MeshMode;
@@ -64,8 +64,24 @@ fn tls_certificate_secret(
     }
 }
 
+/// One data plane state rendered for each node group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupSnapshots {
+    /// For `NodeGroup::Gateway`.
+    pub gateway: Snapshot,
+    /// For `NodeGroup::Sidecar`.
+    pub sidecar: Snapshot,
+}
+
+/// One resource of a peer, as [`XdsSink::build_peer`] built or reused it.
+struct PeerResource {
+    type_url: &'static str,
+    name: String,
+    built: Built,
+}
+
 impl XdsSink {
-    pub(crate) fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<(Snapshot, Snapshot)> {
+    pub(crate) fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<GroupSnapshots> {
         let json = serde_json::to_string(&dp.edge)?;
         let mut gateway = Snapshot::default();
         gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.module, &json));
@@ -96,12 +112,12 @@ impl XdsSink {
         for (p, view) in &views {
             match self.build_peer(p, view, &client, &mut cache) {
                 Ok(resources) => {
-                    for (type_url, name, (key, version, any)) in resources {
+                    for PeerResource { type_url, name, built } in resources {
                         if type_url == SECRET {
-                            gateway.insert_shared(SECRET, &name, version.clone(), any.clone());
+                            gateway.insert_shared(SECRET, &name, built.version.clone(), built.resource.clone());
                         }
-                        sidecar.insert_shared(type_url, &name, version.clone(), any.clone());
-                        next_cache.insert((type_url, name), (key, version, any));
+                        sidecar.insert_shared(type_url, &name, built.version.clone(), built.resource.clone());
+                        next_cache.insert((type_url, name), built);
                     }
                     trusted.push(*view);
                     if p.private.is_some() {
@@ -119,10 +135,10 @@ impl XdsSink {
         if let Some(c) = self.api_credential.as_ref().and_then(|c| c.current()) {
             gateway.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
         }
-        if let Some((chain, key)) = &self.workload_cert {
+        if let Some(CertAndKey { chain, key }) = &self.workload_cert {
             sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
-        if let Some((chain, key)) = &self.gateway_cert {
+        if let Some(CertAndKey { chain, key }) = &self.gateway_cert {
             gateway.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
         // Inbound trust: with an identity-enforcing gateway, peers reach the
@@ -140,7 +156,7 @@ impl XdsSink {
         sidecar.insert(SECRET, traffic::LOCAL_ROOT_SECRET, local_root.clone());
         gateway.insert(SECRET, traffic::LOCAL_ROOT_SECRET, local_root);
         self.traffic(dp, &good, &client, &mut gateway, &mut sidecar, &json);
-        Ok((gateway, sidecar))
+        Ok(GroupSnapshots { gateway, sidecar })
     }
 }
 
@@ -204,8 +220,8 @@ impl XdsSink {
             })();
             match built {
                 Ok((c, e)) => {
-                    sidecar.insert_shared(CLUSTER, &name, c.1.clone(), c.2.clone());
-                    sidecar.insert_shared(ENDPOINT, &name, e.1.clone(), e.2.clone());
+                    sidecar.insert_shared(CLUSTER, &name, c.version.clone(), c.resource.clone());
+                    sidecar.insert_shared(ENDPOINT, &name, e.version.clone(), e.resource.clone());
                     cache.insert((CLUSTER, name.clone()), c);
                     cache.insert((ENDPOINT, name.clone()), e);
                 }
@@ -261,14 +277,13 @@ impl XdsSink {
     /// One peer's resources: its root secret, and per exported service and
     /// port a cluster and a load assignment, each reused from `cache` when
     /// its inputs are unchanged. Any error leaves the whole peer out.
-    #[allow(clippy::type_complexity)]
     fn build_peer(
         &self,
         p: &crate::reconcile::EstablishedPeer,
         view: &PeerView,
         client: &ClientIdentity,
         cache: &mut std::collections::HashMap<(&'static str, String), Built>,
-    ) -> Result<Vec<(&'static str, String, Built)>, mesh::BuildError> {
+    ) -> Result<Vec<PeerResource>, mesh::BuildError> {
         let mut out = Vec::new();
         let mut reuse =
             |type_url: &'static str,
@@ -276,7 +291,7 @@ impl XdsSink {
              key: u64,
              build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
                 let built = cached(cache, type_url, &name, key, build)?;
-                out.push((type_url, name, built));
+                out.push(PeerResource { type_url, name, built });
                 Ok::<(), mesh::BuildError>(())
             };
         let root_name = mesh::peer_root_secret_name(view.cluster_uuid);
@@ -432,7 +447,7 @@ mod tests {
     #[test]
     fn without_per_peer_clusters_only_the_merged_ones_are_served() {
         let s = XdsSink { per_peer_clusters: false, ..sink() };
-        let (_, sidecar) = s.snapshots(&dp(1)).unwrap();
+        let sidecar = s.snapshots(&dp(1)).unwrap().sidecar;
         let names: Vec<&String> = sidecar.resources(CLUSTER).unwrap().keys().collect();
         assert_eq!(names.len(), 20);
         assert!(names.iter().all(|n| n.ends_with("|multicloud")), "{names:?}");
@@ -447,7 +462,7 @@ mod tests {
         let s = sink();
         let mut d = dp(1);
         d.peers[0].private = None;
-        let (gateway, sidecar) = s.snapshots(&d).unwrap();
+        let GroupSnapshots { gateway, sidecar } = s.snapshots(&d).unwrap();
         let bundle = sidecar.resources(SECRET).and_then(|m| m.get(mesh::TRUST_BUNDLE_SECRET)).map(|(_, a)| a.clone()).unwrap();
         let bundle = <multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as multicloud_proto::prost::Message>::decode(bundle.value.as_slice()).unwrap();
         let pem = format!("{bundle:?}");
@@ -472,12 +487,12 @@ mod tests {
         if let Some(p) = d3.peers[0].private.as_mut() {
             p.services[7].ready_endpoints = 5;
         }
-        let (_, a) = s.snapshots(&d1).unwrap();
+        let a = s.snapshots(&d1).unwrap().sidecar;
         let mut d2 = d2;
         d2.local = d1.local.clone();
         d2.edge = d1.edge.clone();
-        let (_, b) = s.snapshots(&d2).unwrap();
-        let (_, c) = s.snapshots(&d3).unwrap();
+        let b = s.snapshots(&d2).unwrap().sidecar;
+        let c = s.snapshots(&d3).unwrap().sidecar;
         for t in [CLUSTER, SECRET] {
             assert_eq!(versions(&a, t), versions(&b, t), "{t} unchanged when nothing changed");
             assert_eq!(versions(&b, t), versions(&c, t), "{t} unchanged by an endpoint count");
