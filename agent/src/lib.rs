@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster_uuid;
 pub mod config;
 pub mod crd;
 pub mod exchange;

@@ -10,6 +10,7 @@
 //! say why it is stale. Failures back off with jitter; healthy peers refresh
 //! steadily.
 
+use crate::cluster_uuid::ClusterUuid;
 use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
 use crate::exchange::FetchError;
 use crate::keys;
@@ -44,7 +45,7 @@ pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn Meta
 pub struct EstablishedPeer {
     /// The IstioMulticloud object's name.
     pub name: String,
-    pub cluster_uuid: String,
+    pub cluster_uuid: ClusterUuid,
     pub root_ca: String,
     /// The last good private document, once fetched.
     pub private: Option<PrivateMetadata>,
@@ -103,7 +104,7 @@ struct Peer {
     client: Result<Arc<dyn MetadataClient>, FetchError>,
     status: IstioMulticloudStatus,
     /// The remote's public document and key, last good.
-    public: Option<ValidPublic>,
+    public: Option<KnownPublic>,
     failures: u32,
     next_due: Instant,
     in_flight: bool,
@@ -111,10 +112,23 @@ struct Peer {
     epoch: u64,
 }
 
+/// A remote's validated public document with its UUID (lower-cased once).
+#[derive(Clone)]
+struct KnownPublic {
+    uuid: ClusterUuid,
+    valid: ValidPublic,
+}
+
+impl KnownPublic {
+    fn new(valid: ValidPublic) -> KnownPublic {
+        KnownPublic { uuid: ClusterUuid::of(&valid), valid }
+    }
+}
+
 struct Outcome {
     name: String,
     epoch: u64,
-    public: Result<ValidPublic, FetchError>,
+    public: Result<KnownPublic, FetchError>,
     private: Option<Result<PrivateMetadata, FetchError>>,
     at: SystemTime,
 }
@@ -225,8 +239,8 @@ impl Reconciler {
         let key = self.key.clone();
         let local_uuid = local_uuid.to_string();
         let ttl = self.timing.token_ttl_secs;
-        let pinned = p.status.remote_cluster_uuid.clone();
-        let known_public = p.public.clone();
+        let pinned = p.status.remote_cluster_uuid.as_deref().and_then(|pin| ClusterUuid::parse(pin).ok());
+        let known_uuid = p.public.as_ref().map(|k| k.uuid.clone());
         tokio::spawn(async move {
             let client = match client {
                 Ok(c) => c,
@@ -235,18 +249,18 @@ impl Reconciler {
                     return;
                 }
             };
-            let public = client.fetch_public().await;
+            let public = client.fetch_public().await.map(KnownPublic::new);
             // The private document needs the remote's UUID: from this fetch if
             // it agrees with the pin, else from the last good copy.
-            let remote_uuid = match (&public, &pinned) {
-                (Ok(p), Some(pin)) if !p.doc.cluster_uuid.eq_ignore_ascii_case(pin) => Some(pin.clone()),
-                (Ok(p), _) => Some(p.doc.cluster_uuid.clone()),
-                (Err(_), _) => known_public.map(|p| p.doc.cluster_uuid),
+            let remote_uuid = match (&public, pinned) {
+                (Ok(p), Some(pin)) if p.uuid != pin => Some(pin),
+                (Ok(p), _) => Some(p.uuid.clone()),
+                (Err(_), _) => known_uuid,
             };
             let private = match remote_uuid {
                 Some(remote) => {
                     let now = unix(SystemTime::now());
-                    let token = keys::mint(&key, &local_uuid, &remote, Scope::PrivateMulticluster, now, ttl);
+                    let token = keys::mint(&key, &local_uuid, remote.as_str(), Scope::PrivateMulticluster, now, ttl);
                     Some(client.fetch_private(&token).await)
                 }
                 None => None,
@@ -264,10 +278,10 @@ impl Reconciler {
         let mut cache = st.metadata_cache.take().unwrap_or_default();
         let mut public_ok = false;
         match o.public {
-            Ok(doc) => {
-                let uuid = doc.doc.cluster_uuid.to_ascii_lowercase();
+            Ok(known) => {
+                let uuid = &known.uuid;
                 match &st.remote_cluster_uuid {
-                    Some(pin) if *pin != uuid => {
+                    Some(pin) if pin != uuid.as_str() => {
                         self.metrics.fetch(name, Document::Public, FetchResult::Failed(Reason::RemoteUuidChanged));
                         tracing::error!(object = %name, pinned = %pin, offered = %uuid, "remote cluster UUID changed: refused, keeping the last good metadata");
                         st.set_condition(
@@ -282,9 +296,9 @@ impl Reconciler {
                     _ => {
                         self.metrics.fetch(name, Document::Public, FetchResult::Ok);
                         self.metrics.success(name, Document::Public, o.at);
-                        st.remote_cluster_uuid = Some(uuid);
-                        cache.public = Some(CachedPublic { document: doc.doc.clone(), fetched_at: now.clone() });
-                        p.public = Some(doc);
+                        st.remote_cluster_uuid = Some(uuid.to_string());
+                        cache.public = Some(CachedPublic { document: known.valid.doc.clone(), fetched_at: now.clone() });
+                        p.public = Some(known);
                         public_ok = true;
                         st.set_condition(
                             condition::PUBLIC,
@@ -369,8 +383,8 @@ impl Reconciler {
                 let private = p.status.metadata_cache.as_ref().and_then(|c| c.private.as_ref()).map(|c| c.document.clone());
                 Some(EstablishedPeer {
                     name: name.clone(),
-                    cluster_uuid: public.doc.cluster_uuid.to_ascii_lowercase(),
-                    root_ca: public.doc.root_ca.clone(),
+                    cluster_uuid: public.uuid.clone(),
+                    root_ca: public.valid.doc.root_ca.clone(),
                     private,
                     enable_ingress_gateway: p.spec.enable_ingress_gateway,
                     metadata_ca: p.spec.metadata.as_ref().and_then(|m| m.ca.clone()),
@@ -383,8 +397,8 @@ impl Reconciler {
         let mut peer_keys: Vec<PeerKey> = peers
             .values()
             .filter_map(|p| p.public.as_ref())
-            .filter(|v| established.iter().any(|e| e.cluster_uuid.eq_ignore_ascii_case(&v.doc.cluster_uuid)))
-            .map(|v| PeerKey { cluster_uuid: v.doc.cluster_uuid.clone(), authn_key_pub: v.doc.authn_key_pub.clone() })
+            .filter(|k| established.iter().any(|e| e.cluster_uuid == k.uuid))
+            .map(|k| PeerKey { cluster_uuid: k.valid.doc.cluster_uuid.clone(), authn_key_pub: k.valid.doc.authn_key_pub.clone() })
             .collect();
         peer_keys.sort_by(|a, b| a.cluster_uuid.cmp(&b.cluster_uuid));
         peer_keys.dedup_by(|a, b| a.cluster_uuid.eq_ignore_ascii_case(&b.cluster_uuid));
@@ -405,8 +419,8 @@ impl Reconciler {
                     .filter(|p| p.private.is_some())
                     .map(|p| multicloud_core::meshguard::MeshPeer {
                         name: p.name.clone(),
-                        cluster_uuid: p.cluster_uuid.clone(),
-                        sni: multicloud_proto::traffic::peer_sni(&p.cluster_uuid),
+                        cluster_uuid: p.cluster_uuid.to_string(),
+                        sni: multicloud_proto::traffic::peer_sni(p.cluster_uuid.as_str()),
                         services: {
                             let mut hosts: Vec<String> = facts.services.iter().map(|s| s.hostname.to_ascii_lowercase()).collect();
                             hosts.sort();

@@ -429,11 +429,12 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
         .map(|d| Sha256::digest(d).iter().take(8).map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
         .unwrap_or_default();
     steps.push(Step::pass("public", format!("cluster {} (root {fp})", public.doc.cluster_uuid)));
+    let remote_uuid = crate::cluster_uuid::ClusterUuid::of(&public);
     // (c) Private metadata with a 60 s token.
     let token = crate::keys::mint(
         &key,
         &facts.cluster_uuid,
-        &public.doc.cluster_uuid,
+        remote_uuid.as_str(),
         Scope::PrivateMulticluster,
         now_secs(),
         crate::keys::MAX_METADATA_TOKEN_TTL_SECS,
@@ -453,7 +454,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     if private.api_host.is_empty() {
         steps.push(Step::skip("api", "the peer offers no API host".into()));
     } else {
-        let token = crate::keys::mint(&key, &facts.cluster_uuid, &public.doc.cluster_uuid, Scope::Api, now_secs(), 60);
+        let token = crate::keys::mint(&key, &facts.cluster_uuid, remote_uuid.as_str(), Scope::Api, now_secs(), 60);
         steps.push(rt.block_on(api_step(&private.api_host, &spec, &token, a.api_host_override)));
     }
     // (e) The mesh port of each ingress gateway.

@@ -157,8 +157,12 @@ fn start() -> Bed {
 
 impl Bed {
     async fn wait_status(&self, what: &str, f: impl Fn(&IstioMulticloudStatus) -> bool) -> IstioMulticloudStatus {
+        self.wait_status_of("cluster-b", what, f).await
+    }
+
+    async fn wait_status_of(&self, object: &str, what: &str, f: impl Fn(&IstioMulticloudStatus) -> bool) -> IstioMulticloudStatus {
         for _ in 0..400 {
-            if let Some((_, s)) = self.rec.statuses.lock().unwrap().iter().rev().find(|(n, _)| n == "cluster-b") {
+            if let Some((_, s)) = self.rec.statuses.lock().unwrap().iter().rev().find(|(n, _)| n == object) {
                 if f(s) {
                     return s.clone();
                 }
@@ -274,4 +278,19 @@ fn refresh_is_thirty_seconds_give_or_take_ten_percent() {
         let d = jitter(Timing::default().refresh, 0.1);
         assert!(d >= Duration::from_secs(27) && d <= Duration::from_secs(33), "{d:?}");
     }
+}
+
+/// A remote publishing its UUID in upper case is pinned, addressed and
+/// served under the lower-cased UUID (the form the edge compares).
+#[tokio::test]
+async fn an_upper_case_remote_uuid_is_lower_cased_once() {
+    let bed = start();
+    *bed.remote.lock().unwrap() = Remote::Up(Box::new(public_doc(&REMOTE.to_ascii_uppercase())));
+    bed.tx.send_replace(Some(desired(&["cluster-c"])));
+    let s = bed.wait_status_of("cluster-c", "Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    assert_eq!(s.remote_cluster_uuid.as_deref(), Some(REMOTE));
+    let token = bed.tokens.lock().unwrap().last().cloned().unwrap();
+    let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), key)))
+        .expect("the token's aud is the lower-cased UUID");
 }

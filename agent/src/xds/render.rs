@@ -99,8 +99,10 @@ impl XdsSink {
                 Some(private) => (private.network_name.as_str(), private.ingress_gateways.as_slice(), private.services.as_slice()),
                 None => ("", &[][..], &[][..]),
             };
-            views
-                .push((p, PeerView { name: &p.name, cluster_uuid: &p.cluster_uuid, root_ca_pem: &p.root_ca, network, gateways, services }));
+            views.push((
+                p,
+                PeerView { name: &p.name, cluster_uuid: p.cluster_uuid.as_str(), root_ca_pem: &p.root_ca, network, gateways, services },
+            ));
         }
         let mut sidecar = Snapshot::default();
         // Peers whose traffic resources are pushed (private document known),
@@ -400,7 +402,7 @@ mod tests {
             local: facts,
             peers: vec![EstablishedPeer {
                 name: "b".into(),
-                cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b".into(),
+                cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b".parse().unwrap(),
                 root_ca: ROOT_B.with(|r| r.clone()),
                 private: Some(PrivateMetadata {
                     ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],

@@ -38,7 +38,7 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
     let peers = (0..peers)
         .map(|i| EstablishedPeer {
             name: format!("peer-{i}"),
-            cluster_uuid: multicloud_e2e::fixtures::random_uuid(),
+            cluster_uuid: multicloud_e2e::fixtures::random_uuid().parse().expect("a UUID"),
             root_ca: roots[i % roots.len()].clone(),
             private: Some(PrivateMetadata {
                 ingress_gateways: vec![IngressGateway { address: format!("127.0.{}.1", 100 + i % 100), port: 15443 }],
