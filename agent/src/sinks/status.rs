@@ -36,11 +36,6 @@ impl StatusBoard {
     pub fn snapshot(&self) -> StatusDocument {
         StatusDocument { objects: self.map.lock().unwrap_or_else(|e| e.into_inner()).clone() }
     }
-
-    /// Drops objects that no longer exist.
-    pub fn retain(&self, names: &[String]) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| names.contains(k));
-    }
 }
 
 impl StatusSink for StatusBoard {
