@@ -111,3 +111,25 @@ fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static st
         _ => ("404 Not Found", "text/plain", "try /healthz, /readyz, /metrics, /status or /xds\n".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_the_objects_and_the_configuration() {
+        let state = AdminState {
+            metrics: Arc::default(),
+            board: Arc::new(StatusBoard::new(None)),
+            ready: false.into(),
+            source_error: Arc::default(),
+            xds: None,
+            config: Some(serde_json::json!({"http": "127.0.0.1:15090", "mode": {"kind": "standalone"}})),
+        };
+        let (code, ctype, body) = route("GET", "/status", &state);
+        assert_eq!((code, ctype), ("200 OK", "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["config"]["mode"]["kind"], "standalone");
+        assert!(v["objects"].is_object(), "{v}");
+    }
+}

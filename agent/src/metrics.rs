@@ -3,7 +3,7 @@
 //! the two in step.
 
 use crate::reasons::{Document, FetchResult};
-use crate::xds::tls::RefusalReason;
+use crate::xds::RefusalCount;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -68,7 +68,7 @@ pub struct Metrics {
     xds_refusals: Mutex<Option<RefusalSource>>,
 }
 
-type RefusalSource = Box<dyn Fn() -> Vec<(RefusalReason, u64)> + Send + Sync>;
+type RefusalSource = Box<dyn Fn() -> Vec<RefusalCount> + Send + Sync>;
 
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -190,8 +190,8 @@ impl Metrics {
                     let _ = writeln!(out, "{name} {}", s.status_writes);
                 }
                 "multicloud_agent_xds_refusals_total" => {
-                    for (reason, v) in &refusals {
-                        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {v}", esc(reason.label()));
+                    for RefusalCount { reason, count } in &refusals {
+                        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {count}", esc(reason.label()));
                     }
                 }
                 "multicloud_agent_remote_secret_token_expiry_timestamp_seconds" => {

@@ -233,6 +233,13 @@ struct Inner {
     sent_resources: [AtomicU64; 2],
 }
 
+/// How many xDS clients were turned away for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusalCount {
+    pub reason: RefusalReason,
+    pub count: u64,
+}
+
 /// Totals of what the server sent, per protocol.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SentTotals {
@@ -349,9 +356,9 @@ impl XdsServer {
     }
 
     /// Clients refused since start, by reason (every reason, zeros included).
-    pub fn refusals(&self) -> Vec<(RefusalReason, u64)> {
+    pub fn refusals(&self) -> Vec<RefusalCount> {
         let counts = lock(&self.inner.refusals);
-        RefusalReason::ALL.iter().map(|r| (*r, counts.get(r).copied().unwrap_or(0))).collect()
+        RefusalReason::ALL.iter().map(|r| RefusalCount { reason: *r, count: counts.get(r).copied().unwrap_or(0) }).collect()
     }
 
     /// Every connected proxy, in connection order.
