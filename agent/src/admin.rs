@@ -1,10 +1,10 @@
 //! The agent's HTTP port: `/healthz` (the process runs), `/readyz` (state
 //! loaded and the edge configured), `/metrics` (Prometheus text) and
-//! `/status` (every object's status, JSON). A deliberately small HTTP/1.1
+//! `/status` (every object's status and the agent's configuration, JSON). A deliberately small HTTP/1.1
 //! responder: GET only, bounded request head, one request per connection.
 
 use crate::metrics::Metrics;
-use crate::standalone::StatusBoard;
+use crate::sinks::status::StatusBoard;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -16,6 +16,23 @@ pub struct AdminState {
     pub ready: AtomicBool,
     pub source_error: Arc<Mutex<Option<String>>>,
     pub xds: Option<crate::xds::XdsServer>,
+    /// The agent's configuration (`crate::config::Config`), shown on `/status`.
+    pub config: Option<serde_json::Value>,
+}
+
+/// Marks the agent ready once the first data plane configuration was applied
+/// (it runs after the other sinks, which stop the chain on error).
+pub struct ReadyOnApply {
+    pub admin: Arc<AdminState>,
+}
+
+impl crate::reconcile::DataPlaneSink for ReadyOnApply {
+    fn apply<'a>(&'a self, _dp: &'a crate::reconcile::DataPlane) -> crate::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.admin.ready.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
@@ -86,8 +103,33 @@ fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static st
             if let Some(e) = s.source_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                 v["sourceError"] = serde_json::Value::String(e);
             }
+            if let Some(c) = &s.config {
+                v["config"] = c.clone();
+            }
             ("200 OK", "application/json", v.to_string())
         }
         _ => ("404 Not Found", "text/plain", "try /healthz, /readyz, /metrics, /status or /xds\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_the_objects_and_the_configuration() {
+        let state = AdminState {
+            metrics: Arc::default(),
+            board: Arc::new(StatusBoard::new(None)),
+            ready: false.into(),
+            source_error: Arc::default(),
+            xds: None,
+            config: Some(serde_json::json!({"http": "127.0.0.1:15090", "mode": {"kind": "standalone"}})),
+        };
+        let (code, ctype, body) = route("GET", "/status", &state);
+        assert_eq!((code, ctype), ("200 OK", "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["config"]["mode"]["kind"], "standalone");
+        assert!(v["objects"].is_object(), "{v}");
     }
 }

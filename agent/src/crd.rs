@@ -2,6 +2,7 @@
 //! The CRD in `deploy/` is generated from these types (`multicloud-agent crd`)
 //! and a test fails when it is stale.
 
+use crate::reasons::Reason;
 use kube::CustomResource;
 use multicloud_core::metadata::{PrivateMetadata, PublicMetadata};
 use schemars::JsonSchema;
@@ -131,7 +132,8 @@ impl IstioMulticloudStatus {
     }
 
     /// Sets a condition; `lastTransitionTime` changes only when the status does.
-    pub fn set_condition(&mut self, type_: &str, ok: Option<bool>, reason: &str, message: String, now: &str, generation: Option<i64>) {
+    pub fn set_condition(&mut self, type_: &str, ok: Option<bool>, reason: Reason, message: String, now: &str, generation: Option<i64>) {
+        let reason = reason.as_str();
         let status = match ok {
             Some(true) => "True",
             Some(false) => "False",
@@ -176,11 +178,11 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_the_status_changes() {
         let mut s = IstioMulticloudStatus::default();
-        s.set_condition(condition::READY, Some(false), "Pending", "m".into(), "t1", Some(1));
-        s.set_condition(condition::READY, Some(false), "StillPending", "m".into(), "t2", Some(1));
+        s.set_condition(condition::READY, Some(false), Reason::Pending, "m".into(), "t1", Some(1));
+        s.set_condition(condition::READY, Some(false), Reason::ConnectFailed, "m".into(), "t2", Some(1));
         assert_eq!(s.condition(condition::READY).unwrap().last_transition_time, "t1");
-        assert_eq!(s.condition(condition::READY).unwrap().reason, "StillPending");
-        s.set_condition(condition::READY, Some(true), "Ready", "m".into(), "t3", Some(2));
+        assert_eq!(s.condition(condition::READY).unwrap().reason, "ConnectFailed");
+        s.set_condition(condition::READY, Some(true), Reason::Federated, "m".into(), "t3", Some(2));
         assert_eq!(s.condition(condition::READY).unwrap().last_transition_time, "t3");
     }
 

@@ -26,14 +26,15 @@
 //!   `validate()`; errors name the field.
 //! - Bearer tokens are marked sensitive and never logged.
 //!
-//! Failures carry a CamelCase [`FetchError::reason`] for `status.conditions`
-//! and a snake_case [`FetchError::metric_label`] for metrics.
-//! [`Backoff`] and [`refresh_interval`] pace the retries and the steady
-//! refresh.
+//! Failures carry a [`Reason`] ([`FetchError::reason`]) for `status.conditions`
+//! and metrics (`Reason::as_str`, `Reason::metric_label`). The reconciler
+//! paces retries and the steady refresh (`crate::reconcile::backoff`).
 
+pub mod factory;
+
+use crate::reasons::Reason;
 use multicloud_core::metadata::{InvalidField, PrivateMetadata, PublicMetadata, ValidPublic};
 use multicloud_core::pem::CertBundle;
-use rand::{Rng as _, SeedableRng as _};
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -115,7 +116,7 @@ impl Trust {
 }
 
 /// Why a fetch (or building the client for it) failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     #[error("metadata endpoint {endpoint:?} is invalid: {why}")]
     EndpointInvalid { endpoint: String, why: String },
@@ -161,46 +162,30 @@ fn remote_detail(reason: &Option<String>, error: &Option<String>) -> String {
 }
 
 impl FetchError {
-    /// CamelCase reason for a condition.
-    pub fn reason(&self) -> &'static str {
+    /// The condition reason (`Reason::as_str` is its CamelCase word).
+    pub fn reason(&self) -> Reason {
         match self {
-            FetchError::EndpointInvalid { .. } => "EndpointInvalid",
-            FetchError::TrustInvalid(_) => "TrustInvalid",
-            FetchError::ClientBuild(_) => "ClientBuildFailed",
-            FetchError::TokenInvalid => "TokenInvalid",
-            FetchError::ConnectFailed { .. } => "ConnectFailed",
-            FetchError::Timeout { .. } => "Timeout",
-            FetchError::TlsVerificationFailed { .. } => "TlsVerificationFailed",
-            FetchError::TlsHandshakeFailed { .. } => "TlsHandshakeFailed",
-            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => "RedirectRefused",
-            FetchError::HttpStatus { .. } => "HttpStatus",
-            FetchError::Unauthorized { .. } => "Unauthorized",
-            FetchError::BodyTooLarge { .. } => "BodyTooLarge",
-            FetchError::MalformedJson { .. } => "MalformedJson",
-            FetchError::InvalidDocument { .. } => "InvalidDocument",
-            FetchError::Request { .. } => "RequestFailed",
+            FetchError::EndpointInvalid { .. } => Reason::EndpointInvalid,
+            FetchError::TrustInvalid(_) => Reason::TrustInvalid,
+            FetchError::ClientBuild(_) => Reason::ClientBuildFailed,
+            FetchError::TokenInvalid => Reason::TokenInvalid,
+            FetchError::ConnectFailed { .. } => Reason::ConnectFailed,
+            FetchError::Timeout { .. } => Reason::Timeout,
+            FetchError::TlsVerificationFailed { .. } => Reason::TlsVerificationFailed,
+            FetchError::TlsHandshakeFailed { .. } => Reason::TlsHandshakeFailed,
+            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => Reason::RedirectRefused,
+            FetchError::HttpStatus { .. } => Reason::HttpStatus,
+            FetchError::Unauthorized { .. } => Reason::Unauthorized,
+            FetchError::BodyTooLarge { .. } => Reason::BodyTooLarge,
+            FetchError::MalformedJson { .. } => Reason::MalformedJson,
+            FetchError::InvalidDocument { .. } => Reason::InvalidDocument,
+            FetchError::Request { .. } => Reason::RequestFailed,
         }
     }
 
     /// snake_case of [`FetchError::reason`], for metric labels.
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            FetchError::EndpointInvalid { .. } => "endpoint_invalid",
-            FetchError::TrustInvalid(_) => "trust_invalid",
-            FetchError::ClientBuild(_) => "client_build_failed",
-            FetchError::TokenInvalid => "token_invalid",
-            FetchError::ConnectFailed { .. } => "connect_failed",
-            FetchError::Timeout { .. } => "timeout",
-            FetchError::TlsVerificationFailed { .. } => "tls_verification_failed",
-            FetchError::TlsHandshakeFailed { .. } => "tls_handshake_failed",
-            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => "redirect_refused",
-            FetchError::HttpStatus { .. } => "http_status",
-            FetchError::Unauthorized { .. } => "unauthorized",
-            FetchError::BodyTooLarge { .. } => "body_too_large",
-            FetchError::MalformedJson { .. } => "malformed_json",
-            FetchError::InvalidDocument { .. } => "invalid_document",
-            FetchError::Request { .. } => "request_failed",
-        }
+        self.reason().metric_label()
     }
 }
 
@@ -554,102 +539,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Retry pacing after failures: exponential with full jitter. The n-th delay
-/// (from 0) is uniform in `[min(base/10, …), min(cap, base·2ⁿ)]`; the small
-/// floor keeps a failing remote from being retried in a hot loop.
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    rng: rand::rngs::StdRng,
-}
-
-impl fmt::Debug for Backoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backoff").field("base", &self.base).field("cap", &self.cap).field("attempt", &self.attempt).finish()
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Backoff::BASE, Backoff::CAP)
-    }
-}
-
-impl Backoff {
-    pub const BASE: Duration = Duration::from_secs(1);
-    pub const CAP: Duration = Duration::from_secs(300);
-
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { base, cap: cap.max(base), attempt: 0, rng: rand::rngs::StdRng::from_os_rng() }
-    }
-
-    /// The upper bound of the next delay: `min(cap, base·2^attempt)`.
-    fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The delay before the next retry; each call widens the window.
-    pub fn next_delay(&mut self) -> Duration {
-        let hi = self.ceiling();
-        let lo = (self.base / 10).min(hi);
-        self.attempt = self.attempt.saturating_add(1);
-        let (lo_ms, hi_ms) = (lo.as_millis() as u64, hi.as_millis() as u64);
-        Duration::from_millis(self.rng.random_range(lo_ms..=hi_ms.max(lo_ms)))
-    }
-
-    /// After a success: the next failure starts from `base` again.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// The steady refresh interval while a remote is healthy: 30 s ± 10 %.
-pub fn refresh_interval() -> Duration {
-    Duration::from_millis(rand::rng().random_range(27_000..=33_000))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_stays_under_the_cap_and_resets() {
-        let mut b = Backoff::default();
-        let mut ceilings = Vec::new();
-        for _ in 0..40 {
-            let c = b.ceiling();
-            let d = b.next_delay();
-            assert!(d <= c && d <= Backoff::CAP && d >= Duration::from_millis(100), "{d:?} (ceiling {c:?})");
-            ceilings.push(c);
-        }
-        assert!(ceilings.windows(2).all(|w| w[0] <= w[1]), "{ceilings:?}");
-        assert_eq!(ceilings[0], Duration::from_secs(1));
-        assert_eq!(ceilings[39], Backoff::CAP);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
-
-        // The delays themselves grow: mean of the 1st vs the 6th (≤1 s vs ≤32 s).
-        let (mut first, mut sixth) = (Duration::ZERO, Duration::ZERO);
-        for _ in 0..200 {
-            let mut b = Backoff::default();
-            first += b.next_delay();
-            for _ in 0..4 {
-                b.next_delay();
-            }
-            sixth += b.next_delay();
-        }
-        assert!(sixth > first * 8, "first {first:?} sixth {sixth:?}");
-    }
-
-    #[test]
-    fn refresh_is_thirty_seconds_give_or_take_ten_percent() {
-        for _ in 0..100 {
-            let d = refresh_interval();
-            assert!(d >= Duration::from_secs(27) && d <= Duration::from_secs(33), "{d:?}");
-        }
-    }
 
     #[test]
     fn trust_from_spec() {
@@ -670,7 +562,7 @@ mod tests {
         assert_eq!(ok.private_url.as_str(), "https://gw.example.com/metadata/private/multicluster.json");
         for bad in ["http://gw.example.com/metadata", "gw.example.com", "https://u:p@gw/m", "https://gw/m?x=1", ""] {
             let e = Remote::new(bad, Trust::InsecureSkipVerify, FetchPolicy::default()).unwrap_err();
-            assert_eq!(e.reason(), "EndpointInvalid", "{bad}: {e}");
+            assert_eq!(e.reason().as_str(), "EndpointInvalid", "{bad}: {e}");
             assert_eq!(e.metric_label(), "endpoint_invalid");
         }
     }
@@ -678,7 +570,7 @@ mod tests {
     #[test]
     fn a_pin_that_is_not_a_certificate_is_refused() {
         let e = Remote::new("https://gw/m", Trust::Pinned("nope".into()), FetchPolicy::default()).unwrap_err();
-        assert_eq!(e.reason(), "TrustInvalid", "{e}");
+        assert_eq!(e.reason().as_str(), "TrustInvalid", "{e}");
     }
 
     #[test]

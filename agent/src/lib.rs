@@ -2,21 +2,21 @@
 //! exchanges metadata with remote clusters, and configures the local proxies.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
+pub mod cluster_uuid;
+pub mod config;
 pub mod crd;
-pub mod edge_file;
 pub mod exchange;
 pub mod facts;
-pub mod install;
 pub mod keys;
-pub mod kube_mode;
-pub mod mesh_config;
+pub mod kube;
 pub mod metrics;
+pub mod reasons;
 pub mod reconcile;
-pub mod remote;
-pub mod remote_secret;
-pub mod source;
-pub mod standalone;
+pub mod sinks;
+pub mod sources;
 pub mod xds;
-pub mod xds_sink;
-pub mod xds_tls;
+
+/// The boxed future the agent's object-safe async traits return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -2,6 +2,8 @@
 //! `/metrics`. The table in docs/agent.md lists exactly these; a test keeps
 //! the two in step.
 
+use crate::reasons::{Document, FetchResult};
+use crate::xds::RefusalCount;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -44,8 +46,10 @@ pub const METRICS: &[(&str, &str, &str)] = &[
 
 #[derive(Default)]
 struct State {
-    fetch: BTreeMap<(String, String, String), u64>,
-    last_success: BTreeMap<(String, String), f64>,
+    /// By (peer, document, result) labels.
+    fetch: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// By (peer, document) labels.
+    last_success: BTreeMap<(String, &'static str), f64>,
     ready: BTreeMap<String, bool>,
     render_errors: u64,
     xds_build_errors: BTreeMap<String, u64>,
@@ -64,7 +68,7 @@ pub struct Metrics {
     xds_refusals: Mutex<Option<RefusalSource>>,
 }
 
-type RefusalSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+type RefusalSource = Box<dyn Fn() -> Vec<RefusalCount> + Send + Sync>;
 
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -79,13 +83,13 @@ impl Metrics {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn fetch(&self, peer: &str, doc: &str, result: &str) {
-        *self.lock().fetch.entry((peer.into(), doc.into(), result.into())).or_default() += 1;
+    pub fn fetch(&self, peer: &str, doc: Document, result: FetchResult) {
+        *self.lock().fetch.entry((peer.into(), doc.as_str(), result.as_str())).or_default() += 1;
     }
 
-    pub fn success(&self, peer: &str, doc: &str, at: SystemTime) {
+    pub fn success(&self, peer: &str, doc: Document, at: SystemTime) {
         let t = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        self.lock().last_success.insert((peer.into(), doc.into()), t);
+        self.lock().last_success.insert((peer.into(), doc.as_str()), t);
     }
 
     pub fn ready(&self, peer: &str, ready: bool) {
@@ -186,8 +190,8 @@ impl Metrics {
                     let _ = writeln!(out, "{name} {}", s.status_writes);
                 }
                 "multicloud_agent_xds_refusals_total" => {
-                    for (reason, v) in &refusals {
-                        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {v}", esc(reason));
+                    for RefusalCount { reason, count } in &refusals {
+                        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {count}", esc(reason.label()));
                     }
                 }
                 "multicloud_agent_remote_secret_token_expiry_timestamp_seconds" => {
@@ -222,7 +226,7 @@ mod tests {
         let exported: Vec<(String, String)> = METRICS.iter().map(|(n, t, _)| (n.to_string(), t.to_string())).collect();
         assert_eq!(documented, exported);
         let m = Metrics::default();
-        m.fetch("b", "public", "ok");
+        m.fetch("b", Document::Public, FetchResult::Ok);
         let text = m.render();
         for (name, _) in &exported {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} not rendered");

@@ -10,10 +10,15 @@
 //! say why it is stale. Failures back off with jitter; healthy peers refresh
 //! steadily.
 
+use crate::cluster_uuid::ClusterUuid;
 use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
+use crate::exchange::FetchError;
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::source::{BoxFuture, Desired, StatusSink};
+use crate::reasons::{Document, FetchResult, Reason};
+use crate::sinks::StatusSink;
+use crate::sources::Desired;
+use crate::BoxFuture;
 use ed25519_dalek::SigningKey;
 use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
@@ -24,33 +29,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-/// Why a fetch failed, in the words conditions and metrics use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchFailure {
-    /// CamelCase condition reason.
-    pub reason: String,
-    /// snake_case metric label.
-    pub label: String,
-    pub message: String,
-}
-
 /// Talks to one remote's metadata endpoint (HTTPS in production, a fake in
 /// unit tests).
 pub trait MetadataClient: Send + Sync {
-    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>>;
-    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>>;
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>>;
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>>;
 }
 
 /// Builds a client for a spec (fails for a spec that cannot work, e.g. an
 /// `http://` endpoint).
-pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchFailure> + Send + Sync>;
+pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchError> + Send + Sync>;
 
 /// A peer whose public metadata this cluster holds (last good).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EstablishedPeer {
     /// The IstioMulticloud object's name.
     pub name: String,
-    pub cluster_uuid: String,
+    pub cluster_uuid: ClusterUuid,
     pub root_ca: String,
     /// The last good private document, once fetched.
     pub private: Option<PrivateMetadata>,
@@ -106,10 +101,10 @@ fn unix(t: SystemTime) -> i64 {
 struct Peer {
     spec: IstioMulticloudSpec,
     generation: Option<i64>,
-    client: Result<Arc<dyn MetadataClient>, FetchFailure>,
+    client: Result<Arc<dyn MetadataClient>, FetchError>,
     status: IstioMulticloudStatus,
     /// The remote's public document and key, last good.
-    public: Option<ValidPublic>,
+    public: Option<KnownPublic>,
     failures: u32,
     next_due: Instant,
     in_flight: bool,
@@ -117,11 +112,24 @@ struct Peer {
     epoch: u64,
 }
 
+/// A remote's validated public document with its UUID (lower-cased once).
+#[derive(Clone)]
+struct KnownPublic {
+    uuid: ClusterUuid,
+    valid: ValidPublic,
+}
+
+impl KnownPublic {
+    fn new(valid: ValidPublic) -> KnownPublic {
+        KnownPublic { uuid: ClusterUuid::of(&valid), valid }
+    }
+}
+
 struct Outcome {
     name: String,
     epoch: u64,
-    public: Result<ValidPublic, FetchFailure>,
-    private: Option<Result<PrivateMetadata, FetchFailure>>,
+    public: Result<KnownPublic, FetchError>,
+    private: Option<Result<PrivateMetadata, FetchError>>,
     at: SystemTime,
 }
 
@@ -231,8 +239,8 @@ impl Reconciler {
         let key = self.key.clone();
         let local_uuid = local_uuid.to_string();
         let ttl = self.timing.token_ttl_secs;
-        let pinned = p.status.remote_cluster_uuid.clone();
-        let known_public = p.public.clone();
+        let pinned = p.status.remote_cluster_uuid.as_deref().and_then(|pin| ClusterUuid::parse(pin).ok());
+        let known_uuid = p.public.as_ref().map(|k| k.uuid.clone());
         tokio::spawn(async move {
             let client = match client {
                 Ok(c) => c,
@@ -241,18 +249,18 @@ impl Reconciler {
                     return;
                 }
             };
-            let public = client.fetch_public().await;
+            let public = client.fetch_public().await.map(KnownPublic::new);
             // The private document needs the remote's UUID: from this fetch if
             // it agrees with the pin, else from the last good copy.
-            let remote_uuid = match (&public, &pinned) {
-                (Ok(p), Some(pin)) if !p.doc.cluster_uuid.eq_ignore_ascii_case(pin) => Some(pin.clone()),
-                (Ok(p), _) => Some(p.doc.cluster_uuid.clone()),
-                (Err(_), _) => known_public.map(|p| p.doc.cluster_uuid),
+            let remote_uuid = match (&public, pinned) {
+                (Ok(p), Some(pin)) if p.uuid != pin => Some(pin),
+                (Ok(p), _) => Some(p.uuid.clone()),
+                (Err(_), _) => known_uuid,
             };
             let private = match remote_uuid {
                 Some(remote) => {
                     let now = unix(SystemTime::now());
-                    let token = keys::mint(&key, &local_uuid, &remote, Scope::PrivateMulticluster, now, ttl);
+                    let token = keys::mint(&key, &local_uuid, remote.as_str(), Scope::PrivateMulticluster, now, ttl);
                     Some(client.fetch_private(&token).await)
                 }
                 None => None,
@@ -270,32 +278,32 @@ impl Reconciler {
         let mut cache = st.metadata_cache.take().unwrap_or_default();
         let mut public_ok = false;
         match o.public {
-            Ok(doc) => {
-                let uuid = doc.doc.cluster_uuid.to_ascii_lowercase();
+            Ok(known) => {
+                let uuid = &known.uuid;
                 match &st.remote_cluster_uuid {
-                    Some(pin) if *pin != uuid => {
-                        self.metrics.fetch(name, "public", "uuid_changed");
+                    Some(pin) if pin != uuid.as_str() => {
+                        self.metrics.fetch(name, Document::Public, FetchResult::Failed(Reason::RemoteUuidChanged));
                         tracing::error!(object = %name, pinned = %pin, offered = %uuid, "remote cluster UUID changed: refused, keeping the last good metadata");
                         st.set_condition(
                             condition::PUBLIC,
                             Some(false),
-                            "RemoteUUIDChanged",
+                            Reason::RemoteUuidChanged,
                             format!("{} now reports cluster UUID {uuid}, but this object is pinned to {pin}; if the remote really was rebuilt, delete and recreate this IstioMulticloud object", p.spec.metadata_endpoint),
                             &now,
                             gen,
                         );
                     }
                     _ => {
-                        self.metrics.fetch(name, "public", "ok");
-                        self.metrics.success(name, "public", o.at);
-                        st.remote_cluster_uuid = Some(uuid);
-                        cache.public = Some(CachedPublic { document: doc.doc.clone(), fetched_at: now.clone() });
-                        p.public = Some(doc);
+                        self.metrics.fetch(name, Document::Public, FetchResult::Ok);
+                        self.metrics.success(name, Document::Public, o.at);
+                        st.remote_cluster_uuid = Some(uuid.to_string());
+                        cache.public = Some(CachedPublic { document: known.valid.doc.clone(), fetched_at: now.clone() });
+                        p.public = Some(known);
                         public_ok = true;
                         st.set_condition(
                             condition::PUBLIC,
                             Some(true),
-                            "Fetched",
+                            Reason::Fetched,
                             format!("public metadata fetched from {}", p.spec.metadata_endpoint),
                             &now,
                             gen,
@@ -304,41 +312,41 @@ impl Reconciler {
                 }
             }
             Err(e) => {
-                self.metrics.fetch(name, "public", &e.label);
-                tracing::warn!(object = %name, reason = %e.reason, "public metadata fetch failed: {}", e.message);
+                self.metrics.fetch(name, Document::Public, FetchResult::Failed(e.reason()));
+                tracing::warn!(object = %name, reason = %e.reason(), "public metadata fetch failed: {e}");
                 let stale =
                     cache.public.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
-                st.set_condition(condition::PUBLIC, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
+                st.set_condition(condition::PUBLIC, Some(false), e.reason(), format!("{e}{stale}"), &now, gen);
             }
         }
         let mut private_ok = false;
         match o.private {
             Some(Ok(doc)) => {
-                self.metrics.fetch(name, "private", "ok");
-                self.metrics.success(name, "private", o.at);
+                self.metrics.fetch(name, Document::Private, FetchResult::Ok);
+                self.metrics.success(name, Document::Private, o.at);
                 cache.private = Some(CachedPrivate { document: doc, fetched_at: now.clone() });
                 private_ok = true;
                 st.set_condition(
                     condition::PRIVATE,
                     Some(true),
-                    "Fetched",
+                    Reason::Fetched,
                     "private metadata fetched with a federation token".into(),
                     &now,
                     gen,
                 );
             }
             Some(Err(e)) => {
-                self.metrics.fetch(name, "private", &e.label);
-                tracing::warn!(object = %name, reason = %e.reason, "private metadata fetch failed: {}", e.message);
+                self.metrics.fetch(name, Document::Private, FetchResult::Failed(e.reason()));
+                tracing::warn!(object = %name, reason = %e.reason(), "private metadata fetch failed: {e}");
                 let stale =
                     cache.private.as_ref().map(|c| format!("; serving the last good copy fetched at {}", c.fetched_at)).unwrap_or_default();
-                st.set_condition(condition::PRIVATE, Some(false), &e.reason, format!("{}{stale}", e.message), &now, gen);
+                st.set_condition(condition::PRIVATE, Some(false), e.reason(), format!("{e}{stale}"), &now, gen);
             }
             None => {
                 st.set_condition(
                     condition::PRIVATE,
                     None,
-                    "WaitingForPublicMetadata",
+                    Reason::WaitingForPublicMetadata,
                     "the private document needs the remote's public metadata first".into(),
                     &now,
                     gen,
@@ -347,7 +355,7 @@ impl Reconciler {
         }
         st.metadata_cache = Some(cache);
         if public_ok && private_ok {
-            st.set_condition(condition::READY, Some(true), "Federated", "public and private metadata are current".into(), &now, gen);
+            st.set_condition(condition::READY, Some(true), Reason::Federated, "public and private metadata are current".into(), &now, gen);
             p.failures = 0;
             p.next_due = Instant::now() + jitter(self.timing.refresh, 0.1);
         } else {
@@ -355,9 +363,9 @@ impl Reconciler {
                 .iter()
                 .filter_map(|t| st.condition(t))
                 .find(|c| c.status != "True")
-                .map(|c| (c.reason.clone(), c.message.clone()))
-                .unwrap_or_else(|| ("Pending".into(), "exchange in progress".into()));
-            st.set_condition(condition::READY, Some(false), &failing.0, failing.1, &now, gen);
+                .and_then(|c| Some((Reason::parse(&c.reason)?, c.message.clone())))
+                .unwrap_or_else(|| (Reason::Pending, "exchange in progress".into()));
+            st.set_condition(condition::READY, Some(false), failing.0, failing.1, &now, gen);
             p.failures = p.failures.saturating_add(1);
             p.next_due = Instant::now() + backoff(self.timing.backoff_base, self.timing.backoff_cap, p.failures);
         }
@@ -375,8 +383,8 @@ impl Reconciler {
                 let private = p.status.metadata_cache.as_ref().and_then(|c| c.private.as_ref()).map(|c| c.document.clone());
                 Some(EstablishedPeer {
                     name: name.clone(),
-                    cluster_uuid: public.doc.cluster_uuid.to_ascii_lowercase(),
-                    root_ca: public.doc.root_ca.clone(),
+                    cluster_uuid: public.uuid.clone(),
+                    root_ca: public.valid.doc.root_ca.clone(),
                     private,
                     enable_ingress_gateway: p.spec.enable_ingress_gateway,
                     metadata_ca: p.spec.metadata.as_ref().and_then(|m| m.ca.clone()),
@@ -389,8 +397,8 @@ impl Reconciler {
         let mut peer_keys: Vec<PeerKey> = peers
             .values()
             .filter_map(|p| p.public.as_ref())
-            .filter(|v| established.iter().any(|e| e.cluster_uuid.eq_ignore_ascii_case(&v.doc.cluster_uuid)))
-            .map(|v| PeerKey { cluster_uuid: v.doc.cluster_uuid.clone(), authn_key_pub: v.doc.authn_key_pub.clone() })
+            .filter(|k| established.iter().any(|e| e.cluster_uuid == k.uuid))
+            .map(|k| PeerKey { cluster_uuid: k.valid.doc.cluster_uuid.clone(), authn_key_pub: k.valid.doc.authn_key_pub.clone() })
             .collect();
         peer_keys.sort_by(|a, b| a.cluster_uuid.cmp(&b.cluster_uuid));
         peer_keys.dedup_by(|a, b| a.cluster_uuid.eq_ignore_ascii_case(&b.cluster_uuid));
@@ -411,8 +419,8 @@ impl Reconciler {
                     .filter(|p| p.private.is_some())
                     .map(|p| multicloud_core::meshguard::MeshPeer {
                         name: p.name.clone(),
-                        cluster_uuid: p.cluster_uuid.clone(),
-                        sni: multicloud_proto::traffic::peer_sni(&p.cluster_uuid),
+                        cluster_uuid: p.cluster_uuid.to_string(),
+                        sni: multicloud_proto::traffic::peer_sni(p.cluster_uuid.as_str()),
                         services: {
                             let mut hosts: Vec<String> = facts.services.iter().map(|s| s.hostname.to_ascii_lowercase()).collect();
                             hosts.sort();

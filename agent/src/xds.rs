@@ -12,12 +12,16 @@
 //! [`AccessPolicy`] restricts some groups (the gateway's, which carries the
 //! API proxy credential and the private document) to listed identities.
 
+pub mod cache;
 mod delta;
+pub mod groups;
+pub mod render;
 mod sotw;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
-use crate::xds_tls::{RefusalReason, XdsPeer, XdsTls};
+use crate::xds::tls::{RefusalReason, XdsPeer, XdsTls};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -229,6 +233,13 @@ struct Inner {
     sent_resources: [AtomicU64; 2],
 }
 
+/// How many xDS clients were turned away for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusalCount {
+    pub reason: RefusalReason,
+    pub count: u64,
+}
+
 /// Totals of what the server sent, per protocol.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SentTotals {
@@ -306,7 +317,7 @@ impl XdsServer {
     /// carrying the identity they proved. Failed handshakes are logged
     /// and counted.
     pub async fn serve_tls(self, listener: tokio::net::TcpListener, tls: Arc<XdsTls>) -> anyhow::Result<()> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<crate::xds_tls::TlsConn, std::io::Error>>(OUTBOUND_BUFFER);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<crate::xds::tls::TlsConn, std::io::Error>>(OUTBOUND_BUFFER);
         let server = self.clone();
         tokio::spawn(async move {
             loop {
@@ -345,9 +356,9 @@ impl XdsServer {
     }
 
     /// Clients refused since start, by reason (every reason, zeros included).
-    pub fn refusals(&self) -> Vec<(RefusalReason, u64)> {
+    pub fn refusals(&self) -> Vec<RefusalCount> {
         let counts = lock(&self.inner.refusals);
-        RefusalReason::ALL.iter().map(|r| (*r, counts.get(r).copied().unwrap_or(0))).collect()
+        RefusalReason::ALL.iter().map(|r| RefusalCount { reason: *r, count: counts.get(r).copied().unwrap_or(0) }).collect()
     }
 
     /// Every connected proxy, in connection order.

@@ -153,7 +153,7 @@ fn remote(addr: SocketAddr, trust: Trust) -> Remote {
 
 fn assert_reason<T: std::fmt::Debug>(r: Result<T, FetchError>, reason: &str) -> FetchError {
     let e = r.expect_err("the fetch should fail");
-    assert_eq!(e.reason(), reason, "{e}");
+    assert_eq!(e.reason().as_str(), reason, "{e}");
     e
 }
 
@@ -346,6 +346,6 @@ async fn a_closed_port_is_connect_failed() {
 #[test]
 fn plain_http_endpoints_are_refused() {
     let e = Remote::new("http://127.0.0.1:8080/metadata", Trust::InsecureSkipVerify, FetchPolicy::default()).unwrap_err();
-    assert_eq!(e.reason(), "EndpointInvalid");
+    assert_eq!(e.reason().as_str(), "EndpointInvalid");
     assert_eq!(e.metric_label(), "endpoint_invalid");
 }

@@ -56,9 +56,9 @@ impl ClusterIdentity {
     /// The TLS an in-process `XdsServer` of this cluster serves with, as the
     /// agent does: a self-signed serving certificate, client certificates
     /// required to chain to this cluster's root.
-    pub fn xds_tls(&self) -> std::sync::Arc<multicloud_agent::xds_tls::XdsTls> {
-        let serving = multicloud_agent::xds_tls::ServingCert::self_signed().expect("serving cert");
-        let tls = multicloud_agent::xds_tls::XdsTls::new(serving).expect("serving cert and key");
+    pub fn xds_tls(&self) -> std::sync::Arc<multicloud_agent::xds::tls::XdsTls> {
+        let serving = multicloud_agent::xds::tls::ServingCert::self_signed().expect("serving cert");
+        let tls = multicloud_agent::xds::tls::XdsTls::new(serving).expect("serving cert and key");
         tls.set_client_roots(&self.root_pem()).expect("client roots");
         std::sync::Arc::new(tls)
     }

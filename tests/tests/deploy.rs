@@ -133,10 +133,10 @@ fn install(args: &[&str]) -> String {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        install: multicloud_agent::install::InstallArgs,
+        install: multicloud_agent::cli::install::InstallArgs,
     }
     let cli = Cli::try_parse_from(std::iter::once("install").chain(args.iter().copied())).unwrap();
-    multicloud_agent::install::render(&cli.install).unwrap()
+    multicloud_agent::cli::install::render(&cli.install).unwrap()
 }
 
 const NON_DEFAULT: &[&str] = &[
@@ -356,10 +356,13 @@ fn the_alerts_use_exported_metrics_and_link_existing_runbooks() {
     ] {
         assert!(alerts.iter().any(|a| a == want), "{want} missing");
     }
-    // The UUID alert counts the label the reconciler really uses for RemoteUUIDChanged.
-    let src = std::fs::read_to_string(workspace_root().join("agent/src/reconcile.rs")).unwrap();
-    assert!(src.contains(r#"self.metrics.fetch(name, "public", "uuid_changed")"#));
-    assert!(rule.to_string().contains(r#"result=\"uuid_changed\""#));
+    // The UUID alert counts the label the agent counts RemoteUUIDChanged under
+    // (taken from the agent's own reasons, not from its source text).
+    use multicloud_agent::reasons::{FetchResult, Reason};
+    let uuid_changed = Reason::ALL.into_iter().find(|r| r.as_str() == "RemoteUUIDChanged").expect("the reason exists");
+    let label = FetchResult::Failed(uuid_changed).as_str();
+    assert_eq!(label, "uuid_changed");
+    assert!(rule.to_string().contains(&format!(r#"result=\"{label}\""#)));
 }
 
 /// The agent's DaemonSet meets the `restricted` Pod Security Standard.

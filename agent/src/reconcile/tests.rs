@@ -4,7 +4,7 @@
 use super::*;
 use crate::crd::IstioMulticloudSpec;
 use crate::facts::LocalFacts;
-use crate::source::DesiredPeer;
+use crate::sources::DesiredPeer;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
 use std::sync::Mutex;
 
@@ -48,12 +48,12 @@ enum Remote {
 
 struct Fake(Arc<Mutex<Remote>>, Arc<Mutex<Vec<String>>>);
 
-fn down() -> FetchFailure {
-    FetchFailure { reason: "ConnectFailed".into(), label: "connect_failed".into(), message: "connection refused".into() }
+fn down() -> FetchError {
+    FetchError::ConnectFailed { url: "https://b.example/metadata/public/public.json".into(), why: "connection refused".into() }
 }
 
 impl MetadataClient for Fake {
-    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchFailure>> {
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>> {
         let r = self.0.lock().unwrap().clone();
         Box::pin(async move {
             match r {
@@ -62,7 +62,7 @@ impl MetadataClient for Fake {
             }
         })
     }
-    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchFailure>> {
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>> {
         self.1.lock().unwrap().push(token.to_string());
         let r = self.0.lock().unwrap().clone();
         Box::pin(async move {
@@ -125,6 +125,7 @@ struct Bed {
     tokens: Arc<Mutex<Vec<String>>>,
     rec: Arc<Recorder>,
     tx: watch::Sender<Option<Desired>>,
+    metrics: Arc<Metrics>,
 }
 
 fn start() -> Bed {
@@ -135,12 +136,13 @@ fn start() -> Bed {
     let factory: ClientFactory =
         Arc::new(move |_spec: &IstioMulticloudSpec| Ok(Arc::new(Fake(r2.clone(), t2.clone())) as Arc<dyn MetadataClient>));
     let (tx, rx) = watch::channel(Some(desired(&["cluster-b"])));
+    let metrics = Arc::new(Metrics::default());
     let r = Reconciler {
         key: SigningKey::from_bytes(&[1; 32]),
         factory,
         status: rec.clone(),
         sinks: vec![rec.clone()],
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         timing: Timing {
             refresh: Duration::from_millis(50),
             backoff_base: Duration::from_millis(20),
@@ -150,13 +152,17 @@ fn start() -> Bed {
         spiffe: SpiffeSettings::default(),
     };
     tokio::spawn(r.run(rx));
-    Bed { remote, tokens, rec, tx }
+    Bed { remote, tokens, rec, tx, metrics }
 }
 
 impl Bed {
     async fn wait_status(&self, what: &str, f: impl Fn(&IstioMulticloudStatus) -> bool) -> IstioMulticloudStatus {
+        self.wait_status_of("cluster-b", what, f).await
+    }
+
+    async fn wait_status_of(&self, object: &str, what: &str, f: impl Fn(&IstioMulticloudStatus) -> bool) -> IstioMulticloudStatus {
         for _ in 0..400 {
-            if let Some((_, s)) = self.rec.statuses.lock().unwrap().iter().rev().find(|(n, _)| n == "cluster-b") {
+            if let Some((_, s)) = self.rec.statuses.lock().unwrap().iter().rev().find(|(n, _)| n == object) {
                 if f(s) {
                     return s.clone();
                 }
@@ -222,6 +228,9 @@ async fn a_changed_remote_uuid_is_refused_and_reported() {
     assert_eq!(s.metadata_cache.as_ref().unwrap().public.as_ref().unwrap().document.cluster_uuid, REMOTE);
     assert_eq!(cond(&s, condition::READY).status, "False");
     assert!(bed.last_edge().peers.iter().all(|p| p.cluster_uuid == REMOTE), "the impostor never joins the edge");
+    // Counted under the label the MulticloudRemoteUUIDChanged alert watches (tests/tests/deploy.rs).
+    let line = r#"multicloud_agent_fetch_total{peer="cluster-b",document="public",result="uuid_changed"}"#;
+    assert!(bed.metrics.render().contains(line), "{}", bed.metrics.render());
 }
 
 #[tokio::test]
@@ -246,4 +255,42 @@ fn backoff_grows_with_failures_and_stays_under_the_cap() {
         assert!(d <= cap);
         assert!(d >= base.saturating_mul(1 << (f - 1).min(20)).min(cap) / 2);
     }
+}
+
+/// The delays themselves grow: the mean of the 1st vs the 6th delay (full
+/// jitter: half to all of 1 s vs of 32 s). Moved here from the unused
+/// `exchange::Backoff` when it was removed.
+#[test]
+fn backoff_delays_grow_on_average() {
+    let (base, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+    let (mut first, mut sixth) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..200 {
+        first += backoff(base, cap, 1);
+        sixth += backoff(base, cap, 6);
+    }
+    assert!(sixth > first * 8, "first {first:?} sixth {sixth:?}");
+}
+
+/// The steady refresh of a healthy peer: 30 s give or take 10 %.
+#[test]
+fn refresh_is_thirty_seconds_give_or_take_ten_percent() {
+    for _ in 0..100 {
+        let d = jitter(Timing::default().refresh, 0.1);
+        assert!(d >= Duration::from_secs(27) && d <= Duration::from_secs(33), "{d:?}");
+    }
+}
+
+/// A remote publishing its UUID in upper case is pinned, addressed and
+/// served under the lower-cased UUID (the form the edge compares).
+#[tokio::test]
+async fn an_upper_case_remote_uuid_is_lower_cased_once() {
+    let bed = start();
+    *bed.remote.lock().unwrap() = Remote::Up(Box::new(public_doc(&REMOTE.to_ascii_uppercase())));
+    bed.tx.send_replace(Some(desired(&["cluster-c"])));
+    let s = bed.wait_status_of("cluster-c", "Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    assert_eq!(s.remote_cluster_uuid.as_deref(), Some(REMOTE));
+    let token = bed.tokens.lock().unwrap().last().cloned().unwrap();
+    let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), key)))
+        .expect("the token's aud is the lower-cased UUID");
 }

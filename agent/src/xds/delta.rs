@@ -19,7 +19,7 @@ use tonic::{Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
-pub(super) async fn run(server: XdsServer, peer: Option<crate::xds_tls::XdsPeer>, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
+pub(super) async fn run(server: XdsServer, peer: Option<crate::xds::tls::XdsPeer>, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
     let result = serve_stream::<Stream>(server, peer, requests, &tx).await;
     finish(&tx, result).await;
 }

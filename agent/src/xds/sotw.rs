@@ -15,7 +15,7 @@ use tonic::{Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
-pub(super) async fn run(server: XdsServer, peer: Option<crate::xds_tls::XdsPeer>, requests: Streaming<DiscoveryRequest>, tx: Tx) {
+pub(super) async fn run(server: XdsServer, peer: Option<crate::xds::tls::XdsPeer>, requests: Streaming<DiscoveryRequest>, tx: Tx) {
     let result = serve_stream::<Stream>(server, peer, requests, &tx).await;
     finish(&tx, result).await;
 }

@@ -336,7 +336,7 @@ async fn a_restricted_group_refuses_a_client_without_its_identity() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("\"gateway~1\"") && status.message().contains("--xds-gateway-identity"), "{}", status.message());
     assert!(server.proxies().is_empty());
-    assert!(server.refusals().contains(&(RefusalReason::GroupNotAllowed, 1)));
+    assert!(server.refusals().contains(&RefusalCount { reason: RefusalReason::GroupNotAllowed, count: 1 }));
 
     let (tx, rx) = mpsc::channel(8);
     let mut rx = c.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();

@@ -11,8 +11,9 @@
 use multicloud_agent::facts::LocalFacts;
 use multicloud_agent::metrics::Metrics;
 use multicloud_agent::reconcile::{DataPlane, DataPlaneSink, EstablishedPeer};
+use multicloud_agent::sinks::xds::XdsSink;
+use multicloud_agent::xds::groups::{classify, SIDECAR_GROUP};
 use multicloud_agent::xds::{XdsServer, ENDPOINT};
-use multicloud_agent::xds_sink::{classify, XdsSink, SIDECAR_GROUP};
 use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
 use multicloud_e2e::bench::write_section;
 use multicloud_e2e::envoy::Envoy;
@@ -37,7 +38,7 @@ fn data_plane(local: &ClusterIdentity, roots: &[String], peers: usize, services:
     let peers = (0..peers)
         .map(|i| EstablishedPeer {
             name: format!("peer-{i}"),
-            cluster_uuid: multicloud_e2e::fixtures::random_uuid(),
+            cluster_uuid: multicloud_e2e::fixtures::random_uuid().parse().expect("a UUID"),
             root_ca: roots[i % roots.len()].clone(),
             private: Some(PrivateMetadata {
                 ingress_gateways: vec![IngressGateway { address: format!("127.0.{}.1", 100 + i % 100), port: 15443 }],
@@ -97,7 +98,7 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
         module: "/dev/null".into(),
         cert_secret: "default".into(),
         cert_sds_cluster: "ads".into(),
-        workload_cert: Some(local.workload_cert("bench", "sidecar")),
+        workload_cert: Some(local.workload_cert("bench", "sidecar").into()),
         api_credential: None,
         push_lock: Default::default(),
         traffic_cache: Default::default(),

@@ -9,177 +9,25 @@
 //!   services of every peer whose private metadata is known and whose
 //!   object has `enableIngressGateway`.
 //!
-//! A proxy's group comes from its node metadata `MULTICLOUD_ROLE`
-//! (`gateway`/`sidecar`), else from Istio's node id convention (`router~`
-//! is a gateway). Every resource is built and validated by
+//! A proxy's group: `crate::xds::groups`. Every resource is built and validated by
 //! `multicloud_proto::mesh`; a peer whose resources do not validate is left
 //! out (and logged, and counted) rather than breaking the others.
 
-use crate::metrics::Metrics;
-use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::source::BoxFuture;
-use crate::xds::{Classify, Snapshot, XdsServer, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
+use crate::reconcile::DataPlane;
+use crate::sinks::xds::{CertAndKey, XdsSink};
+use crate::xds::cache::{cached, input_hash, Built};
+use crate::xds::{Snapshot, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
 use multicloud_core::metadata::MeshMode;
 use multicloud_proto::edge_filter;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
-use multicloud_proto::traffic::{self, LocalPort, Sameness, TrafficPeer};
-use std::sync::Arc;
+use multicloud_proto::traffic::{self, LocalPort, TrafficPeer};
 
-pub const GATEWAY_GROUP: &str = "gateway";
-pub const SIDECAR_GROUP: &str = "sidecar";
 /// The API guard's ECDS resource name (and plugin root id).
 pub const API_FILTER_NAME: &str = "multicloud-api";
 /// SDS name of the API proxy's own credential (a generic secret the
 /// gateway's credential injector attaches as `Authorization: Bearer ...`).
 pub const API_PROXY_CREDENTIAL_SECRET: &str = "multicloud-api-proxy-credential";
-
-/// Node metadata key naming the proxy's role.
-pub const ROLE_METADATA_KEY: &str = "MULTICLOUD_ROLE";
-
-pub fn classify() -> Classify {
-    Arc::new(|node| {
-        use multicloud_proto::envoy_types::pb::google::protobuf::value::Kind;
-        let role = node.metadata.as_ref().and_then(|m| m.fields.get(ROLE_METADATA_KEY)).and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        });
-        match role.as_deref() {
-            Some(GATEWAY_GROUP) => GATEWAY_GROUP.into(),
-            Some(_) => SIDECAR_GROUP.into(),
-            None if node.id.starts_with("router~") => GATEWAY_GROUP.into(),
-            None => SIDECAR_GROUP.into(),
-        }
-    })
-}
-
-/// Built resources kept between pushes, by (type, name), with the hash of
-/// the inputs they were built from. Protobuf maps (e.g. `Struct` metadata)
-/// encode in random order, so rebuilding an unchanged resource would change
-/// its bytes and its version, and every push would resend everything; a
-/// resource whose inputs did not change is reused byte for byte instead.
-pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
-
-type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
-
-/// A built resource: the hash of its inputs, its version, the resource.
-pub type Built = (u64, String, Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>);
-
-/// The resource `(type_url, name)` taken out of last push's `old` when it
-/// was built from the same inputs (`key`), else `build()`. Callers put what
-/// they use into the next push's map, so entries nobody asks for again are
-/// dropped at the end of a push.
-fn cached(
-    old: &mut BuiltMap,
-    type_url: &'static str,
-    name: &str,
-    key: u64,
-    build: impl FnOnce() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>,
-) -> Result<Built, mesh::BuildError> {
-    match old.remove(&(type_url, name.to_string())) {
-        Some(b) if b.0 == key => Ok(b),
-        _ => {
-            let any = build()?;
-            Ok((key, crate::xds::resource_version(&any), Arc::new(any)))
-        }
-    }
-}
-
-fn input_hash<T: std::hash::Hash>(parts: &T) -> u64 {
-    use std::hash::Hasher as _;
-    // Fixed keys: the cache lives in this process only.
-    let mut h = std::hash::DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
-}
-
-pub struct XdsSink {
-    pub cache: BuildCache,
-    /// The merged (sameness) clusters' build cache.
-    pub traffic_cache: BuildCache,
-    pub server: XdsServer,
-    pub metrics: Arc<Metrics>,
-    /// Where the gateway gets the filter module (inline, or a path on the gateway).
-    pub module: multicloud_proto::edge_filter::Module,
-    /// SDS name and source of the workload certificate sidecars present to peers.
-    pub cert_secret: String,
-    pub cert_sds_cluster: String,
-    /// Standalone mode without istio-agent: the workload certificate and key
-    /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
-    pub workload_cert: Option<(String, String)>,
-    /// The API proxy's own credential (a ServiceAccount token), served to
-    /// the gateway group as SDS generic secret [`API_PROXY_CREDENTIAL_SECRET`].
-    pub api_credential: Option<Arc<ApiCredential>>,
-    /// Serializes whole pushes with credential-only updates.
-    pub push_lock: tokio::sync::Mutex<()>,
-    /// How sidecars share a service between its local and remote copies.
-    pub sameness: Sameness,
-    /// Where the gateway's mesh-port listener binds (none: the agent serves
-    /// no listener, as when istiod programs the port).
-    pub mesh_listen: Option<std::net::SocketAddr>,
-    /// Standalone mode: the gateway's own workload certificate and key
-    /// (PEM), served to the gateway group as SDS `cert_secret`.
-    pub gateway_cert: Option<(String, String)>,
-    /// Also serve one cluster per peer and service port
-    /// (`outbound|<port>||<host>|multicloud-<peer>`), besides the merged one
-    /// that already holds every peer's copy: off by default, as it doubles
-    /// what sidecars hold (and what every push diffs) for a cluster nothing
-    /// routes to unless an operator points a route at one peer's copy.
-    pub per_peer_clusters: bool,
-}
-
-/// The API proxy's credential file, re-read when it changes (projected
-/// ServiceAccount tokens rotate). Its content is never logged.
-pub struct ApiCredential {
-    pub path: std::path::PathBuf,
-    current: std::sync::Mutex<Option<String>>,
-}
-
-impl ApiCredential {
-    /// Reads the file once (an unreadable or empty file is an error at start).
-    pub fn load(path: std::path::PathBuf) -> anyhow::Result<Arc<ApiCredential>> {
-        let c = ApiCredential { path, current: std::sync::Mutex::new(None) };
-        let v = c.read()?;
-        *c.lock() = Some(v);
-        Ok(Arc::new(c))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read(&self) -> anyhow::Result<String> {
-        use anyhow::Context as _;
-        let text =
-            std::fs::read_to_string(&self.path).with_context(|| format!("reading --api-proxy-credential {}", self.path.display()))?;
-        let t = text.trim();
-        anyhow::ensure!(!t.is_empty(), "--api-proxy-credential {} is empty", self.path.display());
-        anyhow::ensure!(!t.contains(['\r', '\n']), "--api-proxy-credential {} holds more than one line", self.path.display());
-        Ok(t.to_string())
-    }
-
-    pub fn current(&self) -> Option<String> {
-        self.lock().clone()
-    }
-
-    /// Re-reads the file; true if the credential changed.
-    pub fn refresh(&self) -> bool {
-        match self.read() {
-            Ok(v) => {
-                let mut cur = self.lock();
-                if cur.as_deref() == Some(v.as_str()) {
-                    return false;
-                }
-                *cur = Some(v);
-                true
-            }
-            Err(e) => {
-                tracing::warn!("keeping the previous API proxy credential: {e:#}");
-                false
-            }
-        }
-    }
-}
 
 /// The SDS generic secret holding the API proxy credential. Envoy marks
 /// `generic_secret.secret` sensitive: config_dump shows it redacted.
@@ -216,8 +64,24 @@ fn tls_certificate_secret(
     }
 }
 
+/// One data plane state rendered for each node group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupSnapshots {
+    /// For `NodeGroup::Gateway`.
+    pub gateway: Snapshot,
+    /// For `NodeGroup::Sidecar`.
+    pub sidecar: Snapshot,
+}
+
+/// One resource of a peer, as [`XdsSink::build_peer`] built or reused it.
+struct PeerResource {
+    type_url: &'static str,
+    name: String,
+    built: Built,
+}
+
 impl XdsSink {
-    fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<(Snapshot, Snapshot)> {
+    pub(crate) fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<GroupSnapshots> {
         let json = serde_json::to_string(&dp.edge)?;
         let mut gateway = Snapshot::default();
         gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.module, &json));
@@ -235,8 +99,10 @@ impl XdsSink {
                 Some(private) => (private.network_name.as_str(), private.ingress_gateways.as_slice(), private.services.as_slice()),
                 None => ("", &[][..], &[][..]),
             };
-            views
-                .push((p, PeerView { name: &p.name, cluster_uuid: &p.cluster_uuid, root_ca_pem: &p.root_ca, network, gateways, services }));
+            views.push((
+                p,
+                PeerView { name: &p.name, cluster_uuid: p.cluster_uuid.as_str(), root_ca_pem: &p.root_ca, network, gateways, services },
+            ));
         }
         let mut sidecar = Snapshot::default();
         // Peers whose traffic resources are pushed (private document known),
@@ -248,12 +114,12 @@ impl XdsSink {
         for (p, view) in &views {
             match self.build_peer(p, view, &client, &mut cache) {
                 Ok(resources) => {
-                    for (type_url, name, (key, version, any)) in resources {
+                    for PeerResource { type_url, name, built } in resources {
                         if type_url == SECRET {
-                            gateway.insert_shared(SECRET, &name, version.clone(), any.clone());
+                            gateway.insert_shared(SECRET, &name, built.version.clone(), built.resource.clone());
                         }
-                        sidecar.insert_shared(type_url, &name, version.clone(), any.clone());
-                        next_cache.insert((type_url, name), (key, version, any));
+                        sidecar.insert_shared(type_url, &name, built.version.clone(), built.resource.clone());
+                        next_cache.insert((type_url, name), built);
                     }
                     trusted.push(*view);
                     if p.private.is_some() {
@@ -271,10 +137,10 @@ impl XdsSink {
         if let Some(c) = self.api_credential.as_ref().and_then(|c| c.current()) {
             gateway.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
         }
-        if let Some((chain, key)) = &self.workload_cert {
+        if let Some(CertAndKey { chain, key }) = &self.workload_cert {
             sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
-        if let Some((chain, key)) = &self.gateway_cert {
+        if let Some(CertAndKey { chain, key }) = &self.gateway_cert {
             gateway.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
         }
         // Inbound trust: with an identity-enforcing gateway, peers reach the
@@ -292,7 +158,7 @@ impl XdsSink {
         sidecar.insert(SECRET, traffic::LOCAL_ROOT_SECRET, local_root.clone());
         gateway.insert(SECRET, traffic::LOCAL_ROOT_SECRET, local_root);
         self.traffic(dp, &good, &client, &mut gateway, &mut sidecar, &json);
-        Ok((gateway, sidecar))
+        Ok(GroupSnapshots { gateway, sidecar })
     }
 }
 
@@ -356,8 +222,8 @@ impl XdsSink {
             })();
             match built {
                 Ok((c, e)) => {
-                    sidecar.insert_shared(CLUSTER, &name, c.1.clone(), c.2.clone());
-                    sidecar.insert_shared(ENDPOINT, &name, e.1.clone(), e.2.clone());
+                    sidecar.insert_shared(CLUSTER, &name, c.version.clone(), c.resource.clone());
+                    sidecar.insert_shared(ENDPOINT, &name, e.version.clone(), e.resource.clone());
                     cache.insert((CLUSTER, name.clone()), c);
                     cache.insert((ENDPOINT, name.clone()), e);
                 }
@@ -413,14 +279,13 @@ impl XdsSink {
     /// One peer's resources: its root secret, and per exported service and
     /// port a cluster and a load assignment, each reused from `cache` when
     /// its inputs are unchanged. Any error leaves the whole peer out.
-    #[allow(clippy::type_complexity)]
     fn build_peer(
         &self,
         p: &crate::reconcile::EstablishedPeer,
         view: &PeerView,
         client: &ClientIdentity,
         cache: &mut std::collections::HashMap<(&'static str, String), Built>,
-    ) -> Result<Vec<(&'static str, String, Built)>, mesh::BuildError> {
+    ) -> Result<Vec<PeerResource>, mesh::BuildError> {
         let mut out = Vec::new();
         let mut reuse =
             |type_url: &'static str,
@@ -428,7 +293,7 @@ impl XdsSink {
              key: u64,
              build: &mut dyn FnMut() -> Result<multicloud_proto::envoy_types::pb::google::protobuf::Any, mesh::BuildError>| {
                 let built = cached(cache, type_url, &name, key, build)?;
-                out.push((type_url, name, built));
+                out.push(PeerResource { type_url, name, built });
                 Ok::<(), mesh::BuildError>(())
             };
         let root_name = mesh::peer_root_secret_name(view.cluster_uuid);
@@ -483,47 +348,18 @@ impl XdsSink {
         }
         Ok(out)
     }
-
-    /// Re-reads the API proxy credential every `every`; when it changed,
-    /// updates the gateway group's current snapshot.
-    pub fn spawn_credential_watch(self: Arc<Self>, every: std::time::Duration) {
-        let Some(cred) = self.api_credential.clone() else { return };
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if !cred.refresh() {
-                    continue;
-                }
-                tracing::info!(path = %cred.path.display(), "API proxy credential changed: pushing it to the gateway");
-                let _g = self.push_lock.lock().await;
-                if let (Some(snap), Some(c)) = (self.server.snapshot(GATEWAY_GROUP), cred.current()) {
-                    let mut snap = (*snap).clone();
-                    snap.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
-                    self.server.set(GATEWAY_GROUP, snap);
-                }
-            }
-        });
-    }
-}
-
-impl DataPlaneSink for XdsSink {
-    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let _g = self.push_lock.lock().await;
-            let (gateway, sidecar) = self.snapshots(dp)?;
-            self.server.set(GATEWAY_GROUP, gateway);
-            self.server.set(SIDECAR_GROUP, sidecar);
-            Ok(())
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::facts::LocalFacts;
+    use crate::metrics::Metrics;
     use crate::reconcile::EstablishedPeer;
+    use crate::xds::groups::classify;
+    use crate::xds::XdsServer;
     use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
+    use std::sync::Arc;
 
     fn root() -> String {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -566,7 +402,7 @@ mod tests {
             local: facts,
             peers: vec![EstablishedPeer {
                 name: "b".into(),
-                cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b".into(),
+                cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b".parse().unwrap(),
                 root_ca: ROOT_B.with(|r| r.clone()),
                 private: Some(PrivateMetadata {
                     ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
@@ -613,7 +449,7 @@ mod tests {
     #[test]
     fn without_per_peer_clusters_only_the_merged_ones_are_served() {
         let s = XdsSink { per_peer_clusters: false, ..sink() };
-        let (_, sidecar) = s.snapshots(&dp(1)).unwrap();
+        let sidecar = s.snapshots(&dp(1)).unwrap().sidecar;
         let names: Vec<&String> = sidecar.resources(CLUSTER).unwrap().keys().collect();
         assert_eq!(names.len(), 20);
         assert!(names.iter().all(|n| n.ends_with("|multicloud")), "{names:?}");
@@ -628,7 +464,7 @@ mod tests {
         let s = sink();
         let mut d = dp(1);
         d.peers[0].private = None;
-        let (gateway, sidecar) = s.snapshots(&d).unwrap();
+        let GroupSnapshots { gateway, sidecar } = s.snapshots(&d).unwrap();
         let bundle = sidecar.resources(SECRET).and_then(|m| m.get(mesh::TRUST_BUNDLE_SECRET)).map(|(_, a)| a.clone()).unwrap();
         let bundle = <multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as multicloud_proto::prost::Message>::decode(bundle.value.as_slice()).unwrap();
         let pem = format!("{bundle:?}");
@@ -653,12 +489,12 @@ mod tests {
         if let Some(p) = d3.peers[0].private.as_mut() {
             p.services[7].ready_endpoints = 5;
         }
-        let (_, a) = s.snapshots(&d1).unwrap();
+        let a = s.snapshots(&d1).unwrap().sidecar;
         let mut d2 = d2;
         d2.local = d1.local.clone();
         d2.edge = d1.edge.clone();
-        let (_, b) = s.snapshots(&d2).unwrap();
-        let (_, c) = s.snapshots(&d3).unwrap();
+        let b = s.snapshots(&d2).unwrap().sidecar;
+        let c = s.snapshots(&d3).unwrap().sidecar;
         for t in [CLUSTER, SECRET] {
             assert_eq!(versions(&a, t), versions(&b, t), "{t} unchanged when nothing changed");
             assert_eq!(versions(&b, t), versions(&c, t), "{t} unchanged by an endpoint count");

@@ -11,16 +11,16 @@
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 
-const CRD: &str = include_str!("../../deploy/crd/istiomulticlouds.yaml");
-const EDGE_FILTER: &str = include_str!("../../deploy/base/edge-filter.yaml");
-const API_PROXY_RBAC: &str = include_str!("../../deploy/base/api-proxy-rbac.yaml");
-const AGENT: &str = include_str!("../../deploy/base/agent.yaml");
-const ISTIO_MESH: &str = include_str!("../../deploy/base/istio-mesh.yaml");
-const SERVICE_MONITOR: &str = include_str!("../../deploy/components/monitoring/servicemonitor.yaml");
-const PROMETHEUS_RULE: &str = include_str!("../../deploy/components/monitoring/prometheusrule.yaml");
-const WASM_PLUGIN: &str = include_str!("../../deploy/components/wasmplugin/wasmplugin.yaml");
-const METADATA_ROUTE: &str = include_str!("../../deploy/components/metadata-route/metadata-route.yaml");
-const API_PROXY_ROUTE: &str = include_str!("../../deploy/components/api-proxy-route/api-proxy-route.yaml");
+const CRD: &str = include_str!("../../../deploy/crd/istiomulticlouds.yaml");
+const EDGE_FILTER: &str = include_str!("../../../deploy/base/edge-filter.yaml");
+const API_PROXY_RBAC: &str = include_str!("../../../deploy/base/api-proxy-rbac.yaml");
+const AGENT: &str = include_str!("../../../deploy/base/agent.yaml");
+const ISTIO_MESH: &str = include_str!("../../../deploy/base/istio-mesh.yaml");
+const SERVICE_MONITOR: &str = include_str!("../../../deploy/components/monitoring/servicemonitor.yaml");
+const PROMETHEUS_RULE: &str = include_str!("../../../deploy/components/monitoring/prometheusrule.yaml");
+const WASM_PLUGIN: &str = include_str!("../../../deploy/components/wasmplugin/wasmplugin.yaml");
+const METADATA_ROUTE: &str = include_str!("../../../deploy/components/metadata-route/metadata-route.yaml");
+const API_PROXY_ROUTE: &str = include_str!("../../../deploy/components/api-proxy-route/api-proxy-route.yaml");
 
 /// The namespace the files in deploy/ name.
 const BASE_NAMESPACE: &str = "istio-system";

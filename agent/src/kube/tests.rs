@@ -10,11 +10,29 @@
 //! The same behaviours against a real kube-apiserver, with deploy/'s RBAC,
 //! are in tests/tests/kube_agent.rs (real tier).
 
+use super::facts::*;
+use super::key_secret::*;
+use super::lease::*;
 use super::*;
-use crate::crd::{condition, IstioMulticloudSpec};
+use crate::cli::check_kube::check_inputs;
+use crate::crd::{condition, IstioMulticloud, IstioMulticloudSpec, IstioMulticloudStatus};
+use crate::facts::LocalFacts;
+use crate::sinks::status::KubeStatusSink;
+use crate::sinks::wasmplugin::WasmPluginSink;
+use crate::sinks::StatusSink as _;
+use crate::sources::kubernetes::*;
 use http::{header::CONTENT_TYPE, Method, Request, Response};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::api::core::v1::ServicePort as KubeServicePort;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::client::Body;
+use multicloud_core::metadata::{ExportedService, ServicePort};
+use serde_json::json;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 use tower_test::mock::{self, Handle};
 
 type ApiServer = Handle<Request<Body>, Response<Body>>;
@@ -91,7 +109,14 @@ fn opts() -> KubeOptions {
 
 fn status() -> IstioMulticloudStatus {
     let mut s = IstioMulticloudStatus::default();
-    s.set_condition(condition::PUBLIC, Some(true), "Fetched", "public metadata fetched".into(), "2025-01-01T00:00:00Z", Some(3));
+    s.set_condition(
+        condition::PUBLIC,
+        Some(true),
+        crate::reasons::Reason::Fetched,
+        "public metadata fetched".into(),
+        "2025-01-01T00:00:00Z",
+        Some(3),
+    );
     s.observed_generation = Some(3);
     s
 }
@@ -577,7 +602,7 @@ async fn check_inputs_name_a_missing_object() {
         expect_no_more(&mut api).await;
     });
     let err = check_inputs(client, &opts(), "cluster-z").await.map(|_| ()).unwrap_err();
-    assert_eq!(err.0, "NotFound");
-    assert!(err.1.contains("cluster-z") && err.2.contains("kubectl get istiomulticlouds"), "{err:?}");
+    assert_eq!(err.reason, "NotFound");
+    assert!(err.detail.contains("cluster-z") && err.hint.contains("kubectl get istiomulticlouds"), "{err:?}");
     server.await.unwrap();
 }

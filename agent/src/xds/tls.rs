@@ -279,7 +279,7 @@ impl AsyncWrite for TlsConn {
 pub struct ClientRootsSink(pub Arc<XdsTls>);
 
 impl crate::reconcile::DataPlaneSink for ClientRootsSink {
-    fn apply<'a>(&'a self, dp: &'a crate::reconcile::DataPlane) -> crate::source::BoxFuture<'a, anyhow::Result<()>> {
+    fn apply<'a>(&'a self, dp: &'a crate::reconcile::DataPlane) -> crate::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             match self.0.set_client_roots(&dp.local.root_ca) {
                 Ok(true) => {

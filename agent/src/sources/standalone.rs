@@ -19,13 +19,13 @@
 //!   spec: {metadataEndpoint: "https://127.0.2.1:8443/metadata", metadata: {ca: "..."}}
 //! ```
 
-use crate::crd::{IstioMulticloud, IstioMulticloudStatus};
+use crate::crd::IstioMulticloud;
 use crate::facts::LocalFacts;
-use crate::source::{BoxFuture, Desired, DesiredPeer, StatusSink};
+use crate::sources::{Desired, DesiredPeer};
 use anyhow::{bail, Context as _};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -93,56 +93,10 @@ pub async fn watch_file(path: PathBuf, tx: watch::Sender<Option<Desired>>, last_
     }
 }
 
-/// Status of every object, kept in memory for `/status` and optionally
-/// written (atomically) to a JSON file.
-#[derive(Default)]
-pub struct StatusBoard {
-    map: Mutex<BTreeMap<String, IstioMulticloudStatus>>,
-    file: Option<PathBuf>,
-}
-
-#[derive(Serialize)]
-pub struct StatusDocument {
-    pub objects: BTreeMap<String, IstioMulticloudStatus>,
-}
-
-impl StatusBoard {
-    pub fn new(file: Option<PathBuf>) -> Self {
-        StatusBoard { map: Mutex::default(), file }
-    }
-
-    pub fn snapshot(&self) -> StatusDocument {
-        StatusDocument { objects: self.map.lock().unwrap_or_else(|e| e.into_inner()).clone() }
-    }
-
-    /// Drops objects that no longer exist.
-    pub fn retain(&self, names: &[String]) {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| names.contains(k));
-    }
-}
-
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
-}
-
-impl StatusSink for StatusBoard {
-    fn publish<'a>(&'a self, name: &'a str, status: &'a IstioMulticloudStatus) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), status.clone());
-            if let Some(file) = &self.file {
-                let json = serde_json::to_vec_pretty(&self.snapshot())?;
-                write_atomically(file, &json).with_context(|| format!("writing status file {}", file.display()))?;
-            }
-            Ok(())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::write_atomically;
 
     #[test]
     fn a_file_with_facts_and_objects_parses() {

@@ -11,9 +11,10 @@
 //! `networking.istio.io/cluster: <object>`, data key `<object>` holding the
 //! same kubeconfig; it is deleted when the peer stops offering an API host.
 
+use crate::cluster_uuid::ClusterUuid;
 use crate::keys;
 use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::source::BoxFuture;
+use crate::BoxFuture;
 use anyhow::Context as _;
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
@@ -44,7 +45,7 @@ pub struct RemoteSecretOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub object: String,
-    pub peer_uuid: String,
+    pub peer_uuid: ClusterUuid,
     pub server: String,
     pub tls_server_name: Option<String>,
     /// PEM CA(s) for the peer's gateway (the object's `spec.metadata.ca`).
@@ -210,7 +211,7 @@ impl RemoteSecrets {
             if !due {
                 continue;
             }
-            let token = keys::mint(&self.key, &local, &t.peer_uuid, Scope::Api, now, ttl);
+            let token = keys::mint(&self.key, &local, t.peer_uuid.as_str(), Scope::Api, now, ttl);
             let res = match kubeconfig(&t, &token) {
                 Ok(text) => self.write(&t.object, &text).await,
                 Err(e) => Err(e),
@@ -311,7 +312,7 @@ mod tests {
             },
             peers: vec![EstablishedPeer {
                 name: "cluster-b".into(),
-                cluster_uuid: B.into(),
+                cluster_uuid: B.parse().unwrap(),
                 root_ca: String::new(),
                 private: Some(private),
                 enable_ingress_gateway: true,

@@ -4,7 +4,7 @@
 //! The same resource is what the xDS server serves over ADS.
 
 use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::source::BoxFuture;
+use crate::BoxFuture;
 use multicloud_proto::edge_filter;
 use multicloud_proto::prost::Message as _;
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ impl DataPlaneSink for EcdsFile {
                 &version.to_string(),
                 vec![edge_filter::resource(&self.module, &json)],
             );
-            crate::standalone::write_atomically(&self.path, &resp.encode_to_vec())?;
+            crate::sinks::write_atomically(&self.path, &resp.encode_to_vec())?;
             Ok(())
         })
     }

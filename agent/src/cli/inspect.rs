@@ -3,6 +3,7 @@
 //! `main.rs` only wires clap to [`status`] and [`check`]; both return the
 //! process exit code.
 
+use super::check_kube::{CheckInputError, CheckInputs};
 use crate::crd::{condition, IstioMulticloudSpec, IstioMulticloudStatus};
 use crate::exchange::{FetchError, FetchPolicy, Remote, Trust};
 use crate::facts::LocalFacts;
@@ -264,9 +265,9 @@ pub enum CheckSource<'a> {
     /// The standalone file and key file the agent runs with (without a file:
     /// a clear failure naming what the agent at `agent` knows).
     Standalone { file: Option<&'a Path>, key: &'a Path },
-    /// Read from the API server by the caller (`kube_mode::check_inputs`),
-    /// or why it could not be: (reason, detail, what to do).
-    Kubernetes(Result<(LocalFacts, IstioMulticloudSpec, ed25519_dalek::SigningKey), (String, String, String)>),
+    /// Read from the API server by the caller (`check_kube::check_inputs`),
+    /// or why it could not be.
+    Kubernetes(Result<CheckInputs, CheckInputError>),
 }
 
 pub struct CheckArgs<'a> {
@@ -296,7 +297,7 @@ fn fetch_hint(e: &FetchError) -> String {
 
 fn load_local(standalone: &Path) -> Result<(LocalFacts, BTreeMap<String, IstioMulticloudSpec>), String> {
     let text = std::fs::read_to_string(standalone).map_err(|e| format!("cannot read {}: {e}", standalone.display()))?;
-    let d = crate::standalone::parse(&text).map_err(|e| format!("{}: {e:#}", standalone.display()))?;
+    let d = crate::sources::standalone::parse(&text).map_err(|e| format!("{}: {e:#}", standalone.display()))?;
     Ok((d.facts, d.peers.into_iter().map(|(k, v)| (k, v.spec)).collect()))
 }
 
@@ -334,12 +335,7 @@ pub fn check(a: &CheckArgs<'_>, output: Output) -> i32 {
 }
 
 /// The standalone inputs, each failure pushed as a step.
-fn standalone_inputs(
-    a: &CheckArgs<'_>,
-    file: Option<&Path>,
-    key_path: &Path,
-    steps: &mut Vec<Step>,
-) -> Option<(LocalFacts, IstioMulticloudSpec, ed25519_dalek::SigningKey)> {
+fn standalone_inputs(a: &CheckArgs<'_>, file: Option<&Path>, key_path: &Path, steps: &mut Vec<Step>) -> Option<CheckInputs> {
     let Some(file) = file else {
         let known = agent_get(a.agent, "/status")
             .ok()
@@ -372,7 +368,7 @@ fn standalone_inputs(
     };
     steps.push(Step::pass("object", format!("{} → {}", a.peer, spec.metadata_endpoint)));
     match crate::keys::load_existing(key_path) {
-        Ok(k) => Some((facts, spec, k)),
+        Ok(key) => Some(CheckInputs { facts, spec, key }),
         Err(e) => {
             steps.push(Step::fail(
                 "key",
@@ -388,12 +384,12 @@ fn standalone_inputs(
 pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     let mut steps = Vec::new();
     // (a) The object, this cluster's facts and its key.
-    let (facts, spec, key) = match &a.source {
-        CheckSource::Kubernetes(Ok((facts, spec, key))) => {
-            steps.push(Step::pass("object", format!("{} → {} (from the API server)", a.peer, spec.metadata_endpoint)));
-            (facts.clone(), spec.clone(), key.clone())
+    let CheckInputs { facts, spec, key } = match &a.source {
+        CheckSource::Kubernetes(Ok(inputs)) => {
+            steps.push(Step::pass("object", format!("{} → {} (from the API server)", a.peer, inputs.spec.metadata_endpoint)));
+            inputs.clone()
         }
-        CheckSource::Kubernetes(Err((reason, detail, hint))) => {
+        CheckSource::Kubernetes(Err(CheckInputError { reason, detail, hint })) => {
             steps.push(Step::fail("object", reason, detail.clone(), hint.clone()));
             return steps;
         }
@@ -414,7 +410,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
         Ok(r) => r,
         Err(e) => {
             let hint = "fix spec.metadataEndpoint / spec.metadata.ca".to_string();
-            steps.push(Step::fail("public", e.reason(), e.to_string(), hint));
+            steps.push(Step::fail("public", e.reason().as_str(), e.to_string(), hint));
             return steps;
         }
     };
@@ -422,7 +418,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     let public = match rt.block_on(remote.fetch_public()) {
         Ok(p) => p,
         Err(e) => {
-            steps.push(Step::fail("public", e.reason(), e.to_string(), fetch_hint(&e)));
+            steps.push(Step::fail("public", e.reason().as_str(), e.to_string(), fetch_hint(&e)));
             return steps;
         }
     };
@@ -433,11 +429,12 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
         .map(|d| Sha256::digest(d).iter().take(8).map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
         .unwrap_or_default();
     steps.push(Step::pass("public", format!("cluster {} (root {fp})", public.doc.cluster_uuid)));
+    let remote_uuid = crate::cluster_uuid::ClusterUuid::of(&public);
     // (c) Private metadata with a 60 s token.
     let token = crate::keys::mint(
         &key,
         &facts.cluster_uuid,
-        &public.doc.cluster_uuid,
+        remote_uuid.as_str(),
         Scope::PrivateMulticluster,
         now_secs(),
         crate::keys::MAX_METADATA_TOKEN_TTL_SECS,
@@ -445,7 +442,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     let private = match rt.block_on(remote.fetch_private(&token)) {
         Ok(p) => p,
         Err(e) => {
-            steps.push(Step::fail("private", e.reason(), e.to_string(), fetch_hint(&e)));
+            steps.push(Step::fail("private", e.reason().as_str(), e.to_string(), fetch_hint(&e)));
             return steps;
         }
     };
@@ -457,7 +454,7 @@ pub fn run_check(a: &CheckArgs<'_>) -> Vec<Step> {
     if private.api_host.is_empty() {
         steps.push(Step::skip("api", "the peer offers no API host".into()));
     } else {
-        let token = crate::keys::mint(&key, &facts.cluster_uuid, &public.doc.cluster_uuid, Scope::Api, now_secs(), 60);
+        let token = crate::keys::mint(&key, &facts.cluster_uuid, remote_uuid.as_str(), Scope::Api, now_secs(), 60);
         steps.push(rt.block_on(api_step(&private.api_host, &spec, &token, a.api_host_override)));
     }
     // (e) The mesh port of each ingress gateway.
@@ -479,7 +476,7 @@ async fn api_step(api_host: &str, spec: &IstioMulticloudSpec, token: &str, overr
     let trust = Trust::from_spec(spec.metadata.as_ref());
     let tls = match crate::exchange::client_config(&trust, api_host) {
         Ok(c) => c,
-        Err(e) => return Step::fail(name, e.reason(), e.to_string(), "fix spec.metadata.ca".into()),
+        Err(e) => return Step::fail(name, e.reason().as_str(), e.to_string(), "fix spec.metadata.ca".into()),
     };
     let mut b = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -672,6 +669,7 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 mod tests {
     use super::*;
     use crate::crd::{CachedPrivate, MetadataCache};
+    use crate::reasons::Reason;
     use multicloud_core::metadata::{ExportedService, PrivateMetadata, ServicePort};
 
     #[test]
@@ -686,7 +684,7 @@ mod tests {
     #[test]
     fn a_row_counts_ports_only_when_ready() {
         let mut s = IstioMulticloudStatus::default();
-        s.set_condition(condition::READY, Some(true), "Ready", "ok".into(), "t", None);
+        s.set_condition(condition::READY, Some(true), Reason::Federated, "ok".into(), "t", None);
         s.metadata_cache = Some(MetadataCache {
             public: None,
             private: Some(CachedPrivate {
@@ -710,7 +708,7 @@ mod tests {
         let objects = BTreeMap::from([("peer".to_string(), s.clone())]);
         let r = &rows(&objects, "all ACKed")[0];
         assert_eq!((r.endpoints, r.last_fetch.as_str(), r.public.as_str()), (Some(2), "2026-01-01T00:00:00Z", "Unknown"));
-        s.set_condition(condition::READY, Some(false), "ConnectFailed", "down".into(), "t2", None);
+        s.set_condition(condition::READY, Some(false), Reason::ConnectFailed, "down".into(), "t2", None);
         let objects = BTreeMap::from([("peer".to_string(), s)]);
         let r = &rows(&objects, "no proxies")[0];
         assert_eq!((r.endpoints, r.reason.as_str()), (None, "ConnectFailed"));

@@ -27,9 +27,10 @@
 //! manager (so the keys it owns are its own, and nobody else's fields are
 //! touched); nothing secret is written (roots and addresses are public).
 
-use crate::kube_mode::{LeaseGuard, FIELD_MANAGER};
+use crate::kube::lease::LeaseGuard;
+use crate::kube::FIELD_MANAGER;
 use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::source::BoxFuture;
+use crate::BoxFuture;
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
@@ -168,7 +169,7 @@ mod tests {
     fn peer(name: &str, root: &str, network: Option<(&str, &[(&str, u16)])>) -> EstablishedPeer {
         EstablishedPeer {
             name: name.into(),
-            cluster_uuid: format!("{name}-uuid"),
+            cluster_uuid: "22222222-2222-4222-8222-222222222222".parse().unwrap(),
             root_ca: root.into(),
             private: network.map(|(n, gws)| PrivateMetadata {
                 ingress_gateways: gws.iter().map(|(a, p)| IngressGateway { address: (*a).into(), port: *p }).collect(),

@@ -1,0 +1,66 @@
+//! The agent binary's command line: the flags ([`args`]), `run`'s
+//! validated configuration (`crate::config`), and every other command:
+//! `status` and `check` ([`inspect`]; [`check_kube`] reads `check
+//! --kubernetes`'s inputs), `install` ([`install`]), `crd`, `keygen`, `token`
+//! ([`execute`]).
+
+pub mod args;
+pub mod check_kube;
+pub mod inspect;
+pub mod install;
+
+use crate::{crd, keys};
+use anyhow::{Context as _, Result};
+use args::Command;
+use check_kube::CheckInputError;
+use multicloud_core::token::Scope;
+
+/// Runs every command but `run` (which `main` builds into an
+/// [`crate::app::App`]). `status` and `check` exit with their own codes.
+pub fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Run(_) => anyhow::bail!("`run` is started by main with its Config"),
+        Command::Keygen { key } => {
+            let k = keys::load_or_generate(&key)?;
+            print!("{}", multicloud_core::pem::ed25519_public_key_to_pem(&k.verifying_key()));
+        }
+        Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Install(args) => print!("{}", install::render(&args)?),
+        Command::Status { agent, output } => std::process::exit(inspect::status(&agent, output)),
+        Command::Check { peer, agent, standalone, key, kubernetes, kube, api_host_override, output } => {
+            let source = if kubernetes {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                inspect::CheckSource::Kubernetes(rt.block_on(async {
+                    let client = kube::Client::try_default().await.map_err(|e| {
+                        CheckInputError::new(
+                            "KubeconfigInvalid",
+                            format!("cannot build a Kubernetes client: {e}"),
+                            "run in the cluster or set KUBECONFIG",
+                        )
+                    })?;
+                    let opts = crate::config::kube_options(&kube)
+                        .map_err(|e| CheckInputError::new("FlagsInvalid", format!("{e:#}"), "fix the flag"))?;
+                    check_kube::check_inputs(client, &opts, &peer).await
+                }))
+            } else {
+                inspect::CheckSource::Standalone { file: standalone.as_deref(), key: key.as_deref().unwrap_or(std::path::Path::new("")) }
+            };
+            let args = inspect::CheckArgs { peer: &peer, agent: &agent, source, api_host_override: &api_host_override };
+            std::process::exit(inspect::check(&args, output))
+        }
+        Command::Token { key, sub, aud, scope, ttl } => {
+            let scope = Scope::parse(&scope).with_context(|| format!("unknown scope {scope:?}: use private-multicluster or api"))?;
+            for (name, v) in [("--sub", &sub), ("--aud", &aud)] {
+                anyhow::ensure!(multicloud_core::metadata::is_uuid(v), "{name} {v:?} is not a cluster UUID");
+            }
+            anyhow::ensure!(
+                scope != Scope::PrivateMulticluster || (1..=keys::MAX_METADATA_TOKEN_TTL_SECS).contains(&ttl),
+                "--ttl must be 1-60 s for metadata tokens"
+            );
+            let k = keys::load_or_generate(&key)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+            println!("{}", keys::mint(&k, &sub, &aud, scope, now, ttl));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The coordination.k8s.io Lease that elects the one replica writing shared
+//! state.
+
+use super::{is_status, KubeOptions};
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a Lease stays valid without renewal.
+pub const LEASE_DURATION_SECS: i32 = 15;
+/// How often the holder renews (a third of the duration, as client-go does).
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+
+/// One replica's hold on the coordination.k8s.io Lease that elects the
+/// writer of shared state. Updates use the Lease's resourceVersion, so two
+/// replicas racing for it cannot both win.
+pub struct LeaseGuard {
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    /// Until when this replica may act as leader: its last successful renewal
+    /// plus the lease duration, less a margin for clock skew.
+    held_until: Mutex<Option<Timestamp>>,
+    /// Set by [`LeaseGuard::release`]: a replica that is shutting down
+    /// neither renews nor competes any more.
+    released: std::sync::atomic::AtomicBool,
+}
+
+/// Renewals are trusted for the lease duration less this margin.
+const LEASE_SKEW_MARGIN: SignedDuration = SignedDuration::from_secs(5);
+
+impl LeaseGuard {
+    pub fn new(client: kube::Client, opts: &KubeOptions) -> Self {
+        Self {
+            api: Api::namespaced(client, &opts.namespace),
+            name: opts.lease_name.clone(),
+            holder: opts.holder_identity.clone(),
+            held_until: Mutex::new(None),
+            released: false.into(),
+        }
+    }
+
+    /// Gives the Lease up, if this replica holds it, so another replica takes
+    /// over at its next attempt instead of waiting for the Lease to expire
+    /// (as client-go's ReleaseOnCancel does: empty holder, duration 1 s).
+    /// From then on this replica never acquires it again.
+    pub async fn release(&self) -> Result<()> {
+        self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_held(None);
+        let ns = self.api.namespace().unwrap_or_default().to_string();
+        let what = format!("Lease {ns}/{}", self.name);
+        let Some(mut lease) = self.api.get_opt(&self.name).await.with_context(|| format!("cannot read {what}"))? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => {
+                tracing::info!(lease = %what, holder = %self.holder, "released the Lease; another replica takes over");
+                Ok(())
+            }
+            // Someone else changed it in between: it is not ours to release any more.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot release {what}")),
+        }
+    }
+
+    /// Whether this replica holds the Lease, as of its last successful
+    /// acquisition or renewal (no API call).
+    pub fn is_leader(&self) -> bool {
+        self.held_until.lock().map(|h| h.is_some_and(|t| t > Timestamp::now())).unwrap_or(false)
+    }
+
+    fn set_held(&self, held: Option<Timestamp>) {
+        if let Ok(mut h) = self.held_until.lock() {
+            *h = held;
+        }
+    }
+
+    /// Creates the Lease if absent, renews it if this replica holds it, takes
+    /// it over if its holder let it expire. `Ok(false)`: another replica holds it.
+    pub async fn try_acquire(&self) -> Result<bool> {
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let now = Timestamp::now();
+        let held = self.acquire_at(now).await;
+        match &held {
+            Ok(true) => self.set_held(Some(now + SignedDuration::from_secs(i64::from(LEASE_DURATION_SECS)) - LEASE_SKEW_MARGIN)),
+            Ok(false) => self.set_held(None),
+            Err(_) => {}
+        }
+        held
+    }
+
+    async fn acquire_at(&self, now: Timestamp) -> Result<bool> {
+        let ns = self.api.namespace().unwrap_or_default().to_string();
+        let what = format!("Lease {ns}/{}", self.name);
+        let current = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .with_context(|| format!("cannot read {what}; grant the agent get/create/update on leases"))?;
+        let Some(lease) = current else {
+            let fresh = Lease {
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.holder.clone()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECS),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &fresh).await {
+                Ok(_) => {
+                    tracing::info!(lease = %what, holder = %self.holder, "created the Lease; this replica writes status");
+                    Ok(true)
+                }
+                // Another replica created it first, or this one did: the
+                // renewal task and a sink (WasmPluginSink) race at start.
+                Err(e) if is_status(&e, 409) => self.held_by_us(&what).await,
+                Err(e) => Err(e).with_context(|| format!("cannot create {what}")),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let ours = spec.holder_identity.as_deref() == Some(self.holder.as_str());
+        if !ours && !lease_expired(&spec, now) {
+            return Ok(false);
+        }
+        let mut next = lease;
+        let s = next.spec.get_or_insert_with(LeaseSpec::default);
+        if !ours {
+            s.holder_identity = Some(self.holder.clone());
+            s.acquire_time = Some(MicroTime(now));
+            s.lease_transitions = Some(s.lease_transitions.unwrap_or(0) + 1);
+        }
+        s.lease_duration_seconds = Some(LEASE_DURATION_SECS);
+        s.renew_time = Some(MicroTime(now));
+        match self.api.replace(&self.name, &PostParams::default(), &next).await {
+            Ok(_) => {
+                if !ours {
+                    tracing::info!(lease = %what, holder = %self.holder, "took over the expired Lease; this replica writes status");
+                }
+                Ok(true)
+            }
+            // Someone else renewed or took it in between (or this replica's
+            // other task renewed it).
+            Err(e) if is_status(&e, 409) => self.held_by_us(&what).await,
+            Err(e) => Err(e).with_context(|| format!("cannot update {what}")),
+        }
+    }
+
+    /// After a conflict: whether the Lease, as it is now, names this replica.
+    async fn held_by_us(&self, what: &str) -> Result<bool> {
+        let lease = self.api.get_opt(&self.name).await.with_context(|| format!("cannot read {what}"))?;
+        let holder = lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+        Ok(holder.as_deref() == Some(self.holder.as_str()))
+    }
+
+    /// Renews (or competes for) the Lease every few seconds until dropped.
+    pub fn spawn_renewal(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEW_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.try_acquire().await {
+                    tracing::warn!(error = %format!("{e:#}"), "leader lease renewal failed");
+                }
+            }
+        })
+    }
+}
+
+/// Expired: no holder, or renewTime + leaseDurationSeconds is in the past.
+pub(crate) fn lease_expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+    if spec.holder_identity.as_deref().is_none_or(str::is_empty) {
+        return true;
+    }
+    let Some(MicroTime(renewed)) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else { return true };
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECS)));
+    *renewed + duration < now
+}

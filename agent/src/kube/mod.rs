@@ -1,0 +1,60 @@
+//! Kubernetes helpers shared by the Kubernetes source, the status and
+//! WasmPlugin sinks and `check --kubernetes`: how the agent finds its own
+//! objects ([`KubeOptions`]), this cluster's facts ([`facts`]), the Lease that
+//! elects the writer of shared state ([`lease`]) and the federation key's
+//! Secret ([`key_secret`]).
+//!
+//! Every DaemonSet replica reads and watches; only the replica holding the
+//! Lease writes shared state (object status, the WasmPlugin), so replicas
+//! never fight over the same field manager.
+
+pub mod facts;
+pub mod key_secret;
+pub mod lease;
+#[cfg(test)]
+mod tests;
+
+use multicloud_core::metadata::IngressGateway;
+use std::collections::BTreeMap;
+
+/// The field manager for everything the agent applies.
+pub const FIELD_MANAGER: &str = "istio-multicloud-agent";
+
+/// How the agent finds its own objects in the cluster.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeOptions {
+    /// The agent's namespace (Lease, key Secret, gateway Service, root CA ConfigMap).
+    pub namespace: String,
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    pub holder_identity: String,
+    /// Labels of the ingress gateway Service.
+    pub gateway_selector: BTreeMap<String, String>,
+    /// Services labelled `<export_label>=true` are exported to peers.
+    pub export_label: String,
+    pub network_name: String,
+    /// The API proxy's host[:port] as peers see it; empty if not offered.
+    pub api_host: String,
+    /// Gateway addresses to publish instead of the ones found on the Service.
+    pub advertise: Vec<IngressGateway>,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            namespace: "istio-system".into(),
+            lease_name: "istio-multicloud-agent".into(),
+            holder_identity: "multicloud-agent".into(),
+            gateway_selector: BTreeMap::from([("istio".into(), "ingressgateway".into())]),
+            export_label: "istio-multicloud.dev/export".into(),
+            network_name: String::new(),
+            api_host: String::new(),
+            advertise: Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
