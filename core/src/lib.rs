@@ -1,6 +1,6 @@
 //! Pure, I/O-free federation logic shared by the gateway filter (wasm32) and
 //! the agent: metadata documents and their validation, federation tokens,
-//! SPIFFE bundles, PEM/DER handling and the
+//! SPIFFE bundles, PEM/DER handling, the data plane's names and the
 //! three guards' request decisions.
 //!
 //! The guards: [`edge`] (the metadata documents; it runs the other two),
@@ -18,6 +18,7 @@ pub mod der;
 pub mod edge;
 pub mod meshguard;
 pub mod metadata;
+pub mod naming;
 pub mod pem;
 pub mod reply;
 pub mod spiffe;
