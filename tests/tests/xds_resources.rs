@@ -20,6 +20,7 @@ use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, ConfigSourceKind, PeerView, Sources};
 use multicloud_proto::prost::Message as _;
+use multicloud_proto::type_url;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -54,8 +55,8 @@ fn write_response(dir: &Path, file: &str, type_url: &str, resources: Vec<Any>) {
 fn resource_name(any: &Any, type_url: &str) -> String {
     use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     match type_url {
-        mesh::SECRET_TYPE_URL => Secret::decode(any.value.as_slice()).unwrap().name,
-        mesh::ENDPOINT_TYPE_URL => ClusterLoadAssignment::decode(any.value.as_slice()).unwrap().cluster_name,
+        type_url::SECRET => Secret::decode(any.value.as_slice()).unwrap().name,
+        type_url::ENDPOINT => ClusterLoadAssignment::decode(any.value.as_slice()).unwrap().cluster_name,
         _ => unreachable!(),
     }
 }
@@ -109,10 +110,10 @@ fn mesh_resources_load_in_envoy_without_rejection() {
     let client = ClientIdentity { cert_secret: "default", sds_cluster: "ads" };
     let all = mesh::mesh_resources(&local.root_pem(), &peers, &client, &sources).unwrap();
 
-    write_response(xds.path(), "cds.pb", mesh::CLUSTER_TYPE_URL, all.clusters.clone());
+    write_response(xds.path(), "cds.pb", type_url::CLUSTER, all.clusters.clone());
     let mut secrets = all.secrets.clone();
     secrets.push(pack_any(workload_cert(&local)));
-    for (type_url, list) in [(mesh::SECRET_TYPE_URL, &secrets), (mesh::ENDPOINT_TYPE_URL, &all.endpoints)] {
+    for (type_url, list) in [(type_url::SECRET, &secrets), (type_url::ENDPOINT, &all.endpoints)] {
         for any in list {
             write_response(xds.path(), &mesh::resource_file_name(&resource_name(any, type_url)), type_url, vec![any.clone()]);
         }
