@@ -9,6 +9,10 @@
 //!
 //! Loopback only: Envoy on 127.0.91.x, the upstream on 127.0.92.x.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::meshguard::{MeshPeer, MeshSettings};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};

@@ -4,6 +4,10 @@
 //! loopback range, and never outlive the test that started them, not even
 //! when the test process is killed.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::{wait_until, SimCluster};
 use std::time::Duration;

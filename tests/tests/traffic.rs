@@ -15,6 +15,10 @@
 //! Loopback ranges: 101–102 passthrough, 103–104 identity-enforcing,
 //! 105–106 local-first.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::MeshMode;
 use multicloud_e2e::mesh::{start_traffic_mesh, wait_joined, Cluster, FOO, SECRET};
 use multicloud_e2e::mtls;

@@ -4,6 +4,10 @@
 //! simulated clusters; a real Envoy sidecar and the real gateway Envoy are
 //! configured by the agent over ADS, state of the world and delta.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::{ExportedService, ServicePort};
 use multicloud_e2e::envoy::Envoy;
 use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions};

@@ -8,6 +8,10 @@
 //! (tonic, `multicloud_e2e::xds_client`), not Envoy: whoever can reach the
 //! port does not have to behave like a proxy.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::envoy::Envoy;
 use multicloud_e2e::fixtures::ClusterIdentity;
 use multicloud_e2e::gateway::GATEWAY_SERVICE_ACCOUNT;

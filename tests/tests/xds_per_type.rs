@@ -9,6 +9,10 @@
 //! `SecretDiscoveryService/StreamSecrets`), both pointing at the agent's
 //! xDS port. The server is the agent's own `XdsServer`, in process.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_agent::xds::{self, Snapshot, XdsServer};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};

@@ -10,6 +10,10 @@
 //! bootstrap refers to the trust bundle, as a workload's inbound side does,
 //! so that SDS loads it too.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::ClusterIdentity;

@@ -4,6 +4,10 @@
 //!
 //! Usage: bench [edge|api|xds|traffic]...   (default: all benchmarks)
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use multicloud_e2e::bench::{interleave, median, write_section, wrk, Load, Sample};
