@@ -25,7 +25,7 @@ pub mod error;
 pub mod inputs;
 pub mod listeners;
 pub mod mesh;
-mod parts;
+pub mod parts;
 pub mod routes;
 pub mod secrets;
 pub mod source;

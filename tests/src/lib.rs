@@ -33,6 +33,7 @@ pub mod http;
 pub mod istio;
 pub mod kube;
 pub mod kube_mesh;
+pub mod manifests;
 pub mod mesh;
 pub mod mtls;
 pub mod paths;
@@ -46,7 +47,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 /// A simulated cluster: its own loopback range 127.0.N.0/24.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SimCluster(pub u8);
 
 impl SimCluster {

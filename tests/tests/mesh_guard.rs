@@ -119,6 +119,7 @@ fn mesh_gateway(chains: &str, upstream: SocketAddr, config_json: &str) -> Envoy 
         host: hosts::GATEWAY,
         bootstrap,
         files: vec![("ecds/mesh.pb".into(), ecds)],
+        ..Default::default()
     })
 }
 
@@ -234,12 +235,7 @@ fn the_mesh_port_names_the_caller_and_refuses_what_is_not_exported() {
     let r = mtls_get(addr, &sni(&a), &ca, &a_client, BAR, &[]).unwrap();
     assert_eq!((r.status, r.reason()), (403, "ServiceNotExported".to_string()), "{}", r.body);
     // A certificate from A's CA without a URI SAN: no caller identity.
-    let no_san = {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["client.example".to_string()]).unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        (params.signed_by(&key, &a.root, &a.root_key).unwrap().pem(), key.serialize_pem())
-    };
+    let no_san = a.root.anonymous_client_cert("client.example");
     let r = mtls_get(addr, &sni(&a), &ca, &no_san, FOO, &[]).unwrap();
     assert_eq!((r.status, r.reason()), (403, "NoPeerIdentity".to_string()), "{}", r.body);
     assert_eq!(upstream.count(), before, "refused requests never reach the upstream");

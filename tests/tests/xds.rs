@@ -234,6 +234,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
             key = serde_json::to_string(&key).unwrap(),
         ),
         files: vec![],
+        ..Default::default()
     });
     for (name, prefix) in [("cluster-c", "c"), ("cluster-d", "d")] {
         cs[0].peers.push(PeerRef {

@@ -168,19 +168,9 @@ fn only_the_gateway_identity_gets_the_gateways_resources() {
 
     // A certificate from this cluster's root that names no SPIFFE identity
     // proves no workload: refused before anything is sent.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["not-a-workload.example".to_string()]).expect("params");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let anonymous = params.signed_by(&key, &c.id.root, &c.id.root_key).expect("sign");
+    let anonymous = c.id.root.anonymous_client_cert("not-a-workload.example");
     let before = refusals(c, "no_spiffe_id");
-    let r = fetch(
-        addr,
-        &Transport::Tls { client_cert: Some((anonymous.pem(), key.serialize_pem())) },
-        node("sidecar~anonymous", None),
-        Api::Ads,
-        SECRET,
-        &[],
-    );
+    let r = fetch(addr, &Transport::Tls { client_cert: Some(anonymous) }, node("sidecar~anonymous", None), Api::Ads, SECRET, &[]);
     assert!(matches!(r, Err(Refused::Status { code: tonic::Code::PermissionDenied, .. })), "{r:?}");
     wait_refusals(c, "no_spiffe_id", before + 1);
 

@@ -2,12 +2,17 @@
 //!
 //! The agent's per-type xDS services against real Envoy 1.40 (127.0.58.x),
 //! configured the way `deploy/base/edge-filter.yaml` configures an
-//! istiod-run gateway: no ADS to the agent at all; the edge filter's
-//! configuration comes by ECDS from an `api_config_source` (`DELTA_GRPC`,
-//! so `ExtensionConfigDiscoveryService/DeltaExtensionConfigs`), and a
-//! cluster's trust by SDS from another (`GRPC`, so
+//! istiod-run gateway, its patches read from that file at run time
+//! (`multicloud_e2e::manifests`): no ADS to the agent at all; the edge
+//! filter's entry is the EnvoyFilter's (`disabled: true`, its configuration
+//! by ECDS from an `api_config_source`: `DELTA_GRPC`, so
+//! `ExtensionConfigDiscoveryService/DeltaExtensionConfigs`), enabled on the
+//! `/metadata/` route by the EnvoyFilter's route patch; a cluster's trust
+//! comes by SDS from another source (`GRPC`, so
 //! `SecretDiscoveryService/StreamSecrets`), both pointing at the agent's
-//! xDS port. The server is the agent's own `XdsServer`, in process.
+//! xDS port (`multicloud-agent`: the test bed's typed cluster in place of
+//! the EnvoyFilter's, which names an in-cluster Service and Istio's SDS).
+//! The server is the agent's own `XdsServer`, in process.
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in
 // #[test] functions; this covers the helpers too).
@@ -15,11 +20,13 @@
 
 use multicloud_agent::xds::{self, Snapshot, XdsServer};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
+use multicloud_e2e::fixtures::dp;
 use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};
+use multicloud_e2e::gateway::XdsClient;
+use multicloud_e2e::manifests::{self, yaml_flow};
 use multicloud_e2e::{hosts, http, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
-use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, CertificateValidationContext, Secret};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
 use multicloud_proto::envoy_types::util::pack_any;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,17 +48,7 @@ fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
     let ca = EdgeCa::generate("trust");
     let mut snap = Snapshot::default();
     snap.insert(xds::EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&wasm.as_str().into(), &json));
-    snap.insert(
-        xds::SECRET,
-        "peer-root",
-        pack_any(Secret {
-            name: "peer-root".into(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(ca.pem())), ..Default::default() }),
-                ..Default::default()
-            })),
-        }),
-    );
+    snap.insert(xds::SECRET, "peer-root", pack_any(multicloud_proto::secrets::validation_secret("peer-root", ca.pem())));
     let server = XdsServer::new(Arc::new(|_| "gateway".to_string()));
     server.set("gateway", snap);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
@@ -77,13 +74,11 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - {metadata_route}
               - match: {{prefix: /}}
                 direct_response: {{status: 404}}
           http_filters:
-          - name: {filter}
-            config_discovery:
-              config_source: {ecds}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+          - {filter}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters:
@@ -97,13 +92,17 @@ static_resources:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         common_tls_context:
           validation_context_sds_secret_config: {{name: peer-root, sds_config: {sds}}}
-{agent}"#,
-        filter = edge_filter::FILTER_NAME,
-        ecds = grpc_source("DELTA_GRPC"),
+"#,
+        // deploy/'s VirtualService: a direct response only a missing filter lets through.
+        metadata_route = yaml_flow(&manifests::metadata_route(
+            serde_json::json!({"name": "multicloud-metadata", "match": {"prefix": "/metadata/"}, "direct_response": {"status": 503}})
+        )),
+        filter = yaml_flow(&manifests::edge_http_filter(None)),
         sds = grpc_source("GRPC"),
-        agent = multicloud_e2e::gateway::grpc_cluster_yaml("multicloud-agent", &multicloud_e2e::gateway::XdsClient::gateway(&local, addr)),
     );
-    let envoy = Envoy::start(EnvoySpec { name: "per-type-58".into(), cluster: sim, host: hosts::GATEWAY, bootstrap, files: vec![] });
+    let agent = dp::xds_cluster(dp::AGENT_CLUSTER, &XdsClient::gateway(&local, addr));
+    let typed = Bootstrap { static_resources: Some(StaticResources { clusters: vec![agent], ..Default::default() }), ..Default::default() };
+    let envoy = Envoy::start(EnvoySpec { bootstrap, ..EnvoySpec::typed("per-type-58".into(), sim, hosts::GATEWAY, typed) });
 
     // ECDS by DeltaExtensionConfigs: the filter serves this cluster's document.
     let url = format!("http://{}/metadata/public/public.json", envoy.listener("edge"));

@@ -18,8 +18,7 @@ use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::ClusterIdentity;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
-use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, ConfigSourceKind, PeerView, Sources};
@@ -31,24 +30,10 @@ use std::time::Duration;
 
 const HOST: &str = "foo.abc.svc.cluster.local";
 
-fn inline(s: &str) -> Option<DataSource> {
-    Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.into())), ..Default::default() })
-}
-
 /// The workload certificate Istio's agent would serve as `default`.
 fn workload_cert(local: &ClusterIdentity) -> Secret {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI("spiffe://cluster.local/ns/abc/sa/client".try_into().unwrap())];
-    let cert = params.signed_by(&key, &local.root, &local.root_key).unwrap();
-    Secret {
-        name: "default".into(),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(&cert.pem()),
-            private_key: inline(&key.serialize_pem()),
-            ..Default::default()
-        })),
-    }
+    let (chain, key) = local.workload_cert("abc", "client");
+    multicloud_proto::secrets::tls_certificate_secret("default", &chain, &key)
 }
 
 fn write_response(dir: &Path, file: &str, type_url: &str, resources: Vec<Any>) {
@@ -157,7 +142,7 @@ static_resources:
         ip = cluster.ip(hosts::SIDECAR),
         trust = mesh::TRUST_BUNDLE_SECRET,
     );
-    let envoy = Envoy::start(EnvoySpec { name: "xds-resources".into(), cluster, host: hosts::SIDECAR, bootstrap, files: vec![] });
+    let envoy = Envoy::start(EnvoySpec::yaml("xds-resources".into(), cluster, hosts::SIDECAR, bootstrap));
 
     let names: Vec<(String, &str, &str, u16)> = peers
         .iter()

@@ -112,6 +112,7 @@ fn api() {
         host: hosts::GATEWAY,
         bootstrap,
         files: vec![("ecds/api.pb".into(), ecds)],
+        ..Default::default()
     });
     let l = envoy.listener("api");
     let now = unix_now();
@@ -271,6 +272,7 @@ fn edge() {
         host: hosts::GATEWAY,
         bootstrap,
         files: vec![("ecds/edge.pb".into(), ecds_file(&serde_json::to_string(&config).unwrap(), "1"))],
+        ..Default::default()
     });
     let (edge_l, plain_l, jwt_l, jwtc_l) =
         (envoy.listener("edge"), envoy.listener("plain"), envoy.listener("jwt"), envoy.listener("jwt_cached"));
