@@ -20,24 +20,23 @@ pub enum BuildError {
 }
 
 impl BuildError {
-    pub fn peer(&self) -> &str {
+    /// The peer and the field every error names.
+    fn at(&self) -> (&str, &str) {
         match self {
-            BuildError::Root { peer, .. }
-            | BuildError::Address { peer, .. }
-            | BuildError::Port { peer, .. }
-            | BuildError::Name { peer, .. }
-            | BuildError::Malformed { peer, .. } => peer,
+            BuildError::Root { peer, field, .. }
+            | BuildError::Address { peer, field, .. }
+            | BuildError::Port { peer, field }
+            | BuildError::Name { peer, field, .. }
+            | BuildError::Malformed { peer, field, .. } => (peer, field),
         }
     }
 
+    pub fn peer(&self) -> &str {
+        self.at().0
+    }
+
     pub fn field(&self) -> &str {
-        match self {
-            BuildError::Root { field, .. }
-            | BuildError::Address { field, .. }
-            | BuildError::Port { field, .. }
-            | BuildError::Name { field, .. }
-            | BuildError::Malformed { field, .. } => field,
-        }
+        self.at().1
     }
 }
 

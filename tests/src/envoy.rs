@@ -82,23 +82,24 @@ impl Envoy {
     /// Starts an Envoy and waits until its admin API reports `LIVE`.
     /// `{dir}` in the bootstrap is replaced by the Envoy's private directory.
     pub fn start(spec: EnvoySpec) -> Envoy {
+        let mut envoy = Envoy::spawn(spec);
+        envoy.wait_admin_and_live();
+        envoy
+    }
+
+    /// Writes the spec into a fresh directory and starts the process there.
+    fn spawn(spec: EnvoySpec) -> Envoy {
         let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
         spec.write_into(dir.path());
         let path = dir.path().to_path_buf();
         let proc = spawn_envoy(&path, &spec);
-        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec };
-        envoy.wait_admin_and_live();
-        envoy
+        Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec }
     }
 
     /// Starts an Envoy and waits only for its admin address, not for `LIVE`
     /// (a proxy whose initial xDS fetch is huge: benchmarks wait on ACKs).
     pub fn start_unready(spec: EnvoySpec) -> Envoy {
-        let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
-        spec.write_into(dir.path());
-        let path = dir.path().to_path_buf();
-        let proc = spawn_envoy(&path, &spec);
-        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec };
+        let mut envoy = Envoy::spawn(spec);
         let admin_path = envoy.path.join("admin-address");
         envoy.admin = wait_until("envoy admin address", READY_TIMEOUT, || {
             let text = std::fs::read_to_string(&admin_path).map_err(|e| e.to_string())?;
@@ -231,14 +232,7 @@ impl Envoy {
     }
 
     fn dump_log(&self) {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(200)..];
-        eprintln!("----- envoy {} log (last {} lines, {}) -----", self.name, tail.len(), self.log_path().display());
-        for l in tail {
-            eprintln!("{l}");
-        }
-        eprintln!("----- end of envoy {} log -----", self.name);
+        procs::print_log_tail(&format!("envoy {}", self.name), &self.log_path(), 200);
     }
 
     /// Kills the process now (the directory stays until drop).
@@ -254,11 +248,6 @@ fn regex_escape(s: &str) -> String {
 impl Drop for Envoy {
     fn drop(&mut self) {
         self.proc.kill();
-        if std::thread::panicking() {
-            self.dump_log();
-            if let Some(dir) = self.dir.take() {
-                eprintln!("kept envoy {} directory for inspection: {}", self.name, dir.keep().display());
-            }
-        }
+        procs::on_failure(&format!("envoy {}", self.name), &self.log_path(), 200, &mut self.dir);
     }
 }

@@ -209,6 +209,24 @@ fn hcm_yaml(vhosts: &str, filters: &str) -> String {
     )
 }
 
+/// A filter chain's `transport_socket` presenting `cert`/`key` (inline),
+/// indented for a `filter_chains` item.
+fn server_tls_yaml(cert: &str, key: &str) -> String {
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{inline_string: {cert}}}
+              private_key: {{inline_string: {key}}}
+"#,
+        cert = yaml_str(cert),
+        key = yaml_str(key),
+    )
+}
+
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json")
 }
@@ -289,20 +307,9 @@ impl Gateway {
             // The API host by SNI: a filter chain whose only virtual host is the API route.
             let api_chain = match o.api.as_ref().and_then(|a| a.tls.as_ref().map(|t| (a, t))) {
                 Some((a, (cert, key))) => format!(
-                    r#"    - filter_chain_match: {{server_names: [{host:?}]}}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-      filters:
-{hcm}"#,
+                    "    - filter_chain_match: {{server_names: [{host:?}]}}\n{tls}      filters:\n{hcm}",
                     host = a.host,
-                    cert = yaml_str(cert),
-                    key = yaml_str(key),
+                    tls = server_tls_yaml(cert, key),
                     hcm = hcm_yaml(&api_vhost_yaml("[\"*\"]"), &filters),
                 ),
                 None => String::new(),
@@ -314,19 +321,10 @@ impl Gateway {
     - name: envoy.filters.listener.tls_inspector
       typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
     filter_chains:
-{api_chain}    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-      filters:
+{api_chain}    - {tls}      filters:
 {hcm}"#,
                 port = tls.port,
-                cert = yaml_str(&tls.cert_pem),
-                key = yaml_str(&tls.key_pem),
+                tls = server_tls_yaml(&tls.cert_pem, &tls.key_pem).trim_start(),
             ));
         }
         let bootstrap = format!(

@@ -15,10 +15,17 @@
 
 use multicloud_core::meshguard::{MeshPeer, MeshSettings};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
-use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};
+use multicloud_e2e::fixtures::{dp, edge_config, sample_private, ClusterIdentity, EdgeCa};
 use multicloud_e2e::upstream::RecordingUpstream;
 use multicloud_e2e::{hosts, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
+use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+};
+use multicloud_proto::envoy_types::pb::google::protobuf::BoolValue;
+use multicloud_proto::parts::tls_socket;
 use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,96 +37,56 @@ const FOO: &str = "foo.abc.svc.cluster.local";
 const BAR: &str = "bar.abc.svc.cluster.local";
 
 fn sni(peer: &ClusterIdentity) -> String {
-    format!("{}.peer.multicloud", peer.uuid)
-}
-
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
+    multicloud_core::naming::peer_sni(&peer.uuid)
 }
 
 /// One filter chain: exact SNI, client certificate required, validated
 /// against `peer`'s root only; the filter (ECDS) then the router.
-fn filter_chain(peer: &ClusterIdentity, server: &(String, String)) -> String {
-    format!(
-        r#"    - filter_chain_match: {{server_names: [{sni}]}}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-            validation_context:
-              trusted_ca: {{inline_string: {ca}}}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: mesh
-          route_config:
-            virtual_hosts:
-            - name: local
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: local_services}}
-          http_filters:
-          - name: {ROOT_ID}
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source: {{path: "{{dir}}/ecds/mesh.pb", watched_directory: {{path: "{{dir}}/ecds"}}}}
-              type_urls: ["{url}"]
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#,
-        sni = yaml_str(&sni(peer)),
-        cert = yaml_str(&server.0),
-        key = yaml_str(&server.1),
-        ca = yaml_str(&peer.root_pem()),
-        url = edge_filter::WASM_FILTER_TYPE_URL,
-    )
+fn filter_chain(peer: &ClusterIdentity, server: &(String, String)) -> FilterChain {
+    let tls = DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![dp::tls_certificate(&server.0, &server.1)],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: dp::inline(&peer.root_pem()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let filter = dp::ecds_filter(ROOT_ID, dp::file_source("ecds/mesh.pb", "ecds"));
+    let hcm = dp::hcm("mesh", vec![dp::virtual_host("local", &["*"], vec![dp::route_to("local_services")])], vec![filter]);
+    FilterChain {
+        filter_chain_match: Some(FilterChainMatch { server_names: vec![sni(peer)], ..Default::default() }),
+        transport_socket: Some(tls_socket(tls)),
+        filters: vec![dp::hcm_filter(hcm)],
+        ..Default::default()
+    }
 }
 
-fn mesh_gateway(chains: &str, upstream: SocketAddr, config_json: &str) -> Envoy {
+fn mesh_gateway(chains: Vec<FilterChain>, upstream: SocketAddr, config_json: &str) -> Envoy {
     let ecds = multicloud_proto::discovery_response(
         edge_filter::EXTENSION_CONFIG_TYPE_URL,
         "1",
         vec![edge_filter::resource_with_root_id(&paths::filter_wasm().display().to_string().as_str().into(), config_json, ROOT_ID)],
     )
     .encode_to_vec();
-    let bootstrap = format!(
-        r#"static_resources:
-  listeners:
-  - name: mesh
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
-    filter_chains:
-{chains}  clusters:
-  - name: local_services
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: local_services
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {uip}, port_value: {uport}}}}}}}
-"#,
-        ip = MESH.ip(hosts::GATEWAY),
-        uip = upstream.ip(),
-        uport = upstream.port(),
-    );
-    Envoy::start(EnvoySpec {
-        name: "mesh-gateway".into(),
-        cluster: MESH,
-        host: hosts::GATEWAY,
-        bootstrap,
-        files: vec![("ecds/mesh.pb".into(), ecds)],
+    let mesh = Listener {
+        listener_filters: vec![dp::tls_inspector()],
+        ..dp::listener("mesh", SocketAddr::from((MESH.ip(hosts::GATEWAY), 0)), chains)
+    };
+    let typed = Bootstrap {
+        static_resources: Some(StaticResources {
+            listeners: vec![mesh],
+            clusters: vec![dp::static_cluster("local_services", upstream)],
+            ..Default::default()
+        }),
         ..Default::default()
+    };
+    Envoy::start(EnvoySpec {
+        files: vec![("ecds/mesh.pb".into(), ecds)],
+        ..EnvoySpec::typed("mesh-gateway".into(), MESH, hosts::GATEWAY, typed)
     })
 }
 
@@ -179,8 +146,8 @@ fn the_mesh_port_names_the_caller_and_refuses_what_is_not_exported() {
         ],
     };
     let upstream = RecordingUpstream::start(UPSTREAMS.ip(hosts::UPSTREAM), true);
-    let chains = filter_chain(&a, &server_ca.server_cert_dns(&sni(&a))) + &filter_chain(&c, &server_ca.server_cert_dns(&sni(&c)));
-    let envoy = mesh_gateway(&chains, upstream.addr(), &serde_json::to_string(&config).unwrap());
+    let chains = vec![filter_chain(&a, &server_ca.server_cert_dns(&sni(&a))), filter_chain(&c, &server_ca.server_cert_dns(&sni(&c)))];
+    let envoy = mesh_gateway(chains, upstream.addr(), &serde_json::to_string(&config).unwrap());
     // Ready: the filter configuration applied (it defines its counters
     // then) and the listener bound.
     wait_until("the mesh filter to be configured", Duration::from_secs(60), || {
