@@ -131,7 +131,7 @@ impl RemoteSecrets {
     }
 
     pub fn secret_name(object: &str) -> String {
-        format!("istio-remote-secret-{object}")
+        multicloud_core::naming::remote_secret_name(object)
     }
 
     /// Writes one peer's kubeconfig where this mode keeps it.

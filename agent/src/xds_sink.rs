@@ -29,8 +29,7 @@ use std::sync::Arc;
 
 pub const GATEWAY_GROUP: &str = "gateway";
 pub const SIDECAR_GROUP: &str = "sidecar";
-/// The API guard's ECDS resource name (and plugin root id).
-pub const API_FILTER_NAME: &str = "multicloud-api";
+pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET;
 
 /// Node metadata key naming the proxy's role.

@@ -28,6 +28,13 @@ pub const PEER_ROOT_SECRET_PREFIX: &str = "multicloud-peer-root~";
 /// What [`remote_cluster_name`] puts before the peer's name.
 pub const REMOTE_CLUSTER_PEER_MARK: &str = "|multicloud-";
 
+/// `istio-remote-secret-<object>`: the Kubernetes Secret holding Istio's
+/// remote secret (a kubeconfig for the peer's API proxy) of the
+/// IstioMulticloud object `object`, named as `istioctl create-remote-secret` does.
+pub fn remote_secret_name(object: &str) -> String {
+    format!("istio-remote-secret-{object}")
+}
+
 /// `multicloud-peer-root~<uuid>`: the SDS secret holding only that peer's root.
 pub fn peer_root_secret_name(cluster_uuid: &str) -> String {
     format!("{PEER_ROOT_SECRET_PREFIX}{cluster_uuid}")

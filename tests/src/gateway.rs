@@ -151,7 +151,7 @@ pub struct ApiRoute {
 }
 
 /// The API guard's ECDS resource name.
-pub const API_FILTER_NAME: &str = "multicloud-api";
+pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 /// The SDS secret holding the proxy's credential.
 pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET as API_CREDENTIAL_SECRET;
 
