@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 pub const GATEWAY_GROUP: &str = "gateway";
 pub const SIDECAR_GROUP: &str = "sidecar";
-pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET;
+pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 
 /// Node metadata key naming the proxy's role.
 pub const ROLE_METADATA_KEY: &str = "MULTICLOUD_ROLE";

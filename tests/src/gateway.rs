@@ -150,10 +150,10 @@ pub struct ApiRoute {
     pub upstream_ca: Option<String>,
 }
 
-/// The API guard's ECDS resource name.
-pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 /// The SDS secret holding the proxy's credential.
 pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET as API_CREDENTIAL_SECRET;
+/// The API guard's ECDS resource name.
+pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 
 fn api_http_filters_yaml() -> String {
     format!(

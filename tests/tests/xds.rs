@@ -260,7 +260,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
         let v = cs[0].agent.xds_view();
         let n = v["proxies"].as_array().and_then(|ps| {
             ps.iter().filter(|p| p["group"] == "sidecar").find_map(|p| {
-                let s = &p["types"]["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"]["last_nack"];
+                let s = &p["types"][multicloud_proto::type_url::SECRET]["last_nack"];
                 (!s.is_null()).then(|| s.clone())
             })
         });

@@ -24,9 +24,8 @@ use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(40);
 
-const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
-const CREDENTIAL: &str = "multicloud-api-proxy-credential";
+use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET as CREDENTIAL;
+use multicloud_proto::type_url::{EXTENSION_CONFIG, SECRET};
 /// Istio's node id of an ingress gateway: `router~` makes it one.
 const GATEWAY_NODE: &str = "router~10.0.0.7~istio-ingressgateway-5d9c7.istio-system~istio-system.svc.cluster.local";
 

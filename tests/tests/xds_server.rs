@@ -70,10 +70,7 @@ fn eds_cluster(connect_timeout_secs: i64) -> Any {
         connect_timeout: Some(PbDuration { seconds: connect_timeout_secs, nanos: 0 }),
         transport_socket: Some(TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(transport_socket::ConfigType::TypedConfig(any(
-                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                &tls,
-            ))),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(multicloud_proto::type_url::UPSTREAM_TLS, &tls))),
         }),
         ..Default::default()
     };

@@ -216,8 +216,8 @@ fn main() {
         &a_foo,
         gateway_node,
         multicloud_e2e::xds_client::Api::Ads,
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        &["multicloud-api-proxy-credential"],
+        multicloud_proto::type_url::SECRET,
+        &[multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET],
     );
     match &r {
         Err(multicloud_e2e::xds_client::Refused::Status { code, message }) => {
