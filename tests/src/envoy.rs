@@ -200,17 +200,24 @@ impl Envoy {
 
     /// The bound address of the listener named `name`.
     pub fn listener(&self, name: &str) -> SocketAddr {
-        let body = self.admin_get("/listeners?format=json").expect("listeners");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("listeners json");
+        self.active_listener(name).unwrap_or_else(|body| panic!("envoy {} has no listener {name}: {body}", self.name))
+    }
+
+    /// The bound address of the listener named `name` once it is active
+    /// (warmed: its secrets and filter configurations arrived), else what
+    /// the admin API said.
+    pub fn active_listener(&self, name: &str) -> Result<SocketAddr, String> {
+        let body = self.admin_get("/listeners?format=json")?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         for l in v["listener_statuses"].as_array().into_iter().flatten() {
             if l["name"] == name {
                 let sa = &l["local_address"]["socket_address"];
                 let ip = sa["address"].as_str().expect("address");
                 let port = sa["port_value"].as_u64().expect("port");
-                return format!("{ip}:{port}").parse().expect("socket addr");
+                return Ok(format!("{ip}:{port}").parse().expect("socket addr"));
             }
         }
-        panic!("envoy {} has no listener {name}: {body}", self.name)
+        Err(body)
     }
 
     /// A counter or gauge from `/stats`, if present.
