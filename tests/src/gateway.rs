@@ -209,6 +209,33 @@ fn hcm_yaml(vhosts: &str, filters: &str) -> String {
     )
 }
 
+/// One HTTP listener `name` on `ip` (any port), as YAML for
+/// `static_resources.listeners`: its one virtual host (`*`) has `routes`,
+/// its chain `filters` then the router (both YAML list items, indented for
+/// them). For Envoys whose filters or routes are `deploy/`'s own JSON
+/// ([`crate::manifests`]), which a typed bootstrap cannot take.
+pub fn http_listener_yaml(name: &str, ip: std::net::Ipv4Addr, routes: &str, filters: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
+}
+
 /// A filter chain's `transport_socket` presenting `cert`/`key` (inline),
 /// indented for a `filter_chains` item.
 fn server_tls_yaml(cert: &str, key: &str) -> String {

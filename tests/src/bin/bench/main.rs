@@ -13,7 +13,7 @@ use base64::Engine as _;
 use multicloud_e2e::bench::{interleave, median, write_section, wrk, Load, Sample};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::{edge_config, sample_private, unix_now, ClusterIdentity};
-use multicloud_e2e::gateway::{ecds_file, edge_http_filter_yaml, enable_edge_filter_yaml};
+use multicloud_e2e::gateway::{ecds_file, edge_http_filter_yaml, enable_edge_filter_yaml, http_listener_yaml};
 use multicloud_e2e::{hosts, http, paths, SimCluster};
 
 fn main() {
@@ -174,27 +174,7 @@ fn edge() {
         "x": URL_SAFE_NO_PAD.encode(a.federation_key.verifying_key().as_bytes())}]})
     .to_string();
     let ip = cluster.ip(hosts::GATEWAY);
-    let hcm = |stat: &str, routes: &str, filters: &str| {
-        format!(
-            r#"  - name: {stat}
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {stat}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-{routes}          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
-        )
-    };
+    let hcm = |stat: &str, routes: &str, filters: &str| http_listener_yaml(stat, ip, routes, filters);
     let direct = |prefix: &str, body: &str, cc: &str| {
         format!(
             r#"              - match: {{prefix: {prefix}}}
