@@ -44,12 +44,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             let mut n = 0;
             // Read until the end of the request head, within 8 KiB and 5 s.
             let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match conn.read(&mut buf[n..]).await {
+                while let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) {
+                    match conn.read(rest).await {
                         Ok(0) | Err(_) => return false,
                         Ok(k) => n += k,
                     }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    if buf.get(..n).unwrap_or_default().windows(4).any(|w| w == b"\r\n\r\n") {
                         return true;
                     }
                 }
@@ -59,7 +59,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             if !matches!(read, Ok(true)) {
                 return;
             }
-            let head = String::from_utf8_lossy(&buf[..n]);
+            let head = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (status, ctype, body) = route(method, path, &state);
@@ -100,11 +100,11 @@ fn route(method: &str, path: &str, s: &AdminState) -> (&'static str, &'static st
         }
         "/status" => {
             let mut v = serde_json::to_value(s.board.snapshot()).unwrap_or_default();
-            if let Some(e) = s.source_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                v["sourceError"] = serde_json::Value::String(e);
+            if let (Some(e), Some(o)) = (s.source_error.lock().unwrap_or_else(|e| e.into_inner()).clone(), v.as_object_mut()) {
+                o.insert("sourceError".into(), serde_json::Value::String(e));
             }
-            if let Some(c) = &s.config {
-                v["config"] = c.clone();
+            if let (Some(c), Some(o)) = (&s.config, v.as_object_mut()) {
+                o.insert("config".into(), c.clone());
             }
             ("200 OK", "application/json", v.to_string())
         }

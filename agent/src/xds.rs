@@ -62,12 +62,7 @@ macro_rules! router {
 
 pub type TypeUrl = &'static str;
 
-pub const SECRET: TypeUrl = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-pub const EXTENSION_CONFIG: TypeUrl = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
-pub const CLUSTER: TypeUrl = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT: TypeUrl = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-pub const LISTENER: TypeUrl = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const ROUTE: TypeUrl = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub use multicloud_proto::type_url::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET};
 
 /// Push order: a type never references one pushed after it (clusters use
 /// secrets and extension configs, endpoints belong to clusters, listeners

@@ -4,6 +4,10 @@
 //! (tokio-rustls + hyper, certificates made with rcgen here). One case per
 //! behaviour, each asserting the exact reason.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
 use hyper::body::{Frame, Incoming};

@@ -14,13 +14,46 @@
 //! pass. Refusals are Kubernetes `Status` objects so `kubectl` and `kube`
 //! clients show them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::reply::{GuardRefusal, Reply};
+use crate::token::TokenError;
+
+/// The API guard's settings (`api` in the edge configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiSettings {
+    /// Secret names a peer may get (none by default).
+    pub allowed_secrets: Vec<String>,
+    /// Request header bytes accepted (Envoy's own limit is higher).
+    pub max_header_bytes: usize,
+    /// Sustained requests per second per peer (per Envoy worker), and burst.
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// Concurrent watches per peer (per Envoy worker).
+    pub max_watches: u32,
+    /// The longest `exp - nbf` accepted for `api` tokens.
+    pub max_token_lifetime_seconds: i64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            allowed_secrets: Vec::new(),
+            max_header_bytes: 16 * 1024,
+            requests_per_second: 50,
+            burst: 100,
+            max_watches: 64,
+            max_token_lifetime_seconds: 25 * 3600,
+        }
+    }
+}
 
 /// What a refused API request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiRefusal {
     /// Token problems (401), or a token of another scope (403).
-    Token(crate::token::TokenError),
+    Token(TokenError),
     /// Not a GET.
     VerbNotAllowed,
     /// An `Impersonate-*` header.
@@ -48,54 +81,6 @@ impl ApiRefusal {
         ApiRefusal::TooManyWatches,
     ];
 
-    pub fn code(self) -> u32 {
-        match self {
-            ApiRefusal::Token(t) => t.status(),
-            ApiRefusal::VerbNotAllowed => 405,
-            ApiRefusal::Impersonation | ApiRefusal::ResourceNotAllowed | ApiRefusal::SubresourceNotAllowed => 403,
-            ApiRefusal::HeadersTooLarge => 431,
-            ApiRefusal::RateLimited | ApiRefusal::TooManyWatches => 429,
-        }
-    }
-
-    /// The Kubernetes `Status.reason`.
-    pub fn k8s_reason(self) -> &'static str {
-        match self.code() {
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            405 => "MethodNotAllowed",
-            429 => "TooManyRequests",
-            _ => "BadRequest",
-        }
-    }
-
-    pub fn message(self) -> &'static str {
-        match self {
-            ApiRefusal::Token(t) => t.message(),
-            ApiRefusal::VerbNotAllowed => "the multicloud API proxy is read-only: only GET (get, list, watch) passes",
-            ApiRefusal::Impersonation => "impersonation headers are not allowed through the multicloud API proxy",
-            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, CRDs, Istio networking/security kinds, configmap istio-ca-root-cert)",
-            ApiRefusal::SubresourceNotAllowed => "subresources (exec, attach, portforward, proxy, log, status, ...) are not allowed through the multicloud API proxy",
-            ApiRefusal::HeadersTooLarge => "the request headers are larger than the multicloud API proxy accepts",
-            ApiRefusal::RateLimited => "this peer's request rate is above the multicloud API proxy's limit; retry later",
-            ApiRefusal::TooManyWatches => "this peer already holds as many watches as the multicloud API proxy allows",
-        }
-    }
-
-    /// The suffix of the refusal counter (`multicloud_api.refused.<suffix>`).
-    pub fn stat_suffix(self) -> &'static str {
-        match self {
-            ApiRefusal::Token(t) => t.stat_suffix(),
-            ApiRefusal::VerbNotAllowed => "verb_not_allowed",
-            ApiRefusal::Impersonation => "impersonation",
-            ApiRefusal::ResourceNotAllowed => "resource_not_allowed",
-            ApiRefusal::SubresourceNotAllowed => "subresource_not_allowed",
-            ApiRefusal::HeadersTooLarge => "headers_too_large",
-            ApiRefusal::RateLimited => "rate_limited",
-            ApiRefusal::TooManyWatches => "too_many_watches",
-        }
-    }
-
     /// The `Status` body.
     pub fn status_json(self) -> Vec<u8> {
         #[derive(Serialize)]
@@ -121,27 +106,85 @@ impl ApiRefusal {
             metadata: Meta {},
             status: "Failure",
             message: format!("{} ({detail})", self.message()),
-            reason: self.k8s_reason(),
-            code: self.code(),
+            reason: self.reason(),
+            code: self.status(),
         })
         .unwrap_or_default()
     }
 }
 
-impl ApiRefusal {
-    /// Number of distinct refusals; [`ApiRefusal::index`] is below it.
-    pub const COUNT: usize = crate::token::TokenError::ALL.len() + 7;
+impl GuardRefusal for ApiRefusal {
+    const COUNT: usize = TokenError::ALL.len() + ApiRefusal::ALL.len();
 
-    pub fn index(self) -> usize {
+    fn status(self) -> u32 {
         match self {
-            ApiRefusal::Token(t) => t as usize,
-            other => crate::token::TokenError::ALL.len() + ApiRefusal::ALL.iter().position(|r| *r == other).unwrap_or(0),
+            ApiRefusal::Token(t) => t.status(),
+            ApiRefusal::VerbNotAllowed => 405,
+            ApiRefusal::Impersonation | ApiRefusal::ResourceNotAllowed | ApiRefusal::SubresourceNotAllowed => 403,
+            ApiRefusal::HeadersTooLarge => 431,
+            ApiRefusal::RateLimited | ApiRefusal::TooManyWatches => 429,
         }
     }
 
-    /// Every refusal, token refusals included, in [`ApiRefusal::index`] order.
-    pub fn every() -> impl Iterator<Item = ApiRefusal> {
-        crate::token::TokenError::ALL.into_iter().map(ApiRefusal::Token).chain(ApiRefusal::ALL)
+    /// The Kubernetes `Status.reason`.
+    fn reason(self) -> &'static str {
+        match self.status() {
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            405 => "MethodNotAllowed",
+            429 => "TooManyRequests",
+            _ => "BadRequest",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ApiRefusal::Token(t) => t.message(),
+            ApiRefusal::VerbNotAllowed => "the multicloud API proxy is read-only: only GET (get, list, watch) passes",
+            ApiRefusal::Impersonation => "impersonation headers are not allowed through the multicloud API proxy",
+            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, CRDs, Istio networking/security kinds, configmap istio-ca-root-cert)",
+            ApiRefusal::SubresourceNotAllowed => "subresources (exec, attach, portforward, proxy, log, status, ...) are not allowed through the multicloud API proxy",
+            ApiRefusal::HeadersTooLarge => "the request headers are larger than the multicloud API proxy accepts",
+            ApiRefusal::RateLimited => "this peer's request rate is above the multicloud API proxy's limit; retry later",
+            ApiRefusal::TooManyWatches => "this peer already holds as many watches as the multicloud API proxy allows",
+        }
+    }
+
+    /// The suffix of the refusal counter (`multicloud_api.refused.<suffix>`).
+    fn stat_suffix(self) -> &'static str {
+        match self {
+            ApiRefusal::Token(t) => t.stat_suffix(),
+            ApiRefusal::VerbNotAllowed => "verb_not_allowed",
+            ApiRefusal::Impersonation => "impersonation",
+            ApiRefusal::ResourceNotAllowed => "resource_not_allowed",
+            ApiRefusal::SubresourceNotAllowed => "subresource_not_allowed",
+            ApiRefusal::HeadersTooLarge => "headers_too_large",
+            ApiRefusal::RateLimited => "rate_limited",
+            ApiRefusal::TooManyWatches => "too_many_watches",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            ApiRefusal::Token(t) => t as usize,
+            other => TokenError::ALL.len() + ApiRefusal::ALL.iter().position(|r| *r == other).unwrap_or(0),
+        }
+    }
+
+    /// Token refusals first, then [`ApiRefusal::ALL`].
+    fn every() -> impl Iterator<Item = ApiRefusal> {
+        TokenError::ALL.into_iter().map(ApiRefusal::Token).chain(ApiRefusal::ALL)
+    }
+
+    /// A Kubernetes `Status` ([`ApiRefusal::status_json`]), so `kubectl`
+    /// and `kube` clients show it; not cached.
+    fn reply(self) -> Reply {
+        let mut headers =
+            vec![("content-type".to_string(), "application/json".to_string()), ("cache-control".to_string(), "no-store".to_string())];
+        if self.status() == 401 {
+            headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\"".into()));
+        }
+        Reply { status: self.status(), headers, body: self.status_json() }
     }
 }
 
@@ -169,7 +212,7 @@ impl PeerLimiter {
 
     /// Admits one request of `peer` at `now_ms`; a watch also takes a slot
     /// until [`PeerLimiter::watch_ended`].
-    pub fn admit(&mut self, peer: &std::rc::Rc<str>, now_ms: u64, watch: bool, s: &crate::edge::ApiSettings) -> Result<(), ApiRefusal> {
+    pub fn admit(&mut self, peer: &std::rc::Rc<str>, now_ms: u64, watch: bool, s: &ApiSettings) -> Result<(), ApiRefusal> {
         let burst = f64::from(s.burst.max(1));
         let i = match self.peers.iter().position(|(p, _)| p == peer) {
             Some(i) => i,
@@ -394,7 +437,7 @@ mod tests {
 
     #[test]
     fn rate_and_watches_are_limited_per_peer() {
-        let s = crate::edge::ApiSettings { requests_per_second: 10, burst: 2, max_watches: 1, ..Default::default() };
+        let s = ApiSettings { requests_per_second: 10, burst: 2, max_watches: 1, ..Default::default() };
         let mut l = PeerLimiter::default();
         let (a, b): (std::rc::Rc<str>, std::rc::Rc<str>) = ("a".into(), "b".into());
         assert_eq!(l.admit(&a, 0, false, &s), Ok(()));
@@ -418,7 +461,7 @@ mod tests {
         assert_eq!(v["status"], "Failure");
         assert_eq!(v["code"], 405);
         assert_eq!(v["reason"], "MethodNotAllowed");
-        let v: serde_json::Value = serde_json::from_slice(&ApiRefusal::Token(crate::token::TokenError::Expired).status_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&ApiRefusal::Token(TokenError::Expired).status_json()).unwrap();
         assert_eq!((v["code"].as_u64(), v["reason"].as_str()), (Some(401), Some("Unauthorized")));
         assert!(v["message"].as_str().unwrap().contains("TokenExpired"));
     }

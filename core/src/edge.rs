@@ -11,12 +11,17 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha512};
 use std::collections::HashMap;
-use std::fmt;
 
+use crate::apiguard::{check_request, ApiRead, ApiRefusal, PeerLimiter};
 use crate::meshguard::{MeshGuard, MeshSettings};
-use crate::metadata::{InvalidField, PrivateMetadata, PublicMetadata};
+use crate::metadata::{PrivateMetadata, PublicMetadata};
+use crate::reply::{json_headers, json_refusal, GuardRefusal, RefusalReplies};
 use crate::spiffe;
 use crate::token::{self, Scope, TokenError, MAX_CLOCK_SKEW_SECS};
+
+/// The API guard's settings: the `api` field of [`EdgeConfig`].
+pub use crate::apiguard::ApiSettings;
+pub use crate::reply::{ConfigError, Reply};
 
 pub const PUBLIC_JSON_PATH: &str = "/metadata/public/public.json";
 pub const SPIFFE_BUNDLE_PATH: &str = "/metadata/public/spiffe-bundle-endpoint";
@@ -50,35 +55,6 @@ pub struct EdgeConfig {
     pub mesh: MeshSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ApiSettings {
-    /// Secret names a peer may get (none by default).
-    pub allowed_secrets: Vec<String>,
-    /// Request header bytes accepted (Envoy's own limit is higher).
-    pub max_header_bytes: usize,
-    /// Sustained requests per second per peer (per Envoy worker), and burst.
-    pub requests_per_second: u32,
-    pub burst: u32,
-    /// Concurrent watches per peer (per Envoy worker).
-    pub max_watches: u32,
-    /// The longest `exp - nbf` accepted for `api` tokens.
-    pub max_token_lifetime_seconds: i64,
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        ApiSettings {
-            allowed_secrets: Vec::new(),
-            max_header_bytes: 16 * 1024,
-            requests_per_second: 50,
-            burst: 100,
-            max_watches: 64,
-            max_token_lifetime_seconds: 25 * 3600,
-        }
-    }
-}
-
 fn default_max_token_lifetime() -> i64 {
     600
 }
@@ -105,32 +81,6 @@ impl Default for SpiffeSettings {
     fn default() -> Self {
         SpiffeSettings { sequence: 1, refresh_hint_seconds: 300 }
     }
-}
-
-/// Why a configuration was refused: one line a person can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid multicloud edge configuration: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl From<InvalidField> for ConfigError {
-    fn from(e: InvalidField) -> Self {
-        ConfigError(e.to_string())
-    }
-}
-
-/// A reply, ready to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u32,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
 }
 
 /// The documents the edge serves.
@@ -165,8 +115,10 @@ pub enum Refusal {
     Token(TokenError),
 }
 
-impl Refusal {
-    pub fn status(self) -> u32 {
+impl GuardRefusal for Refusal {
+    const COUNT: usize = 2 + TokenError::ALL.len();
+
+    fn status(self) -> u32 {
         match self {
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed => 405,
@@ -174,7 +126,7 @@ impl Refusal {
         }
     }
 
-    pub fn reason(self) -> &'static str {
+    fn reason(self) -> &'static str {
         match self {
             Refusal::NotFound => "MetadataNotFound",
             Refusal::MethodNotAllowed => "MethodNotAllowed",
@@ -182,7 +134,7 @@ impl Refusal {
         }
     }
 
-    pub fn message(self) -> &'static str {
+    fn message(self) -> &'static str {
         match self {
             Refusal::NotFound => "no such metadata document; the documents are /metadata/public/public.json, /metadata/public/spiffe-bundle-endpoint and /metadata/private/multicluster.json",
             Refusal::MethodNotAllowed => "metadata documents are read-only: use GET or HEAD",
@@ -190,17 +142,12 @@ impl Refusal {
         }
     }
 
-    pub fn stat_suffix(self) -> &'static str {
+    fn stat_suffix(self) -> &'static str {
         match self {
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::Token(t) => t.stat_suffix(),
         }
-    }
-
-    /// Every refusal, in [`Refusal::index`] order.
-    pub fn all() -> impl Iterator<Item = Refusal> {
-        [Refusal::NotFound, Refusal::MethodNotAllowed].into_iter().chain(TokenError::ALL.into_iter().map(Refusal::Token))
     }
 
     fn index(self) -> usize {
@@ -209,6 +156,23 @@ impl Refusal {
             Refusal::MethodNotAllowed => 1,
             Refusal::Token(t) => 2 + t as usize,
         }
+    }
+
+    fn every() -> impl Iterator<Item = Refusal> {
+        [Refusal::NotFound, Refusal::MethodNotAllowed].into_iter().chain(TokenError::ALL.into_iter().map(Refusal::Token))
+    }
+
+    /// A JSON refusal; a token refusal says so in `WWW-Authenticate`, a
+    /// wrong method names the allowed ones.
+    fn reply(self) -> Reply {
+        let Reply { status, mut headers, body } = json_refusal(self.status(), self.message(), self.reason());
+        match status {
+            401 => headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\", error=\"invalid_token\"".into())),
+            403 => headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\", error=\"insufficient_scope\"".into())),
+            405 => headers.push(("allow".into(), "GET, HEAD".into())),
+            _ => {}
+        }
+        Reply { status, headers, body }
     }
 }
 
@@ -222,7 +186,7 @@ pub enum Event {
 
 impl Event {
     /// Number of distinct events; [`Event::index`] is below it.
-    pub const COUNT: usize = 3 + 3 + 2 + TokenError::ALL.len();
+    pub const COUNT: usize = 3 + 3 + Refusal::COUNT;
 
     pub fn index(self) -> usize {
         match self {
@@ -246,7 +210,7 @@ impl Event {
             .into_iter()
             .map(Event::Served)
             .chain(Doc::ALL.into_iter().map(Event::NotModified))
-            .chain(Refusal::all().map(Event::Refused))
+            .chain(Refusal::every().map(Event::Refused))
     }
 }
 
@@ -285,9 +249,9 @@ pub enum ApiOutcome<'a> {
     /// Pass to the API server (after stripping the peer's token).
     Allow {
         peer: std::rc::Rc<str>,
-        read: crate::apiguard::ApiRead,
+        read: ApiRead,
     },
-    Refuse(&'a Reply, crate::apiguard::ApiRefusal),
+    Refuse(&'a Reply, ApiRefusal),
 }
 
 /// The request facts the API guard needs.
@@ -301,11 +265,11 @@ pub struct ApiRequest<'a, H: Iterator<Item = (&'a str, &'a str)>> {
 
 /// A validated configuration with every reply precomputed.
 pub struct Edge {
-    api_refusals: Vec<Reply>,
+    api_refusals: RefusalReplies<ApiRefusal>,
     mesh: MeshGuard,
     local_uuid: String,
     docs: [CompiledDoc; 3],
-    refusals: Vec<Reply>,
+    refusals: RefusalReplies<Refusal>,
     /// By lower-case UUID. A list, not a map: peers are tens, and each
     /// hash map type costs the size-bound Wasm module kilobytes of code.
     peers: Vec<(String, Peer)>,
@@ -366,14 +330,6 @@ fn etag_of(body: &[u8]) -> String {
     s
 }
 
-fn json_headers(cache_control: &str) -> Vec<(String, String)> {
-    vec![
-        ("content-type".into(), "application/json".into()),
-        ("cache-control".into(), cache_control.into()),
-        ("x-content-type-options".into(), "nosniff".into()),
-    ]
-}
-
 fn compile_doc(body: Vec<u8>, cache_control: &str) -> CompiledDoc {
     let etag = etag_of(&body);
     let mut headers = json_headers(cache_control);
@@ -384,28 +340,6 @@ fn compile_doc(body: Vec<u8>, cache_control: &str) -> CompiledDoc {
         ok: Reply { status: 200, headers, body },
         not_modified: Reply { status: 304, headers: not_modified_headers, body: Vec::new() },
     }
-}
-
-/// A refusal: `{"error": <what to do>, "reason": <Reason>}`, not cached.
-pub(crate) fn json_refusal(status: u32, error: &str, reason: &str) -> Reply {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: &'a str,
-        reason: &'a str,
-    }
-    let body = serde_json::to_vec(&Body { error, reason }).unwrap_or_default();
-    Reply { status, headers: json_headers("no-store"), body }
-}
-
-fn refusal_reply(r: Refusal) -> Reply {
-    let Reply { status, mut headers, body } = json_refusal(r.status(), r.message(), r.reason());
-    match status {
-        401 => headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\", error=\"invalid_token\"".into())),
-        403 => headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\", error=\"insufficient_scope\"".into())),
-        405 => headers.push(("allow".into(), "GET, HEAD".into())),
-        _ => {}
-    }
-    Reply { status, headers, body }
 }
 
 /// `If-None-Match` holds `etag` (or `*`), per RFC 9110 weak comparison.
@@ -456,25 +390,13 @@ impl Edge {
             compile_doc(ser(&bundle)?, &public_cc),
             compile_doc(ser(&config.private)?, "private, no-store"),
         ];
-        let api_refusals = crate::apiguard::ApiRefusal::every()
-            .map(|r| {
-                let mut headers = vec![
-                    ("content-type".to_string(), "application/json".to_string()),
-                    ("cache-control".to_string(), "no-store".to_string()),
-                ];
-                if r.code() == 401 {
-                    headers.push(("www-authenticate".into(), "Bearer realm=\"istio-multicloud\"".into()));
-                }
-                Reply { status: r.code(), headers, body: r.status_json() }
-            })
-            .collect();
         let mesh = MeshGuard::compile(&config.mesh, &local_uuid)?;
         Ok(Edge {
-            api_refusals,
+            api_refusals: RefusalReplies::compile(),
             mesh,
             local_uuid,
             docs,
-            refusals: Refusal::all().map(refusal_reply).collect(),
+            refusals: RefusalReplies::compile(),
             peers,
             max_token_lifetime: config.max_token_lifetime_seconds,
             config,
@@ -495,10 +417,7 @@ impl Edge {
     }
 
     fn refuse(&self, r: Refusal) -> Outcome<'_> {
-        match self.refusals.get(r.index()) {
-            Some(reply) => Outcome::Reply(reply, Event::Refused(r)),
-            None => Outcome::Continue, // unreachable: one reply per refusal is built in compile()
-        }
+        Outcome::Reply(self.refusals.get(r), Event::Refused(r))
     }
 
     /// Decides a request. `now` gives Unix seconds; it is only called when a
@@ -537,13 +456,9 @@ impl Edge {
         req: ApiRequest<'h, H>,
         now_ms: u64,
         cache: &mut TokenCache,
-        limiter: &mut crate::apiguard::PeerLimiter,
+        limiter: &mut PeerLimiter,
     ) -> ApiOutcome<'a> {
-        use crate::apiguard::{check_request, ApiRead, ApiRefusal};
-        let refuse = |r: ApiRefusal| match self.api_refusals.get(r.index()) {
-            Some(reply) => ApiOutcome::Refuse(reply, r),
-            None => ApiOutcome::Refuse(&self.docs[0].not_modified, r), // unreachable: one reply per refusal
-        };
+        let refuse = |r: ApiRefusal| ApiOutcome::Refuse(self.api_refusals.get(r), r);
         let headers: Vec<(&str, &str)> = req.headers.collect();
         let size: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         if size > self.config.api.max_header_bytes {

@@ -25,7 +25,7 @@
 
 use serde::Serialize;
 
-use crate::edge::{ConfigError, Reply};
+use crate::reply::{json_refusal, ConfigError, GuardRefusal, RefusalReplies, Reply};
 
 /// Set on allowed requests: the peer's name (the local IstioMulticloud object).
 pub const CALLER_CLUSTER: &str = "x-multicloud-caller-cluster";
@@ -155,8 +155,16 @@ pub enum MeshRefusal {
 
 impl MeshRefusal {
     pub const ALL: [MeshRefusal; 3] = [MeshRefusal::UnknownPeer, MeshRefusal::NoPeerIdentity, MeshRefusal::ServiceNotExported];
+}
 
-    pub fn reason(self) -> &'static str {
+impl GuardRefusal for MeshRefusal {
+    const COUNT: usize = MeshRefusal::ALL.len();
+
+    fn status(self) -> u32 {
+        403
+    }
+
+    fn reason(self) -> &'static str {
         match self {
             MeshRefusal::UnknownPeer => "UnknownPeer",
             MeshRefusal::NoPeerIdentity => "NoPeerIdentity",
@@ -164,7 +172,7 @@ impl MeshRefusal {
         }
     }
 
-    pub fn message(self) -> &'static str {
+    fn message(self) -> &'static str {
         match self {
             MeshRefusal::UnknownPeer => "the TLS server name does not name a federated peer of this cluster's mesh port",
             MeshRefusal::NoPeerIdentity => "the client certificate carries no spiffe:// URI SAN",
@@ -173,7 +181,7 @@ impl MeshRefusal {
     }
 
     /// The counter suffix (`...refused.<suffix>`).
-    pub fn stat_suffix(self) -> &'static str {
+    fn stat_suffix(self) -> &'static str {
         match self {
             MeshRefusal::UnknownPeer => "unknown_peer",
             MeshRefusal::NoPeerIdentity => "no_peer_identity",
@@ -183,6 +191,14 @@ impl MeshRefusal {
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    fn every() -> impl Iterator<Item = MeshRefusal> {
+        MeshRefusal::ALL.into_iter()
+    }
+
+    fn reply(self) -> Reply {
+        json_refusal(self.status(), self.message(), self.reason())
     }
 }
 
@@ -251,8 +267,7 @@ pub struct CompiledPeer {
 pub struct MeshGuard {
     /// In configuration order.
     peers: Vec<CompiledPeer>,
-    /// One per [`MeshRefusal`], in index order.
-    refusals: Vec<Reply>,
+    refusals: RefusalReplies<MeshRefusal>,
     counter_names: Vec<String>,
 }
 
@@ -345,8 +360,7 @@ impl MeshGuard {
                 });
             }
         }
-        let refusals = MeshRefusal::ALL.into_iter().map(|r| crate::edge::json_refusal(403, r.message(), r.reason())).collect();
-        Ok(MeshGuard { peers, refusals, counter_names })
+        Ok(MeshGuard { peers, refusals: RefusalReplies::compile(), counter_names })
     }
 
     /// The counters to define, in index order (Envoy adds `wasmcustom.`).
@@ -360,11 +374,7 @@ impl MeshGuard {
 
     fn refuse<'a, 'h>(&'a self, refusal: MeshRefusal, peer: Option<&CompiledPeer>) -> MeshOutcome<'a, 'h> {
         let counter = peer.map_or(0, |p| p.counters + PER_PEER.iter().position(|r| *r == Some(refusal)).unwrap_or(0));
-        match self.refusals.get(refusal.index()) {
-            Some(reply) => MeshOutcome::Refuse { reply, refusal, counter },
-            // Unreachable: compile() builds one reply per refusal.
-            None => MeshOutcome::Refuse { reply: &EMPTY_403, refusal, counter },
-        }
+        MeshOutcome::Refuse { reply: self.refusals.get(refusal), refusal, counter }
     }
 
     /// Decides a request; `header_names` are every request header's name.
@@ -385,8 +395,6 @@ impl MeshGuard {
         MeshOutcome::Allow { peer, spiffe, strip }
     }
 }
-
-static EMPTY_403: Reply = Reply { status: 403, headers: Vec::new(), body: Vec::new() };
 
 #[cfg(test)]
 mod tests;

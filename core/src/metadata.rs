@@ -252,6 +252,22 @@ impl PrivateMetadata {
     }
 }
 
+/// Cluster B's private document in core's tests: one gateway, `foo.abc:80` exported.
+#[cfg(test)]
+pub(crate) fn sample_private() -> PrivateMetadata {
+    PrivateMetadata {
+        ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
+        api_host: "api.b.example:443".into(),
+        network_name: "network-b".into(),
+        services: vec![ExportedService {
+            hostname: "foo.abc.svc.cluster.local".into(),
+            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
+            ready_endpoints: 2,
+        }],
+        mesh_mode: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,17 +299,7 @@ mod tests {
 
     #[test]
     fn private_document_fields_are_checked_by_name() {
-        let mut doc = PrivateMetadata {
-            ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
-            api_host: "api.b.example:443".into(),
-            network_name: "network-b".into(),
-            services: vec![ExportedService {
-                hostname: "foo.abc.svc.cluster.local".into(),
-                ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
-                ready_endpoints: 2,
-            }],
-            mesh_mode: None,
-        };
+        let mut doc = sample_private();
         doc.validate().unwrap();
         doc.ingress_gateways[0].address = "".into();
         assert_eq!(doc.validate().unwrap_err().field, "ingressGateways[0].address");

@@ -13,10 +13,13 @@ use envoy_types::util::pack_any;
 
 /// The filter's name in the HTTP filter chain and in ECDS.
 pub const FILTER_NAME: &str = "multicloud-edge";
+/// The API guard's ECDS resource name (and plugin root id): the same module
+/// in the API proxy route's chain.
+pub const API_FILTER_NAME: &str = "multicloud-api";
 /// The type URL Envoy's `config_discovery.type_urls` must list.
-pub const WASM_FILTER_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+pub const WASM_FILTER_TYPE_URL: &str = crate::type_url::WASM_FILTER;
 /// The type URL of ECDS resources.
-pub const EXTENSION_CONFIG_TYPE_URL: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+pub const EXTENSION_CONFIG_TYPE_URL: &str = crate::type_url::EXTENSION_CONFIG;
 
 /// Where the gateway gets the filter module from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -217,13 +217,7 @@ impl Agent {
     }
 
     fn dump_log(&self) {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!("----- {} log (last 150 lines) -----", self.name);
-        for l in &lines[lines.len().saturating_sub(150)..] {
-            eprintln!("{l}");
-        }
-        eprintln!("----- end of {} log -----", self.name);
+        procs::print_log_tail(&self.name, &self.path.join("agent.log"), 150);
     }
 }
 
@@ -289,11 +283,6 @@ fn xds_listen(path: &std::path::Path, o: &AgentOptions) -> String {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.proc.kill();
-        if std::thread::panicking() {
-            self.dump_log();
-            if let Some(d) = self.dir.take() {
-                eprintln!("kept {} directory for inspection: {}", self.name, d.keep().display());
-            }
-        }
+        procs::on_failure(&self.name, &self.path.join("agent.log"), 150, &mut self.dir);
     }
 }

@@ -40,16 +40,7 @@ impl RecordedApiServer {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
         let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let st = st.clone();
-                std::thread::spawn(move || serve(conn, &st));
-            }
-        });
+        crate::upstream::accept_each(listener, state.clone(), |s| s.stop.load(Ordering::Relaxed), move |conn| serve(conn, &st));
         RecordedApiServer { addr, state }
     }
 

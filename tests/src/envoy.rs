@@ -2,6 +2,8 @@
 
 use crate::procs::{self, Proc};
 use crate::{paths, wait_until, SimCluster};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap};
+use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,16 +12,60 @@ use std::time::Duration;
 /// How long an Envoy may take to become `LIVE` (Wasm compilation included).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What to start: a name for logs, where it lives, and its bootstrap (YAML,
-/// without `admin:`, which the test bed adds on the cluster's range, port 0).
-#[derive(Clone)]
+/// What to start: a name for logs, where it lives, and its bootstrap,
+/// without `admin` (which the test bed adds on the cluster's range, port 0).
+///
+/// The bootstrap is [`EnvoySpec::typed`] (built from
+/// [`crate::fixtures::dp`] and `multicloud_proto`, written as binary
+/// `envoy.pb`), with [`EnvoySpec::bootstrap`] (YAML, `{dir}` replaced by the
+/// Envoy's directory) merged over it by Envoy (`--config-yaml`: repeated
+/// fields are appended). Envoy runs in its directory, so relative file
+/// names in the typed part name files of [`EnvoySpec::files`].
+#[derive(Clone, Default)]
 pub struct EnvoySpec {
     pub name: String,
     pub cluster: SimCluster,
     pub host: u8,
+    pub typed: Bootstrap,
     pub bootstrap: String,
     /// Files to write into the Envoy's directory before start (relative path, contents).
     pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl EnvoySpec {
+    /// A typed bootstrap only.
+    pub fn typed(name: String, cluster: SimCluster, host: u8, typed: Bootstrap) -> EnvoySpec {
+        EnvoySpec { name, cluster, host, typed, ..Default::default() }
+    }
+
+    /// A YAML bootstrap only.
+    pub fn yaml(name: String, cluster: SimCluster, host: u8, bootstrap: String) -> EnvoySpec {
+        EnvoySpec { name, cluster, host, bootstrap, ..Default::default() }
+    }
+
+    /// Writes the files and the bootstrap into `dir`.
+    fn write_into(&self, dir: &Path) {
+        for (rel, contents) in &self.files {
+            let p = dir.join(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&p, contents).expect("write file");
+        }
+        let admin_ip = self.cluster.ip(self.host);
+        let yaml = self.bootstrap.replace("{dir}", &dir.display().to_string());
+        if self.typed == Bootstrap::default() {
+            let bootstrap = format!("{yaml}\nadmin:\n  address: {{socket_address: {{address: {admin_ip}, port_value: 0}}}}\n");
+            std::fs::write(dir.join("envoy.yaml"), bootstrap).expect("write bootstrap");
+        } else {
+            let admin = Admin { address: Some(multicloud_proto::parts::socket(&admin_ip.to_string(), 0)), ..Default::default() };
+            let typed = Bootstrap { admin: Some(admin), ..self.typed.clone() };
+            std::fs::write(dir.join("envoy.pb"), typed.encode_to_vec()).expect("write bootstrap");
+            if !yaml.trim().is_empty() {
+                std::fs::write(dir.join("overlay.yaml"), yaml).expect("write bootstrap overlay");
+            }
+        }
+    }
 }
 
 pub struct Envoy {
@@ -36,42 +82,24 @@ impl Envoy {
     /// Starts an Envoy and waits until its admin API reports `LIVE`.
     /// `{dir}` in the bootstrap is replaced by the Envoy's private directory.
     pub fn start(spec: EnvoySpec) -> Envoy {
-        let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
-        let d = dir.path().display().to_string();
-        for (rel, contents) in &spec.files {
-            let p = dir.path().join(rel);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).expect("mkdir");
-            }
-            std::fs::write(&p, contents).expect("write file");
-        }
-        let admin_ip = spec.cluster.ip(spec.host);
-        let bootstrap = format!(
-            "{}\nadmin:\n  address: {{socket_address: {{address: {admin_ip}, port_value: 0}}}}\n",
-            spec.bootstrap.replace("{dir}", &d)
-        );
-        let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, bootstrap).expect("write bootstrap");
-        let path = dir.path().to_path_buf();
-        let proc = spawn_envoy(&path, &spec);
-        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec };
+        let mut envoy = Envoy::spawn(spec);
         envoy.wait_admin_and_live();
         envoy
+    }
+
+    /// Writes the spec into a fresh directory and starts the process there.
+    fn spawn(spec: EnvoySpec) -> Envoy {
+        let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
+        spec.write_into(dir.path());
+        let path = dir.path().to_path_buf();
+        let proc = spawn_envoy(&path, &spec);
+        Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec }
     }
 
     /// Starts an Envoy and waits only for its admin address, not for `LIVE`
     /// (a proxy whose initial xDS fetch is huge: benchmarks wait on ACKs).
     pub fn start_unready(spec: EnvoySpec) -> Envoy {
-        let dir = tempfile::Builder::new().prefix(&format!("multicloud-{}-", spec.name)).tempdir().expect("tempdir");
-        let admin_ip = spec.cluster.ip(spec.host);
-        let bootstrap = format!(
-            "{}\nadmin:\n  address: {{socket_address: {{address: {admin_ip}, port_value: 0}}}}\n",
-            spec.bootstrap.replace("{dir}", &dir.path().display().to_string())
-        );
-        std::fs::write(dir.path().join("envoy.yaml"), bootstrap).expect("write bootstrap");
-        let path = dir.path().to_path_buf();
-        let proc = spawn_envoy(&path, &spec);
-        let mut envoy = Envoy { name: spec.name.clone(), proc, dir: Some(dir), path, admin: "0.0.0.0:0".parse().expect("addr"), spec };
+        let mut envoy = Envoy::spawn(spec);
         let admin_path = envoy.path.join("admin-address");
         envoy.admin = wait_until("envoy admin address", READY_TIMEOUT, || {
             let text = std::fs::read_to_string(&admin_path).map_err(|e| e.to_string())?;
@@ -105,14 +133,17 @@ impl Envoy {
 }
 
 fn spawn_envoy(dir: &Path, spec: &EnvoySpec) -> Proc {
-    let config = dir.join("envoy.yaml");
+    let (typed, overlay) = (dir.join("envoy.pb"), dir.join("overlay.yaml"));
+    let config = if typed.exists() { typed } else { dir.join("envoy.yaml") };
     let admin_path = dir.join("admin-address");
     let log = dir.join("envoy.log");
     {
         let mut cmd = Command::new(paths::envoy());
-        cmd.arg("-c")
-            .arg(&config)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+        cmd.current_dir(dir).arg("-c").arg(&config);
+        if let Ok(yaml) = std::fs::read_to_string(&overlay) {
+            cmd.args(["--config-yaml", &yaml]);
+        }
+        cmd.args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
             .args(["--service-node", &spec.name, "--service-cluster", &format!("cluster-{}", spec.cluster.0)])
             .arg("--admin-address-path")
             .arg(&admin_path)
@@ -169,17 +200,24 @@ impl Envoy {
 
     /// The bound address of the listener named `name`.
     pub fn listener(&self, name: &str) -> SocketAddr {
-        let body = self.admin_get("/listeners?format=json").expect("listeners");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("listeners json");
+        self.active_listener(name).unwrap_or_else(|body| panic!("envoy {} has no listener {name}: {body}", self.name))
+    }
+
+    /// The bound address of the listener named `name` once it is active
+    /// (warmed: its secrets and filter configurations arrived), else what
+    /// the admin API said.
+    pub fn active_listener(&self, name: &str) -> Result<SocketAddr, String> {
+        let body = self.admin_get("/listeners?format=json")?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
         for l in v["listener_statuses"].as_array().into_iter().flatten() {
             if l["name"] == name {
                 let sa = &l["local_address"]["socket_address"];
                 let ip = sa["address"].as_str().expect("address");
                 let port = sa["port_value"].as_u64().expect("port");
-                return format!("{ip}:{port}").parse().expect("socket addr");
+                return Ok(format!("{ip}:{port}").parse().expect("socket addr"));
             }
         }
-        panic!("envoy {} has no listener {name}: {body}", self.name)
+        Err(body)
     }
 
     /// A counter or gauge from `/stats`, if present.
@@ -201,14 +239,7 @@ impl Envoy {
     }
 
     fn dump_log(&self) {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(200)..];
-        eprintln!("----- envoy {} log (last {} lines, {}) -----", self.name, tail.len(), self.log_path().display());
-        for l in tail {
-            eprintln!("{l}");
-        }
-        eprintln!("----- end of envoy {} log -----", self.name);
+        procs::print_log_tail(&format!("envoy {}", self.name), &self.log_path(), 200);
     }
 
     /// Kills the process now (the directory stays until drop).
@@ -224,11 +255,6 @@ fn regex_escape(s: &str) -> String {
 impl Drop for Envoy {
     fn drop(&mut self) {
         self.proc.kill();
-        if std::thread::panicking() {
-            self.dump_log();
-            if let Some(dir) = self.dir.take() {
-                eprintln!("kept envoy {} directory for inspection: {}", self.name, dir.keep().display());
-            }
-        }
+        procs::on_failure(&format!("envoy {}", self.name), &self.log_path(), 200, &mut self.dir);
     }
 }

@@ -1,5 +1,9 @@
-//! Identities of simulated clusters, generated fresh in each test: a cluster
-//! UUID, an Istio-style self-signed root CA, and a federation Ed25519 key.
+//! The test bed's fixtures, one place for every test: identities of
+//! simulated clusters generated fresh in each test (a cluster UUID, an
+//! Istio-style self-signed root CA, a federation Ed25519 key), the CAs and
+//! the certificates they issue ([`Ca`]), the documents and edge
+//! configuration built from them, and the data-plane builders the test
+//! bed's Envoy bootstraps are made of ([`dp`]).
 
 use ed25519_dalek::SigningKey;
 use multicloud_core::edge::{EdgeConfig, PeerKey, SpiffeSettings};
@@ -10,11 +14,94 @@ use rand_core::RngCore as _;
 
 use crate::{hosts, SimCluster};
 
+pub mod dp;
+
+/// A CA generated in the test (P-256), and what it issues.
+pub struct Ca {
+    pub key: rcgen::KeyPair,
+    pub cert: rcgen::Certificate,
+}
+
+/// A CA for the gateways' public TLS (what a cluster's ingress certificate
+/// chains to; distinct from the Istio root). Pinned in `spec.metadata.ca`.
+pub type EdgeCa = Ca;
+
+fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key")
+}
+
+impl Ca {
+    /// A self-signed CA of `params` (made a CA here).
+    pub fn self_signed(mut params: rcgen::CertificateParams) -> Ca {
+        let key = p256();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Ca { key, cert }
+    }
+
+    /// An edge CA ([`EdgeCa`]) named after cluster `name`.
+    pub fn generate(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("edge CA of {name}"));
+        Ca::self_signed(params)
+    }
+
+    /// An Istio-style root CA (`O=cluster.local`, certificate and CRL signing) of cluster `name`.
+    pub fn istio_root(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "cluster.local");
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("Istio root CA of {name}"));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        Ca::self_signed(params)
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A certificate of `params` for a fresh P-256 key, signed by this CA:
+    /// (cert PEM, key PEM).
+    pub fn issue(&self, params: rcgen::CertificateParams) -> (String, String) {
+        let key = p256();
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server certificate for `ip` (IP SAN), as (cert PEM, key PEM).
+    pub fn server_cert(&self, ip: std::net::Ipv4Addr) -> (String, String) {
+        self.server_cert_dns(&ip.to_string())
+    }
+
+    /// A server certificate for a DNS name (DNS SAN), as (cert PEM, key PEM).
+    pub fn server_cert_dns(&self, name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        self.issue(params)
+    }
+
+    /// A workload certificate with an Istio-style SPIFFE ID
+    /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`).
+    pub fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        let id = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("uri"))];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate that names no workload (a DNS SAN, no SPIFFE URI).
+    pub fn anonymous_client_cert(&self, dns: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![dns.to_string()]).expect("params");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+}
+
 pub struct ClusterIdentity {
     pub name: String,
     pub uuid: String,
-    pub root_key: rcgen::KeyPair,
-    pub root: rcgen::Certificate,
+    /// The cluster's Istio root CA.
+    pub root: Ca,
     pub federation_key: SigningKey,
 }
 
@@ -33,18 +120,10 @@ pub fn unix_now() -> i64 {
 
 impl ClusterIdentity {
     pub fn generate(name: &str) -> ClusterIdentity {
-        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("root key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "cluster.local");
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("Istio root CA of {name}"));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let root = params.self_signed(&root_key).expect("root cert");
         ClusterIdentity {
             name: name.into(),
             uuid: random_uuid(),
-            root_key,
-            root,
+            root: Ca::istio_root(name),
             federation_key: SigningKey::generate(&mut rand_core::OsRng),
         }
     }
@@ -66,13 +145,7 @@ impl ClusterIdentity {
     /// A workload certificate with an Istio-style SPIFFE ID
     /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`), signed by this cluster's root.
     pub fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        let id = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
-        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("uri"))];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.root, &self.root_key).expect("sign");
-        (cert.pem(), key.serialize_pem())
+        self.root.workload_cert(ns, sa)
     }
 
     pub fn public_metadata(&self) -> PublicMetadata {
@@ -139,48 +212,6 @@ pub fn edge_config(local: &ClusterIdentity, peers: &[&ClusterIdentity], private:
         public_max_age_seconds: 60,
         api: multicloud_core::edge::ApiSettings::default(),
         mesh: Default::default(),
-    }
-}
-
-/// A CA for the gateways' public TLS (what a cluster's ingress certificate
-/// chains to; distinct from the Istio root). Pinned in `spec.metadata.ca`.
-pub struct EdgeCa {
-    pub key: rcgen::KeyPair,
-    pub cert: rcgen::Certificate,
-}
-
-impl EdgeCa {
-    pub fn generate(name: &str) -> EdgeCa {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, format!("edge CA of {name}"));
-        let cert = params.self_signed(&key).expect("ca");
-        EdgeCa { key, cert }
-    }
-
-    pub fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    /// A server certificate for `ip` (IP SAN), as (cert PEM, key PEM).
-    pub fn server_cert(&self, ip: std::net::Ipv4Addr) -> (String, String) {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(vec![ip.to_string()]).expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, ip.to_string());
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-impl EdgeCa {
-    /// A server certificate for a DNS name (DNS SAN), as (cert PEM, key PEM).
-    pub fn server_cert_dns(&self, name: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
-        (cert.pem(), key.serialize_pem())
     }
 }
 

@@ -1,16 +1,26 @@
 //! A simulated cluster's ingress gateway: a real Envoy running the built
-//! filter, configured the way `deploy/` configures it in Istio:
+//! filter, configured the way `deploy/` configures it in Istio, with
+//! `deploy/base/edge-filter.yaml`'s patches read at run time
+//! ([`crate::manifests`]):
 //!
-//! - the filter sits in the HTTP chain `disabled: true`, its configuration
-//!   delivered by ECDS (here from a file the test rewrites atomically, which
-//!   Envoy watches; the agent will serve the same resource over ADS);
-//! - the `/metadata/` route enables it with `typed_per_filter_config`, so
-//!   every other route runs without entering the Wasm VM;
+//! - the filter's entry in the HTTP chain is the EnvoyFilter's (`disabled:
+//!   true`, ECDS); only where its configuration comes from differs: a file
+//!   the test rewrites atomically, which Envoy watches, or the agent's ADS
+//!   stream (deploy/'s per-type `DELTA_GRPC` source is what
+//!   tests/tests/xds_per_type.rs runs);
+//! - the `/metadata/` route gets the EnvoyFilter's route patch (the
+//!   `typed_per_filter_config` enabling the filter), so every other route
+//!   runs without entering the Wasm VM;
 //! - both routes lead to a [`RecordingUpstream`], so a test can prove that a
 //!   metadata request never reaches the upstream.
+//!
+//! The ADS wiring to the agent (node, dynamic resources, the agent's
+//! cluster) is typed ([`crate::fixtures::dp`]); the listeners and the other
+//! clusters are YAML merged over it.
 
 use crate::envoy::{Envoy, EnvoySpec};
-use crate::fixtures::ClusterIdentity;
+use crate::fixtures::{dp, ClusterIdentity};
+use crate::manifests::{self, yaml_flow};
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
@@ -32,22 +42,23 @@ pub fn ecds_file(config_json: &str, version: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The HTTP filter entry for the edge filter, delivered by ECDS from `{dir}/ecds/edge.pb`.
-pub fn edge_http_filter_yaml() -> String {
-    format!(
-        r#"          - name: {FILTER_NAME}
-            disabled: true
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source: {{path: "{{dir}}/ecds/edge.pb", watched_directory: {{path: "{{dir}}/ecds"}}}}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
-"#
-    )
+/// The ECDS source of a file `path` in the watched directory `dir`.
+fn file_source(path: &str, dir: &str) -> serde_json::Value {
+    serde_json::json!({"resource_api_version": "V3", "path_config_source": {"path": path, "watched_directory": {"path": dir}}})
 }
 
+/// The HTTP filter entry for the edge filter (deploy/'s), delivered by ECDS
+/// from `{dir}/ecds/edge.pb`: one item of `http_filters`, indented for it.
+pub fn edge_http_filter_yaml() -> String {
+    let f = manifests::edge_http_filter(Some(file_source("{dir}/ecds/edge.pb", "{dir}/ecds")));
+    format!("          - {}\n", yaml_flow(&f))
+}
+
+/// deploy/'s route patch enabling the edge filter, as a key of a route
+/// indented for `routes` items.
 pub fn enable_edge_filter_yaml() -> String {
-    format!("                typed_per_filter_config:\n                  {FILTER_NAME}: {{\"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {{}}}}\n")
+    let patch = manifests::metadata_route_patch();
+    format!("                typed_per_filter_config: {}\n", yaml_flow(&patch["typed_per_filter_config"]))
 }
 
 pub struct Gateway {
@@ -111,51 +122,6 @@ impl XdsClient {
     }
 }
 
-/// Bootstrap pieces for a proxy fed by an agent over ADS: the node's role,
-/// `dynamic_resources`, and the static cluster to the agent (HTTP/2, mTLS).
-pub fn ads_bootstrap(role: &str, xds: &XdsClient, delta: bool) -> (String, String, String) {
-    let node = format!("node:\n  metadata: {{MULTICLOUD_ROLE: {role}}}\n");
-    let dynamic = format!(
-        "dynamic_resources:\n  ads_config:\n    api_type: {}\n    transport_api_version: V3\n    set_node_on_first_message_only: true\n    grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]\n  cds_config: {{ads: {{}}, resource_api_version: V3}}\n  lds_config: {{ads: {{}}, resource_api_version: V3}}\n",
-        if delta { "DELTA_GRPC" } else { "GRPC" }
-    );
-    (node, dynamic, grpc_cluster_yaml("multicloud-agent", xds))
-}
-
-/// A static HTTP/2 cluster `name` to the xDS server `xds` (one entry of
-/// `static_resources.clusters`, indented for it), presenting the client's
-/// certificate. Every proxy of the test bed reaches an xDS server through
-/// this one fragment.
-pub fn grpc_cluster_yaml(name: &str, xds: &XdsClient) -> String {
-    format!(
-        r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          tls_certificates:
-          - certificate_chain: {{inline_string: {cert}}}
-            private_key: {{inline_string: {key}}}
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
-"#,
-        xds.addr.ip(),
-        xds.addr.port(),
-        cert = yaml_str(&xds.cert_pem),
-        key = yaml_str(&xds.key_pem),
-    )
-}
-
 #[derive(Clone)]
 pub struct GatewayOptions {
     pub cluster: SimCluster,
@@ -184,10 +150,10 @@ pub struct ApiRoute {
     pub upstream_ca: Option<String>,
 }
 
-/// The API guard's ECDS resource name.
-pub const API_FILTER_NAME: &str = "multicloud-api";
 /// The SDS secret holding the proxy's credential.
-pub const API_CREDENTIAL_SECRET: &str = "multicloud-api-proxy-credential";
+pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET as API_CREDENTIAL_SECRET;
+/// The API guard's ECDS resource name.
+pub use multicloud_proto::edge_filter::API_FILTER_NAME;
 
 fn api_http_filters_yaml() -> String {
     format!(
@@ -243,6 +209,51 @@ fn hcm_yaml(vhosts: &str, filters: &str) -> String {
     )
 }
 
+/// One HTTP listener `name` on `ip` (any port), as YAML for
+/// `static_resources.listeners`: its one virtual host (`*`) has `routes`,
+/// its chain `filters` then the router (both YAML list items, indented for
+/// them). For Envoys whose filters or routes are `deploy/`'s own JSON
+/// ([`crate::manifests`]), which a typed bootstrap cannot take.
+pub fn http_listener_yaml(name: &str, ip: std::net::Ipv4Addr, routes: &str, filters: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
+}
+
+/// A filter chain's `transport_socket` presenting `cert`/`key` (inline),
+/// indented for a `filter_chains` item.
+fn server_tls_yaml(cert: &str, key: &str) -> String {
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{inline_string: {cert}}}
+              private_key: {{inline_string: {key}}}
+"#,
+        cert = yaml_str(cert),
+        key = yaml_str(key),
+    )
+}
+
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json")
 }
@@ -254,50 +265,34 @@ impl Gateway {
 
     pub fn spec_with(o: GatewayOptions) -> EnvoySpec {
         let ip = o.cluster.ip(hosts::GATEWAY);
-        let mut extra_top = String::new();
-        let mut extra_clusters = String::new();
-        let config_source = match &o.source {
+        let (typed, source, files) = match &o.source {
             EdgeSource::Ads { xds, delta } => {
-                let (node, dynamic, cluster) = ads_bootstrap("gateway", xds, *delta);
-                extra_top = format!("{node}{dynamic}");
-                extra_clusters = cluster;
-                "ads: {}".to_string()
+                (dp::ads_bootstrap("gateway", xds, *delta), serde_json::json!({"resource_api_version": "V3", "ads": {}}), vec![])
             }
-            _ => String::new(),
+            EdgeSource::Test(json) => (
+                Default::default(),
+                file_source("{dir}/ecds/edge.pb", "{dir}/ecds"),
+                vec![("ecds/edge.pb".to_string(), ecds_file(json, "1"))],
+            ),
+            EdgeSource::Agent(p) => (
+                Default::default(),
+                file_source(&p.display().to_string(), &p.parent().expect("ecds file has a directory").display().to_string()),
+                vec![],
+            ),
         };
-        let (ecds_path, ecds_dir, files) = match &o.source {
-            EdgeSource::Ads { .. } => (String::new(), String::new(), vec![]),
-            EdgeSource::Test(json) => {
-                ("{dir}/ecds/edge.pb".to_string(), "{dir}/ecds".to_string(), vec![("ecds/edge.pb".to_string(), ecds_file(json, "1"))])
-            }
-            EdgeSource::Agent(p) => (p.display().to_string(), p.parent().expect("ecds file has a directory").display().to_string(), vec![]),
-        };
-        let source = if config_source.is_empty() {
-            format!(r#"path_config_source: {{path: "{ecds_path}", watched_directory: {{path: "{ecds_dir}"}}}}"#)
-        } else {
-            config_source
-        };
-        let filter = format!(
-            r#"          - name: {FILTER_NAME}
-            disabled: true
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                {source}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
-"#
-        );
+        let filter = format!("          - {}\n", yaml_flow(&manifests::edge_http_filter(Some(source))));
         assert!(o.api.is_none() || matches!(o.source, EdgeSource::Ads { .. }), "the API route needs the agent's ADS");
+        let metadata_route =
+            manifests::metadata_route(serde_json::json!({"match": {"prefix": "/metadata/"}, "route": {"cluster": "local_upstream"}}));
         let gateway_vhost = format!(
             r#"            - name: gateway
               domains: ["*"]
               routes:
-              - match: {{prefix: /metadata/}}
-                route: {{cluster: local_upstream}}
-{enable}              - match: {{prefix: /}}
+              - {metadata_route}
+              - match: {{prefix: /}}
                 route: {{cluster: local_upstream}}
 "#,
-            enable = enable_edge_filter_yaml(),
+            metadata_route = yaml_flow(&metadata_route),
         );
         let mut filters = filter;
         let mut vhosts = String::new();
@@ -339,20 +334,9 @@ impl Gateway {
             // The API host by SNI: a filter chain whose only virtual host is the API route.
             let api_chain = match o.api.as_ref().and_then(|a| a.tls.as_ref().map(|t| (a, t))) {
                 Some((a, (cert, key))) => format!(
-                    r#"    - filter_chain_match: {{server_names: [{host:?}]}}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-      filters:
-{hcm}"#,
+                    "    - filter_chain_match: {{server_names: [{host:?}]}}\n{tls}      filters:\n{hcm}",
                     host = a.host,
-                    cert = yaml_str(cert),
-                    key = yaml_str(key),
+                    tls = server_tls_yaml(cert, key),
                     hcm = hcm_yaml(&api_vhost_yaml("[\"*\"]"), &filters),
                 ),
                 None => String::new(),
@@ -364,26 +348,17 @@ impl Gateway {
     - name: envoy.filters.listener.tls_inspector
       typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
     filter_chains:
-{api_chain}    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-      filters:
+{api_chain}    - {tls}      filters:
 {hcm}"#,
                 port = tls.port,
-                cert = yaml_str(&tls.cert_pem),
-                key = yaml_str(&tls.key_pem),
+                tls = server_tls_yaml(&tls.cert_pem, &tls.key_pem).trim_start(),
             ));
         }
         let bootstrap = format!(
-            r#"{extra_top}static_resources:
+            r#"static_resources:
   listeners:
 {listeners}  clusters:
-{extra_clusters}{api_cluster}  - name: local_upstream
+{api_cluster}  - name: local_upstream
     type: STATIC
     connect_timeout: 1s
     load_assignment:
@@ -395,7 +370,7 @@ impl Gateway {
             uip = o.upstream.ip(),
             uport = o.upstream.port(),
         );
-        EnvoySpec { name: format!("gateway-{}", o.cluster.0), cluster: o.cluster, host: hosts::GATEWAY, bootstrap, files }
+        EnvoySpec { name: format!("gateway-{}", o.cluster.0), cluster: o.cluster, host: hosts::GATEWAY, typed, bootstrap, files }
     }
 
     pub fn start(cluster: SimCluster, initial_config_json: &str) -> Gateway {

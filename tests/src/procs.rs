@@ -105,3 +105,27 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// Prints the last `lines` lines of `what`'s log at `path` (a failing test's
+/// evidence).
+pub fn print_log_tail(what: &str, path: &std::path::Path, lines: usize) {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    eprintln!("----- {what} log (last {} lines, {}) -----", tail.len(), path.display());
+    for l in tail {
+        eprintln!("{l}");
+    }
+    eprintln!("----- end of {what} log -----");
+}
+
+/// When the test is failing: prints `what`'s log tail and keeps its
+/// directory for inspection.
+pub fn on_failure(what: &str, log: &std::path::Path, lines: usize, dir: &mut Option<tempfile::TempDir>) {
+    if std::thread::panicking() {
+        print_log_tail(what, log, lines);
+        if let Some(d) = dir.take() {
+            eprintln!("kept {what} directory for inspection: {}", d.keep().display());
+        }
+    }
+}

@@ -3,52 +3,47 @@
 //! listener (`inbound`, mTLS) presents the workload certificate (SDS
 //! `default`) and trusts the agent's trust bundle (SDS
 //! `multicloud-trust-bundle`), as an Istio sidecar's inbound chain does.
+//! The bootstraps are typed ([`crate::fixtures::dp`]).
 
 use crate::envoy::EnvoySpec;
-use crate::gateway::{ads_bootstrap, XdsClient};
+use crate::fixtures::dp;
+use crate::gateway::XdsClient;
 use crate::{hosts, SimCluster};
+use multicloud_core::naming::{sameness_cluster_name, sni, TRUST_BUNDLE_SECRET};
+use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain};
+use multicloud_proto::envoy_types::pb::envoy::config::route::v3::{retry_policy, route, RetryPolicy, Route, RouteAction};
+use multicloud_proto::envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
+use multicloud_proto::envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
+use multicloud_proto::envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CertificateValidationContext, CommonTlsContext, TlsCertificate, UpstreamTlsContext,
+};
+use multicloud_proto::envoy_types::pb::google::protobuf::BoolValue;
+use multicloud_proto::envoy_types::util::pack_any;
+use multicloud_proto::mesh::ALPN;
+use multicloud_proto::parts::{secs, tls_socket, u32v};
 use std::net::SocketAddr;
 
-/// The inbound filter chain's mTLS, as an Istio sidecar's: the workload
-/// certificate (SDS `default`), callers validated against the agent's
-/// trust bundle, a client certificate required.
-const INBOUND_TLS: &str = r#"    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: default
-              sds_config: {ads: {}, resource_api_version: V3}
-            validation_context_sds_secret_config:
-              name: multicloud-trust-bundle
-              sds_config: {ads: {}, resource_api_version: V3}
-"#;
+/// The SDS name of the workload certificate (Istio's).
+const WORKLOAD_CERT: &str = "default";
+
+/// The inbound filter chain of `filters`, with an Istio sidecar's mTLS: the
+/// workload certificate (SDS `default`), callers validated against the
+/// agent's trust bundle, a client certificate required.
+fn inbound_chain(filters: Vec<Filter>) -> FilterChain {
+    FilterChain { transport_socket: Some(tls_socket(dp::inbound_mtls(WORKLOAD_CERT, TRUST_BUNDLE_SECRET))), filters, ..Default::default() }
+}
 
 /// A sidecar of `cluster` fed by the agent at `xds` (whose certificate it presents).
 pub fn spec(cluster: SimCluster, xds: &XdsClient, delta: bool) -> EnvoySpec {
-    let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", xds, delta);
-    let ip = cluster.ip(hosts::SIDECAR);
-    let listener = format!(
-        r#"  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-{INBOUND_TLS}      filters:
-      - name: envoy.filters.network.direct_response
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config
-          response: {{inline_string: "inbound\n"}}
-"#
-    );
-    EnvoySpec {
-        name: format!("sidecar-{}{}", cluster.0, if delta { "-delta" } else { "" }),
-        cluster,
-        host: hosts::SIDECAR,
-        bootstrap: format!("{node}{dynamic}static_resources:\n{listener}  clusters:\n{agent_cluster}"),
-        files: vec![],
-    }
+    let mut b = dp::ads_bootstrap("sidecar", xds, delta);
+    let inbound = Filter {
+        name: "envoy.filters.network.direct_response".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(DirectResponse { response: dp::inline("inbound\n") }))),
+    };
+    let addr = SocketAddr::from((cluster.ip(hosts::SIDECAR), 0));
+    dp::static_resources(&mut b).listeners.push(dp::listener("inbound", addr, vec![inbound_chain(vec![inbound])]));
+    EnvoySpec::typed(format!("sidecar-{}{}", cluster.0, if delta { "-delta" } else { "" }), cluster, hosts::SIDECAR, b)
 }
 
 /// A workload's sidecar in a traffic test bed: the application calls the
@@ -95,113 +90,83 @@ pub const LOCAL_ROUTE_HOST: &str = "local.foo";
 const LOCAL_ROUTE_CLUSTER: &str = "local-foo";
 
 impl TrafficSidecar {
-    pub fn spec(&self) -> EnvoySpec {
-        let (node, dynamic, agent_cluster) = ads_bootstrap("sidecar", &self.xds, false);
-        let ip = self.cluster.ip(hosts::SIDECAR);
-        let vhost = |h: &str, cluster: &str| {
-            format!(
-                r#"            - name: "{h}"
-              domains: ["{h}", "{h}:80"]
-              routes:
-              - match: {{prefix: /}}
-                route:
-                  cluster: "{cluster}"
-                  timeout: 5s
-                  retry_policy:
-                    retry_on: connect-failure,refused-stream,unavailable,cancelled,reset
-                    num_retries: 2
-                    retry_host_predicate: [{{name: envoy.retry_host_predicates.previous_hosts, typed_config: {{"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}}}]
-                    host_selection_retry_max_attempts: 5
-"#
-            )
+    /// The route to `cluster` for Host `h` (and `h:80`): retried on another
+    /// host when a connection fails, as Istio's default retry policy does.
+    fn vhost(h: &str, cluster: &str) -> multicloud_proto::envoy_types::pb::envoy::config::route::v3::VirtualHost {
+        let retry = RetryPolicy {
+            retry_on: "connect-failure,refused-stream,unavailable,cancelled,reset".into(),
+            num_retries: u32v(2),
+            retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(PreviousHostsPredicate::default()))),
+            }],
+            host_selection_retry_max_attempts: 5,
+            ..Default::default()
         };
-        let mut vhosts: String = self.services.iter().map(|h| vhost(h, &multicloud_proto::traffic::sameness_cluster_name(h, 80))).collect();
-        let (inbound, app) = (self.inbound_port, self.app);
-        let (mut local_cluster, mut files) = (String::new(), vec![]);
+        let route = Route {
+            r#match: dp::prefix("/"),
+            action: Some(route::Action::Route(RouteAction { timeout: secs(5), retry_policy: Some(retry), ..dp::route_action(cluster) })),
+            ..Default::default()
+        };
+        dp::virtual_host(h, &[h, &format!("{h}:80")], vec![route])
+    }
+
+    pub fn spec(&self) -> EnvoySpec {
+        let mut b = dp::ads_bootstrap("sidecar", &self.xds, false);
+        let ip = self.cluster.ip(hosts::SIDECAR);
+        let mut vhosts: Vec<_> = self.services.iter().map(|h| Self::vhost(h, &sameness_cluster_name(h, 80))).collect();
+        let mut files = vec![];
+        let mut clusters = vec![dp::static_cluster("app", self.app)];
         if let Some(tls) = &self.local_route {
             files = vec![
                 ("local-route/cert.pem".to_string(), tls.cert_pem.clone().into_bytes()),
                 ("local-route/key.pem".to_string(), tls.key_pem.clone().into_bytes()),
                 ("local-route/root.pem".to_string(), tls.root_pem.clone().into_bytes()),
             ];
-            vhosts.push_str(&vhost(LOCAL_ROUTE_HOST, LOCAL_ROUTE_CLUSTER));
-            local_cluster = format!(
-                r#"  - name: {LOCAL_ROUTE_CLUSTER}
-    type: STATIC
-    connect_timeout: 2s
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: "{sni}"
-        common_tls_context:
-          alpn_protocols: [{alpn}]
-          tls_certificates:
-          - certificate_chain: {{filename: "{{dir}}/local-route/cert.pem"}}
-            private_key: {{filename: "{{dir}}/local-route/key.pem"}}
-          validation_context:
-            trusted_ca: {{filename: "{{dir}}/local-route/root.pem"}}
-    load_assignment:
-      cluster_name: {LOCAL_ROUTE_CLUSTER}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}}}
-"#,
-                sni = multicloud_proto::mesh::sni(crate::mesh::FOO, 80),
-                alpn = multicloud_proto::mesh::ALPN.join(", "),
-            );
+            vhosts.push(Self::vhost(LOCAL_ROUTE_HOST, LOCAL_ROUTE_CLUSTER));
+            let upstream = UpstreamTlsContext {
+                sni: sni(crate::mesh::FOO, 80),
+                common_tls_context: Some(CommonTlsContext {
+                    alpn_protocols: ALPN.iter().map(|a| a.to_string()).collect(),
+                    tls_certificates: vec![TlsCertificate {
+                        certificate_chain: dp::file("local-route/cert.pem"),
+                        private_key: dp::file("local-route/key.pem"),
+                        ..Default::default()
+                    }],
+                    validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
+                        CertificateValidationContext { trusted_ca: dp::file("local-route/root.pem"), ..Default::default() },
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            clusters.push(multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster {
+                connect_timeout: secs(2),
+                transport_socket: Some(tls_socket(upstream)),
+                ..dp::static_cluster(LOCAL_ROUTE_CLUSTER, SocketAddr::from((ip, self.inbound_port)))
+            });
         }
-        let bootstrap = format!(
-            r#"{node}{dynamic}static_resources:
-  listeners:
-  - name: outbound
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config:
-            # The merged clusters arrive later, by CDS from the agent.
-            validate_clusters: false
-            virtual_hosts:
-{vhosts}          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  - name: inbound
-    address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}
-    filter_chains:
-{INBOUND_TLS}      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound
-          forward_client_cert_details: SANITIZE_SET
-          set_current_client_cert_details: {{uri: true}}
-          route_config:
-            virtual_hosts:
-            - name: app
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: app}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: app
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}
-{local_cluster}{agent_cluster}"#,
-            app.ip(),
-            app.port()
-        );
-        EnvoySpec { name: format!("sidecar-{}", self.cluster.0), cluster: self.cluster, host: hosts::SIDECAR, bootstrap, files }
+        let mut outbound = dp::hcm("outbound", vhosts, vec![]);
+        if let Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) = &mut outbound.route_specifier {
+            // The merged clusters arrive later, by CDS from the agent.
+            rc.validate_clusters = Some(BoolValue { value: false });
+        }
+        let mut inbound = dp::hcm("inbound", vec![dp::virtual_host("app", &["*"], vec![dp::route_to("app")])], vec![]);
+        inbound.forward_client_cert_details = http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+        inbound.set_current_client_cert_details =
+            Some(http_connection_manager::SetCurrentClientCertDetails { uri: true, ..Default::default() });
+        let sr = dp::static_resources(&mut b);
+        sr.listeners.push(dp::listener(
+            "outbound",
+            SocketAddr::from((ip, 0)),
+            vec![FilterChain { filters: vec![dp::hcm_filter(outbound)], ..Default::default() }],
+        ));
+        sr.listeners.push(dp::listener(
+            "inbound",
+            SocketAddr::from((ip, self.inbound_port)),
+            vec![inbound_chain(vec![dp::hcm_filter(inbound)])],
+        ));
+        sr.clusters.extend(clusters);
+        EnvoySpec { files, ..EnvoySpec::typed(format!("sidecar-{}", self.cluster.0), self.cluster, hosts::SIDECAR, b) }
     }
 }

@@ -51,6 +51,27 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How many of the latest requests an upstream keeps (oldest dropped first).
 pub const RECORD_LIMIT: usize = 1000;
 
+/// Serves every connection `listener` accepts on a thread of its own with
+/// `handle`, until `stopped(state)` says so (checked at each accept).
+pub(crate) fn accept_each<S: Send + Sync + 'static>(
+    listener: TcpListener,
+    state: Arc<S>,
+    stopped: impl Fn(&S) -> bool + Send + 'static,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) {
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stopped(&state) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(conn));
+        }
+    });
+}
+
 impl RecordingUpstream {
     /// Listens on `ip:0`. Answers `200 upstream <method> <path>`.
     pub fn start(ip: std::net::Ipv4Addr, record: bool) -> RecordingUpstream {
@@ -69,16 +90,7 @@ impl RecordingUpstream {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
         let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (st, reply) = (st.clone(), reply.clone());
-                std::thread::spawn(move || serve(conn, &st, record, &reply));
-            }
-        });
+        accept_each(listener, state.clone(), |s| s.stop.load(Ordering::Relaxed), move |conn| serve(conn, &st, record, &reply));
         RecordingUpstream { addr, state, record }
     }
 

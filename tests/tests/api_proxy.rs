@@ -15,6 +15,10 @@
 //!    a client from the new kubeconfig works; a rotated proxy credential
 //!    file reaches the gateway.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};

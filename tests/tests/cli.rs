@@ -4,6 +4,10 @@
 //! against two simulated clusters (127.0.81.x and 127.0.82.x) with real
 //! agents and gateways.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::MeshMode;
 use multicloud_e2e::mesh::{api_host, start_mesh, ApiOptions, Cluster, MeshOptions, TrafficOptions};
 use multicloud_e2e::{hosts, paths, wait_until, SimCluster};

@@ -7,6 +7,10 @@
 //! against its kind's schema (scripts/validate_manifests.py), and `install`
 //! with default values is what kustomize renders.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::paths::workspace_root;
 
 #[test]

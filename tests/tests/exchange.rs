@@ -5,6 +5,10 @@
 //! mode; each holds an IstioMulticloud object for the other. Metadata is
 //! fetched over TLS (rustls, pinned edge CA) through the other's filter.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::mesh::{start_full_mesh, Cluster};
 use multicloud_e2e::{http, wait_until, SimCluster};
 use std::time::Duration;

@@ -10,6 +10,10 @@
 //! The registry tests need `crane` (MULTICLOUD_CRANE, from `scripts/tools.sh
 //! env`) and Go (Istio's fetcher is built from scripts/gotools/istio).
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::registry::{self, OCI_MANIFEST};
 use multicloud_e2e::{hosts, paths, SimCluster};
 use multicloud_images::{

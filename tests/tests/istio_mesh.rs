@@ -25,6 +25,10 @@
 //! Loopback only: cluster N on 127.0.N.x; the istiod-run gateways' mesh
 //! listeners bind every address on ports chosen at run time.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::istio::IstioGateway;
 use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO, FOO_PORT};
 use multicloud_e2e::kube_mesh::{link, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};

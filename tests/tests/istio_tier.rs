@@ -9,6 +9,10 @@
 //! gateways' Envoy admin on 127.0.0.1 and their health/Prometheus/status
 //! ports on 0.0.0.0, all chosen at run time).
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::agent::{Agent, AgentOptions, KubeMode};
 use multicloud_e2e::fixtures::{free_port, EdgeCa};
 use multicloud_e2e::istio::{self, GatewayOptions, IstioGateway, Istiod};

@@ -11,6 +11,10 @@
 //! ConfigMap, the gateway's load-balancer address, EndpointSlices) the test
 //! bed writes as admin (tests/src/kube_mesh.rs).
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::agent::Agent;
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{self, api_host, object_name, start_kube_mesh, KubeMeshOptions};

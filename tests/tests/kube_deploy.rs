@@ -8,6 +8,10 @@
 //!
 //! Control plane: cluster 121 (127.0.121.10), shared by the tests here.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::paths::{self, workspace_root};
 use multicloud_e2e::SimCluster;

@@ -9,12 +9,23 @@
 //!
 //! Loopback only: Envoy on 127.0.91.x, the upstream on 127.0.92.x.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::meshguard::{MeshPeer, MeshSettings};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
-use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};
+use multicloud_e2e::fixtures::{dp, edge_config, sample_private, ClusterIdentity, EdgeCa};
 use multicloud_e2e::upstream::RecordingUpstream;
 use multicloud_e2e::{hosts, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
+use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CertificateValidationContext, CommonTlsContext, DownstreamTlsContext,
+};
+use multicloud_proto::envoy_types::pb::google::protobuf::BoolValue;
+use multicloud_proto::parts::tls_socket;
 use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,95 +37,56 @@ const FOO: &str = "foo.abc.svc.cluster.local";
 const BAR: &str = "bar.abc.svc.cluster.local";
 
 fn sni(peer: &ClusterIdentity) -> String {
-    format!("{}.peer.multicloud", peer.uuid)
-}
-
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
+    multicloud_core::naming::peer_sni(&peer.uuid)
 }
 
 /// One filter chain: exact SNI, client certificate required, validated
 /// against `peer`'s root only; the filter (ECDS) then the router.
-fn filter_chain(peer: &ClusterIdentity, server: &(String, String)) -> String {
-    format!(
-        r#"    - filter_chain_match: {{server_names: [{sni}]}}
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-            validation_context:
-              trusted_ca: {{inline_string: {ca}}}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: mesh
-          route_config:
-            virtual_hosts:
-            - name: local
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: local_services}}
-          http_filters:
-          - name: {ROOT_ID}
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source: {{path: "{{dir}}/ecds/mesh.pb", watched_directory: {{path: "{{dir}}/ecds"}}}}
-              type_urls: ["{url}"]
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#,
-        sni = yaml_str(&sni(peer)),
-        cert = yaml_str(&server.0),
-        key = yaml_str(&server.1),
-        ca = yaml_str(&peer.root_pem()),
-        url = edge_filter::WASM_FILTER_TYPE_URL,
-    )
+fn filter_chain(peer: &ClusterIdentity, server: &(String, String)) -> FilterChain {
+    let tls = DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![dp::tls_certificate(&server.0, &server.1)],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: dp::inline(&peer.root_pem()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let filter = dp::ecds_filter(ROOT_ID, dp::file_source("ecds/mesh.pb", "ecds"));
+    let hcm = dp::hcm("mesh", vec![dp::virtual_host("local", &["*"], vec![dp::route_to("local_services")])], vec![filter]);
+    FilterChain {
+        filter_chain_match: Some(FilterChainMatch { server_names: vec![sni(peer)], ..Default::default() }),
+        transport_socket: Some(tls_socket(tls)),
+        filters: vec![dp::hcm_filter(hcm)],
+        ..Default::default()
+    }
 }
 
-fn mesh_gateway(chains: &str, upstream: SocketAddr, config_json: &str) -> Envoy {
+fn mesh_gateway(chains: Vec<FilterChain>, upstream: SocketAddr, config_json: &str) -> Envoy {
     let ecds = multicloud_proto::discovery_response(
         edge_filter::EXTENSION_CONFIG_TYPE_URL,
         "1",
         vec![edge_filter::resource_with_root_id(&paths::filter_wasm().display().to_string().as_str().into(), config_json, ROOT_ID)],
     )
     .encode_to_vec();
-    let bootstrap = format!(
-        r#"static_resources:
-  listeners:
-  - name: mesh
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
-    filter_chains:
-{chains}  clusters:
-  - name: local_services
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: local_services
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {uip}, port_value: {uport}}}}}}}
-"#,
-        ip = MESH.ip(hosts::GATEWAY),
-        uip = upstream.ip(),
-        uport = upstream.port(),
-    );
+    let mesh = Listener {
+        listener_filters: vec![dp::tls_inspector()],
+        ..dp::listener("mesh", SocketAddr::from((MESH.ip(hosts::GATEWAY), 0)), chains)
+    };
+    let typed = Bootstrap {
+        static_resources: Some(StaticResources {
+            listeners: vec![mesh],
+            clusters: vec![dp::static_cluster("local_services", upstream)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     Envoy::start(EnvoySpec {
-        name: "mesh-gateway".into(),
-        cluster: MESH,
-        host: hosts::GATEWAY,
-        bootstrap,
         files: vec![("ecds/mesh.pb".into(), ecds)],
+        ..EnvoySpec::typed("mesh-gateway".into(), MESH, hosts::GATEWAY, typed)
     })
 }
 
@@ -174,8 +146,8 @@ fn the_mesh_port_names_the_caller_and_refuses_what_is_not_exported() {
         ],
     };
     let upstream = RecordingUpstream::start(UPSTREAMS.ip(hosts::UPSTREAM), true);
-    let chains = filter_chain(&a, &server_ca.server_cert_dns(&sni(&a))) + &filter_chain(&c, &server_ca.server_cert_dns(&sni(&c)));
-    let envoy = mesh_gateway(&chains, upstream.addr(), &serde_json::to_string(&config).unwrap());
+    let chains = vec![filter_chain(&a, &server_ca.server_cert_dns(&sni(&a))), filter_chain(&c, &server_ca.server_cert_dns(&sni(&c)))];
+    let envoy = mesh_gateway(chains, upstream.addr(), &serde_json::to_string(&config).unwrap());
     // Ready: the filter configuration applied (it defines its counters
     // then) and the listener bound.
     wait_until("the mesh filter to be configured", Duration::from_secs(60), || {
@@ -230,12 +202,7 @@ fn the_mesh_port_names_the_caller_and_refuses_what_is_not_exported() {
     let r = mtls_get(addr, &sni(&a), &ca, &a_client, BAR, &[]).unwrap();
     assert_eq!((r.status, r.reason()), (403, "ServiceNotExported".to_string()), "{}", r.body);
     // A certificate from A's CA without a URI SAN: no caller identity.
-    let no_san = {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["client.example".to_string()]).unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        (params.signed_by(&key, &a.root, &a.root_key).unwrap().pem(), key.serialize_pem())
-    };
+    let no_san = a.root.anonymous_client_cert("client.example");
     let r = mtls_get(addr, &sni(&a), &ca, &no_san, FOO, &[]).unwrap();
     assert_eq!((r.status, r.reason()), (403, "NoPeerIdentity".to_string()), "{}", r.body);
     assert_eq!(upstream.count(), before, "refused requests never reach the upstream");

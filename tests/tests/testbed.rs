@@ -4,21 +4,28 @@
 //! loopback range, and never outlive the test that started them, not even
 //! when the test process is killed.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
+use multicloud_e2e::fixtures::dp;
 use multicloud_e2e::{wait_until, SimCluster};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
+use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain};
+use multicloud_proto::envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
+use multicloud_proto::envoy_types::util::pack_any;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn minimal(cluster: SimCluster) -> EnvoySpec {
-    EnvoySpec {
-        name: format!("gateway-{}-minimal", cluster.0),
-        cluster,
-        host: 1,
-        bootstrap: format!(
-            "static_resources:\n  listeners:\n  - name: l\n    address: {{socket_address: {{address: {}, port_value: 0}}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.direct_response\n        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config}}\n",
-            cluster.ip(1)
-        ),
-        files: vec![],
-    }
+    let answer = Filter {
+        name: "envoy.filters.network.direct_response".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(DirectResponse::default()))),
+    };
+    let l = dp::listener("l", SocketAddr::from((cluster.ip(1), 0)), vec![FilterChain { filters: vec![answer], ..Default::default() }]);
+    let typed = Bootstrap { static_resources: Some(StaticResources { listeners: vec![l], ..Default::default() }), ..Default::default() };
+    EnvoySpec::typed(format!("gateway-{}-minimal", cluster.0), cluster, 1, typed)
 }
 
 fn alive(pid: u32) -> bool {

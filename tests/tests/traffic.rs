@@ -15,11 +15,15 @@
 //! Loopback ranges: 101–102 passthrough, 103–104 identity-enforcing,
 //! 105–106 local-first.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::MeshMode;
 use multicloud_e2e::mesh::{start_traffic_mesh, wait_joined, Cluster, FOO, SECRET};
 use multicloud_e2e::mtls;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
-use multicloud_proto::traffic::{peer_sni, Sameness};
+use multicloud_proto::traffic::{peer_sni, Sameness, MESH_LISTENER};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -212,7 +216,11 @@ fn identity_enforcing_gateway() {
     let r = mtls::get(mesh_addr(&cs[1]), &sni_as_a, None, FOO, "/", &[]);
     assert!(r.is_refused(), "no client certificate: {r:?}");
     // B's CA mints ns/abc/sa/foo and asks A's gateway, as peer B, for a
-    // service A does not export: refused by the filter.
+    // service A does not export: refused by the filter. (A's mesh listener
+    // is active once A's agent knows B's private document and A's gateway
+    // has the listener's secrets and filter: the calls above went through
+    // B's, which may be ready first.)
+    wait_until("A's gateway to have its mesh listener active", WAIT, || cs[0].gateway.active_listener(MESH_LISTENER));
     let r = mtls::get(mesh_addr(&cs[0]), &sni_as_b, Some(&b_foo), SECRET, "/", &[]);
     assert_eq!(r.status(), Some(403), "unexported service: {r:?}");
     assert!(r.body().contains("ServiceNotExported"), "{}", r.body());

@@ -4,6 +4,10 @@
 //! simulated clusters; a real Envoy sidecar and the real gateway Envoy are
 //! configured by the agent over ADS, state of the world and delta.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::{ExportedService, ServicePort};
 use multicloud_e2e::envoy::Envoy;
 use multicloud_e2e::mesh::{start_mesh, Cluster, MeshOptions};
@@ -168,8 +172,12 @@ fn an_agent_restart_under_load_loses_no_request() {
 #[test]
 fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     use multicloud_e2e::envoy::EnvoySpec;
-    use multicloud_e2e::fixtures::{free_port, ClusterIdentity, EdgeCa};
+    use multicloud_e2e::fixtures::{dp, free_port, ClusterIdentity, EdgeCa};
     use multicloud_e2e::mesh::PeerRef;
+    use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
+    use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use multicloud_proto::envoy_types::pb::envoy::config::route::v3::{route, route_match, DirectResponseAction, Route, RouteMatch};
+    use multicloud_proto::parts::tls_socket;
     let mut cs = start_mesh(&[SimCluster(67)], MeshOptions { ads: Some(false), ..Default::default() });
     let sidecar = Envoy::start(sidecar::spec(cs[0].sim, &cs[0].xds_client("abc", "foo"), false));
 
@@ -183,54 +191,24 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     broken_d.root_ca = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n".into();
     let bad_private = serde_json::json!({"ingressGateways": [{"address": "not an address!", "port": 15443}], "networkName": "net-c",
         "services": [{"hostname": "foo.abc.svc.cluster.local", "ports": [{"name": "http", "port": 80}]}]});
-    let route = |path: &str, body: &str| {
-        format!(
-            "              - match: {{path: \"{path}\"}}\n                direct_response: {{status: 200, body: {{inline_string: {}}}}}\n",
-            serde_json::to_string(body).unwrap()
-        )
+    let route = |path: &str, body: &str| Route {
+        r#match: Some(RouteMatch { path_specifier: Some(route_match::PathSpecifier::Path(path.into())), ..Default::default() }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction { status: 200, body: dp::inline(body), ..Default::default() })),
+        ..Default::default()
     };
-    let routes = [
+    let routes = vec![
         route("/c/metadata/public/public.json", &serde_json::to_string(&c.public_metadata()).unwrap()),
         route("/c/metadata/private/multicluster.json", &bad_private.to_string()),
         route("/d/metadata/public/public.json", &serde_json::to_string(&broken_d).unwrap()),
-    ]
-    .concat();
-    let _hostile = Envoy::start(EnvoySpec {
-        name: "gateway-68-hostile".into(),
-        cluster: hostile,
-        host: 1,
-        bootstrap: format!(
-            r#"static_resources:
-  listeners:
-  - name: tls
-    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates: [{{certificate_chain: {{inline_string: {cert}}}, private_key: {{inline_string: {key}}}}}]
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: hostile
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-{routes}          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#,
-            ip = hostile.ip(1),
-            cert = serde_json::to_string(&cert).unwrap(),
-            key = serde_json::to_string(&key).unwrap(),
-        ),
-        files: vec![],
-    });
+    ];
+    let chain = FilterChain {
+        transport_socket: Some(tls_socket(dp::server_tls(&cert, &key))),
+        filters: vec![dp::hcm_filter(dp::hcm("hostile", vec![dp::virtual_host("all", &["*"], routes)], vec![]))],
+        ..Default::default()
+    };
+    let tls = dp::listener("tls", std::net::SocketAddr::from((hostile.ip(1), port)), vec![chain]);
+    let typed = Bootstrap { static_resources: Some(StaticResources { listeners: vec![tls], ..Default::default() }), ..Default::default() };
+    let _hostile = Envoy::start(EnvoySpec::typed("gateway-68-hostile".into(), hostile, 1, typed));
     for (name, prefix) in [("cluster-c", "c"), ("cluster-d", "d")] {
         cs[0].peers.push(PeerRef {
             object_name: name.into(),
@@ -282,7 +260,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
         let v = cs[0].agent.xds_view();
         let n = v["proxies"].as_array().and_then(|ps| {
             ps.iter().filter(|p| p["group"] == "sidecar").find_map(|p| {
-                let s = &p["types"]["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"]["last_nack"];
+                let s = &p["types"][multicloud_proto::type_url::SECRET]["last_nack"];
                 (!s.is_null()).then(|| s.clone())
             })
         });

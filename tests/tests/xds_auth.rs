@@ -8,6 +8,10 @@
 //! (tonic, `multicloud_e2e::xds_client`), not Envoy: whoever can reach the
 //! port does not have to behave like a proxy.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::envoy::Envoy;
 use multicloud_e2e::fixtures::ClusterIdentity;
 use multicloud_e2e::gateway::GATEWAY_SERVICE_ACCOUNT;
@@ -20,9 +24,8 @@ use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(40);
 
-const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-const EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
-const CREDENTIAL: &str = "multicloud-api-proxy-credential";
+use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET as CREDENTIAL;
+use multicloud_proto::type_url::{EXTENSION_CONFIG, SECRET};
 /// Istio's node id of an ingress gateway: `router~` makes it one.
 const GATEWAY_NODE: &str = "router~10.0.0.7~istio-ingressgateway-5d9c7.istio-system~istio-system.svc.cluster.local";
 
@@ -164,19 +167,9 @@ fn only_the_gateway_identity_gets_the_gateways_resources() {
 
     // A certificate from this cluster's root that names no SPIFFE identity
     // proves no workload: refused before anything is sent.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["not-a-workload.example".to_string()]).expect("params");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let anonymous = params.signed_by(&key, &c.id.root, &c.id.root_key).expect("sign");
+    let anonymous = c.id.root.anonymous_client_cert("not-a-workload.example");
     let before = refusals(c, "no_spiffe_id");
-    let r = fetch(
-        addr,
-        &Transport::Tls { client_cert: Some((anonymous.pem(), key.serialize_pem())) },
-        node("sidecar~anonymous", None),
-        Api::Ads,
-        SECRET,
-        &[],
-    );
+    let r = fetch(addr, &Transport::Tls { client_cert: Some(anonymous) }, node("sidecar~anonymous", None), Api::Ads, SECRET, &[]);
     assert!(matches!(r, Err(Refused::Status { code: tonic::Code::PermissionDenied, .. })), "{r:?}");
     wait_refusals(c, "no_spiffe_id", before + 1);
 

@@ -2,31 +2,41 @@
 //!
 //! The agent's per-type xDS services against real Envoy 1.40 (127.0.58.x),
 //! configured the way `deploy/base/edge-filter.yaml` configures an
-//! istiod-run gateway: no ADS to the agent at all; the edge filter's
-//! configuration comes by ECDS from an `api_config_source` (`DELTA_GRPC`,
-//! so `ExtensionConfigDiscoveryService/DeltaExtensionConfigs`), and a
-//! cluster's trust by SDS from another (`GRPC`, so
+//! istiod-run gateway, its patches read from that file at run time
+//! (`multicloud_e2e::manifests`): no ADS to the agent at all; the edge
+//! filter's entry is the EnvoyFilter's (`disabled: true`, its configuration
+//! by ECDS from an `api_config_source`: `DELTA_GRPC`, so
+//! `ExtensionConfigDiscoveryService/DeltaExtensionConfigs`), enabled on the
+//! `/metadata/` route by the EnvoyFilter's route patch; a cluster's trust
+//! comes by SDS from another source (`GRPC`, so
 //! `SecretDiscoveryService/StreamSecrets`), both pointing at the agent's
-//! xDS port. The server is the agent's own `XdsServer`, in process.
+//! xDS port (`multicloud-agent`: the test bed's typed cluster in place of
+//! the EnvoyFilter's, which names an in-cluster Service and Istio's SDS).
+//! The server is the agent's own `XdsServer`, in process.
+
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use multicloud_agent::xds::{self, Snapshot, XdsServer};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
+use multicloud_e2e::fixtures::dp;
 use multicloud_e2e::fixtures::{edge_config, sample_private, ClusterIdentity, EdgeCa};
+use multicloud_e2e::gateway::{http_listener_yaml, XdsClient};
+use multicloud_e2e::manifests::{self, yaml_flow};
 use multicloud_e2e::{hosts, http, paths, wait_until, SimCluster};
 use multicloud_proto::edge_filter;
-use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, CertificateValidationContext, Secret};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
+use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CommonTlsContext, UpstreamTlsContext,
+};
 use multicloud_proto::envoy_types::util::pack_any;
+use multicloud_proto::source::{config_source, ConfigSourceKind};
 use std::sync::Arc;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn grpc_source(api_type: &str) -> String {
-    format!(
-        "{{resource_api_version: V3, api_config_source: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: multicloud-agent}}}}]}}}}"
-    )
-}
 
 #[test]
 fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
@@ -37,17 +47,7 @@ fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
     let ca = EdgeCa::generate("trust");
     let mut snap = Snapshot::default();
     snap.insert(xds::EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&wasm.as_str().into(), &json));
-    snap.insert(
-        xds::SECRET,
-        "peer-root",
-        pack_any(Secret {
-            name: "peer-root".into(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(ca.pem())), ..Default::default() }),
-                ..Default::default()
-            })),
-        }),
-    );
+    snap.insert(xds::SECRET, "peer-root", pack_any(multicloud_proto::secrets::validation_secret("peer-root", ca.pem())));
     let server = XdsServer::new(Arc::new(|_| "gateway".to_string()));
     server.set("gateway", snap);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
@@ -56,50 +56,38 @@ fn ecds_and_sds_from_per_type_services_as_deploy_configures_them() {
     rt.spawn(server.clone().serve_tls(listener, local.xds_tls()));
 
     let ip = sim.ip(hosts::GATEWAY);
-    let bootstrap = format!(
-        r#"node: {{id: router~per-type, cluster: gw}}
-static_resources:
-  listeners:
-  - name: edge
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: edge
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /}}
-                direct_response: {{status: 404}}
-          http_filters:
-          - name: {filter}
-            config_discovery:
-              config_source: {ecds}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: peer
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment: {{cluster_name: peer, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: 9}}}}}}}}]}}]}}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          validation_context_sds_secret_config: {{name: peer-root, sds_config: {sds}}}
-{agent}"#,
-        filter = edge_filter::FILTER_NAME,
-        ecds = grpc_source("DELTA_GRPC"),
-        sds = grpc_source("GRPC"),
-        agent = multicloud_e2e::gateway::grpc_cluster_yaml("multicloud-agent", &multicloud_e2e::gateway::XdsClient::gateway(&local, addr)),
+    // deploy/'s VirtualService: a direct response only a missing filter lets through.
+    let metadata_route = manifests::metadata_route(
+        serde_json::json!({"name": "multicloud-metadata", "match": {"prefix": "/metadata/"}, "direct_response": {"status": 503}}),
     );
-    let envoy = Envoy::start(EnvoySpec { name: "per-type-58".into(), cluster: sim, host: hosts::GATEWAY, bootstrap, files: vec![] });
+    let routes = format!(
+        "              - {}\n              - match: {{prefix: /}}\n                direct_response: {{status: 404}}\n",
+        yaml_flow(&metadata_route)
+    );
+    let filters = format!("          - {}\n", yaml_flow(&manifests::edge_http_filter(None)));
+    let bootstrap = format!(
+        "node: {{id: router~per-type, cluster: gw}}\nstatic_resources:\n  listeners:\n{}",
+        http_listener_yaml("edge", ip, &routes, &filters)
+    );
+    // A cluster whose trust (SDS `peer-root`) comes from the agent's per-type SDS service.
+    let sds = config_source(&ConfigSourceKind::GrpcCluster(dp::AGENT_CLUSTER.into()), "peer-root");
+    let peer_tls = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                multicloud_proto::parts::sds("peer-root", sds),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let peer = Cluster {
+        transport_socket: Some(multicloud_proto::parts::tls_socket(peer_tls)),
+        ..dp::static_cluster("peer", std::net::SocketAddr::from((ip, 9)))
+    };
+    let agent = dp::xds_cluster(dp::AGENT_CLUSTER, &XdsClient::gateway(&local, addr));
+    let typed =
+        Bootstrap { static_resources: Some(StaticResources { clusters: vec![peer, agent], ..Default::default() }), ..Default::default() };
+    let envoy = Envoy::start(EnvoySpec { bootstrap, ..EnvoySpec::typed("per-type-58".into(), sim, hosts::GATEWAY, typed) });
 
     // ECDS by DeltaExtensionConfigs: the filter serves this cluster's document.
     let url = format!("http://{}/metadata/public/public.json", envoy.listener("edge"));

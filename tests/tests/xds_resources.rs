@@ -10,40 +10,40 @@
 //! bootstrap refers to the trust bundle, as a workload's inbound side does,
 //! so that SDS loads it too.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::{ExportedService, IngressGateway, ServicePort};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
-use multicloud_e2e::fixtures::ClusterIdentity;
+use multicloud_e2e::fixtures::{dp, ClusterIdentity};
 use multicloud_e2e::{hosts, wait_until, SimCluster};
-use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::{DynamicResources, StaticResources};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain};
+use multicloud_proto::envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CommonTlsContext, DownstreamTlsContext,
+};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+use multicloud_proto::envoy_types::pb::google::protobuf::BoolValue;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, ConfigSourceKind, PeerView, Sources};
+use multicloud_proto::parts::{sds, tls_socket};
 use multicloud_proto::prost::Message as _;
+use multicloud_proto::source::config_source;
+use multicloud_proto::type_url;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
 const HOST: &str = "foo.abc.svc.cluster.local";
 
-fn inline(s: &str) -> Option<DataSource> {
-    Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.into())), ..Default::default() })
-}
-
 /// The workload certificate Istio's agent would serve as `default`.
 fn workload_cert(local: &ClusterIdentity) -> Secret {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI("spiffe://cluster.local/ns/abc/sa/client".try_into().unwrap())];
-    let cert = params.signed_by(&key, &local.root, &local.root_key).unwrap();
-    Secret {
-        name: "default".into(),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(&cert.pem()),
-            private_key: inline(&key.serialize_pem()),
-            ..Default::default()
-        })),
-    }
+    let (chain, key) = local.workload_cert("abc", "client");
+    multicloud_proto::secrets::tls_certificate_secret("default", &chain, &key)
 }
 
 fn write_response(dir: &Path, file: &str, type_url: &str, resources: Vec<Any>) {
@@ -54,8 +54,8 @@ fn write_response(dir: &Path, file: &str, type_url: &str, resources: Vec<Any>) {
 fn resource_name(any: &Any, type_url: &str) -> String {
     use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     match type_url {
-        mesh::SECRET_TYPE_URL => Secret::decode(any.value.as_slice()).unwrap().name,
-        mesh::ENDPOINT_TYPE_URL => ClusterLoadAssignment::decode(any.value.as_slice()).unwrap().cluster_name,
+        type_url::SECRET => Secret::decode(any.value.as_slice()).unwrap().name,
+        type_url::ENDPOINT => ClusterLoadAssignment::decode(any.value.as_slice()).unwrap().cluster_name,
         _ => unreachable!(),
     }
 }
@@ -109,50 +109,50 @@ fn mesh_resources_load_in_envoy_without_rejection() {
     let client = ClientIdentity { cert_secret: "default", sds_cluster: "ads" };
     let all = mesh::mesh_resources(&local.root_pem(), &peers, &client, &sources).unwrap();
 
-    write_response(xds.path(), "cds.pb", mesh::CLUSTER_TYPE_URL, all.clusters.clone());
+    write_response(xds.path(), &mesh::resource_file_name("cds"), type_url::CLUSTER, all.clusters.clone());
     let mut secrets = all.secrets.clone();
     secrets.push(pack_any(workload_cert(&local)));
-    for (type_url, list) in [(mesh::SECRET_TYPE_URL, &secrets), (mesh::ENDPOINT_TYPE_URL, &all.endpoints)] {
+    for (type_url, list) in [(type_url::SECRET, &secrets), (type_url::ENDPOINT, &all.endpoints)] {
         for any in list {
             write_response(xds.path(), &mesh::resource_file_name(&resource_name(any, type_url)), type_url, vec![any.clone()]);
         }
     }
 
-    let trust_file = format!("{dir}/{}", mesh::resource_file_name(mesh::TRUST_BUNDLE_SECRET));
-    let cert_file = format!("{dir}/{}", mesh::resource_file_name("default"));
+    // Envoy without an xDS server: CDS, and the inbound chain's SDS, from
+    // the same files (`ConfigSourceKind::FilesIn`) the clusters refer to.
+    let from_files = |name: &str| config_source(&ConfigSourceKind::FilesIn(dir.clone()), name);
+    let inbound_tls = DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("default", from_files("default"))],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                mesh::TRUST_BUNDLE_SECRET,
+                from_files(mesh::TRUST_BUNDLE_SECRET),
+            ))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let first_cluster = mesh::remote_cluster_name("b", HOST, 80);
-    let bootstrap = format!(
-        r#"
-dynamic_resources:
-  cds_config: {{path_config_source: {{path: "{dir}/cds.pb"}}, resource_api_version: V3}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: default
-              sds_config: {{path_config_source: {{path: "{cert_file}"}}, resource_api_version: V3}}
-            validation_context_sds_secret_config:
-              name: {trust}
-              sds_config: {{path_config_source: {{path: "{trust_file}"}}, resource_api_version: V3}}
-      filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: inbound
-          cluster: "{first_cluster}"
-"#,
-        ip = cluster.ip(hosts::SIDECAR),
-        trust = mesh::TRUST_BUNDLE_SECRET,
+    let to_first = Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
+            stat_prefix: "inbound".into(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(first_cluster.clone())),
+            ..Default::default()
+        }))),
+    };
+    let inbound = dp::listener(
+        "inbound",
+        std::net::SocketAddr::from((cluster.ip(hosts::SIDECAR), 0)),
+        vec![FilterChain { transport_socket: Some(tls_socket(inbound_tls)), filters: vec![to_first], ..Default::default() }],
     );
-    let envoy = Envoy::start(EnvoySpec { name: "xds-resources".into(), cluster, host: hosts::SIDECAR, bootstrap, files: vec![] });
+    let typed = Bootstrap {
+        dynamic_resources: Some(DynamicResources { cds_config: Some(from_files("cds")), ..Default::default() }),
+        static_resources: Some(StaticResources { listeners: vec![inbound], ..Default::default() }),
+        ..Default::default()
+    };
+    let envoy = Envoy::start(EnvoySpec::typed("xds-resources".into(), cluster, hosts::SIDECAR, typed));
 
     let names: Vec<(String, &str, &str, u16)> = peers
         .iter()

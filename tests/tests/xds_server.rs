@@ -6,11 +6,16 @@
 //! (NACK recorded, previous cluster kept), and a server restart on the same
 //! address that Envoy re-syncs with, its configuration unchanged.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_agent::xds::{self, Snapshot, XdsServer};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
-use multicloud_e2e::fixtures::{ClusterIdentity, EdgeCa};
+use multicloud_e2e::fixtures::{dp, ClusterIdentity, EdgeCa};
 use multicloud_e2e::gateway::XdsClient;
 use multicloud_e2e::{hosts, wait_until, SimCluster};
+use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{
     address, config_source, data_source, socket_address, transport_socket, Address, AggregatedConfigSource, ApiVersion, ConfigSource,
@@ -65,10 +70,7 @@ fn eds_cluster(connect_timeout_secs: i64) -> Any {
         connect_timeout: Some(PbDuration { seconds: connect_timeout_secs, nanos: 0 }),
         transport_socket: Some(TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(transport_socket::ConfigType::TypedConfig(any(
-                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                &tls,
-            ))),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(multicloud_proto::type_url::UPSTREAM_TLS, &tls))),
         }),
         ..Default::default()
     };
@@ -147,8 +149,12 @@ fn serve(addr: SocketAddr, snap: &Snapshot) -> (Running, SocketAddr) {
     (Running { rt, server }, bound)
 }
 
-fn bootstrap(api_type: &str, xds: SocketAddr) -> String {
-    format!(
+/// The static cluster `xds` to the server (typed), and ADS over it (YAML).
+fn bootstrap(api_type: &str, xds: SocketAddr) -> (Bootstrap, String) {
+    let cluster = dp::xds_cluster("xds", &XdsClient::workload(&CLUSTER_ID, xds, "abc", "foo"));
+    let typed =
+        Bootstrap { static_resources: Some(StaticResources { clusters: vec![cluster], ..Default::default() }), ..Default::default() };
+    let yaml = format!(
         r#"
 dynamic_resources:
   ads_config:
@@ -156,11 +162,9 @@ dynamic_resources:
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-{cluster}"#,
-        cluster = multicloud_e2e::gateway::grpc_cluster_yaml("xds", &XdsClient::workload(&CLUSTER_ID, xds, "abc", "foo"))
-    )
+"#
+    );
+    (typed, yaml)
 }
 
 fn find<'a>(dump: &'a Value, type_suffix: &str) -> Option<&'a Value> {
@@ -215,13 +219,8 @@ fn scenario(api_type: &str, sim: SimCluster) {
     let good = snapshot(&ca, 1, &[ep1]);
     let (running, addr) = serve(SocketAddr::from((sim.ip(hosts::AGENT), 0)), &good);
     let name = format!("xds-{}", api_type.to_lowercase().replace('_', "-"));
-    let envoy = Envoy::start(EnvoySpec {
-        name: name.clone(),
-        cluster: sim,
-        host: hosts::SIDECAR,
-        bootstrap: bootstrap(api_type, addr),
-        files: vec![],
-    });
+    let (typed, yaml) = bootstrap(api_type, addr);
+    let envoy = Envoy::start(EnvoySpec { bootstrap: yaml, ..EnvoySpec::typed(name.clone(), sim, hosts::SIDECAR, typed) });
 
     // 1. Cluster, endpoint and secret arrive and are ACKed.
     wait_until("cluster, endpoint and secret in config_dump", TIMEOUT, || {

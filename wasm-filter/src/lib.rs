@@ -24,6 +24,7 @@
 use multicloud_core::apiguard::{ApiRead, ApiRefusal, PeerLimiter};
 use multicloud_core::edge::{ApiOutcome, ApiRequest, Edge, Event, Outcome, Request, TokenCache};
 use multicloud_core::meshguard::{MeshOutcome, MeshRequest};
+use multicloud_core::reply::{GuardRefusal as _, Reply};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
@@ -236,7 +237,7 @@ impl EdgeRequest {
 }
 
 /// Sends `reply` (or, if the host refuses it, the fail-closed 503).
-fn send(reply: &multicloud_core::edge::Reply) -> Action {
+fn send(reply: &Reply) -> Action {
     let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
     if hostcalls::send_http_response(reply.status, headers, body).is_err() {

@@ -100,9 +100,8 @@ pub fn ack_state(xds: &serde_json::Value) -> String {
     let mut pending = false;
     for p in &proxies {
         for t in p["types"].as_object().map(|m| m.values().cloned().collect::<Vec<_>>()).unwrap_or_default() {
-            let (acked, sent) = (&t["acked_version"], &t["sent_version"]);
-            if acked != sent {
-                if let Some(m) = t["last_nack"]["message"].as_str() {
+            if t.get("acked_version") != t.get("sent_version") {
+                if let Some(m) = t.pointer("/last_nack/message").and_then(|m| m.as_str()) {
                     return format!("NACK: {m}");
                 }
                 pending = true;
@@ -154,11 +153,15 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
+            match w.get_mut(i) {
+                Some(w) => *w = (*w).max(c.chars().count()),
+                None => w.push(c.chars().count()),
+            }
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0))).collect();
         s.join("  ").trim_end().to_string() + "\n"
     };
     let mut out = line(headers.iter().map(|h| h.to_string()).collect());

@@ -97,8 +97,8 @@ fn label_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
         && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
@@ -117,8 +117,8 @@ fn dns_name(s: &str) -> bool {
             let b = l.as_bytes();
             !b.is_empty()
                 && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.first().is_some_and(u8::is_ascii_alphanumeric)
+                && b.last().is_some_and(u8::is_ascii_alphanumeric)
                 && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
         })
 }
@@ -168,22 +168,10 @@ fn repo_component(c: &str) -> bool {
     if !b.first().is_some_and(|&x| alnum(x)) || !b.last().is_some_and(|&x| alnum(x)) {
         return false;
     }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
-            return false;
-        }
-    }
-    true
+    // The separators: the runs between letters and digits.
+    c.split(|x: char| u8::try_from(x).is_ok_and(alnum))
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-'))
 }
 
 /// `HOST[:PORT]` of a registry: DNS labels or an IPv4 address.
@@ -231,9 +219,12 @@ pub fn pinned_image_ref(flag: &str, s: &str) -> Result<()> {
     }
     ensure!(!name.is_empty() && name.len() <= 255, "{flag} {s:?}: no repository name");
     let mut parts: Vec<&str> = name.split('/').collect();
-    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
-        ensure!(registry_host(parts[0]), "{flag} {s:?}: {:?} is not a registry host[:port]", parts[0]);
-        parts.remove(0);
+    if let [first, _, ..] = parts.as_slice() {
+        let first = *first;
+        if first.contains(['.', ':']) || first == "localhost" {
+            ensure!(registry_host(first), "{flag} {s:?}: {first:?} is not a registry host[:port]");
+            parts.remove(0);
+        }
     }
     for p in parts {
         ensure!(repo_component(p), "{flag} {s:?}: {p:?} is not a valid repository path component (lower case)");
@@ -244,10 +235,25 @@ pub fn pinned_image_ref(flag: &str, s: &str) -> Result<()> {
 /// The agent's container in the DaemonSet.
 fn agent_container(objects: &mut [Value]) -> Result<&mut Value> {
     let ds = objects.iter_mut().find(|o| kind(o) == "DaemonSet").context("deploy/base/agent.yaml has no DaemonSet")?;
-    ds["spec"]["template"]["spec"]["containers"]
-        .as_array_mut()
-        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == "agent"))
+    ds.pointer_mut("/spec/template/spec/containers")
+        .and_then(Value::as_array_mut)
+        .and_then(|cs| cs.iter_mut().find(|c| c.get("name").and_then(Value::as_str) == Some("agent")))
         .context("the DaemonSet has no container named agent")
+}
+
+/// `v[keys[0]][keys[1]]... = value`, making objects of nulls on the way, as
+/// serde_json's `IndexMut` does (without its panic on a non-object: then
+/// nothing is set).
+fn set(v: &mut Value, keys: &[&str], value: Value) {
+    let mut at = v;
+    for k in keys {
+        if at.is_null() {
+            *at = Value::Object(Default::default());
+        }
+        let Some(o) = at.as_object_mut() else { return };
+        at = o.entry(*k).or_insert(Value::Null);
+    }
+    *at = value;
 }
 
 /// The objects, in install order (CRD first).
@@ -314,8 +320,8 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     // Values.
     let ns = a.namespace.as_str();
     for o in objects.iter_mut() {
-        if o["metadata"]["namespace"].is_string() {
-            o["metadata"]["namespace"] = ns.into();
+        if let Some(n) = o.pointer_mut("/metadata/namespace").filter(|n| n.is_string()) {
+            *n = ns.into();
         }
         for s in o.get_mut("subjects").and_then(Value::as_array_mut).into_iter().flatten() {
             if s["kind"] == "ServiceAccount" {
@@ -324,44 +330,45 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
         }
         match kind(o) {
             "EnvoyFilter" => {
-                for p in o["spec"]["configPatches"].as_array_mut().into_iter().flatten() {
+                for p in o.pointer_mut("/spec/configPatches").and_then(Value::as_array_mut).into_iter().flatten() {
                     let at = "/patch/value/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/address";
                     if let Some(addr) = p.pointer_mut(at) {
                         *addr = format!("multicloud-agent-xds.{ns}.svc.cluster.local").into();
                     }
                 }
                 if let Some(sel) = &selector {
-                    o["spec"]["workloadSelector"]["labels"] = Value::Object(sel.clone());
+                    set(o, &["spec", "workloadSelector", "labels"], Value::Object(sel.clone()));
                 }
             }
             "WasmPlugin" => {
                 if let Some(sel) = &selector {
-                    o["spec"]["selector"]["matchLabels"] = Value::Object(sel.clone());
+                    set(o, &["spec", "selector", "matchLabels"], Value::Object(sel.clone()));
                 }
                 if let Some(image) = &a.filter_image {
-                    o["spec"]["url"] = format!("oci://{image}").into();
+                    set(o, &["spec", "url"], format!("oci://{image}").into());
                 }
             }
             "Gateway" => {
                 if let Some(sel) = &selector {
-                    o["spec"]["selector"] = Value::Object(sel.clone());
+                    set(o, &["spec", "selector"], Value::Object(sel.clone()));
                 }
-                if o["metadata"]["name"] == "istio-multicloud-crossnetwork" {
-                    if let Some(p) = a.mesh_port {
-                        o["spec"]["servers"][0]["port"]["number"] = p.into();
+                let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                if name == "istio-multicloud-crossnetwork" {
+                    if let (Some(p), Some(server)) = (a.mesh_port, o.pointer_mut("/spec/servers/0")) {
+                        set(server, &["port", "number"], p.into());
                     }
-                } else if o["metadata"]["name"] == "multicloud-api" {
-                    if let Some(h) = &api_route_host {
-                        o["spec"]["servers"][0]["hosts"] = serde_json::json!([h]);
+                } else {
+                    let host = if name == "multicloud-api" { api_route_host.as_ref() } else { a.metadata_host.as_ref() };
+                    if let (Some(h), Some(server)) = (host, o.pointer_mut("/spec/servers/0")) {
+                        set(server, &["hosts"], serde_json::json!([h]));
                     }
-                } else if let Some(h) = &a.metadata_host {
-                    o["spec"]["servers"][0]["hosts"] = serde_json::json!([h]);
                 }
             }
             "VirtualService" => {
-                let host = if o["metadata"]["name"] == "multicloud-api" { api_route_host.as_ref() } else { a.metadata_host.as_ref() };
+                let api = o.pointer("/metadata/name").and_then(Value::as_str) == Some("multicloud-api");
+                let host = if api { api_route_host.as_ref() } else { a.metadata_host.as_ref() };
                 if let Some(h) = host {
-                    o["spec"]["hosts"] = serde_json::json!([h]);
+                    set(o, &["spec", "hosts"], serde_json::json!([h]));
                 }
             }
             "DestinationRule" => {
@@ -369,7 +376,7 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
                     *c = format!("configmap://{ns}/kube-root-ca.crt").into();
                 }
             }
-            "ServiceMonitor" => o["spec"]["namespaceSelector"]["matchNames"] = serde_json::json!([ns]),
+            "ServiceMonitor" => set(o, &["spec", "namespaceSelector", "matchNames"], serde_json::json!([ns])),
             _ => {}
         }
     }
@@ -419,9 +426,9 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
         args.push("--wasmplugin=multicloud-edge".into());
         let role = objects
             .iter_mut()
-            .find(|o| kind(o) == "Role" && o["metadata"]["name"] == "istio-multicloud-agent")
+            .find(|o| kind(o) == "Role" && o.pointer("/metadata/name").and_then(Value::as_str) == Some("istio-multicloud-agent"))
             .context("the agent's Role is missing")?;
-        role["rules"].as_array_mut().context("the agent's Role has no rules")?.push(serde_json::json!({
+        role.get_mut("rules").and_then(Value::as_array_mut).context("the agent's Role has no rules")?.push(serde_json::json!({
             "apiGroups": ["extensions.istio.io"],
             "resources": ["wasmplugins"],
             "resourceNames": ["multicloud-edge"],

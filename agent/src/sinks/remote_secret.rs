@@ -84,12 +84,13 @@ fn host_of(api_host: &str) -> &str {
 
 /// The kubeconfig (YAML) for `t` with `token`, Istio remote secret style.
 pub fn kubeconfig(t: &Target, token: &str) -> anyhow::Result<String> {
-    let mut cluster = serde_json::json!({ "server": t.server });
+    let mut cluster = serde_json::Map::new();
+    cluster.insert("server".into(), serde_json::json!(t.server));
     if let Some(ca) = &t.ca {
-        cluster["certificate-authority-data"] = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes()).into();
+        cluster.insert("certificate-authority-data".into(), base64::engine::general_purpose::STANDARD.encode(ca.as_bytes()).into());
     }
     if let Some(n) = &t.tls_server_name {
-        cluster["tls-server-name"] = n.clone().into();
+        cluster.insert("tls-server-name".into(), n.clone().into());
     }
     let doc = serde_json::json!({
         "apiVersion": "v1",
@@ -131,7 +132,7 @@ impl RemoteSecrets {
     }
 
     pub fn secret_name(object: &str) -> String {
-        format!("istio-remote-secret-{object}")
+        multicloud_core::naming::remote_secret_name(object)
     }
 
     /// Writes one peer's kubeconfig where this mode keeps it.

@@ -23,46 +23,9 @@ use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
 use multicloud_proto::traffic::{self, LocalPort, TrafficPeer};
 
-/// The API guard's ECDS resource name (and plugin root id).
-pub const API_FILTER_NAME: &str = "multicloud-api";
-/// SDS name of the API proxy's own credential (a generic secret the
-/// gateway's credential injector attaches as `Authorization: Bearer ...`).
-pub const API_PROXY_CREDENTIAL_SECRET: &str = "multicloud-api-proxy-credential";
-
-/// The SDS generic secret holding the API proxy credential. Envoy marks
-/// `generic_secret.secret` sensitive: config_dump shows it redacted.
-pub fn api_credential_secret(credential: &str) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
-    use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-    use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, GenericSecret, Secret};
-    Secret {
-        name: API_PROXY_CREDENTIAL_SECRET.to_string(),
-        r#type: Some(secret::Type::GenericSecret(GenericSecret {
-            secret: Some(DataSource {
-                specifier: Some(data_source::Specifier::InlineString(credential.to_string())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    }
-}
-
-fn tls_certificate_secret(
-    name: &str,
-    chain: &str,
-    key: &str,
-) -> multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
-    use multicloud_proto::envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-    use multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret, TlsCertificate};
-    let inline = |s: &str| Some(DataSource { specifier: Some(data_source::Specifier::InlineString(s.to_string())), ..Default::default() });
-    Secret {
-        name: name.to_string(),
-        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(chain),
-            private_key: inline(key),
-            ..Default::default()
-        })),
-    }
-}
+pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET;
+pub use multicloud_proto::edge_filter::API_FILTER_NAME;
+pub use multicloud_proto::secrets::{api_credential_secret, tls_certificate_secret};
 
 /// One data plane state rendered for each node group.
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,4 @@
 use super::*;
-use crate::metadata::{ExportedService, IngressGateway, ServicePort};
 use crate::token::{Audience, Claims};
 use ed25519_dalek::SigningKey;
 
@@ -23,17 +22,7 @@ fn edge_b(a_key: &SigningKey) -> Edge {
             root_ca: root_pem(),
             authn_key_pub: crate::pem::ed25519_public_key_to_pem(&b_key.verifying_key()),
         },
-        private: PrivateMetadata {
-            ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
-            api_host: "api.b.example".into(),
-            network_name: "net-b".into(),
-            services: vec![ExportedService {
-                hostname: "foo.abc.svc.cluster.local".into(),
-                ports: vec![ServicePort { name: "http".into(), port: 80, protocol: None }],
-                ready_endpoints: 1,
-            }],
-            mesh_mode: None,
-        },
+        private: crate::metadata::sample_private(),
         peers: vec![PeerKey { cluster_uuid: A.into(), authn_key_pub: crate::pem::ed25519_public_key_to_pem(&a_key.verifying_key()) }],
         spiffe: SpiffeSettings::default(),
         max_token_lifetime_seconds: 600,

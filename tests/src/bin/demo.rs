@@ -9,6 +9,10 @@
 //! impersonation attempts refused (at the edge, the mesh port and the
 //! agent's xDS port). Everything stops on exit and on Ctrl-C.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_core::metadata::MeshMode;
 use multicloud_e2e::fixtures::ClusterIdentity;
 use multicloud_e2e::mesh::{start_traffic_mesh, Cluster, FOO, SECRET};
@@ -212,8 +216,8 @@ fn main() {
         &a_foo,
         gateway_node,
         multicloud_e2e::xds_client::Api::Ads,
-        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        &["multicloud-api-proxy-credential"],
+        multicloud_proto::type_url::SECRET,
+        &[multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET],
     );
     match &r {
         Err(multicloud_e2e::xds_client::Refused::Status { code, message }) => {

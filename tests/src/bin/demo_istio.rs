@@ -9,6 +9,9 @@
 //! The last line starts with `RESULT:` and names the cluster that answered.
 //! Everything stops when it exits.
 
+// Test-bed code: a failed expectation stops the demo with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO};
 use multicloud_e2e::kube_mesh::{object_name, start_kube_mesh, KubeMeshOptions};
 use multicloud_e2e::{wait_until, SimCluster};

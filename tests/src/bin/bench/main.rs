@@ -4,12 +4,16 @@
 //!
 //! Usage: bench [edge|api|xds|traffic]...   (default: all benchmarks)
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use multicloud_e2e::bench::{interleave, median, write_section, wrk, Load, Sample};
 use multicloud_e2e::envoy::{Envoy, EnvoySpec};
 use multicloud_e2e::fixtures::{edge_config, sample_private, unix_now, ClusterIdentity};
-use multicloud_e2e::gateway::{ecds_file, edge_http_filter_yaml, enable_edge_filter_yaml};
+use multicloud_e2e::gateway::{ecds_file, edge_http_filter_yaml, enable_edge_filter_yaml, http_listener_yaml};
 use multicloud_e2e::{hosts, http, paths, SimCluster};
 
 fn main() {
@@ -33,8 +37,16 @@ fn main() {
 /// upstream, through the `multicloud-api` filter (token verified from its
 /// cache, allow-list, limits, token stripped) and through a route without it.
 fn api() {
+    use multicloud_e2e::fixtures::dp;
     use multicloud_proto::edge_filter;
+    use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
+    use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use multicloud_proto::envoy_types::pb::envoy::config::route::v3::FilterConfig;
+    use multicloud_proto::envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+    use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+    use multicloud_proto::envoy_types::util::pack_any;
     use multicloud_proto::prost::Message as _;
+    use std::collections::HashMap;
     eprintln!("== api: the API guard per request");
     let load = Load::from_env();
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -53,61 +65,36 @@ fn api() {
         vec![edge_filter::resource_with_root_id(&wasm.as_str().into(), &serde_json::to_string(&config).unwrap(), "multicloud-api")],
     )
     .encode_to_vec();
-    let bootstrap = format!(
-        r#"static_resources:
-  listeners:
-  - name: api
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: api
-          route_config:
-            virtual_hosts:
-            - name: guarded
-              domains: ["guarded"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: apiserver}}
-                typed_per_filter_config:
-                  multicloud-api: {{"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {{}}}}
-            - name: plain
-              domains: ["plain"]
-              routes:
-              - match: {{prefix: /}}
-                route: {{cluster: apiserver}}
-          http_filters:
-          - name: multicloud-api
-            disabled: true
-            config_discovery:
-              config_source:
-                resource_api_version: V3
-                path_config_source: {{path: "{{dir}}/ecds/api.pb", watched_directory: {{path: "{{dir}}/ecds"}}}}
-              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: apiserver
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: apiserver
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {uip}, port_value: {uport}}}}}}}
-"#,
-        ip = cluster.ip(hosts::GATEWAY),
-        uip = upstream.addr().ip(),
-        uport = upstream.addr().port(),
+    // Two virtual hosts to the same upstream: `guarded` enables the guard
+    // (disabled in the chain, its configuration by ECDS from a file), `plain` does not.
+    let mut guarded = dp::route_to("apiserver");
+    guarded.typed_per_filter_config =
+        HashMap::from([("multicloud-api".to_string(), pack_any(FilterConfig { config: Some(Any::default()), ..Default::default() }))]);
+    let guard = HttpFilter { disabled: true, ..dp::ecds_filter("multicloud-api", dp::file_source("ecds/api.pb", "ecds")) };
+    let hcm = dp::hcm(
+        "api",
+        vec![
+            dp::virtual_host("guarded", &["guarded"], vec![guarded]),
+            dp::virtual_host("plain", &["plain"], vec![dp::route_to("apiserver")]),
+        ],
+        vec![guard],
     );
+    let listener = dp::listener(
+        "api",
+        std::net::SocketAddr::from((cluster.ip(hosts::GATEWAY), 0)),
+        vec![FilterChain { filters: vec![dp::hcm_filter(hcm)], ..Default::default() }],
+    );
+    let typed = Bootstrap {
+        static_resources: Some(StaticResources {
+            listeners: vec![listener],
+            clusters: vec![dp::static_cluster("apiserver", upstream.addr())],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let envoy = Envoy::start(EnvoySpec {
-        name: "gateway-bench-api".into(),
-        cluster,
-        host: hosts::GATEWAY,
-        bootstrap,
         files: vec![("ecds/api.pb".into(), ecds)],
+        ..EnvoySpec::typed("gateway-bench-api".into(), cluster, hosts::GATEWAY, typed)
     });
     let l = envoy.listener("api");
     let now = unix_now();
@@ -187,27 +174,7 @@ fn edge() {
         "x": URL_SAFE_NO_PAD.encode(a.federation_key.verifying_key().as_bytes())}]})
     .to_string();
     let ip = cluster.ip(hosts::GATEWAY);
-    let hcm = |stat: &str, routes: &str, filters: &str| {
-        format!(
-            r#"  - name: {stat}
-    address: {{socket_address: {{address: {ip}, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {stat}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-{routes}          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
-        )
-    };
+    let hcm = |stat: &str, routes: &str, filters: &str| http_listener_yaml(stat, ip, routes, filters);
     let direct = |prefix: &str, body: &str, cc: &str| {
         format!(
             r#"              - match: {{prefix: {prefix}}}
@@ -267,6 +234,7 @@ fn edge() {
         host: hosts::GATEWAY,
         bootstrap,
         files: vec![("ecds/edge.pb".into(), ecds_file(&serde_json::to_string(&config).unwrap(), "1"))],
+        ..Default::default()
     });
     let (edge_l, plain_l, jwt_l, jwtc_l) =
         (envoy.listener("edge"), envoy.listener("plain"), envoy.listener("jwt"), envoy.listener("jwt_cached"));
