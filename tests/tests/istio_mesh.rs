@@ -148,6 +148,40 @@ fn guard_refuses_what_istiod_does_not_need(a: &KubeCluster, b: &KubeCluster, pee
     eprintln!("GUARD path tricks:\n{}", table.join("\n"));
 }
 
+fn xds_refuses_all_but_the_gateway(a: &KubeCluster, client: &IstioGateway) {
+    use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET as CREDENTIAL;
+    use multicloud_e2e::xds_client::{fetch, node, Api, Refused, Transport};
+    use multicloud_proto::type_url::{EXTENSION_CONFIG, SECRET};
+    let addr = a.agents[0].xds_addr();
+    let gateway_node = "router~127.0.134.21~istio-ingressgateway-0.istio-system~istio-system.svc.cluster.local";
+    let third = multicloud_e2e::fixtures::ClusterIdentity::generate("cluster-136").workload_cert("istio-system", "istio-ingressgateway-service-account");
+    let own = client.workload_cert_pem().zip(client.workload_key_pem()).expect("A's client certificate");
+    for (what, transport) in [
+        ("no certificate", Transport::Tls { client_cert: None }),
+        ("a third CA's gateway certificate", Transport::Tls { client_cert: Some(third) }),
+        ("A's client's certificate (istiod-signed, not the gateway)", Transport::Tls { client_cert: Some(own) }),
+    ] {
+        for (type_url, names) in [(SECRET, vec![CREDENTIAL]), (EXTENSION_CONFIG, vec!["multicloud-edge", "multicloud-api"])] {
+            let r = fetch(addr, &transport, node(gateway_node, None), Api::Ads, type_url, &names);
+            assert!(
+                !matches!(r, Ok(ref got) if !got.is_empty()),
+                "{what} claiming the gateway must get nothing of {type_url}: {r:?}"
+            );
+            if let Err(Refused::Status { code, .. }) = &r {
+                assert_ne!(*code, tonic::Code::Ok, "{what}: {r:?}");
+            }
+        }
+    }
+    let view = a.agents[0].xds_view();
+    let gateways: Vec<&serde_json::Value> = view["proxies"].as_array().into_iter().flatten().filter(|p| p["group"] == "gateway").collect();
+    assert!(
+        gateways.iter().any(|p| p["node_id"].as_str().is_some_and(|n| n.contains("istio-ingressgateway-0.istio-system"))),
+        "the istiod-run gateway is connected as the gateway: {view}"
+    );
+    let metrics = a.agents[0].metrics();
+    assert!(metrics.lines().any(|l| l.starts_with("multicloud_agent_xds_refusals_total") && !l.ends_with(" 0")), "refusals are counted");
+}
+
 /// The `exp` of the token in a remote secret's kubeconfig (base64 data).
 fn jwt_exp(kubeconfig_b64: &str) -> u64 {
     use base64::Engine as _;
@@ -320,6 +354,15 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     assert!(!ok.is_refused(), "B's istiod-signed certificate passes A's sidecar's mTLS (A trusts B's root): {ok:?}");
     let denied = into_a(&third);
     assert!(denied.is_refused(), "a third CA's certificate must not pass A's sidecar's mTLS: {denied:?}");
+
+    // 3b. The agent's xDS port under istiod: a client that claims the
+    //     gateway's node id gets no secret and no private document, with no
+    //     certificate, with a third CA's certificate of the gateway's
+    //     ServiceAccount, or with a workload certificate istiod signed for
+    //     another identity; the istiod-run gateway itself got its resources
+    //     (B's API proxy above is its route, with the guard and the
+    //     credential from B's agent).
+    xds_refuses_all_but_the_gateway(a, &client);
 
     // 4. Token rotation reaches the real istiod (istio/istio#37925): once the
     //    first token has expired, B's API server restarts (every watch
