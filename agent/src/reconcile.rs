@@ -64,6 +64,38 @@ pub struct DataPlane {
     pub peers: Vec<EstablishedPeer>,
 }
 
+/// Test data: a data plane of this cluster (`local_uuid`, on `network`) with
+/// `peers`, an edge configuration that serves nothing in particular.
+#[cfg(test)]
+pub(crate) fn sample_data_plane(local_uuid: &str, network: &str, peers: Vec<EstablishedPeer>) -> DataPlane {
+    use multicloud_core::metadata::{PrivateMetadata, PublicMetadata};
+    let private =
+        PrivateMetadata { ingress_gateways: vec![], api_host: String::new(), network_name: network.into(), services: vec![], mesh_mode: None };
+    DataPlane {
+        edge: EdgeConfig {
+            public: PublicMetadata { cluster_uuid: local_uuid.into(), root_ca: String::new(), authn_key_pub: String::new() },
+            private,
+            peers: vec![],
+            spiffe: Default::default(),
+            max_token_lifetime_seconds: 600,
+            public_max_age_seconds: 60,
+            api: Default::default(),
+            mesh: Default::default(),
+        },
+        local: crate::facts::LocalFacts {
+            cluster_uuid: local_uuid.into(),
+            root_ca: String::new(),
+            ingress_gateways: vec![],
+            api_host: String::new(),
+            network_name: network.into(),
+            services: vec![],
+            mesh_mode: Default::default(),
+            local_endpoints: vec![],
+        },
+        peers,
+    }
+}
+
 /// Receives every new data plane state (the edge configuration validated).
 pub trait DataPlaneSink: Send + Sync {
     fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>>;

@@ -162,7 +162,6 @@ impl DataPlaneSink for MeshConfigSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::LocalFacts;
     use crate::reconcile::EstablishedPeer;
     use multicloud_core::metadata::{IngressGateway, PrivateMetadata};
 
@@ -184,40 +183,7 @@ mod tests {
     }
 
     fn dp(peers: Vec<EstablishedPeer>) -> DataPlane {
-        let private = PrivateMetadata {
-            ingress_gateways: vec![],
-            api_host: String::new(),
-            network_name: "net-a".into(),
-            services: vec![],
-            mesh_mode: None,
-        };
-        DataPlane {
-            edge: multicloud_core::edge::EdgeConfig {
-                public: multicloud_core::metadata::PublicMetadata {
-                    cluster_uuid: "a".into(),
-                    root_ca: String::new(),
-                    authn_key_pub: String::new(),
-                },
-                private,
-                peers: vec![],
-                spiffe: Default::default(),
-                max_token_lifetime_seconds: 600,
-                public_max_age_seconds: 60,
-                api: Default::default(),
-                mesh: Default::default(),
-            },
-            local: LocalFacts {
-                cluster_uuid: "a".into(),
-                root_ca: String::new(),
-                ingress_gateways: vec![],
-                api_host: String::new(),
-                network_name: "net-a".into(),
-                services: vec![],
-                mesh_mode: Default::default(),
-                local_endpoints: vec![],
-            },
-            peers,
-        }
+        crate::reconcile::sample_data_plane("11111111-1111-4111-8111-111111111111", "net-a", peers)
     }
 
     #[test]

@@ -271,7 +271,6 @@ impl DataPlaneSink for RemoteSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::LocalFacts;
     use crate::reconcile::EstablishedPeer;
     use multicloud_core::metadata::PrivateMetadata;
 
@@ -286,32 +285,10 @@ mod tests {
             services: vec![],
             mesh_mode: None,
         };
-        DataPlane {
-            edge: multicloud_core::edge::EdgeConfig {
-                public: multicloud_core::metadata::PublicMetadata {
-                    cluster_uuid: A.into(),
-                    root_ca: String::new(),
-                    authn_key_pub: String::new(),
-                },
-                private: private.clone(),
-                peers: vec![],
-                spiffe: Default::default(),
-                max_token_lifetime_seconds: 600,
-                public_max_age_seconds: 60,
-                api: Default::default(),
-                mesh: Default::default(),
-            },
-            local: LocalFacts {
-                cluster_uuid: A.into(),
-                root_ca: String::new(),
-                ingress_gateways: vec![],
-                api_host: String::new(),
-                network_name: "na".into(),
-                services: vec![],
-                mesh_mode: Default::default(),
-                local_endpoints: vec![],
-            },
-            peers: vec![EstablishedPeer {
+        crate::reconcile::sample_data_plane(
+            A,
+            "na",
+            vec![EstablishedPeer {
                 name: "cluster-b".into(),
                 cluster_uuid: B.parse().unwrap(),
                 root_ca: String::new(),
@@ -319,7 +296,7 @@ mod tests {
                 enable_ingress_gateway: true,
                 metadata_ca: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
             }],
-        }
+        )
     }
 
     fn token_of(text: &str) -> (String, serde_json::Value) {
