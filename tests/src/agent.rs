@@ -42,6 +42,9 @@ pub struct KubeMode {
     /// replaces only the listen addresses and file paths that a pod has and a
     /// loopback process cannot (see [`KubeMode::local_args`]).
     pub args: Vec<String>,
+    /// Resolve peers' metadata and API hosts by name
+    /// ([`crate::istio::with_peer_names`]), as in a cluster with DNS.
+    pub resolve_peers: bool,
 }
 
 impl KubeMode {
@@ -222,7 +225,10 @@ impl Agent {
 }
 
 fn spawn(path: &std::path::Path, o: &AgentOptions) -> Proc {
-    let mut cmd = Command::new(paths::agent());
+    let mut cmd = match &o.kubernetes {
+        Some(k) if k.resolve_peers => crate::istio::with_peer_names(&paths::agent(), path),
+        _ => Command::new(paths::agent()),
+    };
     cmd.arg("run");
     match &o.kubernetes {
         None => {

@@ -259,15 +259,16 @@ impl Drop for Istiod {
 }
 
 /// `program` run in a mount namespace of its own whose `/etc/hosts`
-/// (written into `dir`) resolves every simulated cluster's API host
-/// (`api.cluster-<n>.example`) to its gateway address (127.0.n.1): the DNS a
-/// real cluster has for a peer's API proxy, which a loopback test bed has
-/// not. Nothing else changes for the program (same network, same files).
+/// (written into `dir`) resolves every simulated cluster's API and metadata
+/// hosts (`api.cluster-<n>.example`, `metadata.cluster-<n>.example`) to its
+/// gateway address (127.0.n.1): the DNS a real cluster has for a peer's
+/// gateway, which a loopback test bed has not. Nothing else changes for the program (same network, same files).
 pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
     let hosts_file = dir.join("hosts");
     let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
     for n in 1..=254u8 {
-        text.push_str(&format!("{} api.cluster-{n}.example\n", Ipv4Addr::new(127, 0, n, hosts::GATEWAY)));
+        let gw = Ipv4Addr::new(127, 0, n, hosts::GATEWAY);
+        text.push_str(&format!("{gw} api.cluster-{n}.example metadata.cluster-{n}.example\n"));
     }
     std::fs::write(&hosts_file, text).expect("write hosts");
     let mut c = Command::new("unshare");

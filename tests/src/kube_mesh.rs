@@ -38,7 +38,11 @@ pub struct KubeCluster {
     /// The port of its API host (`--api-proxy-host`).
     pub api_port: u16,
     pub agents: Vec<Agent>,
-    pub gateway: Envoy,
+    /// The test bed's gateway Envoy (none with Istio: the istiod-run gateway
+    /// serves the metadata endpoint, the API proxy and the mesh port).
+    pub gateway: Option<Envoy>,
+    /// The metadata endpoint peers name in their IstioMulticloud.
+    pub metadata_endpoint: String,
     /// With [`KubeMeshOptions::istio`]: the cluster's istiod and its gateway.
     pub istiod: Option<crate::istio::Istiod>,
     pub istio_gateway: Option<crate::istio::IstioGateway>,
@@ -181,6 +185,8 @@ fn start_agent(
             api_proxy_credential: None,
             extra_args,
             kubernetes: Some(KubeMode {
+                // With Istio, peers are named by host (metadata endpoint).
+                resolve_peers: opts.istio,
                 kubeconfig: kubeconfig.to_path_buf(),
                 pod_name: pod_name.to_string(),
                 args: daemonset_args(&rendered),
@@ -257,9 +263,10 @@ pub fn agent_address_on_loopback(rendered: &str, sim: SimCluster, xds_port: u16)
     rendered.replace(service, &format!("address: {}", sim.ip(hosts::AGENT))).replace("port_value: 15011", &format!("port_value: {xds_port}"))
 }
 
-/// What the API proxy's route (deploy/components/api-proxy-route) needs from
-/// outside deploy/: the operator's certificate for the API host (Secret
-/// `multicloud-api-tls`, from the cluster's edge CA, which peers pin), and
+/// What the API proxy's route (deploy/components/api-proxy-route) and the
+/// metadata route need from outside deploy/: the operator's certificates for
+/// the API and metadata hosts (Secrets `multicloud-api-tls`,
+/// `multicloud-metadata-tls`, from the cluster's edge CA, which peers pin), and
 /// what Kubernetes itself has: the cluster CA in ConfigMap
 /// `kube-root-ca.crt` (kube-controller-manager publishes it) and endpoints
 /// for `kubernetes.default` (the API server's own reconciler writes them,
@@ -267,11 +274,15 @@ pub fn agent_address_on_loopback(rendered: &str, sim: SimCluster, xds_port: u16)
 /// ServiceEntry for the same host gives istiod the API server's address).
 fn api_proxy_facts(cp: &ControlPlane, sim: SimCluster, edge_ca: &EdgeCa) {
     let (cert, key) = edge_ca.server_cert_dns(&api_host(sim));
+    let (mcert, mkey) = edge_ca.server_cert_dns(&metadata_host(sim));
     let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
     let objects = serde_json::json!([
         {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
          "metadata": {"name": "multicloud-api-tls", "namespace": "istio-system"},
          "data": {"tls.crt": b64(&cert), "tls.key": b64(&key)}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": "multicloud-metadata-tls", "namespace": "istio-system"},
+         "data": {"tls.crt": b64(&mcert), "tls.key": b64(&mkey)}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": "istio-system"},
          "data": {"ca.crt": cp.ca_pem}},
         {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
@@ -285,33 +296,30 @@ fn api_proxy_facts(cp: &ControlPlane, sim: SimCluster, edge_ca: &EdgeCa) {
     }
 }
 
-/// The test bed gateway's client identity at the agent's xDS port: the
-/// certificate istiod signed for the istiod-run gateway (same ServiceAccount)
-/// when Istio runs, else one from the test bed's root.
-fn xds_client(id: &ClusterIdentity, istio_gateway: Option<&crate::istio::IstioGateway>, addr: std::net::SocketAddr) -> XdsClient {
-    match istio_gateway {
-        Some(gw) => {
-            let (cert_pem, key_pem) = wait_until("the istiod-run gateway's certificate", Duration::from_secs(30), || {
-                gw.workload_cert_pem().zip(gw.workload_key_pem()).ok_or_else(|| "not written yet".to_string())
-            });
-            XdsClient { addr, cert_pem, key_pem }
-        }
-        None => XdsClient::gateway(id, addr),
-    }
-}
-
 /// Applies the IstioMulticloud objects naming each of `peers`.
 pub fn link(cp: &ControlPlane, peers: &[(SimCluster, u16, String)]) {
-    for (sim, port, ca) in peers {
+    let peers: Vec<(SimCluster, String, String)> = peers.iter().map(|(s, port, ca)| (*s, metadata_endpoint(*s, *port), ca.clone())).collect();
+    link_endpoints(cp, &peers);
+}
+
+/// Applies the IstioMulticloud objects naming each of `peers`: (cluster,
+/// metadata endpoint, the CA of its gateway's certificate).
+pub fn link_endpoints(cp: &ControlPlane, peers: &[(SimCluster, String, String)]) {
+    for (sim, endpoint, ca) in peers {
         let ca = serde_json::to_string(ca).expect("json");
         cp.apply(&format!(
             "apiVersion: istio-multicloud.dev/v1alpha1\nkind: IstioMulticloud\nmetadata: {{name: {}}}\n\
-             spec: {{metadataEndpoint: '{}', metadata: {{ca: {ca}}}}}\n",
+             spec: {{metadataEndpoint: '{endpoint}', metadata: {{ca: {ca}}}}}\n",
             object_name(*sim),
-            metadata_endpoint(*sim, *port)
         ))
         .expect("apply IstioMulticloud");
     }
+}
+
+/// The metadata host of a simulated cluster (install's `--metadata-host`
+/// with Istio; resolved by [`crate::istio::with_peer_names`]).
+pub fn metadata_host(sim: SimCluster) -> String {
+    format!("metadata.cluster-{}.example", sim.0)
 }
 
 /// Starts the real-tier clusters `sims`, each linked to every other.
@@ -332,6 +340,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         // `Istiod::start_with`) on the istiod-run gateway's HTTPS port.
         let api_port = if opts.istio { https_ports[i] } else { tls_ports[i] };
         let mut install_args = vec![format!("--api-proxy-host={}:{api_port}", api_host(sim))];
+        if opts.istio {
+            install_args.push(format!("--metadata-host={}", metadata_host(sim)));
+        }
         install_args.extend(opts.install_args.iter().cloned());
         let mesh_port = free_port(std::net::Ipv4Addr::UNSPECIFIED);
         let (mut istiod, mut istio_gateway, mut xds_port) = (None, None, None);
@@ -352,9 +363,17 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         // What the kubelet mounts from the api-proxy token Secret: a real
         // token of the API proxy's ServiceAccount.
         std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
-        let peers: Vec<(SimCluster, u16, String)> =
-            sims.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, s)| (*s, tls_ports[j], ca_pems[j].clone())).collect();
-        link(cp, &peers);
+        let endpoint = |j: usize| {
+            let s = sims[j];
+            if opts.istio {
+                format!("https://{}:{}/metadata", metadata_host(s), https_ports[j])
+            } else {
+                metadata_endpoint(s, tls_ports[j])
+            }
+        };
+        let peers: Vec<(SimCluster, String, String)> =
+            sims.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, s)| (*s, endpoint(j), ca_pems[j].clone())).collect();
+        link_endpoints(cp, &peers);
         let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].as_str().expect("uid").to_string();
         // The peers' API hosts are names no DNS here resolves: the remote
         // secrets connect to the peer's gateway instead (keeping the name as
@@ -367,27 +386,25 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         let agents: Vec<Agent> =
             (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir, xds_port.filter(|_| r == 0))).collect();
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
-        let (cert_pem, key_pem) = edge_ca.server_cert(sim.ip(hosts::GATEWAY));
-        let spec = Gateway::spec_with(GatewayOptions {
-            cluster: sim,
-            upstream: upstream.addr(),
-            source: EdgeSource::Ads { xds: xds_client(&id, istio_gateway.as_ref(), agents[0].xds_addr()), delta: true },
-            tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
-            // The API proxy in front of this cluster's real API server, with
-            // the API proxy ServiceAccount's real token as the credential.
-            // (With Istio, the istiod-run gateway serves the API proxy, by deploy/.)
-            api: (!opts.istio).then(|| ApiRoute {
-                host: api_host(sim),
-                apiserver: cp.addr(),
-                tls: Some(edge_ca.server_cert_dns(&api_host(sim))),
-                upstream_ca: Some(cp.ca_pem.clone()),
-            }),
-        });
-        let mut spec = spec;
-        if !opts.istio {
+        let gateway = (!opts.istio).then(|| {
+            let (cert_pem, key_pem) = edge_ca.server_cert(sim.ip(hosts::GATEWAY));
+            let mut spec = Gateway::spec_with(GatewayOptions {
+                cluster: sim,
+                upstream: upstream.addr(),
+                source: EdgeSource::Ads { xds: XdsClient::gateway(&id, agents[0].xds_addr()), delta: true },
+                tls: Some(ServerTls { cert_pem, key_pem, port: tls_ports[i] }),
+                // The API proxy in front of this cluster's real API server, with
+                // the API proxy ServiceAccount's real token as the credential.
+                api: Some(ApiRoute {
+                    host: api_host(sim),
+                    apiserver: cp.addr(),
+                    tls: Some(edge_ca.server_cert_dns(&api_host(sim))),
+                    upstream_ca: Some(cp.ca_pem.clone()),
+                }),
+            });
             add_mesh_port_stand_in(&mut spec, sim, &id, mesh_port);
-        }
-        let gateway = Envoy::start_all(vec![spec]).pop().expect("gateway");
+            Envoy::start_all(vec![spec]).pop().expect("gateway")
+        });
         out.push(KubeCluster {
             sim,
             cp,
@@ -399,6 +416,7 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             api_port,
             agents,
             gateway,
+            metadata_endpoint: endpoint(i),
             istiod,
             istio_gateway,
             upstream,

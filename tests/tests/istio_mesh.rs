@@ -31,7 +31,7 @@
 
 use multicloud_e2e::istio::IstioGateway;
 use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO, FOO_PORT};
-use multicloud_e2e::kube_mesh::{link, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
+use multicloud_e2e::kube_mesh::{link_endpoints, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
 use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -278,9 +278,9 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     // the export label: the shape of a Deckhouse-format peer), and still gets
     // the traffic, because A's istiod read B's endpoints itself. `check`
     // fetches B's private document as A's agent does.
-    let override_ = format!("{}={}:{}", multicloud_e2e::kube_mesh::api_host(sims[1]), sims[1].ip(hosts::GATEWAY), b.api_port);
-    let out = std::process::Command::new(multicloud_e2e::paths::agent())
-        .args(["check", &name_b, "--kubernetes", "--api-host-override", &override_])
+    // (`check` resolves B's hosts by name, as the agent does.)
+    let out = multicloud_e2e::istio::with_peer_names(&multicloud_e2e::paths::agent(), a.dir())
+        .args(["check", &name_b, "--kubernetes"])
         .env("KUBECONFIG", a.cp.admin_kubeconfig())
         .output()
         .expect("multicloud-agent check");
@@ -430,7 +430,7 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
 
     // 6. Relink: recovers, again without restarts.
     let t_relink = Instant::now();
-    link(a.cp, &[(sims[1], b.tls_port, b.edge_ca.pem())]);
+    link_endpoints(a.cp, &[(sims[1], b.metadata_endpoint.clone(), b.edge_ca.pem())]);
     let resp = wait_until("the call to be answered by B again", JOIN, || match call_foo(client_addr, "/relinked") {
         Ok(r) if r.status == 200 => Ok(r),
         Ok(r) => Err(format!("{} {}; {}", r.status, r.text(), diag())),

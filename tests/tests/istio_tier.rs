@@ -383,7 +383,7 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
                 dir.path().join("api-proxy-token").display().to_string(),
                 "--facts-seconds=1".into(),
             ],
-            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args: daemonset_args(&rendered) }),
+            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args: daemonset_args(&rendered), resolve_peers: false }),
         },
     );
     assert_eq!(agent.xds_addr().port(), xds_port);

@@ -143,7 +143,7 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
                 dir.path().join("api-proxy-token").display().to_string(),
                 "--facts-seconds=1".into(),
             ],
-            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args }),
+            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args, resolve_peers: false }),
         },
     );
 

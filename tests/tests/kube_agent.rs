@@ -104,7 +104,7 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     // The filter module reached each gateway inside its ECDS resource, as
     // deploy/'s agent args (--filter-module) send it: no file on the gateway.
     for c in [a, b] {
-        let dump = c.gateway.config_dump();
+        let dump = c.gateway.as_ref().expect("the test bed's gateway").config_dump();
         let ecds = multicloud_e2e::dump::ecds(&dump);
         let (_, edge) = ecds.iter().find(|(n, _)| n == "multicloud-edge").expect("the edge filter's ECDS resource");
         let code = &edge["typed_config"]["config"]["vm_config"]["code"]["local"];
