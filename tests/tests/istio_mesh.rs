@@ -16,11 +16,12 @@
 //! endpoints through B's API proxy. deploy/'s AUTO_PASSTHROUGH Gateway opens
 //! the cross-network port on B's istiod-run gateway.
 //!
-//! Not yet istiod-run (said loudly, see docs/istio.md): the metadata endpoint
-//! and the API proxy are served by the test bed's gateway Envoy (the built
-//! filter, the real guard, fed by the agent over its mTLS xDS port with the
-//! certificate istiod signed for the gateway), because deploy/ does not yet
-//! render the API proxy's route for an istiod-run gateway.
+//! One istiod-run gateway per cluster serves the metadata endpoint and the
+//! API proxy (deploy/'s routes, the filter configured by the agent) and the
+//! mesh port. What the test bed substitutes (DNS for the peers' hosts, in a
+//! mount namespace of the processes that resolve them; the EnvoyFilter's
+//! agent address; a ServiceEntry for `kubernetes.default`'s endpoints) and
+//! why: docs/istio.md, "What the test bed substitutes".
 //!
 //! Loopback only: cluster N on 127.0.N.x; the istiod-run gateways' mesh
 //! listeners bind every address on ports chosen at run time.

@@ -3,7 +3,7 @@
 //! kube-apiserver, a real istiod with its own root, an istiod-run gateway, and
 //! the agent in Kubernetes mode installed by `multicloud-agent install` (the
 //! same set-up as tests/tests/istio_mesh.rs; docs/istio.md says what each
-//! piece is and what is still served by the test bed's gateway Envoy). It
+//! piece is and what the test bed substitutes). It
 //! shows the agents join, A's istiod list B's services through B's API proxy,
 //! and A's workload call `foo.abc.svc.cluster.local`, which runs only in B.
 //! The last line starts with `RESULT:` and names the cluster that answered.
