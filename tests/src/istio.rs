@@ -264,6 +264,22 @@ impl Drop for Istiod {
 /// gateway address (127.0.n.1): the DNS a real cluster has for a peer's
 /// gateway, which a loopback test bed has not. Nothing else changes for the program (same network, same files).
 pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
+    // Checked once, so that a machine without it fails with the reason.
+    static USABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let usable = USABLE.get_or_init(|| {
+        let out = Command::new("unshare").args(["--mount", "--propagation", "private", "true"]).output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    if let Err(e) = usable {
+        panic!(
+            "the real-Istio mesh needs `unshare --mount` (util-linux, as root or with CAP_SYS_ADMIN) to give the processes that \
+             resolve peers' hosts a private /etc/hosts; here it fails: {e}"
+        );
+    }
     let hosts_file = dir.join("hosts");
     let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
     for n in 1..=254u8 {
