@@ -64,17 +64,14 @@ pub struct DataPlane {
     pub peers: Vec<EstablishedPeer>,
 }
 
-/// Test data: a data plane of this cluster (`local_uuid`, on `network`) with
-/// `peers`, an edge configuration that serves nothing in particular.
+/// Test data: the data plane of `facts` (its documents, published with
+/// `key_pem`) with `peers`, an edge configuration with default settings.
 #[cfg(test)]
-pub(crate) fn sample_data_plane(local_uuid: &str, network: &str, peers: Vec<EstablishedPeer>) -> DataPlane {
-    use multicloud_core::metadata::{PrivateMetadata, PublicMetadata};
-    let private =
-        PrivateMetadata { ingress_gateways: vec![], api_host: String::new(), network_name: network.into(), services: vec![], mesh_mode: None };
+pub(crate) fn test_data_plane(facts: crate::facts::LocalFacts, key_pem: String, peers: Vec<EstablishedPeer>) -> DataPlane {
     DataPlane {
         edge: EdgeConfig {
-            public: PublicMetadata { cluster_uuid: local_uuid.into(), root_ca: String::new(), authn_key_pub: String::new() },
-            private,
+            public: facts.public_document(key_pem),
+            private: facts.private_document(),
             peers: vec![],
             spiffe: Default::default(),
             max_token_lifetime_seconds: 600,
@@ -82,18 +79,26 @@ pub(crate) fn sample_data_plane(local_uuid: &str, network: &str, peers: Vec<Esta
             api: Default::default(),
             mesh: Default::default(),
         },
-        local: crate::facts::LocalFacts {
-            cluster_uuid: local_uuid.into(),
-            root_ca: String::new(),
-            ingress_gateways: vec![],
-            api_host: String::new(),
-            network_name: network.into(),
-            services: vec![],
-            mesh_mode: Default::default(),
-            local_endpoints: vec![],
-        },
+        local: facts,
         peers,
     }
+}
+
+/// Test data: a data plane of this cluster (`local_uuid`, on `network`) with
+/// `peers`, an edge configuration that serves nothing in particular.
+#[cfg(test)]
+pub(crate) fn sample_data_plane(local_uuid: &str, network: &str, peers: Vec<EstablishedPeer>) -> DataPlane {
+    let facts = crate::facts::LocalFacts {
+        cluster_uuid: local_uuid.into(),
+        root_ca: String::new(),
+        ingress_gateways: vec![],
+        api_host: String::new(),
+        network_name: network.into(),
+        services: vec![],
+        mesh_mode: Default::default(),
+        local_endpoints: vec![],
+    };
+    test_data_plane(facts, String::new(), peers)
 }
 
 /// Receives every new data plane state (the edge configuration validated).

@@ -238,7 +238,7 @@ pub fn http_listener_yaml(name: &str, ip: std::net::Ipv4Addr, routes: &str, filt
 
 /// A filter chain's `transport_socket` presenting `cert`/`key` (inline),
 /// indented for a `filter_chains` item.
-fn server_tls_yaml(cert: &str, key: &str) -> String {
+pub(crate) fn server_tls_yaml(cert: &str, key: &str) -> String {
     format!(
         r#"      transport_socket:
         name: envoy.transport_sockets.tls

@@ -439,7 +439,6 @@ fn add_mesh_port_stand_in(spec: &mut crate::envoy::EnvoySpec, sim: SimCluster, i
     let ip = sim.ip(hosts::GATEWAY);
     let inbound = free_port(ip);
     let (cert, key) = id.workload_cert("abc", "foo");
-    let q = |s: &str| serde_json::to_string(s).expect("json");
     let listeners = format!(
         r#"  - name: mesh_passthrough_stand_in
     address: {{socket_address: {{address: {ip}, port_value: {mesh_port}}}}}
@@ -454,20 +453,11 @@ fn add_mesh_port_stand_in(spec: &mut crate::envoy::EnvoySpec, sim: SimCluster, i
   - name: foo_sidecar_stand_in
     address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}
     filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates:
-            - certificate_chain: {{inline_string: {cert}}}
-              private_key: {{inline_string: {key}}}
-      filters:
+    - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: foo_inbound, cluster: local_upstream}}
-"#,
-        cert = q(&cert),
-        key = q(&key),
+{tls}"#,
+        tls = crate::gateway::server_tls_yaml(&cert, &key),
     );
     let clusters = format!(
         "  - name: foo_sidecar\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: foo_sidecar\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {inbound}}}}}}}\n"

@@ -506,20 +506,7 @@ fn data_plane(uuid: &str) -> crate::reconcile::DataPlane {
         mesh_mode: Default::default(),
         local_endpoints: vec![],
     };
-    crate::reconcile::DataPlane {
-        edge: multicloud_core::edge::EdgeConfig {
-            public: facts.public_document("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into()),
-            private: facts.private_document(),
-            peers: vec![],
-            spiffe: Default::default(),
-            max_token_lifetime_seconds: 600,
-            public_max_age_seconds: 60,
-            api: Default::default(),
-            mesh: Default::default(),
-        },
-        local: facts,
-        peers: vec![],
-    }
+    crate::reconcile::test_data_plane(facts, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into(), vec![])
 }
 
 const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/multicloud-edge";

@@ -351,19 +351,11 @@ mod tests {
             })
             .collect();
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        DataPlane {
-            edge: multicloud_core::edge::EdgeConfig {
-                public: facts.public_document(multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key())),
-                private: facts.private_document(),
-                peers: vec![],
-                spiffe: Default::default(),
-                max_token_lifetime_seconds: 600,
-                public_max_age_seconds: 60,
-                api: Default::default(),
-                mesh: Default::default(),
-            },
-            local: facts,
-            peers: vec![EstablishedPeer {
+        let key_pem = multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key());
+        crate::reconcile::test_data_plane(
+            facts,
+            key_pem,
+            vec![EstablishedPeer {
                 name: "b".into(),
                 cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b".parse().unwrap(),
                 root_ca: ROOT_B.with(|r| r.clone()),
@@ -377,7 +369,7 @@ mod tests {
                 enable_ingress_gateway: true,
                 metadata_ca: None,
             }],
-        }
+        )
     }
 
     thread_local! {
