@@ -191,6 +191,12 @@ fn main() {
     let r = http::request("GET", &url, &[("authorization", &format!("Bearer {forged}"))]);
     println!("  another CA's key signs a metadata token claiming to be cluster-1 -> {} {}", r.status, r.text());
     let mut refused = r.status == 401;
+    // cluster-1's mesh listener is active once its agent knows cluster-2's
+    // private document and its gateway has the listener's secrets and
+    // filter; the call above went through cluster-2's, which may be first.
+    multicloud_e2e::wait_until("cluster-1's gateway to have its mesh listener active", Duration::from_secs(30), || {
+        a.gateway.active_listener(multicloud_proto::traffic::MESH_LISTENER)
+    });
     let mesh_a = std::net::SocketAddr::new(a.sim.ip(hosts::GATEWAY).into(), a.traffic.as_ref().map(|t| t.mesh_port).unwrap_or(0));
     let b_foo = b.id.workload_cert("abc", "foo");
     let r = mtls::get(mesh_a, &peer_sni(&b.id.uuid), Some(&b_foo), SECRET, "/", &[]);
