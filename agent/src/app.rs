@@ -12,9 +12,9 @@ use crate::kube::lease::LeaseGuard;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, DataPlaneSink, Reconciler};
 use crate::sinks::ecds_file::EcdsFile;
+use crate::sinks::mesh_config::MeshConfigSink;
 use crate::sinks::remote_secret::{RemoteSecretOptions, RemoteSecrets};
 use crate::sinks::status::{KubeAndBoard, KubeStatusSink, StatusBoard};
-use crate::sinks::mesh_config::MeshConfigSink;
 use crate::sinks::wasmplugin::WasmPluginSink;
 use crate::sinks::xds::{ApiCredential, CertAndKey, XdsSink};
 use crate::sinks::{write_atomically, StatusSink};
@@ -213,9 +213,11 @@ impl App {
                 refresh: t.refresh,
                 backoff_base: t.backoff_base,
                 backoff_cap: t.backoff_cap,
+                join_retry: t.join_retry,
                 token_ttl_secs: keys::MAX_METADATA_TOKEN_TTL_SECS,
             },
             spiffe: multicloud_core::edge::SpiffeSettings::default(),
+            api: multicloud_core::edge::ApiSettings { mesh_config_maps: config.mesh_config_maps.clone(), ..Default::default() },
         };
         Ok(App { reconciler, desired, lease: lease_guard })
     }

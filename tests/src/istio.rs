@@ -162,7 +162,8 @@ impl Istiod {
         }
         let cluster_id = cluster_id(sim);
         let log = std::fs::File::create(dir.path().join("istiod.log")).expect("log");
-        let mut cmd = if resolve_peers { with_peer_names(&paths::pilot_discovery(), dir.path()) } else { Command::new(paths::pilot_discovery()) };
+        let mut cmd =
+            if resolve_peers { with_peer_names(&paths::pilot_discovery(), dir.path()) } else { Command::new(paths::pilot_discovery()) };
         cmd.current_dir(dir.path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -288,7 +289,9 @@ pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
     }
     std::fs::write(&hosts_file, text).expect("write hosts");
     let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""]).arg(&hosts_file).arg(program);
+    c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+        .arg(&hosts_file)
+        .arg(program);
     c
 }
 

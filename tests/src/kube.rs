@@ -166,10 +166,7 @@ impl ControlPlane {
     /// `--audit-log-path`; only deploy/'s API proxy ServiceAccount is logged).
     pub fn audit(&self, user: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["user"]["username"] == user)
-            .collect()
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|e| e["user"]["username"] == user).collect()
     }
 
     /// `https://127.0.N.10:PORT`.

@@ -260,7 +260,9 @@ pub fn agent_address_on_loopback(rendered: &str, sim: SimCluster, xds_port: u16)
     let service = "address: multicloud-agent-xds.istio-system.svc.cluster.local";
     assert_eq!(rendered.matches(service).count(), 1, "the EnvoyFilter's cluster names the agent's Service once");
     assert_eq!(rendered.matches("port_value: 15011").count(), 1);
-    rendered.replace(service, &format!("address: {}", sim.ip(hosts::AGENT))).replace("port_value: 15011", &format!("port_value: {xds_port}"))
+    rendered
+        .replace(service, &format!("address: {}", sim.ip(hosts::AGENT)))
+        .replace("port_value: 15011", &format!("port_value: {xds_port}"))
 }
 
 /// What the API proxy's route (deploy/components/api-proxy-route) and the
@@ -298,7 +300,8 @@ fn api_proxy_facts(cp: &ControlPlane, sim: SimCluster, edge_ca: &EdgeCa) {
 
 /// Applies the IstioMulticloud objects naming each of `peers`.
 pub fn link(cp: &ControlPlane, peers: &[(SimCluster, u16, String)]) {
-    let peers: Vec<(SimCluster, String, String)> = peers.iter().map(|(s, port, ca)| (*s, metadata_endpoint(*s, *port), ca.clone())).collect();
+    let peers: Vec<(SimCluster, String, String)> =
+        peers.iter().map(|(s, port, ca)| (*s, metadata_endpoint(*s, *port), ca.clone())).collect();
     link_endpoints(cp, &peers);
 }
 
@@ -383,8 +386,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             agent_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), tls_ports[j])]);
         }
         let opts = KubeMeshOptions { install_args, agent_args, ..opts.clone() };
-        let agents: Vec<Agent> =
-            (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir, xds_port.filter(|_| r == 0))).collect();
+        let agents: Vec<Agent> = (0..opts.replicas.max(1))
+            .map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir, xds_port.filter(|_| r == 0)))
+            .collect();
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
         let gateway = (!opts.istio).then(|| {
             let (cert_pem, key_pem) = edge_ca.server_cert(sim.ip(hosts::GATEWAY));

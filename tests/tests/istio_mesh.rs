@@ -66,7 +66,17 @@ fn allowed_kind(kind: &str) -> bool {
     let k = kind.trim_end_matches("List");
     matches!(
         k,
-        "Service" | "Endpoints" | "Pod" | "Namespace" | "Node" | "EndpointSlice" | "CustomResourceDefinition" | "APIResource" | "APIGroup" | "APIVersions" | "Status"
+        "Service"
+            | "Endpoints"
+            | "Pod"
+            | "Namespace"
+            | "Node"
+            | "EndpointSlice"
+            | "CustomResourceDefinition"
+            | "APIResource"
+            | "APIGroup"
+            | "APIVersions"
+            | "Status"
     )
 }
 
@@ -127,22 +137,33 @@ fn guard_refuses_what_istiod_does_not_need(a: &KubeCluster, b: &KubeCluster, pee
     ];
     let mut table = Vec::new();
     for path in tricks {
-        let direct = multicloud_e2e::mtls::get(b.cp.addr(), "kubernetes", None, "kubernetes", path, &[("Authorization", &format!("Bearer {judge}"))]);
+        let direct = multicloud_e2e::mtls::get(
+            b.cp.addr(),
+            "kubernetes",
+            None,
+            "kubernetes",
+            path,
+            &[("Authorization", &format!("Bearer {judge}"))],
+        );
         // The body's first `"kind":"..."` (the response may be chunked).
         let direct_kind = match &direct {
-            multicloud_e2e::mtls::Outcome::Http(200, body) => body
-                .split("\"kind\":\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .map(str::to_string)
-                .unwrap_or_else(|| "(unknown)".into()),
+            multicloud_e2e::mtls::Outcome::Http(200, body) => {
+                body.split("\"kind\":\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_string).unwrap_or_else(|| "(unknown)".into())
+            }
             _ => String::new(),
         };
         let via = multicloud_e2e::mtls::get(proxy, &sni, None, &sni, path, &[("Authorization", &format!("Bearer {token}"))]);
-        let served = direct.status() == Some(200) && !allowed_kind(&direct_kind) && !(direct_kind == "ConfigMap" && path.ends_with("/istio-ca-root-cert"));
+        let served = direct.status() == Some(200)
+            && !allowed_kind(&direct_kind)
+            && !(direct_kind == "ConfigMap" && path.ends_with("/istio-ca-root-cert"));
         table.push(format!("{path}: API server {:?} {direct_kind}; proxy {:?}", direct.status(), via.status()));
         if served {
-            assert_ne!(via.status(), Some(200), "{path}: the API server would serve a {direct_kind}; the proxy must refuse it: {}", via.body());
+            assert_ne!(
+                via.status(),
+                Some(200),
+                "{path}: the API server would serve a {direct_kind}; the proxy must refuse it: {}",
+                via.body()
+            );
         }
         assert!(!via.body().contains("\"kind\":\"Secret"), "{path}: a Secret came through the proxy");
     }
@@ -155,7 +176,8 @@ fn xds_refuses_all_but_the_gateway(a: &KubeCluster, client: &IstioGateway) {
     use multicloud_proto::type_url::{EXTENSION_CONFIG, SECRET};
     let addr = a.agents[0].xds_addr();
     let gateway_node = "router~127.0.134.21~istio-ingressgateway-0.istio-system~istio-system.svc.cluster.local";
-    let third = multicloud_e2e::fixtures::ClusterIdentity::generate("cluster-136").workload_cert("istio-system", "istio-ingressgateway-service-account");
+    let third = multicloud_e2e::fixtures::ClusterIdentity::generate("cluster-136")
+        .workload_cert("istio-system", "istio-ingressgateway-service-account");
     let own = client.workload_cert_pem().zip(client.workload_key_pem()).expect("A's client certificate");
     for (what, transport) in [
         ("no certificate", Transport::Tls { client_cert: None }),
@@ -164,10 +186,7 @@ fn xds_refuses_all_but_the_gateway(a: &KubeCluster, client: &IstioGateway) {
     ] {
         for (type_url, names) in [(SECRET, vec![CREDENTIAL]), (EXTENSION_CONFIG, vec!["multicloud-edge", "multicloud-api"])] {
             let r = fetch(addr, &transport, node(gateway_node, None), Api::Ads, type_url, &names);
-            assert!(
-                !matches!(r, Ok(ref got) if !got.is_empty()),
-                "{what} claiming the gateway must get nothing of {type_url}: {r:?}"
-            );
+            assert!(!matches!(r, Ok(ref got) if !got.is_empty()), "{what} claiming the gateway must get nothing of {type_url}: {r:?}");
             if let Err(Refused::Status { code, .. }) = &r {
                 assert_ne!(*code, tonic::Code::Ok, "{what}: {r:?}");
             }
@@ -186,15 +205,16 @@ fn xds_refuses_all_but_the_gateway(a: &KubeCluster, client: &IstioGateway) {
 /// The `exp` of the token in a remote secret's kubeconfig (base64 data).
 fn jwt_exp(kubeconfig_b64: &str) -> u64 {
     use base64::Engine as _;
-    let text = base64::engine::general_purpose::STANDARD.decode(kubeconfig_b64).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let token = text.lines().find_map(|l| l.trim().strip_prefix("token:")).map(|t| t.trim().trim_matches('"').to_string()).unwrap_or_default();
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(kubeconfig_b64)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let token =
+        text.lines().find_map(|l| l.trim().strip_prefix("token:")).map(|t| t.trim().trim_matches('"').to_string()).unwrap_or_default();
     let payload = token.split('.').nth(1).unwrap_or("");
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap_or_default();
     serde_json::from_slice::<serde_json::Value>(&json).ok().and_then(|v| v["exp"].as_u64()).unwrap_or(u64::MAX)
 }
-
-
-
 
 /// A's workload calls `foo.abc.svc.cluster.local`, which runs only in B: B
 /// answers through B's istiod-run gateway (AUTO_PASSTHROUGH from deploy/),
@@ -208,7 +228,12 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     let t0 = Instant::now();
     let sims = [SimCluster(134), SimCluster(135)];
     // 15-second API tokens in the remote secrets: rotated several times in the test.
-    let opts = KubeMeshOptions { replicas: 1, istio: true, agent_args: vec![format!("--api-token-ttl-seconds={TOKEN_TTL}")], ..Default::default() };
+    let opts = KubeMeshOptions {
+        replicas: 1,
+        istio: true,
+        agent_args: vec![format!("--api-token-ttl-seconds={TOKEN_TTL}")],
+        ..Default::default()
+    };
     let clusters = start_kube_mesh(&sims, opts);
     let (a, b) = (&clusters[0], &clusters[1]);
     let (name_a, name_b) = (object_name(sims[0]), object_name(sims[1]));
@@ -270,7 +295,11 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
         .filter(|l| l.starts_with(&foo_host) && l.contains("::cx_total::"))
         .filter_map(|l| l.rsplit("::").next().and_then(|v| v.parse::<u64>().ok()))
         .sum();
-    assert!(cx > 0, "B's gateway opened connections to foo's sidecar on {sni_cluster}: {}", clusters_b.lines().filter(|l| l.contains("foo")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        cx > 0,
+        "B's gateway opened connections to foo's sidecar on {sni_cluster}: {}",
+        clusters_b.lines().filter(|l| l.contains("foo")).collect::<Vec<_>>().join("\n")
+    );
     assert!(has_root(&rootca(&client), &root_b) && has_root(&rootca(&client), &root_a), "A's client trusts A's and B's roots");
     assert!(has_root(&rootca(&foo), &root_a), "B's foo trusts A's root");
     eprintln!("FIGURES join {t_join:?}; first call answered {t_call:?} after the workloads started");
@@ -312,7 +341,8 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
         seen.insert(format!("{verb} {}{resource}", if group.is_empty() { String::new() } else { format!("{group}/") }));
     }
     // (client-go lists by streaming watch: lists show as watches.)
-    for want in ["watch services", "watch networking.istio.io/workloadentries", "watch namespaces", "watch discovery.k8s.io/endpointslices"] {
+    for want in ["watch services", "watch networking.istio.io/workloadentries", "watch namespaces", "watch discovery.k8s.io/endpointslices"]
+    {
         assert!(seen.contains(want), "A's istiod did {want:?} through B's API proxy: {seen:?}");
     }
     let refused: std::collections::BTreeSet<String> = a
@@ -349,8 +379,9 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     let denied = via_b(&third);
     assert!(denied.is_refused(), "a third CA's certificate must not reach B's foo: {denied:?}");
     let foo_cert = foo.workload_cert_pem().zip(foo.workload_key_pem()).expect("B's foo certificate");
-    let into_a =
-        |cert: &(String, String)| multicloud_e2e::mtls::get_alpn(client_inbound, "client", None, Some(cert), &["istio"], "client", "/", &[]);
+    let into_a = |cert: &(String, String)| {
+        multicloud_e2e::mtls::get_alpn(client_inbound, "client", None, Some(cert), &["istio"], "client", "/", &[])
+    };
     let ok = into_a(&foo_cert);
     assert!(!ok.is_refused(), "B's istiod-signed certificate passes A's sidecar's mTLS (A trusts B's root): {ok:?}");
     let denied = into_a(&third);
@@ -403,7 +434,10 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
             Err(lines[lines.len().saturating_sub(12)..].join("\n"))
         }
     });
-    eprintln!("FIGURES token rotation: {since_join:?} into the test (tokens of {TOKEN_TTL} s), B's restart to bar in A {:?}", t_bar.elapsed());
+    eprintln!(
+        "FIGURES token rotation: {since_join:?} into the test (tokens of {TOKEN_TTL} s), B's restart to bar in A {:?}",
+        t_bar.elapsed()
+    );
 
     // 5. Unlink on A: B's root leaves A's proxies (PCDS, no restart) and the
     //    call fails closed.
@@ -441,12 +475,8 @@ fn a_workload_calls_a_service_of_the_peer_through_istio() {
     let t_relink = t_relink.elapsed();
     assert_eq!(pids(&client), client_pids, "A's client sidecar (pilot-agent, Envoy) did not restart");
     assert_eq!(pids(&foo), foo_pids, "B's foo sidecar did not restart");
-    assert_eq!(
-        (a.istiod.as_ref().and_then(|i| i.pid()), b.istiod.as_ref().and_then(|i| i.pid())),
-        istiod_pids,
-        "neither istiod restarted"
-    );
-    eprintln!("FIGURES unlink to fail-closed {t_unlink:?}; relink to answered {t_relink:?}", );
+    assert_eq!((a.istiod.as_ref().and_then(|i| i.pid()), b.istiod.as_ref().and_then(|i| i.pid())), istiod_pids, "neither istiod restarted");
+    eprintln!("FIGURES unlink to fail-closed {t_unlink:?}; relink to answered {t_relink:?}",);
 
     // 7. foo in both clusters: both answer; with outlier detection, Istio's
     //    locality load balancing keeps A's calls in A, and fails over to B

@@ -10,7 +10,8 @@
 //!   `multicloud-edge` serves the metadata documents (local replies only);
 //!   `multicloud-api` guards the API proxy route (token with `scope: api`,
 //!   read-only allow-list, per-peer rate and watch limits), strips the
-//!   peer's token and lets allowed requests continue to the API server; a
+//!   peer's token and lets allowed requests continue to the API server
+//!   (Secret lists and watches rewritten into the empty namespace); a
 //!   later filter injects the proxy's own credential from SDS;
 //!   `multicloud-mesh` guards the identity-enforcing mesh port (peer by
 //!   SNI, caller by the client certificate's SPIFFE ID, host by the peer's
@@ -214,7 +215,7 @@ impl EdgeRequest {
             return unavailable();
         };
         match shared.edge.decide_api(req, unix_now_ms(), &mut cache, &mut limiter) {
-            ApiOutcome::Allow { peer, read } => {
+            ApiOutcome::Allow { peer, read, rewrite } => {
                 count(shared, api_counter(Some(read), None));
                 // The peer's token never reaches the API server; the proxy's
                 // own credential is added by the next filter.
@@ -222,6 +223,13 @@ impl EdgeRequest {
                     || hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-multicloud-peer", Some(&peer)).is_err()
                 {
                     return unavailable();
+                }
+                // A Secret list or watch goes to the empty namespace; if the
+                // path cannot be replaced, the request must not pass.
+                if let Some(path) = rewrite {
+                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&path)).is_err() {
+                        return unavailable();
+                    }
                 }
                 if read == ApiRead::Watch {
                     self.watch_of = Some(peer);
