@@ -75,6 +75,8 @@ pub struct IstiodAddrs {
 /// One cluster's istiod.
 pub struct Istiod {
     pub sim: SimCluster,
+    /// The istio.io/istio snapshot it runs (its gateways run the same).
+    pub build: paths::IstioBuild,
     pub cluster_id: String,
     pub addrs: IstiodAddrs,
     /// From spawn to `/ready` answering 200.
@@ -143,7 +145,24 @@ impl Istiod {
     /// ConfigMap named by `SHARED_MESH_CONFIG` if `env` sets it. With
     /// `resolve_peers`, istiod resolves peers' API hosts ([`with_peer_names`]).
     pub fn start_with(cp: &ControlPlane, env: &[(&str, &str)], mesh_in_configmap: bool, resolve_peers: bool) -> Istiod {
+        Istiod::start_build(cp, &paths::IstioBuild::current(), env, mesh_in_configmap, resolve_peers)
+    }
+
+    /// [`Istiod::start_with`] at the istio.io/istio snapshot `build` (its own
+    /// CRDs applied over the pinned ones).
+    pub fn start_build(
+        cp: &ControlPlane,
+        build: &paths::IstioBuild,
+        env: &[(&str, &str)],
+        mesh_in_configmap: bool,
+        resolve_peers: bool,
+    ) -> Istiod {
         cp.install_prerequisites();
+        if *build != paths::IstioBuild::current() {
+            let crds = std::fs::read_to_string(build.crds()).unwrap_or_else(|e| panic!("{}: {e}", build.crds().display()));
+            cp.apply(&crds).unwrap_or_else(|e| panic!("Istio CRDs of {}: {e}", build.version));
+            cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=120s"]);
+        }
         let sim = cp.sim;
         let ip = sim.ip(hosts::ISTIOD);
         let port = || SocketAddr::from((ip, crate::fixtures::free_port(ip)));
@@ -185,7 +204,7 @@ impl Istiod {
             .stderr(log);
         let t0 = Instant::now();
         let proc = procs::spawn(cmd).expect("spawn pilot-discovery");
-        let mut istiod = Istiod { sim, cluster_id, addrs, started_in: Duration::ZERO, proc: Mutex::new(proc), dir };
+        let mut istiod = Istiod { sim, build: build.clone(), cluster_id, addrs, started_in: Duration::ZERO, proc: Mutex::new(proc), dir };
         istiod.wait_ready();
         istiod.started_in = t0.elapsed();
         istiod
@@ -241,6 +260,11 @@ impl Istiod {
 
     fn dump_log(&self) {
         eprint!("{}", tail(&format!("istiod of cluster {}", self.sim.0), &self.log(), 60));
+    }
+
+    /// `Some(status)` once istiod has exited.
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner()).try_wait()
     }
 
     /// Stops istiod (SIGTERM, then SIGKILL after `grace`); `Some(status)`
@@ -403,7 +427,7 @@ pub struct IstioGateway {
 /// The proxy config the gateway's pilot-agent reads (mesh config file,
 /// `defaultConfig`), each field for a reason (docs/istio.md, "Gateways").
 pub fn gateway_mesh_config(istiod: &Istiod, dir: &Path, envoy_wrapper: &Path, ports: &GatewayPorts) -> String {
-    let template = paths::istio_bootstrap_template();
+    let template = istiod.build.bootstrap_template();
     format!(
         "# Written by the test bed (tests/src/istio.rs); see docs/istio.md.\n\
          trustDomain: cluster.local\n\
@@ -532,7 +556,7 @@ impl IstioGateway {
         let labels_json = serde_json::to_string(&opts.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()).expect("json");
 
         let log = std::fs::File::create(d.join("pilot-agent.log")).expect("log");
-        let mut cmd = Command::new(paths::pilot_agent());
+        let mut cmd = Command::new(&istiod.build.agent);
         cmd.current_dir(d)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")

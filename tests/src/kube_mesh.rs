@@ -71,6 +71,12 @@ pub struct KubeMeshOptions {
     /// presents to the agent. No stand-ins: istiod writes the root, and the
     /// test writes no `foo` Service.
     pub istio: bool,
+    /// With `istio`: the istio.io/istio snapshot every cluster runs
+    /// (default: the pin, [`crate::paths::IstioBuild::current`]).
+    pub istio_build: Option<crate::paths::IstioBuild>,
+    /// With `istio`: more istiod environment, per cluster (by index; a
+    /// missing entry adds nothing).
+    pub istiod_env: Vec<Vec<(String, String)>>,
 }
 
 /// istiod's environment in the real-Istio mesh: [`crate::istio::ISTIOD_ENV`]
@@ -224,12 +230,20 @@ fn local_facts(cp: &ControlPlane, sim: SimCluster, id: &ClusterIdentity, mesh_po
 /// targetPort, on its own network) and the Service's load-balancer address
 /// (what a cloud controller writes): the test bed's gateway address, where
 /// the istiod-run gateway's listener (bound on every address) answers.
-fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16, https_port: u16) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
+fn istio_facts(
+    cp: &ControlPlane,
+    sim: SimCluster,
+    mesh_port: u16,
+    https_port: u16,
+    build: &crate::paths::IstioBuild,
+    extra_env: &[(String, String)],
+) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
     use crate::istio::{GatewayOptions as IstioGatewayOptions, IstioGateway, Istiod, ISTIOD_ENV};
     cp.install_prerequisites();
     cp.kubectl_ok(&["label", "namespace", "istio-system", &format!("topology.istio.io/network={}", network(sim)), "--overwrite"]);
-    let env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
-    let istiod = Istiod::start_with(cp, &env, true, true);
+    let mut env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
+    env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let istiod = Istiod::start_build(cp, build, &env, true, true);
     let net = network(sim);
     let gw = IstioGateway::start(
         cp,
@@ -354,7 +368,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             let port = free_port(sim.ip(hosts::AGENT));
             cp.apply(&agent_address_on_loopback(&install(&install_args), sim, port)).expect("install output applies");
             api_proxy_facts(cp, sim, &edge_ca);
-            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i]);
+            let build = opts.istio_build.clone().unwrap_or_else(crate::paths::IstioBuild::current);
+            let extra = opts.istiod_env.get(i).cloned().unwrap_or_default();
+            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i], &build, &extra);
             (istiod, istio_gateway, xds_port) = (Some(d), Some(g), Some(port));
         } else {
             cp.apply(&install(&install_args)).expect("install output applies");

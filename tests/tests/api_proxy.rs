@@ -7,7 +7,8 @@
 //! 1. a real `kube` client from that kubeconfig lists and watches services
 //!    through B's gateway (TLS, SNI `api.cluster-72.example`);
 //! 2. every refused case, one table row each: status, `Status` body, and
-//!    nothing reaches the API server;
+//!    nothing reaches the API server; Secret lists and watches reach it in
+//!    the empty namespace instead;
 //! 3. the API server sees only the proxy credential, never the peer token;
 //!    neither appears in B's config_dump or logs;
 //! 4. with a 6 s token lifetime the kubeconfig's token is replaced before
@@ -189,7 +190,6 @@ fn refused_table(a: &Cluster, b: &Cluster) {
         row("patch", "PATCH", "/api/v1/namespaces/abc/services/foo", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
         row("delete", "DELETE", "/api/v1/namespaces/abc/services/foo", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
         row("delete collection", "DELETE", "/api/v1/namespaces/abc/pods", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
-        row("secrets list", "GET", "/api/v1/namespaces/abc/secrets", good(), 403, "Forbidden", "resource_not_allowed"),
         row("secret get", "GET", "/api/v1/namespaces/istio-system/secrets/cacerts", good(), 403, "Forbidden", "resource_not_allowed"),
         row(
             "exec",
@@ -281,4 +281,23 @@ fn refused_table(a: &Cluster, b: &Cluster) {
     // Control: the same route with a good token passes.
     let ok = http::request("GET", &b.gateway_url("/api/v1/services"), &[("host", &host), ("authorization", &good()[0].1)]);
     assert_eq!(ok.status, 200, "{}", ok.text());
+    // A Secret list or watch (istiod's remote credentials controller) is not
+    // refused: Envoy sends it to the empty namespace, its query as it was,
+    // without the peer's token.
+    for (asked, sent) in [
+        (
+            "/api/v1/secrets?allowWatchBookmarks=true&fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&sendInitialEvents=true&watch=true",
+            "/api/v1/namespaces/istio-multicloud-empty/secrets?allowWatchBookmarks=true&fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&sendInitialEvents=true&watch=true",
+        ),
+        ("/api/v1/namespaces/abc/secrets", "/api/v1/namespaces/istio-multicloud-empty/secrets"),
+        ("/api/v1/watch/secrets", "/api/v1/watch/namespaces/istio-multicloud-empty/secrets"),
+    ] {
+        let token = good()[0].1.clone();
+        let r = http::request("GET", &b.gateway_url(asked), &[("host", &host), ("authorization", &token)]);
+        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        let seen = apiserver.requests();
+        let last = seen.last().expect("the request reached the API server");
+        assert_eq!(last.path, sent, "{asked} goes to the empty namespace");
+        assert_ne!(last.header("authorization"), Some(token.as_str()), "the peer's token never reaches the API server");
+    }
 }
