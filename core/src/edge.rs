@@ -361,6 +361,18 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
+/// Whether a plugin configuration says "nothing yet": empty, blank, or an
+/// empty JSON object (a WasmPlugin's `pluginConfig: {}` before the agent
+/// writes it). The filter accepts it and serves nothing.
+pub fn is_unconfigured(bytes: &[u8]) -> bool {
+    let t = bytes.trim_ascii();
+    if t.is_empty() {
+        return true;
+    }
+    // `{}` with any whitespace inside, without a JSON parser's code.
+    t.first() == Some(&b'{') && t.last() == Some(&b'}') && t.get(1..t.len() - 1).is_some_and(|inner| inner.trim_ascii().is_empty())
+}
+
 impl Edge {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Edge, ConfigError> {

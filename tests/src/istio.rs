@@ -100,6 +100,10 @@ pub fn istiod_mesh_config(discovery: SocketAddr) -> String {
          trustDomain: cluster.local\n\
          # No tracer in the bootstrap or listeners.\n\
          enableTracing: false\n\
+         # Every proxy logs its requests (into its pilot-agent.log): what a\n\
+         # failing test prints names the response code and its details.\n\
+         accessLogFile: /dev/stdout\n\
+         accessLogFormat: \"ACCESS [%START_TIME%] %REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_CLUSTER% sni=%REQUESTED_SERVER_NAME%\\n\"\n\
          defaultConfig:\n  discoveryAddress: {discovery}\n"
     )
 }

@@ -77,6 +77,12 @@ pub struct KubeMeshOptions {
     /// With `istio`: more istiod environment, per cluster (by index; a
     /// missing entry adds nothing).
     pub istiod_env: Vec<Vec<(String, String)>>,
+    /// Start every cluster unlinked; [`link_all`] applies the objects later
+    /// (to time a join from the objects' apply, not from the processes' start).
+    pub defer_link: bool,
+    /// The agents with deploy/'s timing (refresh, backoff, facts interval)
+    /// instead of the test bed's short one: what a user's join takes.
+    pub deploy_timing: bool,
 }
 
 /// istiod's environment in the real-Istio mesh: [`crate::istio::ISTIOD_ENV`]
@@ -175,8 +181,12 @@ fn start_agent(
         // The port the EnvoyFilter names (tests/src/agent.rs reuses it).
         std::fs::write(adir.path().join("xds-port"), port.to_string()).expect("write xds port");
     }
-    let mut extra_args =
-        vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()];
+    let mut extra_args = vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string()];
+    if !opts.deploy_timing {
+        extra_args.push("--facts-seconds=1".into());
+    }
+    // deploy/'s DaemonSet sets none of these: the agent's defaults.
+    let (refresh_seconds, backoff_base_ms, backoff_cap_ms) = if opts.deploy_timing { (30, 1000, 60_000) } else { (1, 200, 1000) };
     extra_args.extend(opts.agent_args.iter().cloned());
     Agent::start(
         adir,
@@ -184,9 +194,9 @@ fn start_agent(
             cluster: sim,
             standalone: String::new(),
             ecds_file: dir.path().join(format!("edge-{pod_name}.pb")),
-            refresh_seconds: 1,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 1000,
+            refresh_seconds,
+            backoff_base_ms,
+            backoff_cap_ms,
             workload_cert: None,
             api_proxy_credential: None,
             extra_args,
@@ -392,7 +402,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         };
         let peers: Vec<(SimCluster, String, String)> =
             sims.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, s)| (*s, endpoint(j), ca_pems[j].clone())).collect();
-        link_endpoints(cp, &peers);
+        if !opts.defer_link {
+            link_endpoints(cp, &peers);
+        }
         let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].as_str().expect("uid").to_string();
         // The peers' API hosts are names no DNS here resolves: the remote
         // secrets connect to the peer's gateway instead (keeping the name as
@@ -445,7 +457,29 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             dir,
         });
     }
+    // Up means serving: each istiod-run gateway has the agent's filter
+    // configuration and answers its public document (so that a join timed
+    // from the objects' apply does not include the gateways' start).
+    for c in out.iter().filter(|c| c.opts.istio) {
+        let gw = c.istio_gateway.as_ref().expect("the istiod-run gateway");
+        gw.wait_public_json(&metadata_host(c.sim), &c.edge_ca.pem(), Duration::from_secs(120), || {
+            gw.log().lines().filter(|l| l.starts_with("ACCESS")).last().unwrap_or_default().to_string()
+        });
+    }
     out
+}
+
+/// Links every cluster of `clusters` to every other (their IstioMulticloud
+/// objects, as [`start_kube_mesh`] applies them without
+/// [`KubeMeshOptions::defer_link`]), all clusters at once.
+pub fn link_all(clusters: &[KubeCluster]) {
+    std::thread::scope(|s| {
+        for c in clusters {
+            let peers: Vec<(SimCluster, String, String)> =
+                clusters.iter().filter(|o| o.sim != c.sim).map(|o| (o.sim, o.metadata_endpoint.clone(), o.edge_ca.pem())).collect();
+            s.spawn(move || link_endpoints(c.cp, &peers));
+        }
+    });
 }
 
 /// What istiod programs on a gateway's mesh port under Istio

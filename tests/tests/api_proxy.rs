@@ -14,7 +14,10 @@
 //! 4. with a 6 s token lifetime the kubeconfig's token is replaced before
 //!    it expires, the watch opened with the old token keeps streaming, and
 //!    a client from the new kubeconfig works; a rotated proxy credential
-//!    file reaches the gateway.
+//!    file reaches the gateway;
+//! 5. a token shaped as a Deckhouse cluster mints it for its istiod
+//!    (`iss: d8-istio`, `scope: api`, 366 days) is refused unless B's object
+//!    for A allows that lifetime (`spec.apiProxy.maxTokenLifetimeSeconds`).
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in
 // #[test] functions; this covers the helpers too).
@@ -111,6 +114,12 @@ fn the_api_proxy_end_to_end() {
 
     // (2) refused requests, one row each; none reaches the API server.
     refused_table(a, b);
+
+    // (5) A Deckhouse cluster's istiod: one `scope: api` token minted as
+    //     Deckhouse mints it (iss d8-istio, 366 days) and kept. Refused by
+    //     default (25 hours at most); passes once B's object for A allows
+    //     that lifetime; refused again when the allowance is taken back.
+    deckhouse_token_needs_the_peers_allowance(a, b);
 
     // (4) token rotation with a 6 s lifetime.
     let exp1 = claims(&watch_token)["exp"].as_i64().expect("exp");
@@ -293,11 +302,68 @@ fn refused_table(a: &Cluster, b: &Cluster) {
         ("/api/v1/watch/secrets", "/api/v1/watch/namespaces/istio-multicloud-empty/secrets"),
     ] {
         let token = good()[0].1.clone();
+        let before = apiserver.requests().len();
         let r = http::request("GET", &b.gateway_url(asked), &[("host", &host), ("authorization", &token)]);
-        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        // (The recording server answers what it answers; the guard passed it.)
+        assert!(!r.text().contains("multicloud API proxy"), "{asked}: refused by the guard: {}", r.text());
         let seen = apiserver.requests();
+        assert_eq!(seen.len(), before + 1, "{asked} reached the API server once");
         let last = seen.last().expect("the request reached the API server");
         assert_eq!(last.path, sent, "{asked} goes to the empty namespace");
         assert_ne!(last.header("authorization"), Some(token.as_str()), "the peer's token never reaches the API server");
     }
+}
+
+fn deckhouse_token_needs_the_peers_allowance(a: &Cluster, b: &Cluster) {
+    use multicloud_core::token::{sign, Audience, Claims};
+    let key = multicloud_agent::keys::load_or_generate(&a.agent.key_path()).expect("A's federation key");
+    let now = unix_now();
+    let claims = Claims {
+        iss: "d8-istio".into(),
+        sub: a.id.uuid.clone(),
+        aud: Audience::One(b.id.uuid.clone()),
+        scope: "api".into(),
+        nbf: now,
+        exp: now + 366 * 86_400,
+    };
+    let auth = format!("Bearer {}", sign(&key, &claims));
+    let host = api_host(b.sim);
+    let list = || http::request("GET", &b.gateway_url("/api/v1/services"), &[("host", host.as_str()), ("authorization", auth.as_str())]);
+    let r = list();
+    assert_eq!(r.status, 401, "a 366-day token by default: {}", r.text());
+    assert!(r.text().contains("TokenLifetimeTooLong"), "{}", r.text());
+    // B's operator allows A's api tokens 366 days (spec.apiProxy on B's object for A).
+    let allow = |limit: Option<i64>| {
+        let path = b.agent.dir().join("standalone.yaml");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("standalone")).expect("json");
+        let objects = v["objects"].as_array_mut().expect("objects");
+        let o = objects.iter_mut().find(|o| o["metadata"]["name"] == Cluster::object_name(a.sim).as_str()).expect("B's object for A");
+        match limit {
+            Some(l) => o["spec"]["apiProxy"] = serde_json::json!({"maxTokenLifetimeSeconds": l}),
+            None => {
+                o["spec"].as_object_mut().expect("spec").remove("apiProxy");
+            }
+        }
+        let tmp = b.agent.dir().join(".standalone.tmp");
+        std::fs::write(&tmp, v.to_string()).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    };
+    allow(Some(366 * 86_400));
+    wait_until("the allowance to reach B's API guard", READY, || {
+        let r = list();
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    });
+    allow(None);
+    wait_until("the allowance to be taken back", READY, || {
+        let r = list();
+        if r.status == 401 && r.text().contains("TokenLifetimeTooLong") {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    });
 }

@@ -42,7 +42,7 @@
 
 use multicloud_e2e::istio::{IstioGateway, Istiod};
 use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO, FOO_PORT};
-use multicloud_e2e::kube_mesh::{link_endpoints, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
+use multicloud_e2e::kube_mesh::{link_all, link_endpoints, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
 use multicloud_e2e::paths::IstioBuild;
 use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
 use std::net::SocketAddr;
@@ -353,14 +353,19 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
         istio: true,
         agent_args: vec![format!("--api-token-ttl-seconds={TOKEN_TTL}")],
         istio_build: Some(build.clone()),
+        defer_link: true,
         ..Default::default()
     };
     let clusters = start_kube_mesh(&sims, opts);
+    let t_started = t0.elapsed();
     let (a, b) = (&clusters[0], &clusters[1]);
     let (name_a, name_b) = (object_name(sims[0]), object_name(sims[1]));
+    // Both clusters up: now the operator links them.
+    let t_link = Instant::now();
+    link_all(&clusters);
     a.wait_imc_ready(&name_b, JOIN);
     b.wait_imc_ready(&name_a, JOIN);
-    let t_join = t0.elapsed();
+    let t_join = t_link.elapsed();
     let root_a = multicloud_e2e::istio::published_root(a.cp, JOIN);
     let root_b = multicloud_e2e::istio::published_root(b.cp, JOIN);
     assert!(!has_root(&root_a, &root_b), "each cluster has its own root");
@@ -423,7 +428,7 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
     );
     assert!(has_root(&rootca(&client), &root_b) && has_root(&rootca(&client), &root_a), "A's client trusts A's and B's roots");
     assert!(has_root(&rootca(&foo), &root_a), "B's foo trusts A's root");
-    eprintln!("FIGURES join {t_join:?}; first call answered {t_call:?} after the workloads started");
+    eprintln!("FIGURES clusters up {t_started:?}; both objects applied to both Ready {t_join:?}; first call answered {t_call:?} after the workloads started");
 
     // B publishes no services in its private document (no Service carries
     // the export label: the shape of a Deckhouse-format peer), and still gets
@@ -541,9 +546,18 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
     // Quiet: from the remote secrets' arrival through both rotations (and
     // before B's deliberate restart below), neither istiod logged a refused
     // or failed list, watch or sync of its peer.
-    for (istiod, peer) in [(istiod_a, &name_b), (istiod_b, &name_a)] {
+    for (istiod, peer, peer_cluster) in [(istiod_a, &name_b, b), (istiod_b, &name_a, a)] {
         let noise = noise_about(istiod, peer);
-        assert!(noise.is_empty(), "istiod of cluster {} about {peer}: {noise:#?}", istiod.sim.0);
+        let errors = || {
+            let log = peer_cluster.istio_gateway.as_ref().map(IstioGateway::log).unwrap_or_default();
+            log.lines().filter(|l| l.starts_with("ACCESS") && !l.contains(" 200 ")).map(str::to_string).collect::<Vec<_>>()
+        };
+        assert!(
+            noise.is_empty(),
+            "istiod of cluster {} about {peer}: {noise:#?}\n{peer}'s gateway answered: {:#?}",
+            istiod.sim.0,
+            errors()
+        );
     }
     let since_join = t0.elapsed();
     b.cp.restart_apiserver();

@@ -43,8 +43,9 @@ pub const API_ROOT_ID: &str = "multicloud-api";
 /// The root id of the mesh port guard role.
 pub const MESH_ROOT_ID: &str = "multicloud-mesh";
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum Role {
+    #[default]
     Metadata,
     Api,
     Mesh,
@@ -104,6 +105,8 @@ fn counter_names(role: Role, edge: &Edge) -> Vec<String> {
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
+    /// Known even before a configuration arrives (it is the root id).
+    role: Role,
 }
 
 fn log(level: LogLevel, msg: &str) {
@@ -114,28 +117,38 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        let role = match hostcalls::get_property(vec!["plugin_root_id"]) {
+            Ok(Some(id)) if id == API_ROOT_ID.as_bytes() => Role::Api,
+            Ok(Some(id)) if id == MESH_ROOT_ID.as_bytes() => Role::Mesh,
+            _ => Role::Metadata,
+        };
+        self.role = role;
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
-            Ok(None) => {
-                log(LogLevel::Error, "invalid multicloud edge configuration: the plugin configuration is empty");
-                return false;
-            }
+            Ok(None) => Vec::new(),
             Err(status) => {
                 log(LogLevel::Error, &format!("cannot read the plugin configuration: host status {status:?}"));
                 return false;
             }
         };
+        // Nothing yet (a WasmPlugin installed before the agent wrote its
+        // pluginConfig): accepted, so the gateway does not refuse the update;
+        // this filter's documents and routes answer 503 until the agent's
+        // configuration arrives, and a gateway's other routes are untouched.
+        if multicloud_core::edge::is_unconfigured(&bytes) {
+            log(
+                LogLevel::Info,
+                "multicloud filter: no configuration yet (empty plugin configuration); its routes answer 503 until the agent writes one",
+            );
+            self.shared = None;
+            return true;
+        }
         let edge = match Edge::from_json(&bytes) {
             Ok(edge) => edge,
             Err(e) => {
                 log(LogLevel::Error, &e.to_string());
                 return false;
             }
-        };
-        let role = match hostcalls::get_property(vec!["plugin_root_id"]) {
-            Ok(Some(id)) if id == API_ROOT_ID.as_bytes() => Role::Api,
-            Ok(Some(id)) if id == MESH_ROOT_ID.as_bytes() => Role::Mesh,
-            _ => Role::Metadata,
         };
         let mut counters = Vec::new();
         for name in counter_names(role, &edge) {
@@ -173,7 +186,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EdgeRequest { shared: self.shared.clone(), watch_of: None }))
+        Some(Box::new(EdgeRequest { shared: self.shared.clone(), role: self.role, watch_of: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -183,6 +196,7 @@ impl RootContext for Root {
 
 struct EdgeRequest {
     shared: Option<Rc<Shared>>,
+    role: Role,
     /// The peer holding a watch slot through this request, released at the end.
     watch_of: Option<Rc<str>>,
 }
@@ -320,8 +334,13 @@ impl HttpContext for EdgeRequest {
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let path = find(":path").unwrap_or_default();
         let Some(shared_rc) = self.shared.clone() else {
-            // No valid configuration: fail closed. (The API role has no
-            // other paths to let through either.)
+            // No valid configuration: fail closed on what this filter
+            // answers. The metadata role lets other paths through (attached
+            // by WasmPlugin, it sits on every route of the gateway); the API
+            // and mesh roles have no other paths.
+            if self.role == Role::Metadata && !path.starts_with(multicloud_core::edge::METADATA_PREFIX) {
+                return Action::Continue;
+            }
             return unavailable();
         };
         let shared = &*shared_rc;

@@ -289,3 +289,13 @@ fn a_long_lived_api_token_passes_only_for_a_peer_allowed_it() {
         assert!(err.contains("peers[0].maxApiTokenLifetimeSeconds"), "{err}");
     }
 }
+
+#[test]
+fn an_empty_plugin_configuration_means_not_configured_yet() {
+    for empty in [&b""[..], b"  \n", b"{}", b" { \n } "] {
+        assert!(is_unconfigured(empty), "{:?}", String::from_utf8_lossy(empty));
+    }
+    for not_empty in [&b"{\"public\":{}}"[..], b"[]", b"null", b"{", b"x"] {
+        assert!(!is_unconfigured(not_empty), "{:?}", String::from_utf8_lossy(not_empty));
+    }
+}
