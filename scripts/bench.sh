@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): bounded wrk loads on loopback against native Envoy
 # baselines in the same run; results go to BENCHMARKS.md.
-#   scripts/bench.sh [edge|api|xds|traffic ...]   BENCH_SECONDS=3 BENCH_ROUNDS=3 by default
+#   scripts/bench.sh [edge|api|xds|traffic|convergence ...]   BENCH_SECONDS=3 BENCH_ROUNDS=3 by default
+# (convergence runs the real-Istio tier: the tools of scripts/tools.sh, and
+# BENCH_CONVERGENCE_RUNS=5, BENCH_CONVERGENCE_DELAY_SECONDS=120)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -9,5 +11,8 @@ scripts/bootstrap.sh --bench
 scripts/build.sh filter
 # The traffic section starts real agents (the test bed's target/debug/multicloud-agent).
 cargo build --quiet -p multicloud-agent
+# The convergence section runs real API servers and istiods.
+tool_env=$(scripts/tools.sh env) || die "scripts/tools.sh could not provide the real tier's tools"
+eval "$tool_env"
 cargo run --quiet --release -p multicloud-e2e --bin bench -- "$@"
 log "results written to BENCHMARKS.md"

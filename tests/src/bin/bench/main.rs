@@ -2,7 +2,7 @@
 //! same run and writes the ratios to BENCHMARKS.md. Every load is a bounded
 //! wrk run on loopback; nothing runs without an end.
 //!
-//! Usage: bench [edge|api|xds|traffic]...   (default: all benchmarks)
+//! Usage: bench [edge|api|xds|traffic|convergence]...   (default: all benchmarks)
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in
 // #[test] functions; this covers the helpers too).
@@ -30,6 +30,9 @@ fn main() {
     }
     if all || args.iter().any(|a| a == "traffic") {
         traffic::run();
+    }
+    if all || args.iter().any(|a| a == "convergence") {
+        convergence::run();
     }
 }
 
@@ -145,6 +148,7 @@ The same `GET {path}` with the same bearer token goes to the same upstream throu
     write_section("api", &body);
 }
 
+mod convergence;
 mod traffic;
 mod xds;
 
