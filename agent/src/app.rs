@@ -100,6 +100,9 @@ impl App {
             None => ServingCert::self_signed()?,
         };
         let xds_tls = Arc::new(XdsTls::new(serving)?);
+        if let Some(ca) = &config.xds.istio_ca {
+            ca.clone().spawn_renewal(xds_tls.clone());
+        }
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             board: board.clone(),
@@ -117,7 +120,11 @@ impl App {
             tracing::info!(
                 address = %bound,
                 gateway_identities = ?config.xds.gateway_identities,
-                serving_cert = if config.xds.serving_cert.is_some() { "--xds-cert" } else { "self-signed" },
+                serving_cert = match (&config.xds.serving_cert, &config.xds.istio_ca) {
+                    (Some(_), _) => "--xds-cert",
+                    (None, Some(_)) => "from istiod's CA (self-signed until it arrives)",
+                    (None, None) => "self-signed",
+                },
                 "serving xDS (ADS) on TCP with mutual TLS"
             );
             let (s, tls) = (xds_server.clone(), xds_tls.clone());

@@ -73,6 +73,8 @@ pub struct XdsConfig {
     pub gateway_identities: Vec<String>,
     /// `--xds-cert/--xds-key`; none: a self-signed certificate made at start.
     pub serving_cert: Option<CertKeyFiles>,
+    /// `--istio-ca-address`: the serving certificate from istiod's CA instead.
+    pub istio_ca: Option<crate::istio_ca::IstioCaConfig>,
 }
 
 /// What the xDS sink serves besides the peers' resources.
@@ -161,7 +163,7 @@ impl LogFormat {
     }
 }
 
-fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
@@ -211,6 +213,13 @@ impl Config {
                 address_file: args.xds_address_file.clone(),
                 gateway_identities: args.xds_gateway_identity.clone(),
                 serving_cert: CertKeyFiles::pair(&args.xds_cert, &args.xds_key),
+                istio_ca: args.istio_ca_address.as_ref().map(|address| crate::istio_ca::IstioCaConfig {
+                    address: address.clone(),
+                    root_file: args.istio_ca_root.clone(),
+                    token_file: args.istio_ca_token.clone(),
+                    cluster_id: args.istio_cluster_id.clone(),
+                    lifetime: Duration::from_secs(24 * 3600),
+                }),
             },
             data_plane: DataPlaneConfig {
                 workload_cert_secret: args.workload_cert_secret.clone(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crd;
 pub mod exchange;
 pub mod facts;
+pub mod istio_ca;
 pub mod keys;
 pub mod kube;
 pub mod metrics;

@@ -48,10 +48,12 @@ pub struct KubeMode {
 }
 
 impl KubeMode {
-    /// `args` (from the rendered DaemonSet) with `--http`, `--xds` and
-    /// `--filter-module` dropped: the test bed sets them for loopback.
+    /// `args` (from the rendered DaemonSet) with what names in-pod
+    /// addresses and files dropped (`--http`, `--xds`, `--filter-module`,
+    /// the API proxy credential, istiod's CA address): the test bed sets
+    /// them for loopback (`crate::istio::agent_ca_args` for the CA).
     pub fn local_args(&self) -> Vec<String> {
-        const REPLACED: &[&str] = &["--http", "--xds", "--filter-module", "--filter-wasm", "--api-proxy-credential"];
+        const REPLACED: &[&str] = &["--http", "--xds", "--filter-module", "--filter-wasm", "--api-proxy-credential", "--istio-ca-address"];
         self.args.iter().filter(|a| a.as_str() != "run" && !REPLACED.iter().any(|r| a.split('=').next() == Some(r))).cloned().collect()
     }
 }

@@ -323,6 +323,26 @@ pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
     c
 }
 
+/// What the agent's DaemonSet gives it to ask istiod's CA for its serving
+/// certificate (`--istio-ca-address` and the pod's files), for a process
+/// outside a pod: istiod's secure gRPC address, the root it published (the
+/// `istio-ca-root-cert` ConfigMap volume) and a TokenRequest token of the
+/// agent's ServiceAccount with audience `istio-ca` (the projected token),
+/// written into `dir`.
+pub fn agent_ca_args(cp: &ControlPlane, istiod: &Istiod, dir: &Path) -> Vec<String> {
+    let root = dir.join("istio-ca-root.pem");
+    let token = dir.join("istio-ca-token");
+    std::fs::write(&root, published_root(cp, ISTIOD_READY)).expect("write root");
+    let t = cp.kubectl_ok(&["create", "token", "istio-multicloud-agent", "-n", "istio-system", "--audience=istio-ca", "--duration=3600s"]);
+    std::fs::write(&token, t.trim()).expect("write token");
+    vec![
+        format!("--istio-ca-address={}", istiod.addrs.secure_grpc),
+        format!("--istio-ca-root={}", root.display()),
+        format!("--istio-ca-token={}", token.display()),
+        format!("--istio-cluster-id={}", istiod.cluster_id),
+    ]
+}
+
 /// The root istiod published in `istio-system` (ConfigMap
 /// `istio-ca-root-cert`, key `root-cert.pem`), once it is there.
 pub fn published_root(cp: &ControlPlane, timeout: Duration) -> String {

@@ -19,6 +19,7 @@ use crate::gateway::{ApiRoute, EdgeSource, Gateway, GatewayOptions, ServerTls, X
 use crate::kube::ControlPlane;
 use crate::upstream::RecordingUpstream;
 use crate::{hosts, paths, wait_until, SimCluster};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -410,6 +411,11 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         // secrets connect to the peer's gateway instead (keeping the name as
         // the TLS server name), like `curl --resolve`.
         let mut agent_args = opts.agent_args.clone();
+        // Under istiod the agent's xDS certificate comes from istiod's CA, as
+        // deploy/ has it (the gateway verifies it).
+        if let Some(istiod) = &istiod {
+            agent_args.extend(crate::istio::agent_ca_args(cp, istiod, dir.path()));
+        }
         for (j, s) in sims.iter().enumerate().filter(|(j, _)| *j != i && !opts.istio) {
             agent_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), tls_ports[j])]);
         }
@@ -462,9 +468,21 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
     // from the objects' apply does not include the gateways' start).
     for c in out.iter().filter(|c| c.opts.istio) {
         let gw = c.istio_gateway.as_ref().expect("the istiod-run gateway");
-        gw.wait_public_json(&metadata_host(c.sim), &c.edge_ca.pem(), Duration::from_secs(120), || {
-            gw.log().lines().filter(|l| l.starts_with("ACCESS")).last().unwrap_or_default().to_string()
-        });
+        let last_access = || gw.log().lines().filter(|l| l.starts_with("ACCESS")).last().unwrap_or_default().to_string();
+        gw.wait_public_json(&metadata_host(c.sim), &c.edge_ca.pem(), Duration::from_secs(120), last_access);
+        // The API proxy's guard has its configuration too: a request without
+        // a token gets the guard's 401 (not Envoy's 500 for a missing filter
+        // configuration).
+        let api = SocketAddr::from((gw.ip, c.api_port));
+        let host = api_host(c.sim);
+        wait_until(
+            &format!("cluster {}: the API proxy's guard answers", c.sim.0),
+            Duration::from_secs(120),
+            || match crate::mtls::get_from(api, &host, Some(&c.edge_ca.pem()), None, &host, "/api/v1/namespaces", &[]) {
+                crate::mtls::Outcome::Http(401, body) if body.contains("TokenMissing") => Ok(()),
+                other => Err(format!("{other:?}; {}", last_access())),
+            },
+        );
     }
     out
 }

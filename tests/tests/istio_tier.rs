@@ -205,7 +205,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     //    root istiod wrote.
     let t_edge = Instant::now();
     let (cp, gw) = (cps[0], &gateways[0]);
-    let (_agent, public) = edge_through_istiod(cp, gw);
+    let (mut agent, public, edge_ca) = edge_through_istiod(cp, &istiods[0], gw);
     assert_eq!(public["rootCA"].as_str().map(str::trim), Some(roots[0].trim()), "public.json carries the root istiod wrote");
     let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].clone();
     assert_eq!(public["clusterUUID"], uuid, "the cluster UUID is kube-system's UID");
@@ -219,6 +219,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
         log.lines().filter(|l| l.contains("envoyfilter")).collect::<Vec<_>>().join("\n")
     );
     eprintln!("FIGURES edge filter through istiod: {:?}", t_edge.elapsed());
+    the_gateway_takes_its_configuration_only_from_the_agent(cp, gw, &mut agent, &public, &edge_ca);
 
     // 4. Why istiod needs its two switches: on cluster 132, two more
     //    istiods, each without one of them, and a probe gateway on each
@@ -327,7 +328,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
 /// The test replaces that address and port, in the rendered EnvoyFilter and
 /// nowhere else, with the agent's loopback xDS address. Returns the agent and
 /// the public.json the gateway served.
-fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_json::Value) {
+fn edge_through_istiod(cp: &ControlPlane, istiod: &Istiod, gw: &IstioGateway) -> (Agent, serde_json::Value, String) {
     let sim = cp.sim;
     let host = format!("metadata.cluster-{}.example", sim.0);
     let rendered = install(&[format!("--metadata-host={host}")]);
@@ -365,25 +366,26 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     ]);
 
     // The agent, as the DaemonSet runs it, with deploy/'s ServiceAccount.
-    let kubeconfig = dir.path().join("agent.kubeconfig");
+    // Kept with the agent's own directory: a restart reads them again.
+    let apath = adir.path().to_path_buf();
+    let kubeconfig = apath.join("agent.kubeconfig");
     cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
-    std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
+    std::fs::write(adir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
     let agent = Agent::start(
         adir,
         AgentOptions {
             cluster: sim,
             standalone: String::new(),
-            ecds_file: dir.path().join("edge.pb"),
+            ecds_file: apath.join("edge.pb"),
             refresh_seconds: 1,
             backoff_base_ms: 200,
             backoff_cap_ms: 1000,
             workload_cert: None,
             api_proxy_credential: None,
-            extra_args: vec![
-                "--api-proxy-credential".into(),
-                dir.path().join("api-proxy-token").display().to_string(),
-                "--facts-seconds=1".into(),
-            ],
+            extra_args: ["--api-proxy-credential".into(), apath.join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()]
+                .into_iter()
+                .chain(istio::agent_ca_args(cp, istiod, &apath))
+                .collect(),
             kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args: daemonset_args(&rendered), resolve_peers: false }),
         },
     );
@@ -407,7 +409,7 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     let code = &edge["typed_config"]["config"]["vm_config"]["code"]["local"];
     assert!(code["inline_bytes"].as_str().is_some_and(|b| b.len() > 100_000), "module inline: {}", code.to_string().len());
     assert!(code.get("filename").is_none(), "no path on the gateway: {code}");
-    (agent, public)
+    (agent, public, edge_ca.pem())
 }
 
 /// Why the operator guide says to leave istiod's remote credentials
@@ -453,4 +455,91 @@ fn turning_the_remote_credentials_controller_off_crashes_istiod_when_a_remote_is
         );
         cp.kubectl_ok(&["delete", "secret", "istio-remote-secret-self", "-n", "istio-system"]);
     }
+}
+
+/// The gateway verifies the agent (deploy/'s EnvoyFilter: chained to the
+/// cluster's Istio root, `ROOTCA`, with the agent's SPIFFE ID). The agent
+/// serves an istiod-signed certificate for its own ServiceAccount
+/// (`--istio-ca-address`). An impostor at the agent's address, with a
+/// certificate from the same istiod but of another identity (the gateway's
+/// own), and willing to serve the gateway (it trusts the same root), gets no
+/// connection: its handshakes with the gateway fail, the gateway keeps its
+/// configuration, and the real agent, back, is connected again.
+fn the_gateway_takes_its_configuration_only_from_the_agent(
+    cp: &ControlPlane,
+    gw: &IstioGateway,
+    agent: &mut Agent,
+    public: &serde_json::Value,
+    edge_ca: &str,
+) {
+    assert!(
+        agent.log().contains("the xDS port serves an istiod-signed certificate for the agent's identity"),
+        "the agent got its certificate from istiod: {}",
+        agent.log().lines().filter(|l| l.contains("istiod")).collect::<Vec<_>>().join("\n")
+    );
+    let connected = |a: &Agent| a.xds_view()["proxies"].as_array().is_some_and(|ps| ps.iter().any(|p| p["group"] == "gateway"));
+    assert!(connected(agent), "the gateway is connected to the agent: {}", agent.xds_view());
+    let port = agent.xds_addr().port();
+    agent.kill();
+
+    // The impostor: the agent binary, standalone, claiming another cluster,
+    // at the agent's address, serving the gateway's own istiod-signed
+    // certificate (right root, wrong identity).
+    let sim = cp.sim;
+    let dir = Agent::prepare(sim);
+    std::fs::write(dir.path().join("xds-port"), port.to_string()).expect("xds port");
+    let cert = dir.path().join("impostor.crt");
+    let key = dir.path().join("impostor.key");
+    std::fs::write(&cert, gw.workload_cert_pem().expect("the gateway's certificate")).expect("write");
+    std::fs::write(&key, gw.workload_key_pem().expect("the gateway's key")).expect("write");
+    let mut standalone: serde_json::Value = serde_json::from_str(&multicloud_e2e::mesh::standalone_file(
+        sim,
+        &multicloud_e2e::fixtures::ClusterIdentity::generate("impostor"),
+        &[],
+    ))
+    .expect("json");
+    standalone["cluster"]["rootCA"] = istio::published_root(cp, Duration::from_secs(10)).into();
+    let impostor = Agent::start(
+        dir,
+        AgentOptions {
+            cluster: sim,
+            standalone: standalone.to_string(),
+            ecds_file: std::env::temp_dir().join(format!("impostor-{}.pb", sim.0)),
+            refresh_seconds: 1,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 1000,
+            workload_cert: None,
+            api_proxy_credential: None,
+            extra_args: vec!["--xds-cert".into(), cert.display().to_string(), "--xds-key".into(), key.display().to_string()],
+            kubernetes: None,
+        },
+    );
+    assert_eq!(impostor.xds_addr().port(), port);
+    wait_until("the gateway to refuse the impostor's certificate (its handshakes fail)", Duration::from_secs(60), || {
+        let m = impostor.metrics();
+        let failed: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("multicloud_agent_xds_refusals_total") && l.contains("handshake_failed") && !l.ends_with(" 0"))
+            .collect();
+        if failed.is_empty() {
+            Err(format!("no failed handshake yet: {}", m.lines().filter(|l| l.contains("refusals")).collect::<Vec<_>>().join("; ")))
+        } else {
+            Ok(())
+        }
+    });
+    assert!(!connected(&impostor), "the gateway never opened a stream to the impostor: {}", impostor.xds_view());
+    let host = format!("metadata.cluster-{}.example", sim.0);
+    let now = gw.wait_public_json(&host, edge_ca, Duration::from_secs(10), String::new);
+    assert_eq!(now["clusterUUID"], public["clusterUUID"], "the gateway keeps the agent's configuration");
+    drop(impostor);
+
+    // The real agent, back at its address: connected again.
+    agent.restart();
+    wait_until("the gateway to reconnect to the real agent", Duration::from_secs(60), || {
+        if connected(agent) {
+            Ok(())
+        } else {
+            Err(format!("{}", agent.xds_view()))
+        }
+    });
 }

@@ -121,6 +121,20 @@ pub struct RunArgs {
     pub xds_cert: Option<PathBuf>,
     #[arg(long, requires = "xds_cert")]
     pub xds_key: Option<PathBuf>,
+    /// Get the xDS port's serving certificate from istiod's CA at this address (host:port,
+    /// Istio's 15012) for the agent's own identity, renewed at half its lifetime, so that the
+    /// gateway can verify the agent (deploy/ does this). Until it arrives, a self-signed one serves.
+    #[arg(long, conflicts_with = "xds_cert")]
+    pub istio_ca_address: Option<String>,
+    /// This cluster's Istio root (PEM), to verify istiod's CA.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    pub istio_ca_root: PathBuf,
+    /// A token of the agent's ServiceAccount with audience `istio-ca` (deploy/ projects one).
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    pub istio_ca_token: PathBuf,
+    /// The cluster ID istiod knows this cluster by (istiod's --clusterID; Istio's default).
+    #[arg(long, default_value = "Kubernetes")]
+    pub istio_cluster_id: String,
     /// Write the bound xDS TCP address here (useful with port 0).
     #[arg(long)]
     pub xds_address_file: Option<PathBuf>,

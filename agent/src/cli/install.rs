@@ -349,6 +349,11 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
                     if let Some(addr) = p.pointer_mut(at) {
                         *addr = format!("multicloud-agent-xds.{ns}.svc.cluster.local").into();
                     }
+                    // The agent's identity the gateway verifies: its ServiceAccount in `ns`.
+                    let san = "/patch/value/transport_socket/typed_config/common_tls_context/combined_validation_context/default_validation_context/match_typed_subject_alt_names/0/matcher/exact";
+                    if let Some(id) = p.pointer_mut(san) {
+                        *id = format!("spiffe://cluster.local/ns/{ns}/sa/istio-multicloud-agent").into();
+                    }
                 }
                 if let Some(sel) = &selector {
                     set(o, &["spec", "workloadSelector", "labels"], Value::Object(sel.clone()));

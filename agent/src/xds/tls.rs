@@ -138,7 +138,9 @@ impl ServingCert {
 /// client roots (replaced when this cluster's root changes). A handshake
 /// uses the configuration current when it starts.
 pub struct XdsTls {
-    serving: ServingCert,
+    /// Replaced when an istiod-signed certificate arrives or is renewed
+    /// (`crate::istio_ca`).
+    serving: RwLock<ServingCert>,
     /// The root bundle (PEM as the facts hold it) and the config built from it.
     current: RwLock<Option<(String, Arc<rustls::ServerConfig>)>>,
 }
@@ -158,7 +160,21 @@ impl XdsTls {
                     "--xds-cert and --xds-key do not match or are not supported ({e}); give the key of the chain's first certificate"
                 ))
             })?;
-        Ok(XdsTls { serving, current: RwLock::new(None) })
+        Ok(XdsTls { serving: RwLock::new(serving), current: RwLock::new(None) })
+    }
+
+    /// Serves `cert` from the next handshake on (checked first: on error the
+    /// one in force stays).
+    pub fn set_serving(&self, cert: ServingCert) -> Result<(), XdsTlsError> {
+        XdsTls::new(ServingCert { chain: cert.chain.clone(), key: cert.key.clone_key() })?;
+        *self.serving.write().unwrap_or_else(|e| e.into_inner()) = cert;
+        let roots = self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(p, _)| p.clone());
+        if let Some(roots) = roots {
+            // The same roots with the new certificate, swapped in whole.
+            let config = self.build(&roots)?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots, config));
+        }
+        Ok(())
     }
 
     /// Trusts the certificates of `roots_pem` (every one: during an Istio
@@ -169,6 +185,13 @@ impl XdsTls {
         if self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|(p, _)| p == roots_pem) {
             return Ok(false);
         }
+        let config = self.build(roots_pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots_pem.to_string(), config));
+        Ok(true)
+    }
+
+    /// The server configuration: client roots `roots_pem`, the serving certificate in force.
+    fn build(&self, roots_pem: &str) -> Result<Arc<rustls::ServerConfig>, XdsTlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
             let c = c.map_err(|e| XdsTlsError::Roots(format!("not PEM: {e}")))?;
@@ -178,6 +201,7 @@ impl XdsTls {
             return Err(XdsTlsError::Roots("no CERTIFICATE block".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let serving = self.serving.read().unwrap_or_else(|e| e.into_inner());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| XdsTlsError::Roots(e.to_string()))?;
@@ -185,12 +209,11 @@ impl XdsTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| XdsTlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.serving.chain.clone(), self.serving.key.clone_key())
+            .with_single_cert(serving.chain.clone(), serving.key.clone_key())
             .map_err(|e| XdsTlsError::Config(format!("the serving certificate and key do not match or are not supported: {e}")))?;
         // gRPC is HTTP/2 only.
         config.alpn_protocols = vec![b"h2".to_vec()];
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots_pem.to_string(), Arc::new(config)));
-        Ok(true)
+        Ok(Arc::new(config))
     }
 
     fn config(&self) -> Option<Arc<rustls::ServerConfig>> {
