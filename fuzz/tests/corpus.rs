@@ -1,0 +1,54 @@
+//! Smoke pass of the fuzz targets, run by `cargo test` (and so `make test`)
+//! on stable: every committed corpus input goes once through its target,
+//! the same function the libFuzzer binary calls. No fuzzing happens here;
+//! `make fuzz` (scripts/fuzz.sh) does that.
+
+use std::path::{Path, PathBuf};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
+}
+
+fn replay(target: &str) {
+    let (_, run) = multicloud_fuzz::TARGETS.iter().find(|(n, _)| *n == target).expect("a target of that name");
+    let dir = corpus_dir(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "the {target} corpus is empty");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        if std::panic::catch_unwind(|| run(&bytes)).is_err() {
+            panic!("{target} fails on {}", f.display());
+        }
+    }
+    eprintln!("{target}: {} corpus inputs replayed", files.len());
+}
+
+macro_rules! replays {
+    ($($t:ident),* $(,)?) => {$(
+        #[test]
+        fn $t() {
+            replay(stringify!($t));
+        }
+    )*};
+}
+
+replays!(token, pem, der, metadata, edge, edge_config, apiguard, meshguard, standalone);
+
+/// Each target has its libFuzzer binary and its corpus, so `make fuzz`
+/// and this smoke pass cover the same list.
+#[test]
+fn every_target_has_a_fuzz_binary_and_a_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for (name, _) in multicloud_fuzz::TARGETS {
+        assert!(root.join("fuzz_targets").join(format!("{name}.rs")).is_file(), "fuzz_targets/{name}.rs is missing");
+        assert!(manifest.contains(&format!("name = \"{name}\"\npath = \"fuzz_targets/{name}.rs\"")), "no [[bin]] for {name}");
+        assert!(corpus_dir(name).is_dir(), "corpus/{name} is missing");
+    }
+    assert_eq!(multicloud_fuzz::TARGETS.len(), 9);
+}
