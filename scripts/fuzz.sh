@@ -4,14 +4,16 @@
 # per target and writes them to docs/fuzzing-results.md.
 #
 #   scripts/fuzz.sh [target ...]    FUZZ_SECONDS=60 per target by default
-#   scripts/fuzz.sh seeds           rewrite the seeds and minimize them with the
-#                                   committed corpora into fuzz/corpus/ (cmin)
+#   scripts/fuzz.sh corpus [target ...]
+#                                   rewrite the seeds and minimize them, the
+#                                   committed corpora and what runs found into
+#                                   fuzz/corpus/ (cargo fuzz cmin)
 #
 # Installs what it uses if missing: the nightly toolchain (rustup), else falls
 # back to the stable one with RUSTC_BOOTSTRAP=1; cargo-fuzz (crates.io, pinned).
 # New inputs found while fuzzing go to fuzz/target/work/, not into the
 # committed corpora; a crash is saved to fuzz/artifacts/<target>/ and fails
-# the run.
+# the run (once fixed, keep the input in fuzz/regressions/<target>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -41,6 +43,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1 || ! cargo fuzz --version 2>/dev/null
   cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION" || die "cargo install cargo-fuzz failed"
 fi
 
+# Inputs longer than this are not tried (the largest limit any parser has is
+# PEM's 64 KiB; 20 KB reaches every token, header and document limit but it).
+max_len=20000
 all_targets=(token pem der metadata edge edge_config apiguard meshguard standalone)
 
 # Features and target folder per target: only the standalone file needs the
@@ -55,18 +60,22 @@ fuzz() { # fuzz <cargo-fuzz subcommand> <target> [args...]
   env "${toolchain_env[@]}" cargo "+$toolchain" fuzz "$sub" --fuzz-dir fuzz $(features "$t") "$t" "$@"
 }
 
-if [[ "${1:-}" == seeds ]]; then
-  log "writing seeds to fuzz/seeds (examples/write_seeds.rs)"
+if [[ "${1:-}" == corpus ]]; then
+  shift
+  targets=("$@")
+  ((${#targets[@]})) || targets=("${all_targets[@]}")
+  log "writing seeds to fuzz/seeds (fuzz/examples/write_seeds.rs)"
   rm -rf fuzz/seeds
   cargo run --quiet -p multicloud-fuzz --example write-seeds -- fuzz/seeds
-  for t in "${all_targets[@]}"; do
-    mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
-    # Corpus and seeds together, minimized: only inputs that add coverage stay.
-    cp -n "fuzz/corpus/$t"/* "fuzz/seeds/$t"/ 2>/dev/null || true
-    rm -rf "fuzz/corpus/$t" && mkdir -p "fuzz/corpus/$t"
-    fuzz cmin "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- -rss_limit_mb=2048 -timeout=10 >"fuzz/target/cmin-$t.log" 2>&1 \
+  mkdir -p fuzz/target
+  for t in "${targets[@]}"; do
+    # Seeds, the committed corpus and what earlier runs found, minimized
+    # together: only inputs that add coverage stay.
+    mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/target/work/$t"
+    cp -n "fuzz/seeds/$t"/* "fuzz/target/work/$t"/* "fuzz/corpus/$t"/ 2>/dev/null || true
+    fuzz cmin "$t" "fuzz/corpus/$t" -- -rss_limit_mb=2048 -timeout=10 -max_len=$max_len >"fuzz/target/cmin-$t.log" 2>&1 \
       || { tail -20 "fuzz/target/cmin-$t.log"; die "cmin of $t failed"; }
-    log "$t: $(ls "fuzz/corpus/$t" | wc -l) inputs, $(du -sk "fuzz/corpus/$t" | cut -f1) KB"
+    log "$t: $(find "fuzz/corpus/$t" -type f | wc -l) inputs, $(du -sb "fuzz/corpus/$t" | cut -f1) bytes"
   done
   exit 0
 fi
@@ -82,8 +91,10 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/target/work/$t" "fuzz/artifacts/$t"
   logf="fuzz/target/fuzz-$t.log"
   # The first corpus folder receives new inputs; the committed one is read only.
-  if ! fuzz run "$t" "fuzz/target/work/$t" "fuzz/corpus/$t" -- \
-      -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+  extra=()
+  [[ -d "fuzz/regressions/$t" ]] && extra=("fuzz/regressions/$t")
+  if ! fuzz run "$t" "fuzz/target/work/$t" "fuzz/corpus/$t" "${extra[@]}" -- \
+      -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 -max_len=$max_len \
       -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" >"$logf" 2>&1; then
     grep -E "panicked|ERROR|SUMMARY|Test unit written" "$logf" | head -20 >&2 || tail -30 "$logf" >&2
     failed+=("$t")
@@ -107,7 +118,7 @@ if ((${#targets[@]} == ${#all_targets[@]})); then
   {
     echo "## Reliability: fuzzing"
     echo
-    echo "Written by \`make fuzz\` (\`scripts/fuzz.sh\`; \`FUZZ_SECONDS=$FUZZ_SECONDS\` per target). Run: $(date -u '+%Y-%m-%d %H:%M UTC'), $rustc_version, cargo-fuzz $CARGO_FUZZ_VERSION, AddressSanitizer, $(nproc) cores shared with other builds. Each target starts from its committed corpus (\`fuzz/corpus/<target>\`); cov and ft are libFuzzer's coverage counters (edges, features) at the end of the run. What each target checks: [testing.md](testing.md#fuzzing)."
+    echo "Written by \`make fuzz\` (\`scripts/fuzz.sh\`; \`FUZZ_SECONDS=$FUZZ_SECONDS\` per target). Run: $(date -u '+%Y-%m-%d %H:%M UTC'), $rustc_version, cargo-fuzz $CARGO_FUZZ_VERSION, AddressSanitizer, $(nproc) cores shared with other builds. Each target starts from its committed corpus (\`fuzz/corpus/<target>\`); cov and ft are libFuzzer's coverage counters (edges, features) at the end of the run. What each target checks: [docs/testing.md](docs/testing.md#fuzzing)."
     echo
     echo "$table"
     echo

@@ -1,7 +1,8 @@
 //! Writes the fuzz targets' seeds: the inputs of core's and the agent's unit
 //! tests, put in each target's input format, plus the fixtures' certificates
-//! and keys. `scripts/fuzz.sh seeds` runs it, then minimizes seeds and the
-//! committed corpus together into `fuzz/corpus/<target>` (`cargo fuzz cmin`).
+//! and keys. `scripts/fuzz.sh corpus` runs it, then minimizes the seeds, the
+//! committed corpus and what fuzzing found into `fuzz/corpus/<target>`
+//! (`cargo fuzz cmin`).
 //!
 //! Usage: write-seeds <dir>   (writes <dir>/<target>/<name>)
 

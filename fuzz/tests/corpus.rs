@@ -9,16 +9,25 @@ fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target)
 }
 
+/// The inputs that once failed a target (`fuzz/regressions/<target>/`,
+/// each also a unit test where the fix is); kept apart from the corpus so
+/// that minimizing it never drops them.
+fn regressions_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions").join(target)
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
+}
+
 fn replay(target: &str) {
     let (_, run) = multicloud_fuzz::TARGETS.iter().find(|(n, _)| *n == target).expect("a target of that name");
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
+    let mut files = files_in(&corpus_dir(target));
     assert!(!files.is_empty(), "the {target} corpus is empty");
+    files.extend(files_in(&regressions_dir(target)));
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         if std::panic::catch_unwind(|| run(&bytes)).is_err() {
