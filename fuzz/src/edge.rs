@@ -3,7 +3,7 @@
 //! configuration ([`fixture::config`]), one token cache and one limiter per
 //! input, as one filter worker holds them.
 //!
-//! Input: one request per line, fields separated by tabs:
+//! Input: one request per line (16 at most), fields separated by tabs:
 //! `role method path authorization if-none-match seconds`. `role` is `m`
 //! (metadata, the default), `a` (API proxy; the fifth field is then extra
 //! headers `name:value|name:value`) or `w` (peer A's watch ends). An

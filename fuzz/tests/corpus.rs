@@ -3,6 +3,10 @@
 //! the same function the libFuzzer binary calls. No fuzzing happens here;
 //! `make fuzz` (scripts/fuzz.sh) does that.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 
 fn corpus_dir(target: &str) -> PathBuf {
