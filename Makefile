@@ -1,5 +1,5 @@
 # The two commands the README starts with, and the rest.
-.PHONY: demo demo-istio test build images bench clean
+.PHONY: demo demo-istio test build images bench fuzz clean
 
 ## demo: a local two-cluster demo on loopback (real Envoys, the real filter)
 demo:
@@ -28,6 +28,12 @@ images:
 ## bench: benchmarks against native Envoy baselines; writes BENCHMARKS.md
 bench:
 	scripts/bench.sh
+
+## fuzz: every fuzz target for FUZZ_SECONDS (default 60) each, from its
+## committed corpus; prints executions and coverage per target and writes
+## docs/fuzzing-results.md (scripts/fuzz.sh; installs nightly and cargo-fuzz)
+fuzz:
+	scripts/fuzz.sh
 
 clean:
 	cargo clean

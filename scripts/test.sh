@@ -2,7 +2,10 @@
 # The whole test suite, from a fresh clone: installs what it needs, builds the
 # filter for wasm32 and the images (scripts/images.sh), runs lints on the
 # filter crates, unit tests and the end-to-end tests against real Envoy 1.40,
-# then checks that no process was left behind.
+# then checks that no process was left behind. The fuzz targets' smoke pass
+# (every committed corpus input through its target once, no fuzzing:
+# fuzz/tests/corpus.rs) is part of `cargo test --workspace`; fuzzing itself is
+# `make fuzz`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

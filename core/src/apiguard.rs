@@ -302,10 +302,38 @@ impl Classified {
     }
 }
 
-fn query_flag(query: &str, key: &str) -> bool {
-    query.split('&').any(|kv| match kv.split_once('=') {
-        Some((k, v)) => k == key && (v == "true" || v == "1"),
-        None => kv == key,
+/// A query component unescaped as the API server's Go query parser does
+/// (`+` is a space, `%XX` a byte); `None` for a bad escape, which makes it
+/// drop the parameter.
+fn query_unescape(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(c) = bytes.next() {
+        out.push(match c {
+            b'%' => {
+                let hex = |c: Option<u8>| c.and_then(|c| char::from(c).to_digit(16));
+                u8::try_from(hex(bytes.next())? * 16 + hex(bytes.next())?).ok()?
+            }
+            b'+' => b' ',
+            c => c,
+        });
+    }
+    Some(out)
+}
+
+/// Whether the API server may read `query` as a watch: a `watch` parameter
+/// (name unescaped, so `%77atch` too) whose value is anything but `0` or
+/// `false` in any case (its boolean parameters are true even when empty,
+/// `yes` or `true(x`). Every `watch` parameter counts, not only the first
+/// the API server reads: counting a list as a watch only holds a watch slot
+/// for the length of a list.
+fn query_is_watch(query: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match (query_unescape(k), query_unescape(v)) {
+            (Some(k), Some(v)) => k == b"watch" && v != b"0" && !v.eq_ignore_ascii_case(b"false"),
+            _ => false,
+        }
     })
 }
 
@@ -327,31 +355,9 @@ fn field_selector(query: &str) -> Result<Option<String>, ApiRefusal> {
     Ok(found)
 }
 
-/// `application/x-www-form-urlencoded` decoding (`+` is a space), as Go's
-/// `url.ParseQuery` does it; `None` for a bad escape or non-UTF-8 result.
+/// [`query_unescape`] as text (`None` for a bad escape or non-UTF-8).
 fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'%' => {
-                let hex = |j: usize| b.get(j).and_then(|h| (*h as char).to_digit(16));
-                let (hi, lo) = (hex(i + 1)?, hex(i + 2)?);
-                out.push(u8::try_from(hi * 16 + lo).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    query_unescape(s).and_then(|b| String::from_utf8(b).ok())
 }
 
 /// Whether `ns/name` is one of the mesh ConfigMaps a peer may read.
@@ -362,11 +368,17 @@ fn is_mesh_config_map(ns: &str, name: &str, s: &ApiSettings) -> bool {
 /// Classifies a request path (with query) against the allow-list of `s`.
 pub fn classify(path_and_query: &str, s: &ApiSettings) -> Result<Classified, ApiRefusal> {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
-    if path.contains("/../") || path.ends_with("/..") || path.contains("/./") || path.contains("//") || path.contains('%') {
+    if !path.starts_with('/')
+        || path.contains("/../")
+        || path.ends_with("/..")
+        || path.contains("/./")
+        || path.contains("//")
+        || path.contains('%')
+    {
         return Err(ApiRefusal::ResourceNotAllowed);
     }
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let watch_q = query_flag(query, "watch");
+    let watch_q = query_is_watch(query);
     // Discovery documents.
     match segs.as_slice() {
         ["version"] | ["api"] | ["apis"] | ["api", "v1"] => return Ok(Classified::pass(ApiRead::Discovery)),
@@ -517,6 +529,41 @@ mod tests {
         assert_eq!(c("/apis/security.istio.io/v1/peerauthentications"), Ok(ApiRead::List));
         assert_eq!(c("/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert"), Ok(ApiRead::Get));
         assert_eq!(c("/api/v1/namespaces/istio-system/secrets/cacerts"), Ok(ApiRead::Get));
+    }
+
+    /// Found by the `apiguard` fuzz target: the API server reads
+    /// `watch=true(resourceVersion=1` (and `watch=yes`, `watch=`, ...) as a
+    /// watch, the guard read it as a list, so a peer could hold more watches
+    /// than `maxWatches`.
+    #[test]
+    fn any_watch_value_but_false_or_0_is_counted_as_a_watch() {
+        for q in [
+            "watch=true(resourceVersion=1",
+            "watch=yes",
+            "watch=",
+            "watch",
+            "watch=TRUE",
+            "watch=t",
+            "%77atch=1",
+            "wat%63h=true",
+            "watch=%66alse%21",
+            "resourceVersion=1&watch=2",
+        ] {
+            assert_eq!(c(&format!("/api/v1/services?{q}")), Ok(ApiRead::Watch), "{q}");
+        }
+        for q in ["watch=false", "watch=FALSE", "watch=0", "watch=%66alse", "watch=fals%zz", "watchx=1", "x=watch", ""] {
+            assert_eq!(c(&format!("/api/v1/services?{q}")), Ok(ApiRead::List), "{q}");
+        }
+    }
+
+    /// Found by the `apiguard` fuzz target: the first segment was skipped
+    /// unread, so `x/api/v1/namespaces/abc` was a namespace read, though the
+    /// API server reads `x/...` as a non-resource path.
+    #[test]
+    fn a_path_without_its_leading_slash_is_refused() {
+        for p in ["x/api/v1/namespaces/abc", "\u{fffd}/api/v1/services", "api/v1/services", "", "?watch=1"] {
+            assert_eq!(c(p), Err(ApiRefusal::ResourceNotAllowed), "{p:?}");
+        }
     }
 
     #[test]

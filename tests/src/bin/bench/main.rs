@@ -2,7 +2,10 @@
 //! same run and writes the ratios to BENCHMARKS.md. Every load is a bounded
 //! wrk run on loopback; nothing runs without an end.
 //!
-//! Usage: bench [edge|api|xds|traffic|convergence]...   (default: all benchmarks)
+//! Usage: bench [edge|api|xds|traffic|convergence|fuzz]...   (default: all benchmarks)
+//!
+//! `fuzz` runs nothing: it copies the last `make fuzz` results
+//! (docs/fuzzing-results.md) into their section.
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in
 // #[test] functions; this covers the helpers too).
@@ -33,6 +36,19 @@ fn main() {
     }
     if all || args.iter().any(|a| a == "convergence") {
         convergence::run();
+    }
+    if all || args.iter().any(|a| a == "fuzz") {
+        fuzz_results();
+    }
+}
+
+/// The Reliability section's fuzzing part: what `make fuzz` last recorded
+/// (it takes FUZZ_SECONDS per target, too long to rerun inside a benchmark).
+fn fuzz_results() {
+    let path = paths::workspace_root().join("docs/fuzzing-results.md");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => write_section("fuzz", text.trim_end()),
+        Err(e) => eprintln!("== fuzz: no recorded results ({}: {e}); run `make fuzz`", path.display()),
     }
 }
 

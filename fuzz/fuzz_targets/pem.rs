@@ -1,0 +1,3 @@
+//! libFuzzer entry point; the target and its properties: `multicloud_fuzz::pem`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| multicloud_fuzz::pem::run(data));
