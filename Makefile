@@ -1,5 +1,5 @@
 # The two commands the README starts with, and the rest.
-.PHONY: demo demo-istio test build images bench fuzz clean
+.PHONY: demo demo-istio lab lab-down test build images bench fuzz clean
 
 ## demo: a local two-cluster demo on loopback (real Envoys, the real filter)
 demo:
@@ -9,6 +9,16 @@ demo:
 ## pilot-agent-run proxies; the tools are built once and cached)
 demo-istio:
 	scripts/demo-istio.sh
+
+## lab: the demo's two real-Istio clusters, left running: prints per cluster
+## a KUBECONFIG= line, the metadata endpoint and the workloads; Ctrl-C or
+## `make lab-down` stops it (scripts/lab.sh)
+lab:
+	scripts/lab.sh up
+
+## lab-down: stops the running lab; checks no process or directory is left
+lab-down:
+	scripts/lab.sh down
 
 ## test: the whole test suite (installs Envoy and the wasm toolchain if missing)
 test:

@@ -334,14 +334,19 @@ pub fn link(cp: &ControlPlane, peers: &[(SimCluster, u16, String)]) {
 /// metadata endpoint, the CA of its gateway's certificate).
 pub fn link_endpoints(cp: &ControlPlane, peers: &[(SimCluster, String, String)]) {
     for (sim, endpoint, ca) in peers {
-        let ca = serde_json::to_string(ca).expect("json");
-        cp.apply(&format!(
-            "apiVersion: istio-multicloud.dev/v1alpha1\nkind: IstioMulticloud\nmetadata: {{name: {}}}\n\
-             spec: {{metadataEndpoint: '{endpoint}', metadata: {{ca: {ca}}}}}\n",
-            object_name(*sim),
-        ))
-        .expect("apply IstioMulticloud");
+        cp.apply(&imc_object(*sim, endpoint, ca)).expect("apply IstioMulticloud");
     }
+}
+
+/// The IstioMulticloud object (YAML) that names cluster `sim` by its
+/// metadata endpoint and the CA of its gateway's certificate.
+pub fn imc_object(sim: SimCluster, endpoint: &str, ca: &str) -> String {
+    let ca = serde_json::to_string(ca).expect("json");
+    format!(
+        "apiVersion: istio-multicloud.dev/v1alpha1\nkind: IstioMulticloud\nmetadata: {{name: {}}}\n\
+         spec: {{metadataEndpoint: '{endpoint}', metadata: {{ca: {ca}}}}}\n",
+        object_name(sim),
+    )
 }
 
 /// The metadata host of a simulated cluster (install's `--metadata-host`

@@ -34,6 +34,7 @@ pub mod istio;
 pub mod istio_mesh;
 pub mod kube;
 pub mod kube_mesh;
+pub mod lab;
 pub mod manifests;
 pub mod mesh;
 pub mod mtls;

@@ -129,3 +129,69 @@ pub fn on_failure(what: &str, log: &std::path::Path, lines: usize, dir: &mut Opt
         }
     }
 }
+
+/// Kills every child of this process, whichever thread spawned it (with
+/// its process group when it leads one, as pilot-agent does with its
+/// Envoy), and reaps it: what a process that exits without dropping its
+/// handles (`make lab` when stopped) runs, so that nothing of it is left
+/// running, or as a zombie, when its directories are removed. Children that
+/// appear while it runs (spawned meanwhile, or orphans reparented to a
+/// [`become_subreaper`] process) are taken in the next round, for a few
+/// rounds. Returns how many children are still listed after the last.
+pub fn kill_children() -> usize {
+    // SAFETY: getpgrp(2) has no arguments and touches no memory.
+    #[allow(unsafe_code)]
+    let own_group = unsafe { libc::getpgrp() };
+    for _ in 0..10 {
+        let children = children();
+        if children.is_empty() {
+            return 0;
+        }
+        for pid in children {
+            // SAFETY: kill(2), getpgid(2) and waitpid(2) on a child of this
+            // process, listed as not yet reaped (if another thread reaps it
+            // meanwhile, its pid is not handed out again that soon: the
+            // kernel hands out pids in order); a null status pointer is allowed.
+            #[allow(unsafe_code)]
+            unsafe {
+                let group = libc::getpgid(pid);
+                if group == pid && group != own_group {
+                    libc::kill(-group, libc::SIGKILL);
+                }
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    children().len()
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`): a grandchild whose parent dies (pilot-agent's
+/// Envoy) becomes this process's child, so that [`kill_children`] reaps it
+/// too instead of leaving it to init.
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER takes an integer flag and
+    // touches no memory.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The pids of this process's children (`/proc/self/task/*/children`: a
+/// child is listed under the thread that spawned it).
+fn children() -> Vec<libc::pid_t> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let mut pids: Vec<libc::pid_t> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}

@@ -8,22 +8,82 @@
 //! and A's workload call `foo.abc.svc.cluster.local`, which runs only in B.
 //! The last line starts with `RESULT:` and names the cluster that answered.
 //! Everything stops when it exits.
+//!
+//! `make lab` (`--lab`): the same demo, then the clusters stay up for a
+//! person to use; it prints per cluster a `KUBECONFIG=` line, the metadata
+//! endpoint and how to reach the workloads, then a line starting `READY`,
+//! and stops clean on Ctrl-C or `make lab-down` (tests/src/lab.rs).
 
 // Test-bed code: a failed expectation stops the demo with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO};
-use multicloud_e2e::kube_mesh::{object_name, start_kube_mesh, KubeMeshOptions};
-use multicloud_e2e::{wait_until, SimCluster};
+use clap::Parser as _;
+use multicloud_e2e::istio::IstioGateway;
+use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo, strict_mtls, FOO, FOO_PORT};
+use multicloud_e2e::kube_mesh::{object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
+use multicloud_e2e::upstream::RecordingUpstream;
+use multicloud_e2e::{lab, wait_until, SimCluster};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// The two-cluster demo under real Istio; with --lab, the clusters stay up.
+#[derive(clap::Parser)]
+struct Args {
+    /// After the demo, leave the clusters running (`make lab`) until
+    /// SIGINT (Ctrl-C), SIGTERM or SIGHUP; `make lab-down` sends SIGINT.
+    /// The lab's directory: MULTICLOUD_LAB_DIR, else /tmp/istio-multicloud-lab.
+    #[arg(long)]
+    lab: bool,
+    /// The simulated clusters A and B (loopback ranges 127.0.N.x).
+    #[arg(long, value_delimiter = ',', default_value = "141,142")]
+    clusters: Vec<u8>,
+}
+
+/// What the demo started, all of it running.
+struct Demo {
+    clusters: Vec<KubeCluster>,
+    _foo_app: RecordingUpstream,
+    foo_b: IstioGateway,
+    _client: IstioGateway,
+    client_addr: SocketAddr,
+    answered: String,
+}
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1m[{n}] {text}\x1b[0m");
 }
 
 fn main() {
+    let args = Args::parse();
+    let &[a, b] = args.clusters.as_slice() else { panic!("--clusters takes two clusters, A and B (e.g. 141,142)") };
+    assert!(a != b && a > 0 && b > 0, "--clusters takes two different clusters in 1..=255, A and B (e.g. 141,142)");
+    // The lab claims its directory before anything starts.
+    let lab = args.lab.then(lab::Lab::claim);
+    let demo = demo([SimCluster(a), SimCluster(b)]);
+    let name_b = object_name(SimCluster(b));
+    let Some(lab) = lab else {
+        if demo.answered != name_b {
+            std::process::exit(1);
+        }
+        return;
+    };
+    assert_eq!(demo.answered, name_b, "the lab is not up: {FOO} must be answered by {name_b}");
+    let (ca, cb) = (&demo.clusters[0], &demo.clusters[1]);
+    let client = [
+        format!("workload: A's client, its sidecar's egress for {FOO}:{FOO_PORT} at {}", demo.client_addr),
+        format!("  $ curl -sS -H 'Host: {FOO}:{FOO_PORT}' http://{}/hello", demo.client_addr),
+        format!("  (foo runs in {name_b} only: the call crosses B's gateway, mTLS under both roots)"),
+    ];
+    let foo = [format!(
+        "workload: foo ({FOO}:{FOO_PORT}), its sidecar at {} (STRICT mTLS: call it through A's client)",
+        demo.foo_b.ip
+    )];
+    let text = format!("{}\n{}", lab.cluster(ca, "A", &client), lab.cluster(cb, "B", &foo));
+    lab.serve(&text)
+}
+
+fn demo(sims: [SimCluster; 2]) -> Demo {
     let t0 = Instant::now();
-    let sims = [SimCluster(141), SimCluster(142)];
     let (name_a, name_b) = (object_name(sims[0]), object_name(sims[1]));
     step(1, "two clusters: API server, istiod (own root), istiod-run gateway, the agent installed by `multicloud-agent install`");
     let clusters = start_kube_mesh(&sims, KubeMeshOptions { replicas: 1, istio: true, ..Default::default() });
@@ -56,7 +116,7 @@ fn main() {
     );
 
     step(3, "A's istiod lists B's services through B's API proxy (B's API server's audit log)");
-    let (_foo_app, foo_b) = start_foo(b);
+    let (foo_app, foo_b) = start_foo(b);
     for c in [a, b] {
         strict_mtls(c);
     }
@@ -97,7 +157,5 @@ fn main() {
     println!("  ({:.1} s in all)", t0.elapsed().as_secs_f64());
     let who = if answered == name_b { "B" } else { "not B" };
     println!("RESULT: {FOO} answered by {answered} ({who}), through B's istiod-run gateway, mTLS trusted by the agents' caCertificates");
-    if answered != name_b {
-        std::process::exit(1);
-    }
+    Demo { clusters, _foo_app: foo_app, foo_b, _client: client, client_addr, answered }
 }
