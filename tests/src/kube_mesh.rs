@@ -473,7 +473,7 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
     // from the objects' apply does not include the gateways' start).
     for c in out.iter().filter(|c| c.opts.istio) {
         let gw = c.istio_gateway.as_ref().expect("the istiod-run gateway");
-        let last_access = || gw.log().lines().filter(|l| l.starts_with("ACCESS")).last().unwrap_or_default().to_string();
+        let last_access = || gw.log().lines().rfind(|l| l.starts_with("ACCESS")).unwrap_or_default().to_string();
         gw.wait_public_json(&metadata_host(c.sim), &c.edge_ca.pem(), Duration::from_secs(120), last_access);
         // The API proxy's guard has its configuration too: a request without
         // a token gets the guard's 401 (not Envoy's 500 for a missing filter

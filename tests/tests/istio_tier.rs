@@ -205,7 +205,7 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
     //    root istiod wrote.
     let t_edge = Instant::now();
     let (cp, gw) = (cps[0], &gateways[0]);
-    let (mut agent, public, edge_ca) = edge_through_istiod(cp, &istiods[0], gw);
+    let (mut agent, public, edge_ca) = edge_through_istiod(cp, istiods[0], gw);
     assert_eq!(public["rootCA"].as_str().map(str::trim), Some(roots[0].trim()), "public.json carries the root istiod wrote");
     let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].clone();
     assert_eq!(public["clusterUUID"], uuid, "the cluster UUID is kube-system's UID");
