@@ -69,16 +69,16 @@ fn main() {
     };
     assert_eq!(demo.answered, name_b, "the lab is not up: {FOO} must be answered by {name_b}");
     let (ca, cb) = (&demo.clusters[0], &demo.clusters[1]);
-    let client = [
+    let client_lines = [
         format!("workload: A's client, its sidecar's egress for {FOO}:{FOO_PORT} at {}", demo.client_addr),
         format!("  $ curl -sS -H 'Host: {FOO}:{FOO_PORT}' http://{}/hello", demo.client_addr),
         format!("  (foo runs in {name_b} only: the call crosses B's gateway, mTLS under both roots)"),
     ];
-    let foo = [format!(
+    let foo_lines = [format!(
         "workload: foo ({FOO}:{FOO_PORT}), its sidecar at {} (STRICT mTLS: call it through A's client)",
         demo.foo_b.ip
     )];
-    let text = format!("{}\n{}", lab.cluster(ca, "A", &client), lab.cluster(cb, "B", &foo));
+    let text = format!("{}\n{}", lab.cluster(ca, "A", &client_lines), lab.cluster(cb, "B", &foo_lines));
     lab.serve(&text)
 }
 
