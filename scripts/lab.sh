@@ -21,7 +21,7 @@ lab_pid() {
   local pid
   pid=$(cat "$LAB_DIR/lab.pid" 2>/dev/null) || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q demo_istio || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q demo_istio || return 1
   [[ $(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1) != Z ]] || return 1
   echo "$pid"
 }

@@ -116,7 +116,10 @@ impl Lab {
         let files = [
             (dir.join(MARKER), "A directory of `make lab` (tests/src/lab.rs); `make lab-down` stops the lab and removes it.\n".to_string()),
             (dir.join(PID_FILE), format!("{}\n", std::process::id())),
-            (wrapper.clone(), format!("#!/bin/sh\n# The lab's kubectl (scripts/tools.sh builds it).\nexec '{}' \"$@\"\n", kubectl.display())),
+            (
+                wrapper.clone(),
+                format!("#!/bin/sh\n# The lab's kubectl (scripts/tools.sh builds it).\nexec '{}' \"$@\"\n", kubectl.display()),
+            ),
         ];
         for (path, text) in files {
             if let Err(e) = std::fs::write(&path, text) {
@@ -201,7 +204,11 @@ impl Lab {
         std::fs::write(self.dir.join("lab.txt"), &all).expect("write lab.txt");
         println!("\n{all}");
         READY.store(true, Ordering::SeqCst);
-        println!("{READY_PREFIX} in {:.1} s: the lab is up (this text is in {})", self.started.elapsed().as_secs_f64(), self.dir.join("lab.txt").display());
+        println!(
+            "{READY_PREFIX} in {:.1} s: the lab is up (this text is in {})",
+            self.started.elapsed().as_secs_f64(),
+            self.dir.join("lab.txt").display()
+        );
         loop {
             std::thread::park();
         }
@@ -231,7 +238,10 @@ fn install_stop(dir: &Path) {
         crate::procs::kill_children();
         if FAILED.load(Ordering::SeqCst) {
             let _ = std::fs::remove_file(d.join(PID_FILE));
-            eprintln!("the lab failed; its processes are stopped and its directory kept for inspection: {} (`make lab-down` removes it)", d.display());
+            eprintln!(
+                "the lab failed; its processes are stopped and its directory kept for inspection: {} (`make lab-down` removes it)",
+                d.display()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&d);
         }

@@ -16,6 +16,8 @@
 //! - [`xds_client`]: an xDS client that is not Envoy (any node id, any
 //!   client certificate or none), to test what the agent's port refuses.
 //! - [`wait_until`]: poll a state with a deadline; tests never sleep and hope.
+//! - [`lab`]: `make lab`, the demo's real-Istio clusters left running in a
+//!   directory of their own, and stopped with nothing left behind.
 
 // The test bed: a failed expectation is a failed test, said where it
 // happened (clippy.toml allows this in #[test] functions; the test bed's

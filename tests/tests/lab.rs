@@ -64,7 +64,11 @@ fn sections(text: &str) -> Vec<(String, Vec<String>)> {
 
 /// The commands of a block (its lines marked `$ `), the one that contains `needle`.
 fn command<'a>(lines: &'a [String], needle: &str) -> &'a str {
-    lines.iter().filter_map(|l| l.strip_prefix("$ ")).find(|c| c.contains(needle)).unwrap_or_else(|| panic!("no printed command with {needle:?} in {lines:#?}"))
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("$ "))
+        .find(|c| c.contains(needle))
+        .unwrap_or_else(|| panic!("no printed command with {needle:?} in {lines:#?}"))
 }
 
 /// The pids of `pid`'s descendants (through every thread's `children`).

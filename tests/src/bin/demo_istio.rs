@@ -74,10 +74,8 @@ fn main() {
         format!("  $ curl -sS -H 'Host: {FOO}:{FOO_PORT}' http://{}/hello", demo.client_addr),
         format!("  (foo runs in {name_b} only: the call crosses B's gateway, mTLS under both roots)"),
     ];
-    let foo_lines = [format!(
-        "workload: foo ({FOO}:{FOO_PORT}), its sidecar at {} (STRICT mTLS: call it through A's client)",
-        demo.foo_b.ip
-    )];
+    let foo_lines =
+        [format!("workload: foo ({FOO}:{FOO_PORT}), its sidecar at {} (STRICT mTLS: call it through A's client)", demo.foo_b.ip)];
     let text = format!("{}\n{}", lab.cluster(ca, "A", &client_lines), lab.cluster(cb, "B", &foo_lines));
     lab.serve(&text)
 }
