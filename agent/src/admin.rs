@@ -13,26 +13,12 @@ use tokio::net::TcpListener;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub board: Arc<StatusBoard>,
-    pub ready: AtomicBool,
+    /// Set by `crate::sinks::ready` once the first data plane state was applied.
+    pub ready: Arc<AtomicBool>,
     pub source_error: Arc<Mutex<Option<String>>>,
-    pub xds: Option<crate::xds::XdsServer>,
+    pub xds: Option<crate::xds::server::XdsServer>,
     /// The agent's configuration (`crate::config::Config`), shown on `/status`.
     pub config: Option<serde_json::Value>,
-}
-
-/// Marks the agent ready once the first data plane configuration was applied
-/// (it runs after the other sinks, which stop the chain on error).
-pub struct ReadyOnApply {
-    pub admin: Arc<AdminState>,
-}
-
-impl crate::reconcile::DataPlaneSink for ReadyOnApply {
-    fn apply<'a>(&'a self, _dp: &'a crate::reconcile::DataPlane) -> crate::BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            self.admin.ready.store(true, Ordering::SeqCst);
-            Ok(())
-        })
-    }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
@@ -121,7 +107,7 @@ mod tests {
         let state = AdminState {
             metrics: Arc::default(),
             board: Arc::new(StatusBoard::new(None)),
-            ready: false.into(),
+            ready: Arc::default(),
             source_error: Arc::default(),
             xds: None,
             config: Some(serde_json::json!({"http": "127.0.0.1:15090", "mode": {"kind": "standalone"}})),

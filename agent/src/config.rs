@@ -3,10 +3,9 @@
 //! once at start and shown on `/status` (`config`): it holds paths and
 //! settings only, never the contents of a key, token or certificate file.
 
-use crate::cli::args::{KubeArgs, RunArgs};
+use crate::cli::args::RunArgs;
 use crate::kube::KubeOptions;
 use anyhow::{bail, Context as _, Result};
-use multicloud_core::metadata::IngressGateway;
 use multicloud_proto::traffic::Sameness;
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -176,7 +175,7 @@ impl Config {
         };
         let mode = if args.kubernetes {
             Mode::Kubernetes {
-                options: kube_options(&args.kube)?,
+                options: args.kube.options()?,
                 wasmplugin: args.kube.wasmplugin.clone(),
                 istio_mesh_config: Some(args.kube.istio_mesh_config.clone()).filter(|n| !n.is_empty()),
             }
@@ -239,35 +238,11 @@ impl Config {
     }
 }
 
-/// The Kubernetes flags (`run --kubernetes` and `check --kubernetes`).
-pub fn kube_options(k: &KubeArgs) -> Result<KubeOptions> {
-    let mut gateway_selector = BTreeMap::new();
-    for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
-        let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
-        gateway_selector.insert(key.to_string(), v.to_string());
-    }
-    let mut advertise = Vec::new();
-    for a in &k.advertise {
-        let (host, port) = a.rsplit_once(':').with_context(|| format!("--advertise {a:?}: want host:port"))?;
-        let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
-        advertise.push(IngressGateway { address: host.to_string(), port });
-    }
-    Ok(KubeOptions {
-        namespace: k.namespace.clone(),
-        lease_name: "istio-multicloud-agent".into(),
-        holder_identity: k.pod_name.clone(),
-        gateway_selector,
-        export_label: k.export_label.clone(),
-        network_name: k.network_name.clone(),
-        api_host: k.api_host.clone(),
-        advertise,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::args::{Cli, Command};
+    use multicloud_core::metadata::IngressGateway;
     use clap::Parser as _;
 
     fn config(flags: &[&str]) -> Result<Config> {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster_uuid;
 pub mod config;
 pub mod crd;
+pub mod data_plane;
 pub mod exchange;
 pub mod facts;
 pub mod keys;

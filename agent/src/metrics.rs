@@ -2,8 +2,7 @@
 //! `/metrics`. The table in docs/agent.md lists exactly these; a test keeps
 //! the two in step.
 
-use crate::reasons::{Document, FetchResult};
-use crate::xds::RefusalCount;
+use crate::reasons::{Document, FetchResult, RefusalCount};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;

@@ -2,7 +2,11 @@
 //! `run`'s flags become one validated [`crate::config::Config`].
 
 use super::inspect;
+use crate::kube::KubeOptions;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use multicloud_core::metadata::IngressGateway;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -238,6 +242,35 @@ pub struct KubeArgs {
     /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
     #[arg(long)]
     pub wasmplugin: Option<String>,
+}
+
+impl KubeArgs {
+    /// The Kubernetes flags (`run --kubernetes` and `check --kubernetes`) as
+    /// the agent uses them; errors name the flag.
+    pub fn options(&self) -> anyhow::Result<KubeOptions> {
+        let k = self;
+        let mut gateway_selector = BTreeMap::new();
+        for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
+            let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
+            gateway_selector.insert(key.to_string(), v.to_string());
+        }
+        let mut advertise = Vec::new();
+        for a in &k.advertise {
+            let (host, port) = a.rsplit_once(':').with_context(|| format!("--advertise {a:?}: want host:port"))?;
+            let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
+            advertise.push(IngressGateway { address: host.to_string(), port });
+        }
+        Ok(KubeOptions {
+            namespace: k.namespace.clone(),
+            lease_name: "istio-multicloud-agent".into(),
+            holder_identity: k.pod_name.clone(),
+            gateway_selector,
+            export_label: k.export_label.clone(),
+            network_name: k.network_name.clone(),
+            api_host: k.api_host.clone(),
+            advertise,
+        })
+    }
 }
 
 /// The identity of Istio's default ingress gateway (Helm chart `gateway`, service account

@@ -495,7 +495,7 @@ async fn watched_objects_are_published_as_the_desired_peers() {
     server.await.unwrap();
 }
 
-fn data_plane(uuid: &str) -> crate::reconcile::DataPlane {
+fn data_plane(uuid: &str) -> crate::data_plane::DataPlane {
     let facts = LocalFacts {
         cluster_uuid: uuid.into(),
         root_ca: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
@@ -506,7 +506,7 @@ fn data_plane(uuid: &str) -> crate::reconcile::DataPlane {
         mesh_mode: Default::default(),
         local_endpoints: vec![],
     };
-    crate::reconcile::test_data_plane(facts, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into(), vec![])
+    crate::data_plane::test_data_plane(facts, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into(), vec![])
 }
 
 const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/multicloud-edge";
@@ -517,7 +517,7 @@ const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/ist
 /// server-side apply, once per change.
 #[tokio::test]
 async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
-    use crate::reconcile::DataPlaneSink as _;
+    use crate::sinks::DataPlaneSink as _;
     let (client, mut api) = mock_client();
     let uuid = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
     let server = tokio::spawn(async move {
@@ -555,7 +555,7 @@ async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
 /// the agent does not create it, and says what to do.
 #[tokio::test]
 async fn a_missing_wasmplugin_is_not_created_and_the_error_says_what_to_do() {
-    use crate::reconcile::DataPlaneSink as _;
+    use crate::sinks::DataPlaneSink as _;
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
         expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;

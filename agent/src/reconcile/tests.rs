@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::crd::IstioMulticloudSpec;
+use crate::BoxFuture;
 use crate::facts::LocalFacts;
 use crate::sources::DesiredPeer;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};

@@ -13,7 +13,8 @@
 
 use crate::cluster_uuid::ClusterUuid;
 use crate::keys;
-use crate::reconcile::{DataPlane, DataPlaneSink};
+use crate::data_plane::DataPlane;
+use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -271,7 +272,7 @@ impl DataPlaneSink for RemoteSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::EstablishedPeer;
+    use crate::data_plane::EstablishedPeer;
     use multicloud_core::metadata::PrivateMetadata;
 
     const A: &str = "11111111-1111-4111-8111-111111111111";
@@ -285,7 +286,7 @@ mod tests {
             services: vec![],
             mesh_mode: None,
         };
-        crate::reconcile::sample_data_plane(
+        crate::data_plane::sample_data_plane(
             A,
             "na",
             vec![EstablishedPeer {

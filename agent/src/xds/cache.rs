@@ -17,7 +17,7 @@ pub(crate) type BuiltMap = std::collections::HashMap<(&'static str, String), Bui
 pub struct Built {
     /// The hash of the inputs it was built from ([`input_hash`]).
     pub key: u64,
-    /// Its xDS version (`crate::xds::resource_version`).
+    /// Its xDS version (`super::snapshot::resource_version`).
     pub version: String,
     pub resource: Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>,
 }
@@ -37,7 +37,7 @@ pub(crate) fn cached(
         Some(b) if b.key == key => Ok(b),
         _ => {
             let any = build()?;
-            Ok(Built { key, version: crate::xds::resource_version(&any), resource: Arc::new(any) })
+            Ok(Built { key, version: super::snapshot::resource_version(&any), resource: Arc::new(any) })
         }
     }
 }

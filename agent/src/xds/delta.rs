@@ -6,9 +6,10 @@
 //! `initial_resource_versions` on reconnect) and updated when a response is
 //! sent, so a NACKed resource is not sent again until it changes.
 
-use super::{
-    finish, push_order, send, serve_stream, version_of, Connection, End, Nonces, Protocol, ProtocolStream, Snapshot, StreamError, XdsServer,
-};
+use super::server::{Connection, Protocol, XdsServer};
+use super::snapshot::{push_order, version_of, Snapshot};
+use super::stream::{finish, send, serve_stream, End, Nonces, ProtocolStream, StreamError};
+use super::tls::XdsPeer;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
@@ -19,7 +20,7 @@ use tonic::{Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
-pub(super) async fn run(server: XdsServer, peer: Option<crate::xds::tls::XdsPeer>, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
+pub(super) async fn run(server: XdsServer, peer: Option<XdsPeer>, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
     let result = serve_stream::<Stream>(server, peer, requests, &tx).await;
     finish(&tx, result).await;
 }

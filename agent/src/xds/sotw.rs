@@ -2,9 +2,10 @@
 //! response carries the whole subscribed set, a version and a nonce; the
 //! proxy's next request with that nonce ACKs or NACKs it.
 
-use super::{
-    finish, push_order, send, serve_stream, version_of, Connection, End, Nonces, Protocol, ProtocolStream, Snapshot, StreamError, XdsServer,
-};
+use super::server::{Connection, Protocol, XdsServer};
+use super::snapshot::{push_order, version_of, Snapshot};
+use super::stream::{finish, send, serve_stream, End, Nonces, ProtocolStream, StreamError};
+use super::tls::XdsPeer;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
@@ -15,7 +16,7 @@ use tonic::{Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
-pub(super) async fn run(server: XdsServer, peer: Option<crate::xds::tls::XdsPeer>, requests: Streaming<DiscoveryRequest>, tx: Tx) {
+pub(super) async fn run(server: XdsServer, peer: Option<XdsPeer>, requests: Streaming<DiscoveryRequest>, tx: Tx) {
     let result = serve_stream::<Stream>(server, peer, requests, &tx).await;
     finish(&tx, result).await;
 }

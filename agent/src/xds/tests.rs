@@ -2,6 +2,13 @@
 //! 127.0.0.1:0, so the network boundary is exercised as Envoy would.
 
 use super::*;
+use crate::reasons::{RefusalCount, RefusalReason};
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
+use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Streaming;
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;

@@ -1,14 +1,15 @@
 //! The xDS port's mutual TLS. A client must present a certificate that
 //! chains to this cluster's Istio root (the local facts' `rootCA`, replaced
-//! whenever the facts change, see [`ClientRootsSink`]); its SPIFFE ID (the
+//! whenever the facts change, by `crate::sinks::client_roots`); its SPIFFE ID (the
 //! leaf's `spiffe://` URI SAN) travels with the connection
 //! ([`XdsPeer`], in each gRPC request's extensions) so that the xDS server
-//! decides what the client may receive (`crate::xds::AccessPolicy`).
+//! decides what the client may receive (`crate::xds::server::AccessPolicy`).
 //!
 //! The agent's own serving certificate comes from `--xds-cert/--xds-key` or
 //! is generated (self-signed) at start: proxies authenticate themselves to
 //! the agent, not the other way round (see docs/xds.md for what that means).
 
+use crate::reasons::RefusalReason;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,50 +22,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A client that has not finished its handshake by then is dropped, so a
 /// stalled connection holds nothing for long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why the xDS port turned a client away; the label of
-/// `multicloud_agent_xds_refusals_total{reason}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RefusalReason {
-    /// The TLS client sent no certificate.
-    NoClientCertificate,
-    /// The certificate does not chain to this cluster's root (another
-    /// cluster's CA, self-signed, expired, wrong usage, ...).
-    UntrustedCertificate,
-    /// Any other TLS failure (not TLS at all, closed mid-handshake, ...).
-    HandshakeFailed,
-    HandshakeTimeout,
-    /// The agent does not know this cluster's root yet (no local facts read).
-    NoLocalRoot,
-    /// The certificate chains to the root but names no `spiffe://` identity.
-    NoSpiffeId,
-    /// The node claims a group (e.g. `gateway`) its identity may not join.
-    GroupNotAllowed,
-}
-
-impl RefusalReason {
-    pub const ALL: [RefusalReason; 7] = [
-        RefusalReason::NoClientCertificate,
-        RefusalReason::UntrustedCertificate,
-        RefusalReason::HandshakeFailed,
-        RefusalReason::HandshakeTimeout,
-        RefusalReason::NoLocalRoot,
-        RefusalReason::NoSpiffeId,
-        RefusalReason::GroupNotAllowed,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            RefusalReason::NoClientCertificate => "no_client_certificate",
-            RefusalReason::UntrustedCertificate => "untrusted_certificate",
-            RefusalReason::HandshakeFailed => "handshake_failed",
-            RefusalReason::HandshakeTimeout => "handshake_timeout",
-            RefusalReason::NoLocalRoot => "no_local_root",
-            RefusalReason::NoSpiffeId => "no_spiffe_id",
-            RefusalReason::GroupNotAllowed => "group_not_allowed",
-        }
-    }
-}
 
 /// Who is at the other end of an xDS connection, as the TLS handshake
 /// proved it. Present in every request's extensions on the TLS port.
@@ -272,31 +229,6 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Keeps the xDS port's client roots equal to this cluster's root as the
-/// local facts state it (standalone file `rootCA`, or Kubernetes
-/// `istio-ca-root-cert`). Runs before the xDS sink, so no proxy is served a
-/// snapshot built from facts whose root the port does not yet trust.
-pub struct ClientRootsSink(pub Arc<XdsTls>);
-
-impl crate::reconcile::DataPlaneSink for ClientRootsSink {
-    fn apply<'a>(&'a self, dp: &'a crate::reconcile::DataPlane) -> crate::BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            match self.0.set_client_roots(&dp.local.root_ca) {
-                Ok(true) => {
-                    tracing::info!("xDS port: client certificates must now chain to this cluster's root CA as the local facts state it")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    // The previous roots stay in force; the edge configuration
-                    // validation normally refuses such facts before this.
-                    anyhow::bail!("xDS port keeps its previous client roots: {e}; fix this cluster's rootCA (istio-ca-root-cert)")
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,11 +267,5 @@ mod tests {
         assert!(!tls.set_client_roots(&root).unwrap(), "the same bundle is no change");
         assert!(tls.set_client_roots("not a certificate").is_err());
         assert!(tls.config().is_some(), "a bad bundle keeps the previous roots");
-    }
-
-    #[test]
-    fn refusal_labels_are_distinct() {
-        let labels: std::collections::BTreeSet<&str> = RefusalReason::ALL.iter().map(|r| r.label()).collect();
-        assert_eq!(labels.len(), RefusalReason::ALL.len());
     }
 }
