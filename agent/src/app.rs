@@ -11,24 +11,25 @@ use crate::kube::key_secret::SecretKeyStore;
 use crate::kube::lease::LeaseGuard;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Reconciler};
+use crate::sinks::client_roots::ClientRootsSink;
 use crate::sinks::ecds_file::EcdsFile;
+use crate::sinks::mesh_config::MeshConfigSink;
+use crate::sinks::ready::ReadyOnApply;
 use crate::sinks::remote_secret::{RemoteSecretOptions, RemoteSecrets};
 use crate::sinks::status::{KubeAndBoard, KubeStatusSink, StatusBoard};
-use crate::sinks::mesh_config::MeshConfigSink;
 use crate::sinks::wasmplugin::WasmPluginSink;
-use crate::sinks::client_roots::ClientRootsSink;
-use crate::sinks::ready::ReadyOnApply;
 use crate::sinks::xds::{ApiCredential, XdsSink};
 use crate::sinks::{write_atomically, DataPlaneSink, StatusSink};
 use crate::sources::{self, Desired};
 use crate::xds::groups::{classify, NodeGroup};
 use crate::xds::render::{CertAndKey, Renderer};
-use crate::xds::tls::{ServingCert, XdsTls};
 use crate::xds::server::{AccessPolicy, XdsServer};
+use crate::xds::tls::{ServingCert, XdsTls};
 use anyhow::{Context as _, Result};
 use multicloud_proto::edge_filter::Module;
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -185,11 +186,19 @@ impl App {
             module: module.clone(),
             cert_secret: dp.workload_cert_secret.clone(),
             cert_sds_cluster: dp.workload_cert_sds_cluster.clone(),
-            workload_cert: dp.workload_cert.as_ref().map(|f| CertAndKey::read(&f.cert, &f.key, ("--workload-cert", "--workload-key"))).transpose()?,
+            workload_cert: dp
+                .workload_cert
+                .as_ref()
+                .map(|f| CertAndKey::read(&f.cert, &f.key, ("--workload-cert", "--workload-key")))
+                .transpose()?,
             sameness: dp.sameness,
             mesh_listen: dp.mesh_listen,
             per_peer_clusters: dp.per_peer_clusters,
-            gateway_cert: dp.gateway_cert.as_ref().map(|f| CertAndKey::read(&f.cert, &f.key, ("--gateway-cert", "--gateway-key"))).transpose()?,
+            gateway_cert: dp
+                .gateway_cert
+                .as_ref()
+                .map(|f| CertAndKey::read(&f.cert, &f.key, ("--gateway-cert", "--gateway-key")))
+                .transpose()?,
         };
         let xds_sink = Arc::new(XdsSink::new(renderer, xds_server, api_credential));
         xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));

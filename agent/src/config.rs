@@ -242,8 +242,8 @@ impl Config {
 mod tests {
     use super::*;
     use crate::cli::args::{Cli, Command};
-    use multicloud_core::metadata::IngressGateway;
     use clap::Parser as _;
+    use multicloud_core::metadata::IngressGateway;
 
     fn config(flags: &[&str]) -> Result<Config> {
         let cli = Cli::try_parse_from(["multicloud-agent", "run"].iter().chain(flags)).map_err(|e| anyhow::anyhow!("{e}"))?;

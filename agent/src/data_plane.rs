@@ -67,4 +67,3 @@ pub(crate) fn sample_data_plane(local_uuid: &str, network: &str, peers: Vec<Esta
     };
     test_data_plane(facts, String::new(), peers)
 }
-

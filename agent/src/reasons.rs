@@ -146,7 +146,7 @@ impl Document {
 }
 
 /// How one fetch ended (the `result` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FetchResult {
     Ok,
     Failed(Reason),

@@ -38,9 +38,7 @@ pub fn execute(command: Command) -> Result<()> {
                             "run in the cluster or set KUBECONFIG",
                         )
                     })?;
-                    let opts = kube
-                        .options()
-                        .map_err(|e| CheckInputError::new("FlagsInvalid", format!("{e:#}"), "fix the flag"))?;
+                    let opts = kube.options().map_err(|e| CheckInputError::new("FlagsInvalid", format!("{e:#}"), "fix the flag"))?;
                     check_kube::check_inputs(client, &opts, &peer).await
                 }))
             } else {

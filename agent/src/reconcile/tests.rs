@@ -3,9 +3,9 @@
 
 use super::*;
 use crate::crd::IstioMulticloudSpec;
-use crate::BoxFuture;
 use crate::facts::LocalFacts;
 use crate::sources::DesiredPeer;
+use crate::BoxFuture;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
 use std::sync::Mutex;
 

@@ -27,9 +27,9 @@
 //! manager (so the keys it owns are its own, and nobody else's fields are
 //! touched); nothing secret is written (roots and addresses are public).
 
+use crate::data_plane::DataPlane;
 use crate::kube::lease::LeaseGuard;
 use crate::kube::FIELD_MANAGER;
-use crate::data_plane::DataPlane;
 use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::{bail, Context as _, Result};
@@ -71,9 +71,7 @@ pub fn render(dp: &DataPlane) -> MeshConfigData {
         if private.network_name.is_empty() || private.network_name == dp.local.network_name || private.ingress_gateways.is_empty() {
             continue;
         }
-        let entry = networks
-            .entry(private.network_name.clone())
-            .or_insert_with(|| json!({"endpoints": [], "gateways": []}));
+        let entry = networks.entry(private.network_name.clone()).or_insert_with(|| json!({"endpoints": [], "gateways": []}));
         if let Some(eps) = entry["endpoints"].as_array_mut() {
             eps.push(json!({"fromRegistry": p.name}));
         }
@@ -103,13 +101,7 @@ pub struct MeshConfigSink {
 
 impl MeshConfigSink {
     pub fn new(client: kube::Client, namespace: &str, name: &str, lease: Arc<LeaseGuard>) -> Self {
-        Self {
-            api: Api::namespaced(client, namespace),
-            name: name.into(),
-            namespace: namespace.into(),
-            lease,
-            last: Default::default(),
-        }
+        Self { api: Api::namespaced(client, namespace), name: name.into(), namespace: namespace.into(), lease, last: Default::default() }
     }
 
     async fn write(&self, dp: &DataPlane) -> Result<()> {

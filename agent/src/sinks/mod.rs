@@ -9,8 +9,8 @@
 pub mod client_roots;
 pub mod ecds_file;
 pub mod mesh_config;
-pub mod remote_secret;
 pub mod ready;
+pub mod remote_secret;
 pub mod status;
 pub mod wasmplugin;
 pub mod xds;

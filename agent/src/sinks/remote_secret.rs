@@ -12,8 +12,8 @@
 //! same kubeconfig; it is deleted when the peer stops offering an API host.
 
 use crate::cluster_uuid::ClusterUuid;
-use crate::keys;
 use crate::data_plane::DataPlane;
+use crate::keys;
 use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::Context as _;

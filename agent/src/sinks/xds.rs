@@ -30,20 +30,20 @@ pub struct XdsSink {
 /// ServiceAccount tokens rotate). Its content is never logged.
 pub struct ApiCredential {
     pub path: std::path::PathBuf,
-    current: std::sync::Mutex<Option<String>>,
+    current: parking_lot::Mutex<Option<String>>,
 }
 
 impl ApiCredential {
     /// Reads the file once (an unreadable or empty file is an error at start).
     pub fn load(path: std::path::PathBuf) -> anyhow::Result<Arc<ApiCredential>> {
-        let c = ApiCredential { path, current: std::sync::Mutex::new(None) };
+        let c = ApiCredential { path, current: parking_lot::Mutex::new(None) };
         let v = c.read()?;
         *c.lock() = Some(v);
         Ok(Arc::new(c))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Option<String>> {
+        self.current.lock()
     }
 
     fn read(&self) -> anyhow::Result<String> {

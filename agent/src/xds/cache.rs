@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// encode in random order, so rebuilding an unchanged resource would change
 /// its bytes and its version, and every push would resend everything; a
 /// resource whose inputs did not change is reused byte for byte instead.
-pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
+pub type BuildCache = parking_lot::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
 
 pub(crate) type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
 

@@ -13,10 +13,10 @@
 //! `multicloud_proto::mesh`; a peer whose resources do not validate is left
 //! out (and logged, and counted) rather than breaking the others.
 
-use crate::data_plane::{DataPlane, EstablishedPeer};
-use crate::metrics::Metrics;
 use super::cache::{cached, input_hash, BuildCache, Built};
 use super::snapshot::Snapshot;
+use crate::data_plane::{DataPlane, EstablishedPeer};
+use crate::metrics::Metrics;
 use multicloud_core::metadata::MeshMode;
 use multicloud_proto::edge_filter;
 use multicloud_proto::envoy_types::util::pack_any;
@@ -140,7 +140,7 @@ impl Renderer {
         // and every peer whose root is trusted.
         let mut good: Vec<PeerView> = Vec::new();
         let mut trusted: Vec<PeerView> = Vec::new();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock();
         let mut next_cache = std::collections::HashMap::new();
         for (p, view) in &views {
             match self.build_peer(p, view, &client, &mut cache) {
@@ -217,7 +217,7 @@ impl Renderer {
             .filter(|v| enabled.contains(v.name))
             .map(|v| TrafficPeer { view: *v, mode: modes.get(v.name).copied().unwrap_or_default() })
             .collect();
-        let mut cache = self.traffic_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.traffic_cache.lock();
         let mut old = std::mem::take(&mut *cache);
         for ((host, port), exporters) in traffic::exports_by_port(&peers) {
             let name = traffic::sameness_cluster_name(host, port);

@@ -3,20 +3,22 @@
 
 use super::*;
 use crate::reasons::{RefusalCount, RefusalReason};
-use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
-use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse};
-use multicloud_proto::envoy_types::pb::google::protobuf::Any;
-use std::sync::Arc;
-use std::time::Duration;
-use tonic::Streaming;
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use multicloud_proto::envoy_types::pb::google::rpc::Status as RpcStatus;
 use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 
 const WAIT: Duration = Duration::from_secs(5);
 /// How long "no response" is watched for.

@@ -10,11 +10,13 @@
 //! the agent, not the other way round (see docs/xds.md for what that means).
 
 use crate::reasons::RefusalReason;
+use parking_lot::RwLock;
+use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -58,7 +60,7 @@ impl ServingCert {
             })
         };
         let cert_pem = read(cert, "--xds-cert")?;
-        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| XdsTlsError::Read { what: format!("--xds-cert {}", cert.display()), cause: format!("not PEM: {e}") })?;
         if chain.is_empty() {
@@ -68,12 +70,13 @@ impl ServingCert {
             });
         }
         let key_pem = read(key, "--xds-key")?;
-        let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| XdsTlsError::Read { what: format!("--xds-key {}", key.display()), cause: format!("not PEM: {e}") })?
-            .ok_or_else(|| XdsTlsError::Read {
-                what: format!("--xds-key {}", key.display()),
-                cause: "holds no private key block (PKCS#8, PKCS#1 or SEC1 PEM)".into(),
-            })?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| XdsTlsError::Read {
+            what: format!("--xds-key {}", key.display()),
+            cause: match e {
+                pem::Error::NoItemsFound => "holds no private key block (PKCS#8, PKCS#1 or SEC1 PEM)".into(),
+                e => format!("not PEM: {e}"),
+            },
+        })?;
         Ok(ServingCert { chain, key: key_der })
     }
 
@@ -123,11 +126,11 @@ impl XdsTls {
     /// roots from now on; true if they changed. On error the previous roots
     /// stay in force.
     pub fn set_client_roots(&self, roots_pem: &str) -> Result<bool, XdsTlsError> {
-        if self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|(p, _)| p == roots_pem) {
+        if self.current.read().as_ref().is_some_and(|(p, _)| p == roots_pem) {
             return Ok(false);
         }
         let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+        for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
             let c = c.map_err(|e| XdsTlsError::Roots(format!("not PEM: {e}")))?;
             roots.add(c).map_err(|e| XdsTlsError::Roots(e.to_string()))?;
         }
@@ -146,12 +149,12 @@ impl XdsTls {
             .map_err(|e| XdsTlsError::Config(format!("the serving certificate and key do not match or are not supported: {e}")))?;
         // gRPC is HTTP/2 only.
         config.alpn_protocols = vec![b"h2".to_vec()];
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots_pem.to_string(), Arc::new(config)));
+        *self.current.write() = Some((roots_pem.to_string(), Arc::new(config)));
         Ok(true)
     }
 
     fn config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, c)| c.clone())
+        self.current.read().as_ref().map(|(_, c)| c.clone())
     }
 
     /// Runs the server side of the handshake on `tcp`; on success, the
