@@ -63,12 +63,8 @@ pub fn route(method: &str, path: &str, s: &AdminState) -> (StatusCode, &'static 
         "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", s.metrics.render()),
         "/xds" => {
             // Connected proxies, each one's ACKed versions per type and its last NACK.
-            let proxies = s.xds.as_ref().map(|x| x.proxies()).unwrap_or_default();
-            (
-                StatusCode::OK,
-                "application/json",
-                serde_json::json!({ "proxies": proxies, "nacks": s.xds.as_ref().map_or(0, |x| x.nack_count()) }).to_string(),
-            )
+            let view = s.xds.as_ref().map(|x| x.view()).unwrap_or_default();
+            (StatusCode::OK, "application/json", serde_json::to_string(&view).unwrap_or_default())
         }
         "/status" => {
             let mut v = serde_json::to_value(s.board.snapshot()).unwrap_or_default();

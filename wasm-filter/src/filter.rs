@@ -258,7 +258,8 @@ fn api<H: Host>(shared: &Shared, host: &H, headers: &[(String, String)], state: 
             count(shared, host, api_counter(Some(read), None));
             // The peer's token never reaches the API server; the proxy's
             // own credential is added by the next filter.
-            if host.set_request_header("authorization", None).is_err() || host.set_request_header("x-multicloud-peer", Some(&peer)).is_err() {
+            if host.set_request_header("authorization", None).is_err() || host.set_request_header("x-multicloud-peer", Some(&peer)).is_err()
+            {
                 return unavailable(host);
             }
             if read == ApiRead::Watch {

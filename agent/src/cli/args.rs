@@ -1,7 +1,8 @@
 //! The command line (clap): every subcommand and flag, names and defaults.
 //! `run`'s flags become one validated [`crate::config::Config`].
 
-use super::inspect;
+use super::report::Output;
+use super::status::DEFAULT_AGENT;
 use crate::kube::KubeOptions;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -52,10 +53,10 @@ pub enum Command {
     /// Exit code: 0 every peer Ready, 1 some peer not Ready, 2 the agent cannot be reached.
     Status {
         /// The agent's HTTP port (its --http).
-        #[arg(long, default_value = inspect::DEFAULT_AGENT)]
+        #[arg(long, default_value = DEFAULT_AGENT)]
         agent: String,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-        output: inspect::Output,
+        output: Output,
     },
     /// Probe one peer end to end: the object, public metadata, private metadata (a fresh token),
     /// the API proxy, the gateways' mesh port. Each step prints PASS/FAIL/SKIP with what to do.
@@ -64,7 +65,7 @@ pub enum Command {
         /// The IstioMulticloud object naming the peer.
         peer: String,
         /// The agent's HTTP port (used when no --standalone file is given).
-        #[arg(long, default_value = inspect::DEFAULT_AGENT)]
+        #[arg(long, default_value = DEFAULT_AGENT)]
         agent: String,
         /// The standalone file the agent runs with (objects and this cluster's UUID).
         #[arg(long, env = "MULTICLOUD_STANDALONE", conflicts_with = "kubernetes")]
@@ -83,7 +84,7 @@ pub enum Command {
         #[arg(long)]
         api_host_override: Vec<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-        output: inspect::Output,
+        output: Output,
     },
 }
 

@@ -9,7 +9,7 @@ use super::tls::XdsPeer;
 use crate::reasons::{RefusalCount, RefusalReason};
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tonic::Status;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Sotw,
@@ -25,7 +25,7 @@ pub enum Protocol {
 }
 
 /// A configuration the proxy rejected.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nack {
     pub version: String,
     pub message: String,
@@ -33,7 +33,7 @@ pub struct Nack {
 }
 
 /// What one proxy has of one type.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeStatus {
     pub acked_version: Option<String>,
     pub sent_version: Option<String>,
@@ -42,7 +42,7 @@ pub struct TypeStatus {
 }
 
 /// The admin view of one connected proxy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyStatus {
     pub node_id: String,
     pub group: String,
@@ -52,6 +52,14 @@ pub struct ProxyStatus {
     pub identity: Option<String>,
     /// By type URL.
     pub types: BTreeMap<String, TypeStatus>,
+}
+
+/// What the HTTP port's `/xds` shows (and `status` reads back): every
+/// connected proxy and the NACKs received since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdsView {
+    pub proxies: Vec<ProxyStatus>,
+    pub nacks: u64,
 }
 
 pub type Classify = Arc<dyn Fn(&Node) -> String + Send + Sync>;
@@ -151,6 +159,11 @@ impl XdsServer {
     pub fn refusals(&self) -> Vec<RefusalCount> {
         let counts = self.inner.refusals.lock();
         RefusalReason::ALL.iter().map(|r| RefusalCount { reason: *r, count: counts.get(r).copied().unwrap_or(0) }).collect()
+    }
+
+    /// The admin view: every proxy and the NACK count.
+    pub fn view(&self) -> XdsView {
+        XdsView { proxies: self.proxies(), nacks: self.nack_count() }
     }
 
     /// Every connected proxy, in connection order.

@@ -111,7 +111,10 @@ fn config_json() -> Vec<u8> {
             services: vec![],
             mesh_mode: None,
         },
-        peers: vec![PeerKey { cluster_uuid: A.into(), authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&peer_key().verifying_key()) }],
+        peers: vec![PeerKey {
+            cluster_uuid: A.into(),
+            authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&peer_key().verifying_key()),
+        }],
         spiffe: Default::default(),
         max_token_lifetime_seconds: 600,
         public_max_age_seconds: 60,
@@ -133,7 +136,14 @@ fn host(root_id: &str, headers: &[(&str, &str)]) -> FakeHost {
 fn api_token() -> String {
     multicloud_core::token::sign(
         &peer_key(),
-        &Claims { iss: "t".into(), sub: A.into(), aud: Audience::One(B.into()), scope: "api".into(), nbf: NOW as i64, exp: NOW as i64 + 60 },
+        &Claims {
+            iss: "t".into(),
+            sub: A.into(),
+            aud: Audience::One(B.into()),
+            scope: "api".into(),
+            nbf: NOW as i64,
+            exp: NOW as i64 + 60,
+        },
     )
 }
 
@@ -161,7 +171,10 @@ fn the_root_id_chooses_the_role_and_its_counters() {
         assert_eq!(shared.role, role);
         assert!(h.counters.borrow().iter().any(|c| c.starts_with(counter)), "{id}: {:?}", h.counters.borrow());
         let logs = h.logs.borrow();
-        assert!(logs.iter().any(|(l, m)| *l == LogLevel::Info && m.contains(&format!("configured: cluster {B} with 1 peer(s)"))), "{logs:?}");
+        assert!(
+            logs.iter().any(|(l, m)| *l == LogLevel::Info && m.contains(&format!("configured: cluster {B} with 1 peer(s)"))),
+            "{logs:?}"
+        );
     }
 }
 
@@ -240,7 +253,10 @@ fn an_api_request_without_a_token_is_refused_and_counted() {
 #[test]
 fn an_api_read_whose_token_the_host_cannot_strip_is_refused_503() {
     let auth = format!("Bearer {}", api_token());
-    let h = FakeHost { refuse_headers: true, ..host(API_ROOT_ID, &[(":method", "GET"), (":path", "/api/v1/services"), ("authorization", &auth)]) };
+    let h = FakeHost {
+        refuse_headers: true,
+        ..host(API_ROOT_ID, &[(":method", "GET"), (":path", "/api/v1/services"), ("authorization", &auth)])
+    };
     assert_eq!(run(&h).1, Action::Pause, "never continues with the peer's token");
     assert_eq!(h.sent.borrow()[0].0, 503);
 }
