@@ -10,6 +10,7 @@ pub mod crd;
 pub mod data_plane;
 pub mod exchange;
 pub mod facts;
+pub mod host_port;
 pub mod keys;
 pub mod kube;
 pub mod metrics;

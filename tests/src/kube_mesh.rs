@@ -106,8 +106,7 @@ pub fn install(args: &[String]) -> String {
 
 /// The agent container's args in the DaemonSet that `yaml` holds.
 pub fn daemonset_args(yaml: &str) -> Vec<String> {
-    for d in serde_yaml::Deserializer::from_str(yaml) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(d).expect("yaml");
+    for v in serde_saphyr::from_multiple::<serde_json::Value>(yaml).expect("yaml") {
         if v["kind"] == "DaemonSet" {
             let c = v["spec"]["template"]["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == "agent"));
             let args = c.and_then(|c| c["args"].as_array()).expect("the agent container's args");

@@ -39,10 +39,7 @@ fn install(args: &[&str]) -> String {
 }
 
 fn objects(yaml: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml).unwrap().into_iter().filter(|v| !v.is_null()).collect()
 }
 
 /// Applies `yaml` (server-side, strict field validation) and checks that

@@ -3,6 +3,7 @@
 
 use super::report::Output;
 use super::status::DEFAULT_AGENT;
+use crate::host_port::HostPort;
 use crate::kube::KubeOptions;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -257,9 +258,9 @@ impl KubeArgs {
         }
         let mut advertise = Vec::new();
         for a in &k.advertise {
-            let (host, port) = a.rsplit_once(':').with_context(|| format!("--advertise {a:?}: want host:port"))?;
-            let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
-            advertise.push(IngressGateway { address: host.to_string(), port });
+            let hp = HostPort::parse(a).map_err(|e| anyhow::anyhow!("--advertise {a:?}: {e}"))?;
+            let port = hp.port.with_context(|| format!("--advertise {a:?}: want host:port"))?;
+            advertise.push(IngressGateway { address: hp.host, port });
         }
         Ok(KubeOptions {
             namespace: k.namespace.clone(),

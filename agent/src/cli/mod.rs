@@ -2,12 +2,14 @@
 //! validated configuration (`crate::config`), and every other command:
 //! `status` ([`status`]), `check` ([`check`]: its inputs from
 //! [`check_kube`] with `--kubernetes`, its network probes in [`probes`]),
-//! `install` ([`install`]), `crd`, `keygen`, `token` ([`execute`]).
+//! `install` ([`install`], applying deploy/'s component patches with
+//! [`component`]), `crd`, `keygen`, `token` ([`execute`]).
 //! How `status` and `check` print and exit: [`report`].
 
 pub mod args;
 pub mod check;
 pub mod check_kube;
+pub mod component;
 pub mod install;
 pub mod probes;
 pub mod report;

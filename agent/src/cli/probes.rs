@@ -26,7 +26,8 @@ pub(super) async fn api_step(api_host: &str, spec: &IstioMulticloudSpec, token: 
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(8))
         .redirect(reqwest::redirect::Policy::none());
-    let host_only = api_host.rsplit_once(':').map_or(api_host, |(h, _)| h);
+    let host_only = crate::host_port::HostPort::host_of(api_host);
+    let host_only = host_only.as_str();
     for o in overrides {
         if let Some((h, addr)) = o.split_once('=') {
             if h == api_host || h == host_only {

@@ -40,7 +40,7 @@ struct StandaloneFile {
 
 /// Parses a standalone file. Errors name the file's problem.
 pub fn parse(text: &str) -> anyhow::Result<Desired> {
-    let f: StandaloneFile = serde_yaml::from_str(text).context("not a valid standalone file (want `cluster:` and `objects:`)")?;
+    let f: StandaloneFile = serde_saphyr::from_str(text).context("not a valid standalone file (want `cluster:` and `objects:`)")?;
     let mut peers = BTreeMap::new();
     for (i, o) in f.objects.into_iter().enumerate() {
         let Some(name) = o.metadata.name.clone().filter(|n| !n.is_empty()) else {
