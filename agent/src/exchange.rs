@@ -544,7 +544,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trust_from_spec() {
+    fn the_spec_chooses_pinned_system_or_no_verification() {
         use crate::crd::MetadataTls;
         assert_eq!(Trust::from_spec(None), Trust::SystemRoots);
         assert_eq!(Trust::from_spec(Some(&MetadataTls::default())), Trust::SystemRoots);

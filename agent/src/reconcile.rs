@@ -434,8 +434,14 @@ fn jitter(d: Duration, frac: f64) -> Duration {
 
 /// Exponential backoff with full jitter, capped.
 pub fn backoff(base: Duration, cap: Duration, failures: u32) -> Duration {
+    backoff_at(base, cap, failures, rand::random::<f64>())
+}
+
+/// [`backoff`] with its jitter drawn as `r` (0 to 1): half to all of
+/// `base` doubled per failure after the first, capped.
+pub fn backoff_at(base: Duration, cap: Duration, failures: u32, r: f64) -> Duration {
     let exp = base.saturating_mul(1u32 << failures.min(20).saturating_sub(1)).min(cap);
-    exp.mul_f64(0.5 + 0.5 * rand::random::<f64>())
+    exp.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]

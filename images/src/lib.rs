@@ -475,7 +475,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3339_dates() {
+    fn unix_times_are_written_as_rfc3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");

@@ -1,4 +1,4 @@
-//! Real tier, real Istio: cross-cluster traffic the Istio way (issue 12).
+//! Tier: real Istio. Cross-cluster traffic the Istio way (issue 12).
 //! Two simulated clusters (134 = A, 135 = B), each with a real etcd +
 //! kube-apiserver, a real istiod with its own self-signed root, an istiod-run
 //! gateway (pilot-agent `proxy router`, Envoy 1.40) and the agent in

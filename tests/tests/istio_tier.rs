@@ -1,4 +1,4 @@
-//! Real tier, real Istio (the first step of issue 12): per simulated cluster a
+//! Tier: real Istio (the first step of issue 12). Per simulated cluster a
 //! real etcd + kube-apiserver (tests/src/kube.rs), a real istiod
 //! (pilot-discovery built from the Go module proxy) outside a pod with its
 //! own self-signed root, and an ingress gateway run by a real pilot-agent

@@ -1,4 +1,4 @@
-//! Real tier, real Istio: deploy/'s WasmPlugin variant under a real istiod
+//! Tier: real Istio. deploy/'s WasmPlugin variant under a real istiod
 //! (tests/src/istio.rs), cluster 133 (loopback only: 127.0.133.x).
 //!
 //! `multicloud-agent install --wasmplugin --filter-image <ref@digest>` is

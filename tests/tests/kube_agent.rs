@@ -1,4 +1,4 @@
-//! Real tier: the agent in Kubernetes mode against real API servers (etcd +
+//! Tier: real Kubernetes. The agent in Kubernetes mode against real API servers (etcd +
 //! kube-apiserver per simulated cluster, tests/src/kube.rs), installed with
 //! `multicloud-agent install` and run with deploy/'s ServiceAccount token, so
 //! deploy/'s RBAC, server-side apply field ownership, the status

@@ -1,4 +1,4 @@
-//! Real tier: `deploy/` applied to a real kube-apiserver (and etcd) with
+//! Tier: real Kubernetes. `deploy/` applied to a real kube-apiserver (and etcd) with
 //! server-side apply, as an operator applies it: the kustomize base, every
 //! overlay, and `multicloud-agent install` with default and non-default
 //! flags. Istio's and the Prometheus Operator's CRDs are registered first,
