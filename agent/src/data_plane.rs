@@ -51,6 +51,22 @@ pub(crate) fn test_data_plane(facts: crate::facts::LocalFacts, key_pem: String, 
     }
 }
 
+/// Test data: this cluster's facts (`uuid`, `root_ca`) with one gateway,
+/// 127.0.1.1:15443, on network `net-a`, and nothing exported.
+#[cfg(test)]
+pub(crate) fn test_facts(uuid: &str, root_ca: String) -> crate::facts::LocalFacts {
+    crate::facts::LocalFacts {
+        cluster_uuid: uuid.into(),
+        root_ca,
+        ingress_gateways: vec![multicloud_core::metadata::IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
+        api_host: String::new(),
+        network_name: "net-a".into(),
+        services: vec![],
+        mesh_mode: Default::default(),
+        local_endpoints: vec![],
+    }
+}
+
 /// Test data: a data plane of this cluster (`local_uuid`, on `network`) with
 /// `peers`, an edge configuration that serves nothing in particular.
 #[cfg(test)]

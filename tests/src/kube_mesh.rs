@@ -154,6 +154,31 @@ impl KubeCluster {
     }
 }
 
+/// The agent as the DaemonSet runs it (`args`), replica `agent-0`, with
+/// deploy/'s ServiceAccounts from `cp`: its own for the API server, the API
+/// proxy's token as `--api-proxy-credential`; its files in `dir`, its
+/// prepared directory `adir`. The real-Istio tier's single agent.
+pub fn start_daemonset_agent(cp: &ControlPlane, sim: SimCluster, adir: tempfile::TempDir, dir: &std::path::Path, args: Vec<String>) -> Agent {
+    let kubeconfig = dir.join("agent.kubeconfig");
+    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
+    std::fs::write(dir.join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
+    Agent::start(
+        adir,
+        AgentOptions {
+            cluster: sim,
+            standalone: String::new(),
+            ecds_file: dir.join("edge.pb"),
+            refresh_seconds: 1,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 1000,
+            workload_cert: None,
+            api_proxy_credential: None,
+            extra_args: vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()],
+            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args, resolve_peers: false }),
+        },
+    )
+}
+
 fn start_agent(
     sim: SimCluster,
     kubeconfig: &std::path::Path,

@@ -13,11 +13,11 @@
 // #[test] functions; this covers the helpers too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use multicloud_e2e::agent::{Agent, AgentOptions, KubeMode};
+use multicloud_e2e::agent::Agent;
 use multicloud_e2e::fixtures::{free_port, EdgeCa};
 use multicloud_e2e::istio::{self, GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{daemonset_args, install};
+use multicloud_e2e::kube_mesh::{daemonset_args, install, start_daemonset_agent};
 use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -364,28 +364,7 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     ]);
 
     // The agent, as the DaemonSet runs it, with deploy/'s ServiceAccount.
-    let kubeconfig = dir.path().join("agent.kubeconfig");
-    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
-    std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
-    let agent = Agent::start(
-        adir,
-        AgentOptions {
-            cluster: sim,
-            standalone: String::new(),
-            ecds_file: dir.path().join("edge.pb"),
-            refresh_seconds: 1,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 1000,
-            workload_cert: None,
-            api_proxy_credential: None,
-            extra_args: vec![
-                "--api-proxy-credential".into(),
-                dir.path().join("api-proxy-token").display().to_string(),
-                "--facts-seconds=1".into(),
-            ],
-            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args: daemonset_args(&rendered), resolve_peers: false }),
-        },
-    );
+    let agent = start_daemonset_agent(cp, sim, adir, dir.path(), daemonset_args(&rendered));
     assert_eq!(agent.xds_addr().port(), xds_port);
 
     // The gateway's listener for the Gateway's 443 is on the Service's targetPort.

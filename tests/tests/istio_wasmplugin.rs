@@ -11,11 +11,11 @@
 //! and the gateway's Envoy never talks to the agent. Settings: docs/istio.md,
 //! "The WasmPlugin variant".
 
-use multicloud_e2e::agent::{Agent, AgentOptions, KubeMode};
+use multicloud_e2e::agent::Agent;
 use multicloud_e2e::fixtures::{free_port, EdgeCa};
 use multicloud_e2e::istio::{GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{daemonset_args, install};
+use multicloud_e2e::kube_mesh::{daemonset_args, install, start_daemonset_agent};
 use multicloud_e2e::{dump, hosts, istio, paths, registry, wait_until, SimCluster};
 use sha2::Digest as _;
 use std::time::{Duration, Instant};
@@ -123,29 +123,8 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     let args = daemonset_args(&rendered);
     assert!(args.iter().any(|a| a == "--wasmplugin=multicloud-edge"), "{args:?}");
     let adir = Agent::prepare(sim);
-    let kubeconfig = dir.path().join("agent.kubeconfig");
-    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
-    std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
     let t_agent = Instant::now();
-    let agent = Agent::start(
-        adir,
-        AgentOptions {
-            cluster: sim,
-            standalone: String::new(),
-            ecds_file: dir.path().join("edge.pb"),
-            refresh_seconds: 1,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 1000,
-            workload_cert: None,
-            api_proxy_credential: None,
-            extra_args: vec![
-                "--api-proxy-credential".into(),
-                dir.path().join("api-proxy-token").display().to_string(),
-                "--facts-seconds=1".into(),
-            ],
-            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args, resolve_peers: false }),
-        },
-    );
+    let agent = start_daemonset_agent(cp, sim, adir, dir.path(), args);
 
     // The agent wrote the edge configuration into the WasmPlugin.
     let plugin_config = wait_until("the agent writes spec.pluginConfig", Duration::from_secs(60), || {

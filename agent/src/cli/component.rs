@@ -91,9 +91,15 @@ patches:
       path: /metadata/labels
       value: {a: b}
 "#;
-        let mut objs = vec![json!({"kind": "EnvoyFilter", "metadata": {"name": "f"}}), json!({"kind": "Role", "metadata": {"name": "r"}, "rules": ["x"]})];
+        let mut objs = vec![
+            json!({"kind": "EnvoyFilter", "metadata": {"name": "f"}}),
+            json!({"kind": "Role", "metadata": {"name": "r"}, "rules": ["x"]}),
+        ];
         apply("k.yaml", k, &mut objs).unwrap();
-        assert_eq!(objs, [json!({"kind": "Role", "metadata": {"name": "r", "labels": {"a": "b"}}, "rules": ["first", "x", {"verbs": ["get"]}]})]);
+        assert_eq!(
+            objs,
+            [json!({"kind": "Role", "metadata": {"name": "r", "labels": {"a": "b"}}, "rules": ["first", "x", {"verbs": ["get"]}]})]
+        );
     }
 
     #[test]

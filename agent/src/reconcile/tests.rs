@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::crd::IstioMulticloudSpec;
-use crate::facts::LocalFacts;
 use crate::sources::DesiredPeer;
 use crate::BoxFuture;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
@@ -108,16 +107,7 @@ fn desired(names: &[&str]) -> Desired {
                 (n.to_string(), DesiredPeer { spec, generation: Some(3) })
             })
             .collect(),
-        facts: LocalFacts {
-            cluster_uuid: LOCAL.into(),
-            root_ca: root_pem(),
-            ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
-            api_host: String::new(),
-            network_name: "net-a".into(),
-            services: vec![],
-            mesh_mode: Default::default(),
-            local_endpoints: vec![],
-        },
+        facts: crate::data_plane::test_facts(LOCAL, root_pem()),
     }
 }
 

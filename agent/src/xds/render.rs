@@ -384,7 +384,6 @@ impl Renderer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::LocalFacts;
     use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
 
     fn root() -> String {
@@ -395,17 +394,7 @@ mod tests {
     }
 
     fn dp(ready: u32) -> DataPlane {
-        let local_root = root();
-        let facts = LocalFacts {
-            cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a".into(),
-            root_ca: local_root,
-            ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
-            api_host: String::new(),
-            network_name: "net-a".into(),
-            services: vec![],
-            mesh_mode: Default::default(),
-            local_endpoints: vec![],
-        };
+        let facts = crate::data_plane::test_facts("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a", root());
         let services = (0..20)
             .map(|i| ExportedService {
                 hostname: format!("s{i}.abc.svc.cluster.local"),

@@ -93,6 +93,21 @@ impl XdsServer {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The response stream of one proxy's request stream, fed by `run` (the
+/// protocol's stream handling, spawned with who the TLS handshake proved).
+fn spawn_stream<Req, Resp: Send + 'static, F>(
+    request: Request<Streaming<Req>>,
+    run: impl FnOnce(Option<XdsPeer>, Streaming<Req>, tokio::sync::mpsc::Sender<Result<Resp, Status>>) -> F,
+) -> Result<Response<ResponseStream<Resp>>, Status>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
+    let peer = request.extensions().get::<XdsPeer>().cloned();
+    tokio::spawn(run(peer, request.into_inner(), tx));
+    Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -102,20 +117,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
-        let peer = request.extensions().get::<XdsPeer>().cloned();
-        tokio::spawn(sotw::run(self.clone(), peer, request.into_inner(), tx));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        spawn_stream(request, |peer, requests, tx| sotw::run(self.clone(), peer, requests, tx))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_BUFFER);
-        let peer = request.extensions().get::<XdsPeer>().cloned();
-        tokio::spawn(delta::run(self.clone(), peer, request.into_inner(), tx));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        spawn_stream(request, |peer, requests, tx| delta::run(self.clone(), peer, requests, tx))
     }
 }
 

@@ -5,9 +5,10 @@
 //! (`super::sotw`, `super::delta`).
 
 use super::server::{Connection, Protocol, XdsServer};
-use super::snapshot::Snapshot;
+use super::snapshot::{push_order, Snapshot};
 use super::tls::XdsPeer;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
@@ -46,19 +47,37 @@ impl From<Status> for End {
     }
 }
 
+/// One proxy's stream, whichever the protocol: its connection, the
+/// group's current snapshot, what this stream knows of each type (`T`, the
+/// protocol's own), and its nonces.
+pub(super) struct Stream<T> {
+    pub(super) conn: Connection,
+    pub(super) snapshot: Option<Arc<Snapshot>>,
+    pub(super) types: HashMap<String, T>,
+    pub(super) nonces: Nonces,
+}
+
 /// What differs between the two protocols' streams: how a request is
-/// handled and how a new snapshot is pushed. The connect, debounce and push
-/// loop around them ([`serve_stream`]) is the same.
-pub(super) trait ProtocolStream: Sized {
+/// handled and how one type of a new snapshot is pushed. The connect,
+/// debounce and push loop around them ([`serve_stream`]) is the same.
+pub(super) trait ProtocolStream {
     type Request: Send;
     type Response: Send;
+    /// What the stream knows of one type.
+    type TypeState;
     const PROTOCOL: Protocol;
     fn node(req: &Self::Request) -> Option<&Node>;
-    fn new(conn: Connection, snapshot: Option<Arc<Snapshot>>) -> Self;
-    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>);
-    async fn on_request(&mut self, req: Self::Request, tx: &tokio::sync::mpsc::Sender<Result<Self::Response, Status>>) -> Result<(), End>;
-    /// Sends, type by type in push order, what the current snapshot changed.
-    async fn push(&mut self, tx: &tokio::sync::mpsc::Sender<Result<Self::Response, Status>>) -> Result<(), End>;
+    async fn on_request(
+        s: &mut Stream<Self::TypeState>,
+        req: Self::Request,
+        tx: &tokio::sync::mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> Result<(), End>;
+    /// Sends what the current snapshot changed of one subscribed type.
+    async fn push(
+        s: &mut Stream<Self::TypeState>,
+        type_url: &str,
+        tx: &tokio::sync::mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> Result<(), End>;
 }
 
 /// One proxy's stream: the first request names the node; then requests are
@@ -76,13 +95,13 @@ where
     let node = S::node(&first).ok_or(StreamError::NoNode)?;
     let (conn, mut snapshots) = server.connect(node, S::PROTOCOL, peer.as_ref())?;
     let snapshot = snapshots.borrow_and_update().clone();
-    let mut s = S::new(conn, snapshot);
-    s.on_request(first, tx).await?;
+    let mut s = Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() };
+    S::on_request(&mut s, first, tx).await?;
     let mut push_at = None;
     loop {
         tokio::select! {
             req = requests.message() => match req? {
-                Some(req) => s.on_request(req, tx).await?,
+                Some(req) => S::on_request(&mut s, req, tx).await?,
                 None => return Ok(()),
             },
             changed = snapshots.changed(), if push_at.is_none() => {
@@ -93,8 +112,11 @@ where
             },
             () = tokio::time::sleep_until(push_deadline(push_at)), if push_at.is_some() => {
                 push_at = None;
-                s.set_snapshot(snapshots.borrow_and_update().clone());
-                s.push(tx).await?;
+                s.snapshot = snapshots.borrow_and_update().clone();
+                // Type by type in push order.
+                for type_url in push_order(s.types.keys()) {
+                    S::push(&mut s, &type_url, tx).await?;
+                }
             },
         }
     }
