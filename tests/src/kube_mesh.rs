@@ -154,11 +154,31 @@ impl KubeCluster {
     }
 }
 
+/// What an operator provides for deploy/components/metadata-route: the
+/// Secret `multicloud-metadata-tls` in istio-system, a certificate for
+/// `host` from a new edge CA of `sim` (its files written into `dir`); the CA.
+pub fn create_metadata_tls(cp: &ControlPlane, sim: SimCluster, host: &str, dir: &std::path::Path) -> EdgeCa {
+    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
+    let (cert, key) = edge_ca.server_cert_dns(host);
+    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&c, cert).expect("write");
+    std::fs::write(&k, key).expect("write");
+    let (cert_flag, key_flag) = (format!("--cert={}", c.display()), format!("--key={}", k.display()));
+    cp.kubectl_ok(&["create", "secret", "tls", "multicloud-metadata-tls", "-n", "istio-system", &cert_flag, &key_flag]);
+    edge_ca
+}
+
 /// The agent as the DaemonSet runs it (`args`), replica `agent-0`, with
 /// deploy/'s ServiceAccounts from `cp`: its own for the API server, the API
 /// proxy's token as `--api-proxy-credential`; its files in `dir`, its
 /// prepared directory `adir`. The real-Istio tier's single agent.
-pub fn start_daemonset_agent(cp: &ControlPlane, sim: SimCluster, adir: tempfile::TempDir, dir: &std::path::Path, args: Vec<String>) -> Agent {
+pub fn start_daemonset_agent(
+    cp: &ControlPlane,
+    sim: SimCluster,
+    adir: tempfile::TempDir,
+    dir: &std::path::Path,
+    args: Vec<String>,
+) -> Agent {
     let kubeconfig = dir.join("agent.kubeconfig");
     cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
     std::fs::write(dir.join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
@@ -173,7 +193,11 @@ pub fn start_daemonset_agent(cp: &ControlPlane, sim: SimCluster, adir: tempfile:
             backoff_cap_ms: 1000,
             workload_cert: None,
             api_proxy_credential: None,
-            extra_args: vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()],
+            extra_args: vec![
+                "--api-proxy-credential".into(),
+                dir.join("api-proxy-token").display().to_string(),
+                "--facts-seconds=1".into(),
+            ],
             kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args, resolve_peers: false }),
         },
     )
@@ -284,7 +308,9 @@ pub fn agent_address_on_loopback(rendered: &str, sim: SimCluster, xds_port: u16)
     let service = "address: multicloud-agent-xds.istio-system.svc.cluster.local";
     assert_eq!(rendered.matches(service).count(), 1, "the EnvoyFilter's cluster names the agent's Service once");
     assert_eq!(rendered.matches("port_value: 15011").count(), 1);
-    rendered.replace(service, &format!("address: {}", sim.ip(hosts::AGENT))).replace("port_value: 15011", &format!("port_value: {xds_port}"))
+    rendered
+        .replace(service, &format!("address: {}", sim.ip(hosts::AGENT)))
+        .replace("port_value: 15011", &format!("port_value: {xds_port}"))
 }
 
 /// What the API proxy's route (deploy/components/api-proxy-route) and the
@@ -322,7 +348,8 @@ fn api_proxy_facts(cp: &ControlPlane, sim: SimCluster, edge_ca: &EdgeCa) {
 
 /// Applies the IstioMulticloud objects naming each of `peers`.
 pub fn link(cp: &ControlPlane, peers: &[(SimCluster, u16, String)]) {
-    let peers: Vec<(SimCluster, String, String)> = peers.iter().map(|(s, port, ca)| (*s, metadata_endpoint(*s, *port), ca.clone())).collect();
+    let peers: Vec<(SimCluster, String, String)> =
+        peers.iter().map(|(s, port, ca)| (*s, metadata_endpoint(*s, *port), ca.clone())).collect();
     link_endpoints(cp, &peers);
 }
 
@@ -407,8 +434,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             agent_args.extend(["--api-host-override".to_string(), format!("{}={}:{}", api_host(*s), s.ip(hosts::GATEWAY), tls_ports[j])]);
         }
         let opts = KubeMeshOptions { install_args, agent_args, ..opts.clone() };
-        let agents: Vec<Agent> =
-            (0..opts.replicas.max(1)).map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir, xds_port.filter(|_| r == 0))).collect();
+        let agents: Vec<Agent> = (0..opts.replicas.max(1))
+            .map(|r| start_agent(sim, &kubeconfig, &format!("agent-{r}"), &opts, &dir, xds_port.filter(|_| r == 0)))
+            .collect();
         let upstream = RecordingUpstream::start(sim.ip(hosts::UPSTREAM), true);
         let gateway = (!opts.istio).then(|| {
             let (cert_pem, key_pem) = edge_ca.server_cert(sim.ip(hosts::GATEWAY));

@@ -14,10 +14,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use multicloud_e2e::agent::Agent;
-use multicloud_e2e::fixtures::{free_port, EdgeCa};
+use multicloud_e2e::fixtures::free_port;
 use multicloud_e2e::istio::{self, GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{daemonset_args, install, start_daemonset_agent};
+use multicloud_e2e::kube_mesh::{create_metadata_tls, daemonset_args, install, start_daemonset_agent};
 use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -346,22 +346,8 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     // agent publishes it); what an operator provides: the metadata host's
     // certificate (deploy/components/metadata-route).
     cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", gw.ip);
-    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
-    let (cert, key) = edge_ca.server_cert_dns(&host);
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("tls.crt"), cert).expect("write");
-    std::fs::write(dir.path().join("tls.key"), key).expect("write");
-    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    cp.kubectl_ok(&[
-        "create",
-        "secret",
-        "tls",
-        "multicloud-metadata-tls",
-        "-n",
-        "istio-system",
-        &format!("--cert={}", c.display()),
-        &format!("--key={}", k.display()),
-    ]);
+    let edge_ca = create_metadata_tls(cp, sim, &host, dir.path());
 
     // The agent, as the DaemonSet runs it, with deploy/'s ServiceAccount.
     let agent = start_daemonset_agent(cp, sim, adir, dir.path(), daemonset_args(&rendered));

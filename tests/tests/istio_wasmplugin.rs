@@ -12,10 +12,10 @@
 //! "The WasmPlugin variant".
 
 use multicloud_e2e::agent::Agent;
-use multicloud_e2e::fixtures::{free_port, EdgeCa};
+use multicloud_e2e::fixtures::free_port;
 use multicloud_e2e::istio::{GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{daemonset_args, install, start_daemonset_agent};
+use multicloud_e2e::kube_mesh::{create_metadata_tls, daemonset_args, install, start_daemonset_agent};
 use multicloud_e2e::{dump, hosts, istio, paths, registry, wait_until, SimCluster};
 use sha2::Digest as _;
 use std::time::{Duration, Instant};
@@ -101,22 +101,8 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
         "-p",
         &format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{}\"}}]}}}}}}", gw.ip),
     ]);
-    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
-    let (cert, key) = edge_ca.server_cert_dns(&host);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&c, cert).expect("write");
-    std::fs::write(&k, key).expect("write");
-    cp.kubectl_ok(&[
-        "create",
-        "secret",
-        "tls",
-        "multicloud-metadata-tls",
-        "-n",
-        "istio-system",
-        &format!("--cert={}", c.display()),
-        &format!("--key={}", k.display()),
-    ]);
+    let edge_ca = create_metadata_tls(cp, sim, &host, dir.path());
 
     // The agent, as the DaemonSet runs it (its args include
     // --wasmplugin=multicloud-edge), with deploy/'s ServiceAccount.

@@ -81,6 +81,12 @@ async fn expect(api: &mut ApiServer, method: Method, path: &str, code: u16, repl
 }
 
 /// Asserts the client sends nothing more (every client handle must be dropped).
+/// A first lease holder's two requests: no Lease yet (404), then created (201).
+async fn expect_lease_created(api: &mut ApiServer) {
+    expect(api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
+    expect(api, Method::POST, LEASES_PATH, 201, ECHO).await;
+}
+
 async fn expect_no_more(api: &mut ApiServer) {
     let next = tokio::time::timeout(Duration::from_secs(5), api.next_request()).await.expect("the client was not dropped");
     if let Some((req, _)) = next {
@@ -509,6 +515,12 @@ fn data_plane(uuid: &str) -> crate::data_plane::DataPlane {
     crate::data_plane::test_data_plane(facts, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into(), vec![])
 }
 
+/// The WasmPlugin sink of `multicloud-edge` in `istio-system`, with its Lease.
+fn wasmplugin_sink(client: kube::Client) -> (WasmPluginSink, Arc<LeaseGuard>) {
+    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
+    (WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone()), lease)
+}
+
 const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/multicloud-edge";
 
 /// Scenario — the API server is kube's tower_test mock (no API server can
@@ -521,8 +533,7 @@ async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
     let (client, mut api) = mock_client();
     let uuid = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
-        expect(&mut api, Method::POST, LEASES_PATH, 201, ECHO).await;
+        expect_lease_created(&mut api).await;
         let existing = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
             "metadata": {"name": "multicloud-edge", "namespace": "istio-system", "resourceVersion": "7"},
             "spec": {"url": "oci://example/edge:1", "pluginConfig": {}}});
@@ -539,8 +550,7 @@ async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
         assert_eq!(seen.body["spec"]["pluginConfig"]["private"]["networkName"], "network-b");
         expect_no_more(&mut api).await;
     });
-    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone());
+    let (sink, lease) = wasmplugin_sink(client);
     let dp = data_plane(uuid);
     sink.apply(&dp).await.unwrap();
     sink.apply(&dp).await.unwrap(); // unchanged: nothing sent
@@ -558,13 +568,11 @@ async fn a_missing_wasmplugin_is_not_created_and_the_error_says_what_to_do() {
     use crate::sinks::DataPlaneSink as _;
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
-        expect(&mut api, Method::POST, LEASES_PATH, 201, ECHO).await;
+        expect_lease_created(&mut api).await;
         expect(&mut api, Method::GET, WASMPLUGIN_PATH, 404, not_found("wasmplugins.extensions.istio.io", "multicloud-edge")).await;
         expect_no_more(&mut api).await;
     });
-    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone());
+    let (sink, lease) = wasmplugin_sink(client);
     let err = sink.apply(&data_plane("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a")).await.unwrap_err();
     assert!(format!("{err:#}").contains("deploy/overlays/wasmplugin"), "{err:#}");
     drop((sink, lease));
