@@ -3,16 +3,21 @@
 # kubectl, pilot-discovery, pilot-agent, crane) from the Go module proxy at the
 # versions pinned below, and caches them outside the checkout:
 #   ${MULTICLOUD_TOOLS_DIR:-$HOME/.cache/istio-multicloud/tools}/<tool>-<version>/<tool>
+# Istio is built twice, at the two snapshots the module proxy serves that the
+# real-Istio tier runs against (docs/istio.md, "Istio versions"): the pin
+# (pilot-discovery, pilot-agent) and the older one (pilot-discovery-older,
+# pilot-agent-older; the same commands, cached under their own version).
 #
 #   scripts/tools.sh [all|kube|istio|crane|<tool>]  build what is missing; one
 #                                          line per tool: name version path
 #                                          (kube: etcd kube-apiserver
 #                                          kube-controller-manager kubectl;
-#                                          istio: pilot-discovery pilot-agent)
+#                                          istio: pilot-discovery pilot-agent
+#                                          pilot-discovery-older pilot-agent-older)
 #   scripts/tools.sh env                   build what is missing, then print
 #                                          `export MULTICLOUD_<TOOL>=path` lines
 #                                          (eval "$(scripts/tools.sh env)")
-#   scripts/tools.sh pin [etcd|kube|istio|crane]
+#   scripts/tools.sh pin [etcd|kube|istio|istio-older|crane]
 #                                          rewrite scripts/gotools/<name>/go.mod
 #                                          and go.sum from the versions below
 #
@@ -34,7 +39,8 @@ source "$ROOT/scripts/lib.sh"
 # ---- pinned versions: the only place they are declared -----------------------
 ETCD_VERSION=v3.6.16                               # go.etcd.io/etcd/server/v3
 KUBE_VERSION=v1.36.3                               # k8s.io/kubernetes
-ISTIO_VERSION=v0.0.0-20260827124520-eed52ebb66ad   # istio.io/istio
+ISTIO_VERSION=v0.0.0-20260827124520-eed52ebb66ad   # istio.io/istio: master, 2026-08-27 (1.31-dev)
+ISTIO_OLDER_VERSION=v0.0.0-20260423205519-b01690e6db7d  # istio.io/istio: master, 2026-04-23 (10 days after the 1.30 branch cut)
 CRANE_VERSION=v0.21.9                              # github.com/google/go-containerregistry
 PROMETHEUS_OPERATOR_VERSION=v0.85.0                # its CRDs, for deploy/'s monitoring objects
 # -------------------------------------------------------------------------------
@@ -48,11 +54,13 @@ export CGO_ENABLED=${CGO_ENABLED:-0} GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 
 # What `env` provides (the tests use these). kube-controller-manager builds
 # by name; no test needs it yet.
-ALL_TOOLS=(etcd kube-apiserver kubectl pilot-discovery pilot-agent crane)
+ALL_TOOLS=(etcd kube-apiserver kubectl pilot-discovery pilot-agent pilot-discovery-older pilot-agent-older crane)
 
 # tool_info TOOL: sets WRAPPER (scripts/gotools/<name>), MODULE, VERSION, PKG,
-# VERSION_ARGS (smoke command) and VERSION_WANT (what it must print).
+# BIN (the binary's name, by default the tool's), VERSION_ARGS (smoke
+# command) and VERSION_WANT (what it must print).
 tool_info() {
+  BIN=$1
   case "$1" in
     etcd)
       WRAPPER=etcd MODULE=go.etcd.io/etcd/server/v3 VERSION=$ETCD_VERSION
@@ -67,6 +75,11 @@ tool_info() {
       WRAPPER=istio MODULE=istio.io/istio VERSION=$ISTIO_VERSION
       PKG=istio.io/istio/pilot/cmd/$1
       VERSION_ARGS=(version) VERSION_WANT='' ;;  # see build_flags
+    pilot-discovery-older|pilot-agent-older)
+      BIN=${1%-older}
+      WRAPPER=istio-older MODULE=istio.io/istio VERSION=$ISTIO_OLDER_VERSION
+      PKG=istio.io/istio/pilot/cmd/$BIN
+      VERSION_ARGS=(version) VERSION_WANT='' ;;
     crane)
       WRAPPER=crane MODULE=github.com/google/go-containerregistry VERSION=$CRANE_VERSION
       PKG=github.com/google/go-containerregistry/cmd/crane
@@ -86,15 +99,15 @@ build_flags() {
                gitTreeState=clean buildDate=$(module_time k8s.io/kubernetes "$KUBE_VERSION"); do
         LDFLAGS+=" -X k8s.io/component-base/version.$x -X k8s.io/client-go/pkg/version.$x"
       done ;;
-    istio)
+    istio|istio-older)
       # As upstream's dev builds (common/scripts/report_build_info.sh): version
       # "<VERSION file>-dev", which istiod parses as <major>.<minor>.65535 when
       # it gates features on the proxy's version (the default "unknown", or a
       # v0.0.0-... pseudo-version, would parse as the maximum version).
       local iv=istio.io/istio/pkg/version
-      VERSION_WANT="$(istio_version_file)-dev"
-      LDFLAGS="-X $iv.buildVersion=$VERSION_WANT -X $iv.buildGitRevision=${ISTIO_VERSION##*-}"
-      LDFLAGS+=" -X $iv.buildTag=$ISTIO_VERSION -X $iv.buildStatus=Clean"
+      VERSION_WANT="$(istio_version_file "$VERSION")-dev"
+      LDFLAGS="-X $iv.buildVersion=$VERSION_WANT -X $iv.buildGitRevision=${VERSION##*-}"
+      LDFLAGS+=" -X $iv.buildTag=$VERSION -X $iv.buildStatus=Clean"
       LDFLAGS+=" -X $iv.buildOS=$("$GO" env GOOS) -X $iv.buildArch=$("$GO" env GOARCH)" ;;
     crane)
       LDFLAGS="-X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" ;;
@@ -111,8 +124,8 @@ module_time() {
 
 istio_version_file() {
   local dir
-  dir=$("$GO" mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
-  [[ -f "$dir/VERSION" ]] || die "no VERSION file in istio.io/istio@$ISTIO_VERSION"
+  dir=$("$GO" mod download -json "istio.io/istio@$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  [[ -f "$dir/VERSION" ]] || die "no VERSION file in istio.io/istio@$1"
   tr -d '[:space:]' <"$dir/VERSION"
 }
 
@@ -139,8 +152,8 @@ trap '[[ -z "$BUILD_PID" ]] || kill "$BUILD_PID" 2>/dev/null; exit 130' INT TERM
 ensure() {
   local tool=$1 dir lockfd start secs
   tool_info "$tool"
-  dir=$TOOLS_DIR/$tool-$VERSION
-  TOOL_PATH=$dir/$tool
+  dir=$TOOLS_DIR/$BIN-$VERSION
+  TOOL_PATH=$dir/$BIN
   [[ -x "$TOOL_PATH" ]] && return 0
   check_wrapper
   build_flags
@@ -150,8 +163,8 @@ ensure() {
   if [[ -x "$TOOL_PATH" ]]; then  # another caller built it meanwhile
     exec {lockfd}>&-; return 0
   fi
-  rm -f "$dir"/."$tool".tmp.*     # left by a killed build (we hold the lock)
-  TMP_OUT=$dir/.$tool.tmp.$$
+  rm -f "$dir"/."$BIN".tmp.*     # left by a killed build (we hold the lock)
+  TMP_OUT=$dir/.$BIN.tmp.$$
   log "building $tool $VERSION ($PKG) ..."
   start=$(date +%s)
   (cd "$GOTOOLS/$WRAPPER" && exec "$GO" build -mod=readonly -trimpath \
@@ -167,7 +180,7 @@ ensure() {
   local out
   out=$("$TMP_OUT" "${VERSION_ARGS[@]}" 2>&1) || true
   [[ "$out" == *"$VERSION_WANT"* ]] \
-    || die "$tool built, but \`$tool ${VERSION_ARGS[*]}\` does not say $VERSION_WANT: ${out:0:300}"
+    || die "$tool built, but \`$BIN ${VERSION_ARGS[*]}\` does not say $VERSION_WANT: ${out:0:300}"
   mv -f "$TMP_OUT" "$TOOL_PATH"
   TMP_OUT=
   rm -f "$dir/build.log"
@@ -207,6 +220,9 @@ crd_exports() {
   [[ -f "$istio" ]] || die "$istio missing"
   [[ -f "$prom/monitoring.coreos.com_servicemonitors.yaml" ]] || die "$prom has no ServiceMonitor CRD"
   printf 'export MULTICLOUD_ISTIO_CRDS=%q\nexport MULTICLOUD_PROMETHEUS_CRDS=%q\n' "$istio" "$prom"
+  # The older snapshot's module (its CRDs and bootstrap template) and both versions.
+  printf 'export MULTICLOUD_ISTIO_OLDER_MODULE=%q\n' "$(module_dir istio.io/istio "$ISTIO_OLDER_VERSION")"
+  printf 'export MULTICLOUD_ISTIO_VERSION=%q\nexport MULTICLOUD_ISTIO_OLDER_VERSION=%q\n' "$ISTIO_VERSION" "$ISTIO_OLDER_VERSION"
 }
 
 ensure_any() { if [[ $1 == kubectl ]]; then ensure_kubectl; else ensure "$1"; fi; }
@@ -219,8 +235,9 @@ pin() {
     etcd)  tool_info etcd ;;
     kube)  tool_info kube-apiserver ;;
     istio) tool_info pilot-discovery ;;
+    istio-older) tool_info pilot-discovery-older ;;
     crane) tool_info crane ;;
-    *) die "unknown wrapper '$name' (etcd|kube|istio|crane)" ;;
+    *) die "unknown wrapper '$name' (etcd|kube|istio|istio-older|crane)" ;;
   esac
   log "pinning $name: $MODULE $VERSION"
   {
@@ -251,7 +268,7 @@ cmd=${1:-all}
 case "$cmd" in
   pin)
     shift
-    for w in "${@:-etcd kube istio crane}"; do for n in $w; do pin "$n"; done; done ;;
+    for w in "${@:-etcd kube istio istio-older crane}"; do for n in $w; do pin "$n"; done; done ;;
   env)
     for t in "${ALL_TOOLS[@]}"; do
       ensure_any "$t"
@@ -259,11 +276,11 @@ case "$cmd" in
       printf 'export %s=%q\n' "$var" "$TOOL_PATH"
     done
     crd_exports ;;
-  all|kube|istio|crane|etcd|kube-apiserver|kube-controller-manager|kubectl|pilot-discovery|pilot-agent)
+  all|kube|istio|crane|etcd|kube-apiserver|kube-controller-manager|kubectl|pilot-discovery|pilot-agent|pilot-discovery-older|pilot-agent-older)
     case "$cmd" in
       all)   tools=("${ALL_TOOLS[@]}") ;;
       kube)  tools=(etcd kube-apiserver kube-controller-manager kubectl) ;;
-      istio) tools=(pilot-discovery pilot-agent) ;;
+      istio) tools=(pilot-discovery pilot-agent pilot-discovery-older pilot-agent-older) ;;
       *)     tools=("$cmd") ;;
     esac
     for t in "${tools[@]}"; do

@@ -223,9 +223,11 @@ impl App {
                 refresh: t.refresh,
                 backoff_base: t.backoff_base,
                 backoff_cap: t.backoff_cap,
+                join_retry: t.join_retry,
                 token_ttl_secs: keys::MAX_METADATA_TOKEN_TTL_SECS,
             },
             spiffe: multicloud_core::edge::SpiffeSettings::default(),
+            api: multicloud_core::edge::ApiSettings { mesh_config_maps: config.mesh_config_maps.clone(), ..Default::default() },
         };
         Ok(App { reconciler, desired, lease: lease_guard })
     }

@@ -3,7 +3,7 @@
 //! once at start and shown on `/status` (`config`): it holds paths and
 //! settings only, never the contents of a key, token or certificate file.
 
-use crate::cli::args::RunArgs;
+use crate::cli::args::{KubeArgs, RunArgs};
 use crate::kube::KubeOptions;
 use anyhow::{bail, Context as _, Result};
 use multicloud_proto::traffic::Sameness;
@@ -35,6 +35,9 @@ pub struct Config {
     /// always writes them as Secrets).
     pub remote_secrets_dir: Option<PathBuf>,
     pub api_token_ttl_seconds: i64,
+    /// The mesh ConfigMaps peers' istiods may read through the API proxy
+    /// (`namespace/name`: `istio`, and `istio-<revision>` with `--istio-revision`).
+    pub mesh_config_maps: Vec<String>,
     /// TEST BED ONLY: API host → address the remote secret connects to.
     pub api_host_overrides: BTreeMap<String, String>,
     pub log_format: LogFormat,
@@ -129,6 +132,9 @@ pub struct TimingConfig {
     /// Longest retry delay (at least the base as given).
     #[serde(serialize_with = "duration")]
     pub backoff_cap: Duration,
+    /// Retry delay while a remote answers 401 to the private document (at least 100 ms).
+    #[serde(serialize_with = "duration")]
+    pub join_retry: Duration,
     #[serde(serialize_with = "duration")]
     pub connect_timeout: Duration,
     #[serde(serialize_with = "duration")]
@@ -221,12 +227,14 @@ impl Config {
                 refresh: Duration::from_secs(args.refresh_seconds.max(1)),
                 backoff_base: Duration::from_millis(args.backoff_base_ms.max(10)),
                 backoff_cap: Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms)),
+                join_retry: Duration::from_millis(args.join_retry_ms.max(100)),
                 connect_timeout: Duration::from_millis(args.connect_timeout_ms),
                 fetch_timeout: Duration::from_millis(args.fetch_timeout_ms),
             },
             api_proxy_credential: args.api_proxy_credential.clone(),
             remote_secrets_dir: args.remote_secrets_dir.clone(),
             api_token_ttl_seconds: args.api_token_ttl_seconds,
+            mesh_config_maps: mesh_config_maps(&args.kube)?,
             api_host_overrides,
             log_format,
         })
@@ -236,6 +244,25 @@ impl Config {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+}
+
+/// `--istio-revision`: the mesh ConfigMaps a peer's istiod reads from this
+/// cluster (istio/istio#58455: `istio`, or `istio-<revision>`).
+fn mesh_config_maps(k: &KubeArgs) -> Result<Vec<String>> {
+    let ns = &k.namespace;
+    let mut out = vec![format!("{ns}/istio")];
+    let rev = k.istio_revision.as_str();
+    if !rev.is_empty() {
+        let ok = rev.len() <= 57
+            && rev.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            && !rev.starts_with('-')
+            && !rev.ends_with('-');
+        if !ok {
+            bail!("--istio-revision {rev:?} is not a revision name (lower case letters, digits and '-')");
+        }
+        out.push(format!("{ns}/istio-{rev}"));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -259,7 +286,9 @@ mod tests {
         assert_eq!(c.filter, FilterSource::GatewayPath("/f.wasm".into()));
         assert_eq!(c.timing.refresh, Duration::from_secs(30));
         assert_eq!(c.timing.backoff_base, Duration::from_millis(10), "the 10 ms floor");
-        assert_eq!(c.timing.backoff_cap, Duration::from_secs(300));
+        assert_eq!(c.timing.backoff_cap, Duration::from_secs(60));
+        assert_eq!(c.timing.join_retry, Duration::from_secs(2));
+        assert_eq!(c.mesh_config_maps, ["istio-system/istio"]);
         assert_eq!(c.xds.gateway_identities, [crate::cli::args::DEFAULT_GATEWAY_IDENTITY]);
         assert_eq!(c.data_plane.workload_cert_sds_cluster, "sds-grpc");
         let json = c.to_json();
@@ -279,6 +308,9 @@ mod tests {
         assert!(e.contains("--advertise"), "{e}");
         let e = config(&["--kubernetes", "--filter-wasm", "/f", "--gateway-selector", "a"]).unwrap_err().to_string();
         assert!(e.contains("--gateway-selector"), "{e}");
+        assert!(with(&["--istio-revision", "Canary"]).contains("--istio-revision"));
+        let c = config(&[&base[..], &["--istio-revision", "1-30-3"]].concat()).unwrap();
+        assert_eq!(c.mesh_config_maps, ["istio-system/istio", "istio-system/istio-1-30-3"]);
     }
 
     #[test]

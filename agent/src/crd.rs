@@ -50,6 +50,23 @@ pub struct IstioMulticloudSpec {
     /// Send traffic for the remote's services through its ingress gateways.
     #[serde(default = "default_true")]
     pub enable_ingress_gateway: bool,
+    /// What the remote may do through this cluster's API proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_proxy: Option<ApiProxyAccess>,
+}
+
+/// The remote's access to this cluster's API proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiProxyAccess {
+    /// The longest lifetime (`exp - nbf`, seconds) of the remote's `scope: api` tokens that
+    /// the API proxy accepts; default 90000 (25 hours). A Deckhouse cluster mints one token
+    /// with a 366-day lifetime and reuses it: set 31622400 for such a peer. Such a token
+    /// cannot be revoked by itself: deleting this object removes the peer's key from the
+    /// API proxy, which revokes every token the peer holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31708800))]
+    pub max_token_lifetime_seconds: Option<i64>,
 }
 
 fn default_true() -> bool {

@@ -36,6 +36,11 @@ pub struct Timing {
     pub refresh: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The retry delay while a remote answers 401 to the private document:
+    /// it does not know this cluster yet (its operator has not linked us, or
+    /// its agent has not fetched our key yet). Not backed off, so the
+    /// remote's own link completes the join within this delay.
+    pub join_retry: Duration,
     /// How long a token for the private document lives.
     pub token_ttl_secs: i64,
 }
@@ -45,7 +50,8 @@ impl Default for Timing {
         Timing {
             refresh: Duration::from_secs(30),
             backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(300),
+            backoff_cap: Duration::from_secs(60),
+            join_retry: Duration::from_secs(2),
             token_ttl_secs: 60,
         }
     }
@@ -102,6 +108,8 @@ pub struct Reconciler {
     pub metrics: Arc<Metrics>,
     pub timing: Timing,
     pub spiffe: SpiffeSettings,
+    /// The API guard's settings (per-peer token lifetimes come from the objects).
+    pub api: multicloud_core::edge::ApiSettings,
 }
 
 impl Reconciler {
@@ -328,7 +336,13 @@ impl Reconciler {
                 .unwrap_or_else(|| (Reason::Pending, "exchange in progress".into()));
             st.set_condition(condition::READY, Some(false), failing.0, failing.1, &now, gen);
             p.failures = p.failures.saturating_add(1);
-            p.next_due = Instant::now() + backoff(self.timing.backoff_base, self.timing.backoff_cap, p.failures);
+            let mut delay = backoff(self.timing.backoff_base, self.timing.backoff_cap, p.failures);
+            // The remote is up and knows the way, but not us yet: the join
+            // finishes as soon as its side links, so keep asking often.
+            if public_ok && st.condition(condition::PRIVATE).is_some_and(|c| c.reason == Reason::Unauthorized.as_str()) {
+                delay = delay.min(jitter(self.timing.join_retry, 0.2));
+            }
+            p.next_due = Instant::now() + delay;
         }
         self.metrics.ready(name, public_ok && private_ok);
         if let Err(e) = self.status.publish(name, st).await {
@@ -357,9 +371,13 @@ impl Reconciler {
         established.retain(|p| seen.insert(p.cluster_uuid.clone()));
         let mut peer_keys: Vec<PeerKey> = peers
             .values()
-            .filter_map(|p| p.public.as_ref())
-            .filter(|k| established.iter().any(|e| e.cluster_uuid == k.uuid))
-            .map(|k| PeerKey { cluster_uuid: k.valid.doc.cluster_uuid.clone(), authn_key_pub: k.valid.doc.authn_key_pub.clone() })
+            .filter_map(|p| Some((p, p.public.as_ref()?)))
+            .filter(|(_, k)| established.iter().any(|e| e.cluster_uuid == k.uuid))
+            .map(|(p, k)| PeerKey {
+                cluster_uuid: k.valid.doc.cluster_uuid.clone(),
+                authn_key_pub: k.valid.doc.authn_key_pub.clone(),
+                max_api_token_lifetime_seconds: p.spec.api_proxy.as_ref().and_then(|a| a.max_token_lifetime_seconds),
+            })
             .collect();
         peer_keys.sort_by(|a, b| a.cluster_uuid.cmp(&b.cluster_uuid));
         peer_keys.dedup_by(|a, b| a.cluster_uuid.eq_ignore_ascii_case(&b.cluster_uuid));
@@ -370,7 +388,7 @@ impl Reconciler {
             spiffe: self.spiffe.clone(),
             max_token_lifetime_seconds: 600,
             public_max_age_seconds: 60,
-            api: multicloud_core::edge::ApiSettings::default(),
+            api: self.api.clone(),
             // The identity-enforcing mesh port: one filter chain per peer
             // whose private metadata is known (its root secret is pushed
             // then), every exported service allowed to each.

@@ -6,13 +6,24 @@
 //! (`GET`: get, list, watch), carries no impersonation header, and names an
 //! allow-listed resource: discovery (`/version`, `/api`, `/apis`), core
 //! `services`, `endpoints`, `pods`, `namespaces`, `nodes`, the configmap
-//! `istio-ca-root-cert`, secrets only by allow-listed name,
-//! `discovery.k8s.io` `endpointslices`, `apiextensions.k8s.io`
-//! `customresourcedefinitions`, and everything in the Istio
-//! `networking.istio.io` and `security.istio.io` groups. Subresources
-//! (`exec`, `attach`, `portforward`, `proxy`, `log`, `status`, ...) never
-//! pass. Refusals are Kubernetes `Status` objects so `kubectl` and `kube`
-//! clients show them.
+//! `istio-ca-root-cert`, the remote mesh ConfigMaps (`istio`,
+//! `istio-<revision>` in istio-system, by name or by a `metadata.name` field
+//! selector), secrets only by allow-listed name, `discovery.k8s.io`
+//! `endpointslices`, `apiextensions.k8s.io` `customresourcedefinitions`, and
+//! everything in the Istio `networking.istio.io` and `security.istio.io`
+//! groups. Subresources (`exec`, `attach`, `portforward`, `proxy`, `log`,
+//! `status`, ...) never pass. Refusals are Kubernetes `Status` objects so
+//! `kubectl` and `kube` clients show them.
+//!
+//! Secret lists and watches are not refused but emptied: istiod's remote
+//! credentials controller lists and watches every Secret of a remote cluster
+//! (on by default in every Istio release; only 1.31 can switch it off), and a
+//! refusal keeps that informer failing and the remote cluster unsynced. The
+//! guard sends such a request to [`ApiSettings::empty_namespace`] instead: a
+//! namespace that holds no Secret (deploy/ creates it with an admission
+//! policy that refuses every Secret in it, and grants the API proxy's
+//! identity Secret reads there only). The API server then answers with a
+//! real, empty list and a real watch that never yields a Secret.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +43,23 @@ pub struct ApiSettings {
     pub burst: u32,
     /// Concurrent watches per peer (per Envoy worker).
     pub max_watches: u32,
-    /// The longest `exp - nbf` accepted for `api` tokens.
+    /// The longest `exp - nbf` accepted for `api` tokens (a peer's own
+    /// limit, [`crate::edge::PeerKey::max_api_token_lifetime_seconds`], wins).
     pub max_token_lifetime_seconds: i64,
+    /// The mesh ConfigMaps a peer's istiod may read, as `namespace/name`
+    /// (`istio-system/istio`, and `istio-system/istio-<revision>` for a
+    /// revisioned control plane): by name, or listed and watched with a
+    /// `metadata.name=<name>` field selector.
+    pub mesh_config_maps: Vec<String>,
+    /// Where Secret lists and watches are sent: a namespace that holds no
+    /// Secret (see the module docs).
+    pub empty_namespace: String,
 }
+
+/// The mesh ConfigMap istiod reads from each remote cluster (Istio 1.29+).
+pub const DEFAULT_MESH_CONFIG_MAP: &str = "istio-system/istio";
+/// The namespace deploy/ creates empty for Secret lists and watches.
+pub const DEFAULT_EMPTY_NAMESPACE: &str = "istio-multicloud-empty";
 
 impl Default for ApiSettings {
     fn default() -> Self {
@@ -45,6 +70,8 @@ impl Default for ApiSettings {
             burst: 100,
             max_watches: 64,
             max_token_lifetime_seconds: 25 * 3600,
+            mesh_config_maps: vec![DEFAULT_MESH_CONFIG_MAP.to_string()],
+            empty_namespace: DEFAULT_EMPTY_NAMESPACE.to_string(),
         }
     }
 }
@@ -142,7 +169,7 @@ impl GuardRefusal for ApiRefusal {
             ApiRefusal::Token(t) => t.message(),
             ApiRefusal::VerbNotAllowed => "the multicloud API proxy is read-only: only GET (get, list, watch) passes",
             ApiRefusal::Impersonation => "impersonation headers are not allowed through the multicloud API proxy",
-            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, CRDs, Istio networking/security kinds, configmap istio-ca-root-cert)",
+            ApiRefusal::ResourceNotAllowed => "this resource is not on the multicloud API proxy's allow-list (services, endpoints, endpointslices, pods, namespaces, nodes, CRDs, Istio networking/security kinds, configmap istio-ca-root-cert, the mesh configmap by name)",
             ApiRefusal::SubresourceNotAllowed => "subresources (exec, attach, portforward, proxy, log, status, ...) are not allowed through the multicloud API proxy",
             ApiRefusal::HeadersTooLarge => "the request headers are larger than the multicloud API proxy accepts",
             ApiRefusal::RateLimited => "this peer's request rate is above the multicloud API proxy's limit; retry later",
@@ -260,6 +287,21 @@ pub enum ApiRead {
     Watch,
 }
 
+/// An allowed request and where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    pub read: ApiRead,
+    /// A Secret list or watch: it goes to [`ApiSettings::empty_namespace`]
+    /// ([`empty_secrets_path`]), never where it asked.
+    pub to_empty_namespace: bool,
+}
+
+impl Classified {
+    fn pass(read: ApiRead) -> Classified {
+        Classified { read, to_empty_namespace: false }
+    }
+}
+
 fn query_flag(query: &str, key: &str) -> bool {
     query.split('&').any(|kv| match kv.split_once('=') {
         Some((k, v)) => k == key && (v == "true" || v == "1"),
@@ -267,9 +309,58 @@ fn query_flag(query: &str, key: &str) -> bool {
     })
 }
 
-/// Classifies a request path (with query) against the allow-list.
-/// `allowed_secrets` are secret names a peer may get (none by default).
-pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiRead, ApiRefusal> {
+/// The one `fieldSelector` of `query`, percent-decoded; `Err` if it is
+/// given more than once or does not decode (an API server reads the first
+/// of several, a proxy must not guess).
+fn field_selector(query: &str) -> Result<Option<String>, ApiRefusal> {
+    let mut found = None;
+    for kv in query.split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        if percent_decode(k).as_deref() != Some("fieldSelector") {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ApiRefusal::ResourceNotAllowed);
+        }
+        found = Some(percent_decode(v).ok_or(ApiRefusal::ResourceNotAllowed)?);
+    }
+    Ok(found)
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space), as Go's
+/// `url.ParseQuery` does it; `None` for a bad escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = |j: usize| b.get(j).and_then(|h| (*h as char).to_digit(16));
+                let (hi, lo) = (hex(i + 1)?, hex(i + 2)?);
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether `ns/name` is one of the mesh ConfigMaps a peer may read.
+fn is_mesh_config_map(ns: &str, name: &str, s: &ApiSettings) -> bool {
+    s.mesh_config_maps.iter().any(|m| m.split_once('/') == Some((ns, name)))
+}
+
+/// Classifies a request path (with query) against the allow-list of `s`.
+pub fn classify(path_and_query: &str, s: &ApiSettings) -> Result<Classified, ApiRefusal> {
     let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
     if path.contains("/../") || path.ends_with("/..") || path.contains("/./") || path.contains("//") || path.contains('%') {
         return Err(ApiRefusal::ResourceNotAllowed);
@@ -278,8 +369,8 @@ pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiR
     let watch_q = query_flag(query, "watch");
     // Discovery documents.
     match segs.as_slice() {
-        ["version"] | ["api"] | ["apis"] | ["api", "v1"] => return Ok(ApiRead::Discovery),
-        ["apis", g] | ["apis", g, _] if group_allowed(g) => return Ok(ApiRead::Discovery),
+        ["version"] | ["api"] | ["apis"] | ["api", "v1"] => return Ok(Classified::pass(ApiRead::Discovery)),
+        ["apis", g] | ["apis", g, _] if group_allowed(g) => return Ok(Classified::pass(ApiRead::Discovery)),
         _ => {}
     }
     // /api/v1/... or /apis/<g>/<v>/...
@@ -294,25 +385,41 @@ pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiR
         r => (false, r),
     };
     // namespaces/<ns>/<resource>... or <resource>...
-    let (resource, name, sub): (&str, Option<&str>, Option<&str>) = match rest {
-        ["namespaces"] => ("namespaces", None, None),
-        ["namespaces", ns] => ("namespaces", Some(*ns), None),
-        ["namespaces", _ns, res] => (res, None, None),
-        ["namespaces", _ns, res, name] => (res, Some(*name), None),
-        ["namespaces", _ns, res, name, sub, ..] => (res, Some(*name), Some(*sub)),
-        [res] => (res, None, None),
-        [res, name] => (res, Some(*name), None),
-        [res, name, sub, ..] => (res, Some(*name), Some(*sub)),
+    let (namespace, resource, name, sub): (Option<&str>, &str, Option<&str>, Option<&str>) = match rest {
+        ["namespaces"] => (None, "namespaces", None, None),
+        ["namespaces", ns] => (None, "namespaces", Some(*ns), None),
+        ["namespaces", ns, res] => (Some(*ns), res, None, None),
+        ["namespaces", ns, res, name] => (Some(*ns), res, Some(*name), None),
+        ["namespaces", ns, res, name, sub, ..] => (Some(*ns), res, Some(*name), Some(*sub)),
+        [res] => (None, res, None, None),
+        [res, name] => (None, res, Some(*name), None),
+        [res, name, sub, ..] => (None, res, Some(*name), Some(*sub)),
         _ => return Err(ApiRefusal::ResourceNotAllowed),
     };
     if sub.is_some() || resource.contains(':') || name.is_some_and(|n| n.contains(':')) {
         return Err(ApiRefusal::SubresourceNotAllowed);
     }
+    let read = match (name, legacy_watch || watch_q) {
+        (_, true) => ApiRead::Watch,
+        (Some(_), false) => ApiRead::Get,
+        (None, false) => ApiRead::List,
+    };
     let allowed = match group {
         "" => match resource {
             "services" | "endpoints" | "pods" | "namespaces" | "nodes" => true,
-            "configmaps" => name == Some("istio-ca-root-cert"),
-            "secrets" => name.is_some_and(|n| allowed_secrets.iter().any(|a| a == n)),
+            "configmaps" => match (namespace, name) {
+                (_, Some("istio-ca-root-cert")) => true,
+                (Some(ns), Some(n)) => is_mesh_config_map(ns, n, s),
+                // A list or watch of one mesh ConfigMap, by its name.
+                (Some(ns), None) => field_selector(query)?
+                    .and_then(|f| f.strip_prefix("metadata.name=").map(|n| is_mesh_config_map(ns, n.strip_prefix('=').unwrap_or(n), s)))
+                    .unwrap_or(false),
+                (None, _) => false,
+            },
+            "secrets" => match name {
+                Some(n) => s.allowed_secrets.iter().any(|a| a == n),
+                None => return Ok(Classified { read, to_empty_namespace: true }),
+            },
             _ => false,
         },
         "discovery.k8s.io" => resource == "endpointslices",
@@ -324,11 +431,21 @@ pub fn classify(path_and_query: &str, allowed_secrets: &[String]) -> Result<ApiR
     if !allowed {
         return Err(ApiRefusal::ResourceNotAllowed);
     }
-    Ok(match (name, legacy_watch || watch_q) {
-        (_, true) => ApiRead::Watch,
-        (Some(_), false) => ApiRead::Get,
-        (None, false) => ApiRead::List,
-    })
+    Ok(Classified::pass(read))
+}
+
+/// Where a Secret list or watch ([`Classified::to_empty_namespace`]) goes:
+/// the same request in `empty_namespace`, with its query kept (field and
+/// label selectors, `watch`, `resourceVersion`, ...).
+pub fn empty_secrets_path(path_and_query: &str, empty_namespace: &str) -> String {
+    let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    let watch = if path.starts_with("/api/v1/watch/") { "watch/" } else { "" };
+    let mut out = format!("/api/v1/{watch}namespaces/{empty_namespace}/secrets");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 fn group_allowed(g: &str) -> bool {
@@ -342,8 +459,8 @@ pub fn check_request<'a>(
     path_and_query: &str,
     headers: impl Iterator<Item = (&'a str, &'a str)>,
     max_header_bytes: usize,
-    allowed_secrets: &[String],
-) -> Result<ApiRead, ApiRefusal> {
+    settings: &ApiSettings,
+) -> Result<Classified, ApiRefusal> {
     let mut size = 0usize;
     for (k, v) in headers {
         size += k.len() + v.len() + 4;
@@ -357,15 +474,28 @@ pub fn check_request<'a>(
     if method != "GET" {
         return Err(ApiRefusal::VerbNotAllowed);
     }
-    classify(path_and_query, allowed_secrets)
+    classify(path_and_query, settings)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn settings() -> ApiSettings {
+        ApiSettings { allowed_secrets: vec!["cacerts".to_string()], ..Default::default() }
+    }
+
     fn c(p: &str) -> Result<ApiRead, ApiRefusal> {
-        classify(p, &["cacerts".to_string()])
+        classify(p, &settings()).map(|c| {
+            assert!(!c.to_empty_namespace, "{p} is not a Secret list");
+            c.read
+        })
+    }
+
+    /// Where a request goes: `Ok(None)` as it asked, `Ok(Some(path))` rewritten.
+    fn target(p: &str) -> Result<Option<String>, ApiRefusal> {
+        let s = settings();
+        classify(p, &s).map(|c| c.to_empty_namespace.then(|| empty_secrets_path(p, &s.empty_namespace)))
     }
 
     #[test]
@@ -390,11 +520,78 @@ mod tests {
     }
 
     #[test]
+    fn the_mesh_config_map_passes_by_name_and_by_its_field_selector_only() {
+        use ApiRefusal::*;
+        // How istiod (1.29+) reads a remote cluster's mesh ConfigMap: a
+        // namespaced informer on one name.
+        assert_eq!(c("/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio&limit=500"), Ok(ApiRead::List));
+        assert_eq!(
+            c("/api/v1/namespaces/istio-system/configmaps?allowWatchBookmarks=true&fieldSelector=metadata.name%3Distio&resourceVersion=5&watch=true"),
+            Ok(ApiRead::Watch)
+        );
+        assert_eq!(c("/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name==istio"), Ok(ApiRead::List));
+        assert_eq!(c("/api/v1/namespaces/istio-system/configmaps/istio"), Ok(ApiRead::Get));
+        assert_eq!(c("/api/v1/watch/namespaces/istio-system/configmaps/istio"), Ok(ApiRead::Watch));
+        for p in [
+            // Another ConfigMap, by name or by selector.
+            "/api/v1/namespaces/istio-system/configmaps/istio-sidecar-injector",
+            "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio-sidecar-injector",
+            // The right name in another namespace.
+            "/api/v1/namespaces/abc/configmaps/istio",
+            "/api/v1/namespaces/abc/configmaps?fieldSelector=metadata.name%3Distio",
+            // No selector, a wider one, a negated one, or two of them.
+            "/api/v1/namespaces/istio-system/configmaps",
+            "/api/v1/namespaces/istio-system/configmaps?watch=true",
+            "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio%2Cmetadata.namespace%3Dx",
+            "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%21%3Distio",
+            "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio&fieldSelector=metadata.name%3Dother",
+            "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Dother&fieldSelector=metadata.name%3Distio",
+            "/api/v1/namespaces/istio-system/configmaps?field%53elector=x&fieldSelector=metadata.name%3Distio",
+            "/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio%ZZ",
+            // Cluster-wide.
+            "/api/v1/configmaps?fieldSelector=metadata.name%3Distio",
+        ] {
+            assert_eq!(c(p), Err(ResourceNotAllowed), "{p}");
+        }
+        // A revisioned control plane's ConfigMap, once configured.
+        let s =
+            ApiSettings { mesh_config_maps: vec!["istio-system/istio".into(), "istio-system/istio-canary".into()], ..Default::default() };
+        assert!(classify("/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio-canary", &s).is_ok());
+        assert!(classify("/api/v1/namespaces/istio-system/configmaps?fieldSelector=metadata.name%3Distio-canary", &ApiSettings::default())
+            .is_err());
+    }
+
+    #[test]
+    fn secret_lists_and_watches_go_to_the_empty_namespace_with_their_query() {
+        assert_eq!(
+            target("/api/v1/secrets?fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&limit=500"),
+            Ok(Some("/api/v1/namespaces/istio-multicloud-empty/secrets?fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&limit=500".into()))
+        );
+        assert_eq!(
+            target("/api/v1/secrets?allowWatchBookmarks=true&resourceVersion=7&watch=true"),
+            Ok(Some("/api/v1/namespaces/istio-multicloud-empty/secrets?allowWatchBookmarks=true&resourceVersion=7&watch=true".into()))
+        );
+        assert_eq!(target("/api/v1/namespaces/abc/secrets"), Ok(Some("/api/v1/namespaces/istio-multicloud-empty/secrets".into())));
+        assert_eq!(target("/api/v1/watch/secrets"), Ok(Some("/api/v1/watch/namespaces/istio-multicloud-empty/secrets".into())));
+        assert_eq!(
+            target("/api/v1/watch/namespaces/istio-system/secrets?x=1"),
+            Ok(Some("/api/v1/watch/namespaces/istio-multicloud-empty/secrets?x=1".into()))
+        );
+        let s = settings();
+        assert_eq!(classify("/api/v1/secrets?watch=1", &s).map(|c| c.read), Ok(ApiRead::Watch));
+        assert_eq!(classify("/api/v1/secrets", &s).map(|c| c.read), Ok(ApiRead::List));
+        // By name: only allow-listed names, and where they are.
+        assert_eq!(target("/api/v1/namespaces/istio-system/secrets/cacerts"), Ok(None));
+        assert_eq!(target("/api/v1/namespaces/abc/secrets/db-password"), Err(ApiRefusal::ResourceNotAllowed));
+        // Tricks still fail before any rewrite.
+        assert_eq!(target("/api/v1/namespaces/abc/%73ecrets"), Err(ApiRefusal::ResourceNotAllowed));
+        assert_eq!(target("/api/v1/namespaces/abc/secrets/x/proxy"), Err(ApiRefusal::SubresourceNotAllowed));
+    }
+
+    #[test]
     fn everything_else_is_refused_with_its_reason() {
         use ApiRefusal::*;
         for (p, want) in [
-            ("/api/v1/secrets", ResourceNotAllowed),
-            ("/api/v1/namespaces/abc/secrets", ResourceNotAllowed),
             ("/api/v1/namespaces/abc/secrets/db-password", ResourceNotAllowed),
             ("/api/v1/namespaces/abc/configmaps", ResourceNotAllowed),
             ("/api/v1/namespaces/abc/pods/foo/exec", SubresourceNotAllowed),
@@ -419,20 +616,26 @@ mod tests {
     fn verbs_impersonation_and_size() {
         let h = |v: &'static [(&'static str, &'static str)]| v.iter().copied();
         for m in ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
-            assert_eq!(check_request(m, "/api/v1/services", h(&[]), 1000, &[]), Err(ApiRefusal::VerbNotAllowed));
+            assert_eq!(check_request(m, "/api/v1/services", h(&[]), 1000, &ApiSettings::default()), Err(ApiRefusal::VerbNotAllowed));
         }
         assert_eq!(
-            check_request("GET", "/api/v1/services", h(&[("impersonate-user", "admin")]), 1000, &[]),
+            check_request("GET", "/api/v1/services", h(&[("impersonate-user", "admin")]), 1000, &ApiSettings::default()),
             Err(ApiRefusal::Impersonation)
         );
         assert_eq!(
-            check_request("GET", "/api/v1/services", h(&[("Impersonate-Group", "system:masters")]), 1000, &[]),
+            check_request("GET", "/api/v1/services", h(&[("Impersonate-Group", "system:masters")]), 1000, &ApiSettings::default()),
             Err(ApiRefusal::Impersonation)
         );
         let big = "x".repeat(2000);
         let hs = vec![("x-big", big.as_str())];
-        assert_eq!(check_request("GET", "/api/v1/services", hs.into_iter(), 1000, &[]), Err(ApiRefusal::HeadersTooLarge));
-        assert_eq!(check_request("GET", "/api/v1/services", h(&[("accept", "application/json")]), 1000, &[]), Ok(ApiRead::List));
+        assert_eq!(
+            check_request("GET", "/api/v1/services", hs.into_iter(), 1000, &ApiSettings::default()),
+            Err(ApiRefusal::HeadersTooLarge)
+        );
+        assert_eq!(
+            check_request("GET", "/api/v1/services", h(&[("accept", "application/json")]), 1000, &ApiSettings::default()).map(|c| c.read),
+            Ok(ApiRead::List)
+        );
     }
 
     #[test]

@@ -68,7 +68,16 @@ pub struct PeerKey {
     pub cluster_uuid: String,
     #[serde(rename = "authnKeyPub")]
     pub authn_key_pub: String,
+    /// This peer's own limit on `exp - nbf` of its `api` tokens, where an
+    /// operator allowed more than [`ApiSettings::max_token_lifetime_seconds`]
+    /// (a Deckhouse cluster mints one 366-day token and keeps it).
+    #[serde(rename = "maxApiTokenLifetimeSeconds", default, skip_serializing_if = "Option::is_none")]
+    pub max_api_token_lifetime_seconds: Option<i64>,
 }
+
+/// The longest `api` token lifetime a peer may be allowed: 367 days (a
+/// Deckhouse token lives 366 days; a day more for its clock).
+pub const MAX_PEER_API_TOKEN_LIFETIME_SECONDS: i64 = 367 * 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -241,6 +250,8 @@ struct CompiledDoc {
 
 struct Peer {
     key: ed25519_dalek::VerifyingKey,
+    /// [`PeerKey::max_api_token_lifetime_seconds`].
+    max_api_lifetime: Option<i64>,
 }
 
 /// The API guard's decision.
@@ -250,6 +261,9 @@ pub enum ApiOutcome<'a> {
     Allow {
         peer: std::rc::Rc<str>,
         read: ApiRead,
+        /// The path to send instead of the request's (a Secret list or
+        /// watch, sent to the empty namespace: [`crate::apiguard::Classified`]).
+        rewrite: Option<String>,
     },
     Refuse(&'a Reply, ApiRefusal),
 }
@@ -347,6 +361,18 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
+/// Whether a plugin configuration says "nothing yet": empty, blank, or an
+/// empty JSON object (a WasmPlugin's `pluginConfig: {}` before the agent
+/// writes it). The filter accepts it and serves nothing.
+pub fn is_unconfigured(bytes: &[u8]) -> bool {
+    let t = bytes.trim_ascii();
+    if t.is_empty() {
+        return true;
+    }
+    // `{}` with any whitespace inside, without a JSON parser's code.
+    t.first() == Some(&b'{') && t.last() == Some(&b'}') && t.get(1..t.len() - 1).is_some_and(|inner| inner.trim_ascii().is_empty())
+}
+
 impl Edge {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8]) -> Result<Edge, ConfigError> {
@@ -373,7 +399,14 @@ impl Edge {
             if peers.iter().any(|(u, _)| *u == uuid) {
                 return Err(ConfigError(format!("peers[{i}].clusterUUID: listed twice")));
             }
-            peers.push((uuid, Peer { key }));
+            if let Some(l) = p.max_api_token_lifetime_seconds {
+                if !(1..=MAX_PEER_API_TOKEN_LIFETIME_SECONDS).contains(&l) {
+                    return Err(ConfigError(format!(
+                        "peers[{i}].maxApiTokenLifetimeSeconds: must be between 1 and {MAX_PEER_API_TOKEN_LIFETIME_SECONDS}"
+                    )));
+                }
+            }
+            peers.push((uuid, Peer { key, max_api_lifetime: p.max_api_token_lifetime_seconds }));
         }
         if !(1..=366 * 86_400).contains(&config.max_token_lifetime_seconds) {
             return Err(ConfigError("maxTokenLifetimeSeconds: must be between 1 and 31622400".into()));
@@ -469,14 +502,17 @@ impl Edge {
             Ok(p) => p,
             Err(e) => return refuse(ApiRefusal::Token(e)),
         };
-        let read = match check_request(req.method, req.path, headers.into_iter(), usize::MAX, &self.config.api.allowed_secrets) {
-            Ok(r) => r,
+        let classified = match check_request(req.method, req.path, headers.into_iter(), usize::MAX, &self.config.api) {
+            Ok(c) => c,
             Err(r) => return refuse(r),
         };
+        let read = classified.read;
         if let Err(r) = limiter.admit(&peer, now_ms, read == ApiRead::Watch, &self.config.api) {
             return refuse(r);
         }
-        ApiOutcome::Allow { peer, read }
+        let rewrite =
+            classified.to_empty_namespace.then(|| crate::apiguard::empty_secrets_path(req.path, &self.config.api.empty_namespace));
+        ApiOutcome::Allow { peer, read, rewrite }
     }
 
     /// Checks an `Authorization` header for a token of `need` scope.
@@ -532,6 +568,11 @@ impl Edge {
         if entry.scope != Some(need) {
             return Err(TokenError::WrongScope);
         }
+        let max_lifetime = match need {
+            // The peer's own limit, where an operator set one.
+            Scope::Api => self.peers.iter().find(|(u, _)| **u == *entry.peer).and_then(|(_, p)| p.max_api_lifetime).unwrap_or(max_lifetime),
+            Scope::PrivateMulticluster => max_lifetime,
+        };
         if entry.exp.saturating_sub(entry.nbf) > max_lifetime {
             return Err(TokenError::LifetimeTooLong);
         }

@@ -157,7 +157,11 @@ impl ClusterIdentity {
     }
 
     pub fn peer_key(&self) -> PeerKey {
-        PeerKey { cluster_uuid: self.uuid.clone(), authn_key_pub: pem::ed25519_public_key_to_pem(&self.federation_key.verifying_key()) }
+        PeerKey {
+            cluster_uuid: self.uuid.clone(),
+            authn_key_pub: pem::ed25519_public_key_to_pem(&self.federation_key.verifying_key()),
+            max_api_token_lifetime_seconds: None,
+        }
     }
 
     pub fn federation_key_pem(&self) -> String {

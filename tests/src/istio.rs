@@ -75,6 +75,8 @@ pub struct IstiodAddrs {
 /// One cluster's istiod.
 pub struct Istiod {
     pub sim: SimCluster,
+    /// The istio.io/istio snapshot it runs (its gateways run the same).
+    pub build: paths::IstioBuild,
     pub cluster_id: String,
     pub addrs: IstiodAddrs,
     /// From spawn to `/ready` answering 200.
@@ -98,6 +100,10 @@ pub fn istiod_mesh_config(discovery: SocketAddr) -> String {
          trustDomain: cluster.local\n\
          # No tracer in the bootstrap or listeners.\n\
          enableTracing: false\n\
+         # Every proxy logs its requests (into its pilot-agent.log): what a\n\
+         # failing test prints names the response code and its details.\n\
+         accessLogFile: /dev/stdout\n\
+         accessLogFormat: \"ACCESS [%START_TIME%] %REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% upstream=%UPSTREAM_CLUSTER% sni=%REQUESTED_SERVER_NAME%\\n\"\n\
          defaultConfig:\n  discoveryAddress: {discovery}\n"
     )
 }
@@ -143,7 +149,24 @@ impl Istiod {
     /// ConfigMap named by `SHARED_MESH_CONFIG` if `env` sets it. With
     /// `resolve_peers`, istiod resolves peers' API hosts ([`with_peer_names`]).
     pub fn start_with(cp: &ControlPlane, env: &[(&str, &str)], mesh_in_configmap: bool, resolve_peers: bool) -> Istiod {
+        Istiod::start_build(cp, &paths::IstioBuild::current(), env, mesh_in_configmap, resolve_peers)
+    }
+
+    /// [`Istiod::start_with`] at the istio.io/istio snapshot `build` (its own
+    /// CRDs applied over the pinned ones).
+    pub fn start_build(
+        cp: &ControlPlane,
+        build: &paths::IstioBuild,
+        env: &[(&str, &str)],
+        mesh_in_configmap: bool,
+        resolve_peers: bool,
+    ) -> Istiod {
         cp.install_prerequisites();
+        if *build != paths::IstioBuild::current() {
+            let crds = std::fs::read_to_string(build.crds()).unwrap_or_else(|e| panic!("{}: {e}", build.crds().display()));
+            cp.apply(&crds).unwrap_or_else(|e| panic!("Istio CRDs of {}: {e}", build.version));
+            cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=120s"]);
+        }
         let sim = cp.sim;
         let ip = sim.ip(hosts::ISTIOD);
         let port = || SocketAddr::from((ip, crate::fixtures::free_port(ip)));
@@ -162,7 +185,8 @@ impl Istiod {
         }
         let cluster_id = cluster_id(sim);
         let log = std::fs::File::create(dir.path().join("istiod.log")).expect("log");
-        let mut cmd = if resolve_peers { with_peer_names(&paths::pilot_discovery(), dir.path()) } else { Command::new(paths::pilot_discovery()) };
+        let mut cmd =
+            if resolve_peers { with_peer_names(&paths::pilot_discovery(), dir.path()) } else { Command::new(paths::pilot_discovery()) };
         cmd.current_dir(dir.path())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -184,7 +208,7 @@ impl Istiod {
             .stderr(log);
         let t0 = Instant::now();
         let proc = procs::spawn(cmd).expect("spawn pilot-discovery");
-        let mut istiod = Istiod { sim, cluster_id, addrs, started_in: Duration::ZERO, proc: Mutex::new(proc), dir };
+        let mut istiod = Istiod { sim, build: build.clone(), cluster_id, addrs, started_in: Duration::ZERO, proc: Mutex::new(proc), dir };
         istiod.wait_ready();
         istiod.started_in = t0.elapsed();
         istiod
@@ -242,6 +266,11 @@ impl Istiod {
         eprint!("{}", tail(&format!("istiod of cluster {}", self.sim.0), &self.log(), 60));
     }
 
+    /// `Some(status)` once istiod has exited.
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner()).try_wait()
+    }
+
     /// Stops istiod (SIGTERM, then SIGKILL after `grace`); `Some(status)`
     /// when it exited by itself within `grace`.
     pub fn stop(&self, grace: Duration) -> Option<std::process::ExitStatus> {
@@ -288,7 +317,9 @@ pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
     }
     std::fs::write(&hosts_file, text).expect("write hosts");
     let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""]).arg(&hosts_file).arg(program);
+    c.args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+        .arg(&hosts_file)
+        .arg(program);
     c
 }
 
@@ -400,7 +431,7 @@ pub struct IstioGateway {
 /// The proxy config the gateway's pilot-agent reads (mesh config file,
 /// `defaultConfig`), each field for a reason (docs/istio.md, "Gateways").
 pub fn gateway_mesh_config(istiod: &Istiod, dir: &Path, envoy_wrapper: &Path, ports: &GatewayPorts) -> String {
-    let template = paths::istio_bootstrap_template();
+    let template = istiod.build.bootstrap_template();
     format!(
         "# Written by the test bed (tests/src/istio.rs); see docs/istio.md.\n\
          trustDomain: cluster.local\n\
@@ -529,7 +560,7 @@ impl IstioGateway {
         let labels_json = serde_json::to_string(&opts.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()).expect("json");
 
         let log = std::fs::File::create(d.join("pilot-agent.log")).expect("log");
-        let mut cmd = Command::new(paths::pilot_agent());
+        let mut cmd = Command::new(&istiod.build.agent);
         cmd.current_dir(d)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")

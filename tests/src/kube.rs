@@ -91,8 +91,11 @@ fn b64(s: &str) -> String {
 
 /// The API server's audit policy: requests by the API proxy's
 /// ServiceAccount (what peers send through the API proxy), at Metadata level
-/// (who, verb, URI, status; no bodies), when the response is complete.
+/// (who, verb, URI, status; no bodies), when the response is complete;
+/// its Secret requests with the response body (a list's items), so that a
+/// test can show that no Secret was ever returned.
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+- level: RequestResponse\n  users: ['system:serviceaccount:istio-system:istio-multicloud-api-proxy']\n  resources: [{group: '', resources: [secrets]}]\n\
 - level: Metadata\n  users: ['system:serviceaccount:istio-system:istio-multicloud-api-proxy']\n- level: None\n";
 
 impl ControlPlane {
@@ -166,10 +169,7 @@ impl ControlPlane {
     /// `--audit-log-path`; only deploy/'s API proxy ServiceAccount is logged).
     pub fn audit(&self, user: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["user"]["username"] == user)
-            .collect()
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|e| e["user"]["username"] == user).collect()
     }
 
     /// `https://127.0.N.10:PORT`.

@@ -71,6 +71,18 @@ pub struct KubeMeshOptions {
     /// presents to the agent. No stand-ins: istiod writes the root, and the
     /// test writes no `foo` Service.
     pub istio: bool,
+    /// With `istio`: the istio.io/istio snapshot every cluster runs
+    /// (default: the pin, [`crate::paths::IstioBuild::current`]).
+    pub istio_build: Option<crate::paths::IstioBuild>,
+    /// With `istio`: more istiod environment, per cluster (by index; a
+    /// missing entry adds nothing).
+    pub istiod_env: Vec<Vec<(String, String)>>,
+    /// Start every cluster unlinked; [`link_all`] applies the objects later
+    /// (to time a join from the objects' apply, not from the processes' start).
+    pub defer_link: bool,
+    /// The agents with deploy/'s timing (refresh, backoff, facts interval)
+    /// instead of the test bed's short one: what a user's join takes.
+    pub deploy_timing: bool,
 }
 
 /// istiod's environment in the real-Istio mesh: [`crate::istio::ISTIOD_ENV`]
@@ -217,8 +229,12 @@ fn start_agent(
         // The port the EnvoyFilter names (tests/src/agent.rs reuses it).
         std::fs::write(adir.path().join("xds-port"), port.to_string()).expect("write xds port");
     }
-    let mut extra_args =
-        vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()];
+    let mut extra_args = vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string()];
+    if !opts.deploy_timing {
+        extra_args.push("--facts-seconds=1".into());
+    }
+    // deploy/'s DaemonSet sets none of these: the agent's defaults.
+    let (refresh_seconds, backoff_base_ms, backoff_cap_ms) = if opts.deploy_timing { (30, 1000, 60_000) } else { (1, 200, 1000) };
     extra_args.extend(opts.agent_args.iter().cloned());
     Agent::start(
         adir,
@@ -226,9 +242,9 @@ fn start_agent(
             cluster: sim,
             standalone: String::new(),
             ecds_file: dir.path().join(format!("edge-{pod_name}.pb")),
-            refresh_seconds: 1,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 1000,
+            refresh_seconds,
+            backoff_base_ms,
+            backoff_cap_ms,
             workload_cert: None,
             api_proxy_credential: None,
             extra_args,
@@ -272,12 +288,20 @@ fn local_facts(cp: &ControlPlane, sim: SimCluster, id: &ClusterIdentity, mesh_po
 /// targetPort, on its own network) and the Service's load-balancer address
 /// (what a cloud controller writes): the test bed's gateway address, where
 /// the istiod-run gateway's listener (bound on every address) answers.
-fn istio_facts(cp: &ControlPlane, sim: SimCluster, mesh_port: u16, https_port: u16) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
+fn istio_facts(
+    cp: &ControlPlane,
+    sim: SimCluster,
+    mesh_port: u16,
+    https_port: u16,
+    build: &crate::paths::IstioBuild,
+    extra_env: &[(String, String)],
+) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
     use crate::istio::{GatewayOptions as IstioGatewayOptions, IstioGateway, Istiod, ISTIOD_ENV};
     cp.install_prerequisites();
     cp.kubectl_ok(&["label", "namespace", "istio-system", &format!("topology.istio.io/network={}", network(sim)), "--overwrite"]);
-    let env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
-    let istiod = Istiod::start_with(cp, &env, true, true);
+    let mut env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
+    env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let istiod = Istiod::start_build(cp, build, &env, true, true);
     let net = network(sim);
     let gw = IstioGateway::start(
         cp,
@@ -402,7 +426,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             let port = free_port(sim.ip(hosts::AGENT));
             cp.apply(&agent_address_on_loopback(&install(&install_args), sim, port)).expect("install output applies");
             api_proxy_facts(cp, sim, &edge_ca);
-            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i]);
+            let build = opts.istio_build.clone().unwrap_or_else(crate::paths::IstioBuild::current);
+            let extra = opts.istiod_env.get(i).cloned().unwrap_or_default();
+            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i], &build, &extra);
             (istiod, istio_gateway, xds_port) = (Some(d), Some(g), Some(port));
         } else {
             cp.apply(&install(&install_args)).expect("install output applies");
@@ -424,7 +450,9 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
         };
         let peers: Vec<(SimCluster, String, String)> =
             sims.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, s)| (*s, endpoint(j), ca_pems[j].clone())).collect();
-        link_endpoints(cp, &peers);
+        if !opts.defer_link {
+            link_endpoints(cp, &peers);
+        }
         let uuid = cp.get_json(&["namespace", "kube-system"]).expect("kube-system")["metadata"]["uid"].as_str().expect("uid").to_string();
         // The peers' API hosts are names no DNS here resolves: the remote
         // secrets connect to the peer's gateway instead (keeping the name as
@@ -477,7 +505,29 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             dir,
         });
     }
+    // Up means serving: each istiod-run gateway has the agent's filter
+    // configuration and answers its public document (so that a join timed
+    // from the objects' apply does not include the gateways' start).
+    for c in out.iter().filter(|c| c.opts.istio) {
+        let gw = c.istio_gateway.as_ref().expect("the istiod-run gateway");
+        gw.wait_public_json(&metadata_host(c.sim), &c.edge_ca.pem(), Duration::from_secs(120), || {
+            gw.log().lines().rfind(|l| l.starts_with("ACCESS")).unwrap_or_default().to_string()
+        });
+    }
     out
+}
+
+/// Links every cluster of `clusters` to every other (their IstioMulticloud
+/// objects, as [`start_kube_mesh`] applies them without
+/// [`KubeMeshOptions::defer_link`]), all clusters at once.
+pub fn link_all(clusters: &[KubeCluster]) {
+    std::thread::scope(|s| {
+        for c in clusters {
+            let peers: Vec<(SimCluster, String, String)> =
+                clusters.iter().filter(|o| o.sim != c.sim).map(|o| (o.sim, o.metadata_endpoint.clone(), o.edge_ca.pem())).collect();
+            s.spawn(move || link_endpoints(c.cp, &peers));
+        }
+    });
 }
 
 /// What istiod programs on a gateway's mesh port under Istio

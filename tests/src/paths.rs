@@ -86,18 +86,56 @@ pub fn pilot_agent() -> PathBuf {
     tool("MULTICLOUD_PILOT_AGENT", "pilot-agent")
 }
 
-/// Istio's Envoy bootstrap template (`tools/packaging/common/envoy_bootstrap.json`
-/// of the pinned istio.io/istio module, which also holds [`istio_crds`]; the
-/// proxy image has it at /var/lib/istio/envoy/envoy_bootstrap_tmpl.json).
-/// `MULTICLOUD_ISTIO_BOOTSTRAP` overrides.
-pub fn istio_bootstrap_template() -> PathBuf {
-    if let Some(p) = std::env::var_os("MULTICLOUD_ISTIO_BOOTSTRAP") {
-        return PathBuf::from(p);
+/// One istio.io/istio snapshot that `scripts/tools.sh` builds: istiod,
+/// pilot-agent and the module they come from (CRDs, bootstrap template).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstioBuild {
+    /// The module version (a pseudo-version: the proxy serves no release tag).
+    pub version: String,
+    /// What it is, for people (docs/istio.md, "Istio versions").
+    pub label: &'static str,
+    pub discovery: PathBuf,
+    pub agent: PathBuf,
+    /// The module directory in the Go module cache.
+    pub module: PathBuf,
+}
+
+impl IstioBuild {
+    /// The pin: master of 2026-08-27 (reports 1.31-dev).
+    pub fn current() -> IstioBuild {
+        let crds = istio_crds();
+        IstioBuild {
+            version: std::env::var("MULTICLOUD_ISTIO_VERSION").unwrap_or_else(|_| "(MULTICLOUD_ISTIO_VERSION unset)".into()),
+            label: "master 2026-08-27 (1.31-dev)",
+            discovery: pilot_discovery(),
+            agent: pilot_agent(),
+            // <module>/manifests/charts/base/files/crd-all.gen.yaml
+            module: crds.ancestors().nth(5).expect("the istio.io/istio module directory").to_path_buf(),
+        }
     }
-    let crds = istio_crds();
-    // <module>/manifests/charts/base/files/crd-all.gen.yaml
-    let module = crds.ancestors().nth(5).expect("the istio.io/istio module directory").to_path_buf();
-    let p = module.join("tools/packaging/common/envoy_bootstrap.json");
-    assert!(p.exists(), "{} not found (MULTICLOUD_ISTIO_CRDS does not point into the istio.io/istio module?)", p.display());
-    p
+
+    /// The older snapshot: master of 2026-04-23, ten days after the 1.30
+    /// branch cut.
+    pub fn older() -> IstioBuild {
+        IstioBuild {
+            version: std::env::var("MULTICLOUD_ISTIO_OLDER_VERSION").unwrap_or_else(|_| "(MULTICLOUD_ISTIO_OLDER_VERSION unset)".into()),
+            label: "master 2026-04-23 (after the 1.30 branch cut)",
+            discovery: tool("MULTICLOUD_PILOT_DISCOVERY_OLDER", "pilot-discovery of the older Istio snapshot"),
+            agent: tool("MULTICLOUD_PILOT_AGENT_OLDER", "pilot-agent of the older Istio snapshot"),
+            module: tool("MULTICLOUD_ISTIO_OLDER_MODULE", "the older istio.io/istio module"),
+        }
+    }
+
+    /// Istio's CRDs of this snapshot.
+    pub fn crds(&self) -> PathBuf {
+        self.module.join("manifests/charts/base/files/crd-all.gen.yaml")
+    }
+
+    /// Istio's Envoy bootstrap template of this snapshot.
+    pub fn bootstrap_template(&self) -> PathBuf {
+        if let Some(p) = std::env::var_os("MULTICLOUD_ISTIO_BOOTSTRAP") {
+            return PathBuf::from(p);
+        }
+        self.module.join("tools/packaging/common/envoy_bootstrap.json")
+    }
 }

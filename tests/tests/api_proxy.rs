@@ -7,13 +7,17 @@
 //! 1. a real `kube` client from that kubeconfig lists and watches services
 //!    through B's gateway (TLS, SNI `api.cluster-72.example`);
 //! 2. every refused case, one table row each: status, `Status` body, and
-//!    nothing reaches the API server;
+//!    nothing reaches the API server; Secret lists and watches reach it in
+//!    the empty namespace instead;
 //! 3. the API server sees only the proxy credential, never the peer token;
 //!    neither appears in B's config_dump or logs;
 //! 4. with a 6 s token lifetime the kubeconfig's token is replaced before
 //!    it expires, the watch opened with the old token keeps streaming, and
 //!    a client from the new kubeconfig works; a rotated proxy credential
-//!    file reaches the gateway.
+//!    file reaches the gateway;
+//! 5. a token shaped as a Deckhouse cluster mints it for its istiod
+//!    (`iss: d8-istio`, `scope: api`, 366 days) is refused unless B's object
+//!    for A allows that lifetime (`spec.apiProxy.maxTokenLifetimeSeconds`).
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in
 // #[test] functions; this covers the helpers too).
@@ -111,6 +115,12 @@ fn the_api_proxy_end_to_end() {
     // (2) refused requests, one row each; none reaches the API server.
     refused_table(a, b);
 
+    // (5) A Deckhouse cluster's istiod: one `scope: api` token minted as
+    //     Deckhouse mints it (iss d8-istio, 366 days) and kept. Refused by
+    //     default (25 hours at most); passes once B's object for A allows
+    //     that lifetime; refused again when the allowance is taken back.
+    deckhouse_token_needs_the_peers_allowance(a, b);
+
     // (4) token rotation with a 6 s lifetime.
     let exp1 = claims(&watch_token)["exp"].as_i64().expect("exp");
     let new_token = wait_until("the kubeconfig's token to be re-issued", Duration::from_secs(TTL as u64 + 2), || {
@@ -189,7 +199,6 @@ fn refused_table(a: &Cluster, b: &Cluster) {
         row("patch", "PATCH", "/api/v1/namespaces/abc/services/foo", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
         row("delete", "DELETE", "/api/v1/namespaces/abc/services/foo", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
         row("delete collection", "DELETE", "/api/v1/namespaces/abc/pods", good(), 405, "MethodNotAllowed", "verb_not_allowed"),
-        row("secrets list", "GET", "/api/v1/namespaces/abc/secrets", good(), 403, "Forbidden", "resource_not_allowed"),
         row("secret get", "GET", "/api/v1/namespaces/istio-system/secrets/cacerts", good(), 403, "Forbidden", "resource_not_allowed"),
         row(
             "exec",
@@ -281,4 +290,80 @@ fn refused_table(a: &Cluster, b: &Cluster) {
     // Control: the same route with a good token passes.
     let ok = http::request("GET", &b.gateway_url("/api/v1/services"), &[("host", &host), ("authorization", &good()[0].1)]);
     assert_eq!(ok.status, 200, "{}", ok.text());
+    // A Secret list or watch (istiod's remote credentials controller) is not
+    // refused: Envoy sends it to the empty namespace, its query as it was,
+    // without the peer's token.
+    for (asked, sent) in [
+        (
+            "/api/v1/secrets?allowWatchBookmarks=true&fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&sendInitialEvents=true&watch=true",
+            "/api/v1/namespaces/istio-multicloud-empty/secrets?allowWatchBookmarks=true&fieldSelector=type%21%3Dhelm.sh%2Frelease.v1&sendInitialEvents=true&watch=true",
+        ),
+        ("/api/v1/namespaces/abc/secrets", "/api/v1/namespaces/istio-multicloud-empty/secrets"),
+        ("/api/v1/watch/secrets", "/api/v1/watch/namespaces/istio-multicloud-empty/secrets"),
+    ] {
+        let token = good()[0].1.clone();
+        let before = apiserver.requests().len();
+        let r = http::request("GET", &b.gateway_url(asked), &[("host", &host), ("authorization", &token)]);
+        // (The recording server answers what it answers; the guard passed it.)
+        assert!(!r.text().contains("multicloud API proxy"), "{asked}: refused by the guard: {}", r.text());
+        let seen = apiserver.requests();
+        assert_eq!(seen.len(), before + 1, "{asked} reached the API server once");
+        let last = seen.last().expect("the request reached the API server");
+        assert_eq!(last.path, sent, "{asked} goes to the empty namespace");
+        assert_ne!(last.header("authorization"), Some(token.as_str()), "the peer's token never reaches the API server");
+    }
+}
+
+fn deckhouse_token_needs_the_peers_allowance(a: &Cluster, b: &Cluster) {
+    use multicloud_core::token::{sign, Audience, Claims};
+    let key = multicloud_agent::keys::load_or_generate(&a.agent.key_path()).expect("A's federation key");
+    let now = unix_now();
+    let claims = Claims {
+        iss: "d8-istio".into(),
+        sub: a.id.uuid.clone(),
+        aud: Audience::One(b.id.uuid.clone()),
+        scope: "api".into(),
+        nbf: now,
+        exp: now + 366 * 86_400,
+    };
+    let auth = format!("Bearer {}", sign(&key, &claims));
+    let host = api_host(b.sim);
+    let list = || http::request("GET", &b.gateway_url("/api/v1/services"), &[("host", host.as_str()), ("authorization", auth.as_str())]);
+    let r = list();
+    assert_eq!(r.status, 401, "a 366-day token by default: {}", r.text());
+    assert!(r.text().contains("TokenLifetimeTooLong"), "{}", r.text());
+    // B's operator allows A's api tokens 366 days (spec.apiProxy on B's object for A).
+    let allow = |limit: Option<i64>| {
+        let path = b.agent.dir().join("standalone.yaml");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("standalone")).expect("json");
+        let objects = v["objects"].as_array_mut().expect("objects");
+        let o = objects.iter_mut().find(|o| o["metadata"]["name"] == Cluster::object_name(a.sim).as_str()).expect("B's object for A");
+        match limit {
+            Some(l) => o["spec"]["apiProxy"] = serde_json::json!({"maxTokenLifetimeSeconds": l}),
+            None => {
+                o["spec"].as_object_mut().expect("spec").remove("apiProxy");
+            }
+        }
+        let tmp = b.agent.dir().join(".standalone.tmp");
+        std::fs::write(&tmp, v.to_string()).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    };
+    allow(Some(366 * 86_400));
+    wait_until("the allowance to reach B's API guard", READY, || {
+        let r = list();
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    });
+    allow(None);
+    wait_until("the allowance to be taken back", READY, || {
+        let r = list();
+        if r.status == 401 && r.text().contains("TokenLifetimeTooLong") {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    });
 }

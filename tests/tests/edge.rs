@@ -277,3 +277,27 @@ fn without_a_valid_configuration_the_edge_fails_closed() {
     assert_eq!(reached, vec!["/app/ok".to_string()], "no metadata request reached the upstream");
     assert!(gw.envoy.log().contains("invalid multicloud edge configuration: not valid JSON for the edge configuration: missing field"));
 }
+
+/// A WasmPlugin installed before the agent wrote its configuration hands
+/// the filter `{}`: the gateway takes it (no NACK), and the documents answer
+/// 503 `EdgeUnavailable` until a real configuration arrives, which applies.
+#[test]
+fn an_empty_configuration_is_taken_as_not_configured_yet() {
+    let b = ClusterIdentity::generate("b");
+    let a = ClusterIdentity::generate("a");
+    let cluster = SimCluster(15);
+    let gw = Gateway::start(cluster, "{}");
+    for path in [PUBLIC, SPIFFE, PRIVATE] {
+        let r = http::get(&gw.url(path));
+        assert_eq!(r.status, 503, "{path}: {}", r.text());
+        assert_eq!(r.json()["reason"], "EdgeUnavailable", "{path}");
+    }
+    assert_eq!(http::get(&gw.url("/app/ok")).status, 200, "other routes keep working");
+    assert_eq!(gw.push_config(" { } "), Push::Applied, "an empty configuration is not refused");
+    let good = edge_config(&b, &[&a], sample_private(cluster));
+    assert_eq!(gw.push_config(&serde_json::to_string(&good).unwrap()), Push::Applied);
+    assert_eq!(http::get(&gw.url(PUBLIC)).status, 200, "the agent's configuration serves");
+    assert!(gw.envoy.log().contains("no configuration yet (empty plugin configuration)"));
+    let reached: Vec<String> = gw.upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(reached, vec!["/app/ok".to_string()], "no metadata request reached the upstream");
+}

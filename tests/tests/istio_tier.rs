@@ -5,7 +5,8 @@
 //! (`proxy router`) with the pinned Envoy 1.40, VM-style (no kubelet, no
 //! pod): tests/src/istio.rs. Every setting and why: docs/istio.md.
 //!
-//! Clusters: 131 and 132 (loopback only: 127.0.131.x, 127.0.132.x; the
+//! Clusters: 131 and 132, and 139 for the credentials-controller switch
+//! (loopback only: 127.0.131.x, 127.0.132.x, 127.0.139.x; the
 //! gateways' Envoy admin on 127.0.0.1 and their health/Prometheus/status
 //! ports on 0.0.0.0, all chosen at run time).
 
@@ -372,4 +373,49 @@ fn edge_through_istiod(cp: &ControlPlane, gw: &IstioGateway) -> (Agent, serde_js
     assert!(code["inline_bytes"].as_str().is_some_and(|b| b.len() > 100_000), "module inline: {}", code.to_string().len());
     assert!(code.get("filename").is_none(), "no path on the gateway: {code}");
     (agent, public)
+}
+
+/// Why the operator guide says to leave istiod's remote credentials
+/// controller on (and what the API guard does instead): its only switch,
+/// `PILOT_ENABLE_REMOTE_CREDENTIALS_CONTROLLER=false` (istio/istio#59874, in
+/// 1.31 and both snapshots here), crashes istiod as soon as a remote cluster
+/// is added: the switch leaves a nil controller whose `HasSynced` istiod
+/// still calls. Shown on both snapshots, with a remote secret that names
+/// the cluster's own API server (cluster 139; no peer is needed). When an
+/// upstream fix lands in a pinned snapshot, this test fails, and the guide
+/// and the support table must change with it.
+#[test]
+fn turning_the_remote_credentials_controller_off_crashes_istiod_when_a_remote_is_added() {
+    use multicloud_e2e::paths::IstioBuild;
+    let cp = ControlPlane::shared(SimCluster(139));
+    let kubeconfig = std::fs::read_to_string(cp.admin_kubeconfig()).expect("admin kubeconfig");
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-remote-secret-self", "namespace": "istio-system",
+                     "labels": {"istio/multiCluster": "true"}, "annotations": {"networking.istio.io/cluster": "cluster-139-self"}},
+        "stringData": {"cluster-139-self": kubeconfig},
+    });
+    let mut env: Vec<(&str, &str)> = istio::ISTIOD_ENV.to_vec();
+    env.push(("PILOT_ENABLE_REMOTE_CREDENTIALS_CONTROLLER", "false"));
+    for build in [IstioBuild::current(), IstioBuild::older()] {
+        let istiod = Istiod::start_build(cp, &build, &env, false, false);
+        cp.apply(&secret.to_string()).expect("the remote secret");
+        let status =
+            wait_until(&format!("istiod ({}) to exit once a remote cluster is added", build.label), Duration::from_secs(60), || {
+                istiod.exited().ok_or_else(|| "still running".to_string())
+            });
+        let log = istiod.log();
+        assert!(!status.success(), "{}: istiod exited with {status}", build.label);
+        assert!(
+            log.contains("nil pointer dereference") && log.contains("HasSynced"),
+            "{}: the crash is the nil credentials controller's HasSynced: {}",
+            build.label,
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        eprintln!(
+            "FIGURES {}: PILOT_ENABLE_REMOTE_CREDENTIALS_CONTROLLER=false: istiod exited ({status}) when a remote cluster was added",
+            build.label
+        );
+        cp.kubectl_ok(&["delete", "secret", "istio-remote-secret-self", "-n", "istio-system"]);
+    }
 }

@@ -104,6 +104,19 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     let dir = tempfile::tempdir().expect("tempdir");
     let edge_ca = create_metadata_tls(cp, sim, &host, dir.path());
 
+    // Before the agent writes anything: the gateway has pulled the module and
+    // loaded it with install's empty pluginConfig, which the filter takes as
+    // "not configured yet" (checked for NACKs below): the metadata route
+    // answers 503 EdgeUnavailable, from the filter.
+    let https = gw.opts.service_ports.iter().find(|(n, _, _)| n == "https").map(|(_, _, t)| *t).expect("https port");
+    let at = std::net::SocketAddr::from((gw.ip, https));
+    wait_until("the gateway to load the filter with install's empty pluginConfig", Duration::from_secs(120), || {
+        match multicloud_e2e::mtls::get_from(at, &host, Some(&edge_ca.pem()), None, &host, "/metadata/public/public.json", &[]) {
+            multicloud_e2e::mtls::Outcome::Http(503, body) if body.contains("EdgeUnavailable") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
     // The agent, as the DaemonSet runs it (its args include
     // --wasmplugin=multicloud-edge), with deploy/'s ServiceAccount.
     let args = daemonset_args(&rendered);
@@ -201,34 +214,17 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     }
     let rejected: Vec<_> = gw.stats_ending(".update_rejected").into_iter().filter(|(_, v)| *v > 0).collect();
     assert!(rejected.is_empty(), "Envoy rejected config: {rejected:?}");
-    // The one NACK this variant has: install creates the WasmPlugin with
-    // `pluginConfig: {}` and the agent fills it only once it exists (it
-    // never creates it). A gateway that gets the WasmPlugin before the
-    // agent's write loads the module with an empty configuration, the
-    // filter refuses it ("the plugin configuration is empty"), and Envoy
-    // NACKs that ECDS update ("Unable to create Wasm plugin ..."); istiod
-    // counts it as `pilot_total_xds_rejects{type="ecds"}`. The next push,
-    // with the agent's pluginConfig, is ACKed (syncz above). Anything else
-    // refused fails the test.
+    // Zero NACKs, the first update included: install creates the WasmPlugin
+    // with `pluginConfig: {}`, and a gateway that gets it before the agent's
+    // write loads the module with that empty configuration, which the filter
+    // takes as "not configured yet" (503 on its documents) instead of
+    // refusing it.
     let metrics = istiod.metrics();
     let rejects: Vec<&str> = metrics.lines().filter(|l| l.starts_with("pilot_total_xds_rejects") && !l.ends_with(" 0")).collect();
     let gw_log = gw.log();
     let refusals: Vec<&str> = gw_log.lines().filter(|l| l.contains(" rejected: ")).collect();
-    for l in &rejects {
-        assert!(l.starts_with("pilot_total_xds_rejects{type=\"ecds\"}"), "istiod counted a reject other than ECDS: {l}");
-    }
-    for l in &refusals {
-        assert!(
-            l.contains("TypedExtensionConfig rejected: Unable to create Wasm plugin istio-system.multicloud-edge"),
-            "Envoy refused: {l}"
-        );
-    }
-    if !rejects.is_empty() {
-        assert!(
-            gw_log.contains("invalid multicloud edge configuration: the plugin configuration is empty"),
-            "the ECDS NACK's cause:\n{gw_log}"
-        );
-    }
+    assert!(rejects.is_empty(), "istiod counted rejects: {rejects:?}");
+    assert!(refusals.is_empty(), "Envoy refused an update: {refusals:?}");
     eprintln!("NACKS istiod {rejects:?}; Envoy {}", refusals.len());
 
     // The gateway never connected to the agent's xDS (the WasmPlugin path

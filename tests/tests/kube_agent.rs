@@ -91,7 +91,8 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
         if !managers.contains("istio-multicloud-agent") {
             return Err(format!("managers {managers}"));
         }
-        serde_json::from_str::<serde_json::Value>(cm["data"]["meshNetworks"].as_str().ok_or("no meshNetworks key")?).map_err(|e| e.to_string())
+        serde_json::from_str::<serde_json::Value>(cm["data"]["meshNetworks"].as_str().ok_or("no meshNetworks key")?)
+            .map_err(|e| e.to_string())
     });
     let net_b = format!("network-{}", b.uuid);
     assert_eq!(

@@ -89,7 +89,8 @@ fn every_overlay_and_the_install_output_apply_to_a_real_api_server() {
     apply_and_find_all(cp, "install (defaults)", &install(&[]));
     apply_and_find_all(cp, "install (non-default flags)", &install(&non_default));
     // The EnvoyFilter attachment with the API proxy's route (not rendered with --wasmplugin).
-    let envoyfilter: Vec<&str> = non_default.iter().copied().filter(|f| !f.starts_with("--wasmplugin") && !f.starts_with("--filter-image")).collect();
+    let envoyfilter: Vec<&str> =
+        non_default.iter().copied().filter(|f| !f.starts_with("--wasmplugin") && !f.starts_with("--filter-image")).collect();
     let out = install(&envoyfilter);
     assert!(out.contains("name: multicloud-api\n"), "the API proxy's route is rendered");
     apply_and_find_all(cp, "install (non-default flags, EnvoyFilter, API proxy route)", &out);

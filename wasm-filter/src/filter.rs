@@ -242,7 +242,8 @@ fn metadata<H: Host>(shared: &Shared, host: &H, headers: &[(String, String)], _s
 
 /// The API role: a token with `scope: api`, a read-only allow-list and
 /// per-peer limits; an allowed request loses the peer's token (the next
-/// filter adds the proxy's own credential) and continues.
+/// filter adds the proxy's own credential), a Secret list or watch is
+/// rewritten into the empty namespace, and it continues.
 fn api<H: Host>(shared: &Shared, host: &H, headers: &[(String, String)], state: &mut RequestState) -> Action {
     let req = ApiRequest {
         method: find(headers, ":method").unwrap_or_default(),
@@ -254,13 +255,20 @@ fn api<H: Host>(shared: &Shared, host: &H, headers: &[(String, String)], state: 
         return unavailable(host);
     };
     match shared.edge.decide_api(req, unix_now_ms(host), &mut cache, &mut limiter) {
-        ApiOutcome::Allow { peer, read } => {
+        ApiOutcome::Allow { peer, read, rewrite } => {
             count(shared, host, api_counter(Some(read), None));
             // The peer's token never reaches the API server; the proxy's
             // own credential is added by the next filter.
             if host.set_request_header("authorization", None).is_err() || host.set_request_header("x-multicloud-peer", Some(&peer)).is_err()
             {
                 return unavailable(host);
+            }
+            // A Secret list or watch goes to the empty namespace; if the
+            // path cannot be replaced, the request must not pass.
+            if let Some(path) = rewrite {
+                if host.set_request_header(":path", Some(&path)).is_err() {
+                    return unavailable(host);
+                }
             }
             if read == ApiRead::Watch {
                 state.watch_of = Some(peer);

@@ -14,8 +14,9 @@
 //!   replies only); `multicloud-api` guards the API proxy route (token with
 //!   `scope: api`, read-only allow-list, per-peer rate and watch limits),
 //!   strips the peer's token and lets allowed requests continue to the API
-//!   server, where a later filter injects the proxy's own credential from
-//!   SDS; `multicloud-mesh` guards the identity-enforcing mesh port (peer by
+//!   server (Secret lists and watches rewritten into the empty namespace),
+//!   where a later filter injects the proxy's own credential from SDS;
+//!   `multicloud-mesh` guards the identity-enforcing mesh port (peer by
 //!   SNI, caller by the client certificate's SPIFFE ID, host by the peer's
 //!   exported services) and sets the `x-multicloud-caller-*` headers.
 //! - This file holds only the proxy-wasm contexts that hand the host's calls

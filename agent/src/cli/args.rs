@@ -182,8 +182,13 @@ pub struct RunArgs {
     /// First retry delay after a failure, milliseconds (doubles up to --backoff-cap-ms, with jitter).
     #[arg(long, default_value_t = 1000)]
     pub backoff_base_ms: u64,
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 60_000)]
     pub backoff_cap_ms: u64,
+    /// Retry delay while a remote refuses this cluster's token (HTTP 401 on the private
+    /// document: it has not linked this cluster yet, or has not fetched its key), milliseconds.
+    /// Short, so that the remote's own link completes the join in seconds; never backed off.
+    #[arg(long, default_value_t = 2000)]
+    pub join_retry_ms: u64,
     /// Connect and total timeouts of a metadata fetch, milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub connect_timeout_ms: u64,
@@ -240,6 +245,10 @@ pub struct KubeArgs {
     /// (meshNetworks); deploy/ creates it. Empty: write nothing into Istio's configuration.
     #[arg(long, default_value = crate::sinks::mesh_config::DEFAULT_NAME)]
     pub istio_mesh_config: String,
+    /// The revision of this cluster's istiod, if it has one: peers' istiods may then also read
+    /// the mesh ConfigMap `istio-<revision>` in --namespace through the API proxy (`istio` always).
+    #[arg(long, default_value = "")]
+    pub istio_revision: String,
     /// Kubernetes mode: the filter is attached by this Istio WasmPlugin (in --namespace) instead of
     /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
     #[arg(long)]

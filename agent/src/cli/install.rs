@@ -77,6 +77,11 @@ pub struct InstallArgs {
     /// Add the ServiceMonitor and the PrometheusRule alerts (deploy/components/monitoring).
     #[arg(long)]
     pub monitoring: bool,
+    /// The revision of this cluster's istiod, if it has one: the API proxy also lets peers'
+    /// istiods read its mesh ConfigMap `istio-<revision>` (the API proxy's Role and the agent's
+    /// --istio-revision).
+    #[arg(long)]
+    pub istio_revision: Option<String>,
     /// Attach the edge filter by Istio WasmPlugin instead of EnvoyFilter (deploy/components/wasmplugin;
     /// read deploy/README.md: the filter's configuration then does not come from the agent).
     #[arg(long)]
@@ -269,6 +274,12 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     if let Some(h) = &a.metadata_host {
         ensure!(dns_name(h), "--metadata-host {h:?} is not a DNS name (no scheme, port or path)");
     }
+    if let Some(rev) = &a.istio_revision {
+        ensure!(
+            !rev.is_empty() && rev.len() <= 57 && label_name(rev) && !rev.bytes().any(|c| c.is_ascii_uppercase() || c == b'.' || c == b'_'),
+            "--istio-revision {rev:?} is not a revision name (lower case letters, digits and '-')"
+        );
+    }
     let export_label = match a.export_label.as_deref() {
         None => None,
         Some(l) => {
@@ -316,7 +327,9 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     // Values.
     let ns = a.namespace.as_str();
     for o in objects.iter_mut() {
-        if let Some(n) = o.pointer_mut("/metadata/namespace").filter(|n| n.is_string()) {
+        // Only what lives in the agent's namespace moves with it (the empty
+        // namespace of the API proxy's Secret reads stays where it is).
+        if let Some(n) = o.pointer_mut("/metadata/namespace").filter(|n| n.as_str() == Some(BASE_NAMESPACE)) {
             *n = ns.into();
         }
         for s in o.get_mut("subjects").and_then(Value::as_array_mut).into_iter().flatten() {
@@ -390,6 +403,9 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     if let Some(h) = &a.api_proxy_host {
         args.push(format!("--api-host={h}").into());
     }
+    if let Some(rev) = &a.istio_revision {
+        args.push(format!("--istio-revision={rev}").into());
+    }
     for adv in &a.advertise {
         args.push(format!("--advertise={adv}").into());
     }
@@ -420,6 +436,19 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
         // deploy/components/wasmplugin's own patches: the agent writes the
         // edge configuration into the WasmPlugin, and may get and patch it.
         super::component::apply(WASM_PLUGIN_COMPONENT.0, WASM_PLUGIN_COMPONENT.1, &mut objects)?;
+    }
+    if let Some(rev) = &a.istio_revision {
+        let role = objects
+            .iter_mut()
+            .find(|o| {
+                kind(o) == "Role" && o.pointer("/metadata/name").and_then(Value::as_str) == Some("istio-multicloud-api-proxy-mesh-config")
+            })
+            .context("the API proxy's mesh ConfigMap Role is missing")?;
+        let names = role
+            .pointer_mut("/rules/0/resourceNames")
+            .and_then(Value::as_array_mut)
+            .context("the mesh ConfigMap Role has no resourceNames")?;
+        names.push(format!("istio-{rev}").into());
     }
     Ok(objects)
 }
@@ -480,11 +509,14 @@ mod tests {
             monitoring: true,
             wasmplugin: false,
             mesh_port: Some(15444),
+            istio_revision: Some("1-30".into()),
         };
         let objs = objects(&a).unwrap();
         for o in &objs {
             if kind(o) != "CustomResourceDefinition" && !o["metadata"]["namespace"].is_null() {
-                assert_eq!(o["metadata"]["namespace"], "mesh-edge", "{o}");
+                // The empty namespace of the API proxy's Secret reads stays.
+                let ns = o["metadata"]["namespace"].as_str().unwrap();
+                assert!(ns == "mesh-edge" || ns == "istio-multicloud-empty", "{o}");
             }
             assert!(!o.to_string().contains("\"istio-system\""), "a namespace left behind: {o}");
         }
@@ -501,16 +533,25 @@ mod tests {
             "--advertise=203.0.113.7:15443",
             "--advertise=edge.a.example:443",
             "--xds-gateway-identity=spiffe://cluster.local/ns/mesh-edge/sa/istio-ingressgateway-service-account",
+            "--istio-revision=1-30",
         ] {
             assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
         }
+        let mesh_role =
+            objs.iter().find(|o| o["metadata"]["name"] == "istio-multicloud-api-proxy-mesh-config" && kind(o) == "Role").unwrap();
+        assert_eq!(mesh_role["rules"][0]["resourceNames"], serde_json::json!(["istio", "istio-1-30"]), "the revision's mesh ConfigMap too");
         let ef = find(&objs, "EnvoyFilter");
         assert_eq!(ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
         assert!(ef.to_string().contains("multicloud-agent-xds.mesh-edge.svc.cluster.local"));
         let gateway = |name: &str| objs.iter().find(|o| kind(o) == "Gateway" && o["metadata"]["name"] == name).expect(name).clone();
-        assert_eq!(gateway("multicloud-api")["spec"]["servers"][0]["hosts"], serde_json::json!(["api.a.example"]), "the host without its port");
+        assert_eq!(
+            gateway("multicloud-api")["spec"]["servers"][0]["hosts"],
+            serde_json::json!(["api.a.example"]),
+            "the host without its port"
+        );
         assert_eq!(gateway("multicloud-api")["spec"]["selector"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
-        let api_vs = objs.iter().find(|o| kind(o) == "VirtualService" && o["metadata"]["name"] == "multicloud-api").expect("api VirtualService");
+        let api_vs =
+            objs.iter().find(|o| kind(o) == "VirtualService" && o["metadata"]["name"] == "multicloud-api").expect("api VirtualService");
         assert_eq!(api_vs["spec"]["hosts"], serde_json::json!(["api.a.example"]));
         let api_ef = objs.iter().find(|o| kind(o) == "EnvoyFilter" && o["metadata"]["name"] == "multicloud-api").expect("api EnvoyFilter");
         assert_eq!(api_ef["spec"]["workloadSelector"]["labels"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
@@ -520,7 +561,10 @@ mod tests {
         assert_eq!(cross["spec"]["servers"][0]["tls"]["mode"], "AUTO_PASSTHROUGH");
         assert_eq!(cross["spec"]["servers"][0]["hosts"], serde_json::json!(["*.local"]), "not the metadata host");
         assert_eq!(cross["spec"]["selector"], serde_json::json!({"app": "edge", "istio.io/rev": "canary"}));
-        let meta_vs = objs.iter().find(|o| kind(o) == "VirtualService" && o["metadata"]["name"] == "multicloud-metadata").expect("metadata VirtualService");
+        let meta_vs = objs
+            .iter()
+            .find(|o| kind(o) == "VirtualService" && o["metadata"]["name"] == "multicloud-metadata")
+            .expect("metadata VirtualService");
         assert_eq!(meta_vs["spec"]["hosts"], serde_json::json!(["metadata.a.example"]));
         assert_eq!(meta_vs["spec"]["http"][0]["name"], "multicloud-metadata");
         assert_eq!(find(&objs, "ServiceMonitor")["spec"]["namespaceSelector"]["matchNames"], serde_json::json!(["mesh-edge"]));

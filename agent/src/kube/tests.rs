@@ -446,6 +446,7 @@ fn peers_map_from_objects() {
             metadata_endpoint: "https://istio.cluster-b.example.com/metadata".into(),
             metadata: None,
             enable_ingress_gateway: true,
+            api_proxy: None,
         },
     );
     obj.metadata.generation = Some(4);

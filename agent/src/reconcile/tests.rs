@@ -43,6 +43,8 @@ fn private_doc() -> PrivateMetadata {
 #[derive(Clone)]
 enum Remote {
     Up(Box<ValidPublic>),
+    /// Up, but it does not know this cluster yet: 401 to the private document.
+    NotLinked(Box<ValidPublic>),
     Down,
 }
 
@@ -57,7 +59,7 @@ impl MetadataClient for Fake {
         let r = self.0.lock().unwrap().clone();
         Box::pin(async move {
             match r {
-                Remote::Up(p) => Ok(*p),
+                Remote::Up(p) | Remote::NotLinked(p) => Ok(*p),
                 Remote::Down => Err(down()),
             }
         })
@@ -68,6 +70,12 @@ impl MetadataClient for Fake {
         Box::pin(async move {
             match r {
                 Remote::Up(_) => Ok(private_doc()),
+                Remote::NotLinked(_) => Err(FetchError::Unauthorized {
+                    url: "https://b.example/metadata/private/multicluster.json".into(),
+                    status: 401,
+                    remote_reason: Some("TokenUnknownPeer".into()),
+                    remote_error: None,
+                }),
                 Remote::Down => Err(down()),
             }
         })
@@ -103,6 +111,7 @@ fn desired(names: &[&str]) -> Desired {
                     metadata_endpoint: format!("https://{n}.example/metadata"),
                     metadata: None,
                     enable_ingress_gateway: true,
+                    api_proxy: None,
                 };
                 (n.to_string(), DesiredPeer { spec, generation: Some(3) })
             })
@@ -120,6 +129,16 @@ struct Bed {
 }
 
 fn start() -> Bed {
+    start_with(Timing {
+        refresh: Duration::from_millis(50),
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(100),
+        join_retry: Duration::from_millis(50),
+        token_ttl_secs: 60,
+    })
+}
+
+fn start_with(timing: Timing) -> Bed {
     let remote = Arc::new(Mutex::new(Remote::Up(Box::new(public_doc(REMOTE)))));
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let rec = Arc::new(Recorder::default());
@@ -134,13 +153,9 @@ fn start() -> Bed {
         status: rec.clone(),
         sinks: vec![rec.clone()],
         metrics: metrics.clone(),
-        timing: Timing {
-            refresh: Duration::from_millis(50),
-            backoff_base: Duration::from_millis(20),
-            backoff_cap: Duration::from_millis(100),
-            token_ttl_secs: 60,
-        },
+        timing,
         spiffe: SpiffeSettings::default(),
+        api: Default::default(),
     };
     tokio::spawn(r.run(rx));
     Bed { remote, tokens, rec, tx, metrics }
@@ -298,4 +313,58 @@ async fn an_upper_case_remote_uuid_is_lower_cased_once() {
     let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
     multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), key)))
         .expect("the token's aud is the lower-cased UUID");
+}
+
+/// A remote that is up but does not know this cluster yet (its operator
+/// links back later) answers 401 to the private document. The agent keeps
+/// asking every `join_retry` however long that lasts, instead of backing
+/// off, so the join completes within that delay of the remote's own link.
+/// (Tokio's paused clock: the delays are exact and cost no real time.)
+#[tokio::test(start_paused = true)]
+async fn a_remote_that_has_not_linked_us_yet_is_asked_again_without_backoff() {
+    let join_retry = Duration::from_secs(2);
+    let bed = start_with(Timing {
+        refresh: Duration::from_secs(30),
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(300),
+        join_retry,
+        token_ttl_secs: 60,
+    });
+    *bed.remote.lock().unwrap() = Remote::NotLinked(Box::new(public_doc(REMOTE)));
+    bed.tx.send_replace(Some(desired(&["cluster-c"])));
+    let s = bed
+        .wait_status_of("cluster-c", "Unauthorized", |s| s.condition(condition::PRIVATE).is_some_and(|c| c.reason == "Unauthorized"))
+        .await;
+    assert_eq!(cond(&s, condition::PUBLIC).status, "True", "the public exchange worked");
+    // Two minutes of 401s: with backoff the next attempt would be minutes away.
+    let before = bed.tokens.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let asked = bed.tokens.lock().unwrap().len() - before;
+    assert!(asked >= 120 / 3, "asked {asked} times in 120 s; every ~2 s expected");
+    // The remote links back: Ready within one join retry (plus its 20 % jitter).
+    *bed.remote.lock().unwrap() = Remote::Up(Box::new(public_doc(REMOTE)));
+    let t = tokio::time::Instant::now();
+    bed.wait_status_of("cluster-c", "Ready=True", |s| s.condition(condition::READY).is_some_and(|c| c.status == "True")).await;
+    assert!(t.elapsed() <= join_retry.mul_f64(1.25), "ready {:?} after the remote linked back", t.elapsed());
+}
+
+/// A remote that is down is still backed off (the short retry is for 401 only).
+#[tokio::test(start_paused = true)]
+async fn a_remote_that_is_down_is_backed_off() {
+    let bed = start_with(Timing {
+        refresh: Duration::from_secs(30),
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(300),
+        join_retry: Duration::from_secs(2),
+        token_ttl_secs: 60,
+    });
+    *bed.remote.lock().unwrap() = Remote::Down;
+    bed.tx.send_replace(Some(desired(&["cluster-c"])));
+    bed.wait_status_of("cluster-c", "ConnectFailed", |s| s.condition(condition::READY).is_some_and(|c| c.reason == "ConnectFailed")).await;
+    let count = || bed.rec.statuses.lock().unwrap().iter().filter(|(n, _)| n == "cluster-c").count();
+    let before = count();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let attempts = count() - before;
+    // 1+2+4+...: at most 7 attempts fit in 120 s even at the low end of the jitter.
+    assert!(attempts <= 8, "{attempts} attempts in 120 s: not backed off");
 }

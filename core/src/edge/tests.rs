@@ -23,7 +23,11 @@ fn edge_b(a_key: &SigningKey) -> Edge {
             authn_key_pub: crate::pem::ed25519_public_key_to_pem(&b_key.verifying_key()),
         },
         private: crate::metadata::sample_private(),
-        peers: vec![PeerKey { cluster_uuid: A.into(), authn_key_pub: crate::pem::ed25519_public_key_to_pem(&a_key.verifying_key()) }],
+        peers: vec![PeerKey {
+            cluster_uuid: A.into(),
+            authn_key_pub: crate::pem::ed25519_public_key_to_pem(&a_key.verifying_key()),
+            max_api_token_lifetime_seconds: None,
+        }],
         spiffe: SpiffeSettings::default(),
         max_token_lifetime_seconds: 600,
         public_max_age_seconds: 60,
@@ -177,14 +181,20 @@ fn the_api_guard_authenticates_then_authorizes() {
     let run = |method: &'static str, path: &'static str, auth: &str, c: &mut TokenCache, l: &mut PeerLimiter| {
         let hs: Vec<(&str, &str)> = vec![("authorization", auth)];
         match edge.decide_api(ApiRequest { method, path, authorization: Some(auth), headers: hs.into_iter() }, NOW as u64 * 1000, c, l) {
-            ApiOutcome::Allow { peer, read } => Ok((peer.to_string(), read)),
+            ApiOutcome::Allow { peer, read, rewrite: None } => Ok((peer.to_string(), read)),
+            ApiOutcome::Allow { rewrite: Some(p), .. } => Ok((p, ApiRead::List)),
             ApiOutcome::Refuse(reply, r) => Err((reply.status, r)),
         }
     };
     assert_eq!(run("GET", "/api/v1/services", &api, &mut c, &mut l), Ok((A.to_string(), ApiRead::List)));
+    assert_eq!(
+        run("GET", "/api/v1/secrets?limit=500", &api, &mut c, &mut l),
+        Ok(("/api/v1/namespaces/istio-multicloud-empty/secrets?limit=500".to_string(), ApiRead::List)),
+        "a Secret list goes to the empty namespace"
+    );
     assert_eq!(run("GET", "/api/v1/services", &private, &mut c, &mut l), Err((403, ApiRefusal::Token(TokenError::WrongScope))));
     assert_eq!(run("DELETE", "/api/v1/services/x", &api, &mut c, &mut l), Err((405, ApiRefusal::VerbNotAllowed)));
-    assert_eq!(run("GET", "/api/v1/secrets", &api, &mut c, &mut l), Err((403, ApiRefusal::ResourceNotAllowed)));
+    assert_eq!(run("GET", "/api/v1/namespaces/abc/secrets/db", &api, &mut c, &mut l), Err((403, ApiRefusal::ResourceNotAllowed)));
     assert_eq!(
         run("GET", "/api/v1/secrets", "Bearer x.y.z", &mut c, &mut l),
         Err((401, ApiRefusal::Token(TokenError::Malformed))),
@@ -217,4 +227,75 @@ fn the_mesh_section_is_optional_and_validated_with_the_rest() {
     assert!(err.contains("mesh.peers[0].clusterUUID"), "{err}");
     config.mesh.peers.clear();
     assert!(Edge::compile(config).is_ok());
+}
+
+/// A token as a Deckhouse cluster mints it for its istiod (`iss: d8-istio`,
+/// `scope: api`, 366 days), reused for its whole life.
+fn deckhouse_api_token(key: &SigningKey) -> String {
+    crate::token::sign(
+        key,
+        &Claims {
+            iss: "d8-istio".into(),
+            sub: A.into(),
+            aud: Audience::One(B.into()),
+            scope: "api".into(),
+            nbf: NOW,
+            exp: NOW + 366 * 86_400,
+        },
+    )
+}
+
+#[test]
+fn a_long_lived_api_token_passes_only_for_a_peer_allowed_it() {
+    use crate::apiguard::{ApiRefusal, PeerLimiter};
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let auth = format!("Bearer {}", deckhouse_api_token(&a));
+    let decide = |edge: &Edge| {
+        let hs: Vec<(&str, &str)> = vec![("authorization", auth.as_str())];
+        let req = ApiRequest { method: "GET", path: "/api/v1/services", authorization: Some(&auth), headers: hs.into_iter() };
+        match edge.decide_api(req, (NOW as u64 + 200 * 86_400) * 1000, &mut TokenCache::default(), &mut PeerLimiter::default()) {
+            ApiOutcome::Allow { .. } => Ok(()),
+            ApiOutcome::Refuse(reply, r) => Err((reply.status, r)),
+        }
+    };
+    // The default: 25 hours at most.
+    assert_eq!(decide(&edge_b(&a)), Err((401, ApiRefusal::Token(TokenError::LifetimeTooLong))));
+    // The peer's object allows 366 days: the same token passes, 200 days on.
+    let mut cfg = edge_b(&a).config().clone();
+    cfg.peers[0].max_api_token_lifetime_seconds = Some(366 * 86_400);
+    assert_eq!(decide(&Edge::compile(cfg.clone()).unwrap()), Ok(()));
+    // Only for api tokens: the private document keeps its own limit.
+    let edge = Edge::compile(cfg.clone()).unwrap();
+    let long_private = crate::token::sign(
+        &a,
+        &Claims {
+            iss: "d8-istio".into(),
+            sub: A.into(),
+            aud: Audience::One(B.into()),
+            scope: "private-multicluster".into(),
+            nbf: NOW,
+            exp: NOW + 366 * 86_400,
+        },
+    );
+    let private = format!("Bearer {long_private}");
+    assert_eq!(
+        status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&private), &mut TokenCache::default())),
+        (401, Some(Event::Refused(Refusal::Token(TokenError::LifetimeTooLong))))
+    );
+    // A limit past 367 days, or not positive, is a configuration error.
+    for bad in [0, -1, 367 * 86_400 + 1] {
+        cfg.peers[0].max_api_token_lifetime_seconds = Some(bad);
+        let err = Edge::compile(cfg.clone()).err().unwrap().0;
+        assert!(err.contains("peers[0].maxApiTokenLifetimeSeconds"), "{err}");
+    }
+}
+
+#[test]
+fn an_empty_plugin_configuration_means_not_configured_yet() {
+    for empty in [&b""[..], b"  \n", b"{}", b" { \n } "] {
+        assert!(is_unconfigured(empty), "{:?}", String::from_utf8_lossy(empty));
+    }
+    for not_empty in [&b"{\"public\":{}}"[..], b"[]", b"null", b"{", b"x"] {
+        assert!(!is_unconfigured(not_empty), "{:?}", String::from_utf8_lossy(not_empty));
+    }
 }

@@ -29,7 +29,12 @@ fn main() {
     let clusters = start_kube_mesh(&sims, KubeMeshOptions { replicas: 1, istio: true, ..Default::default() });
     let (a, b) = (&clusters[0], &clusters[1]);
     for c in [a, b] {
-        println!("  {}: API server {}, istiod {}", object_name(c.sim), c.cp.server(), c.istiod.as_ref().map(|i| i.addrs.secure_grpc.to_string()).unwrap_or_default());
+        println!(
+            "  {}: API server {}, istiod {}",
+            object_name(c.sim),
+            c.cp.server(),
+            c.istiod.as_ref().map(|i| i.addrs.secure_grpc.to_string()).unwrap_or_default()
+        );
     }
 
     step(2, "the agents exchange metadata and pin each other's root");
@@ -39,7 +44,14 @@ fn main() {
     let cm = a.cp.get_json(&["configmap", "istio-multicloud-mesh", "-n", "istio-system"]).unwrap_or_default();
     println!(
         "  A's ConfigMap istio-multicloud-mesh (istiod's SHARED_MESH_CONFIG):\n  mesh: {}\n  meshNetworks: {}",
-        cm["data"]["mesh"].as_str().unwrap_or("").lines().filter(|l| !l.contains("BEGIN") && !l.contains("END")).take(3).collect::<Vec<_>>().join(" "),
+        cm["data"]["mesh"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .filter(|l| !l.contains("BEGIN") && !l.contains("END"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
         cm["data"]["meshNetworks"].as_str().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
     );
 
@@ -54,7 +66,9 @@ fn main() {
             .cp
             .audit("system:serviceaccount:istio-system:istio-multicloud-api-proxy")
             .iter()
-            .map(|e| format!("{} {}", e["verb"].as_str().unwrap_or(""), e["requestURI"].as_str().unwrap_or("").split('?').next().unwrap_or("")))
+            .map(|e| {
+                format!("{} {}", e["verb"].as_str().unwrap_or(""), e["requestURI"].as_str().unwrap_or("").split('?').next().unwrap_or(""))
+            })
             .collect();
         if reads.iter().any(|r| r.contains("/services")) {
             Ok(reads)

@@ -114,6 +114,7 @@ fn config_json() -> Vec<u8> {
         peers: vec![PeerKey {
             cluster_uuid: A.into(),
             authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&peer_key().verifying_key()),
+            max_api_token_lifetime_seconds: None,
         }],
         spiffe: Default::default(),
         max_token_lifetime_seconds: 600,
@@ -292,4 +293,20 @@ fn the_mesh_role_refuses_an_unknown_peer_and_logs_why() {
     assert!((400..500).contains(&status), "{status}");
     assert_eq!(h.counted.borrow().len(), 1);
     assert!(h.logs.borrow().iter().any(|(_, m)| m.starts_with("multicloud mesh refused")), "{:?}", h.logs.borrow());
+}
+
+#[test]
+fn a_secret_list_is_sent_to_the_empty_namespace_or_not_at_all() {
+    let auth = format!("Bearer {}", api_token());
+    let headers = [(":method", "GET"), (":path", "/api/v1/namespaces/abc/secrets?limit=5"), ("authorization", auth.as_str())];
+    let h = host(API_ROOT_ID, &headers);
+    assert_eq!(run(&h).1, Action::Continue);
+    let writes = h.header_writes.borrow();
+    assert!(
+        writes.contains(&(":path".to_string(), Some("/api/v1/namespaces/istio-multicloud-empty/secrets?limit=5".to_string()))),
+        "{writes:?}"
+    );
+    let h = FakeHost { refuse_headers: true, ..host(API_ROOT_ID, &headers) };
+    assert_eq!(run(&h).1, Action::Pause, "a path that cannot be rewritten does not pass");
+    assert_eq!(h.sent.borrow()[0].0, 503);
 }
