@@ -134,20 +134,12 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
 
         // Its configuration came from istiod, and Envoy 1.40 took all of it.
         let proxy = gw.proxy_id();
-        let entry = wait_until(&format!("cluster {n}: istiod's syncz shows {proxy} in sync"), Duration::from_secs(30), || {
-            let all = istiod.syncz();
-            let e = all.as_array().and_then(|a| a.iter().find(|e| e["proxy"] == proxy.as_str()).cloned());
-            let Some(e) = e else { return Err(format!("{proxy} not connected: {all}")) };
-            let res = e["resources"].as_object().cloned().unwrap_or_default();
-            for t in ["Cluster", "Listener", "ClusterLoadAssignment"] {
-                let r = res.iter().find(|(k, _)| k.ends_with(&format!(".{t}"))).map(|(_, v)| v);
-                match r {
-                    Some(r) if r["sent"] == r["acked"] && r["sent"].is_string() => {}
-                    other => return Err(format!("{t}: {other:?}")),
-                }
-            }
-            Ok(e)
-        });
+        let entry = istiod.wait_synced(
+            &format!("cluster {n}: istiod's syncz shows {proxy} in sync"),
+            &proxy,
+            &["Cluster", "Listener", "ClusterLoadAssignment"],
+            Duration::from_secs(30),
+        );
         for (t, r) in entry["resources"].as_object().expect("resources") {
             assert!(r["lastError"].as_str().unwrap_or("").is_empty(), "cluster {n}: istiod saw a NACK of {t}: {r}");
         }

@@ -196,19 +196,12 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     // No NACK: istiod's syncz (every type sent == acked, ECDS included, no
     // lastError), Envoy's counters, istiod's reject metric.
     let proxy = gw.proxy_id();
-    let entry = wait_until(&format!("istiod's syncz shows {proxy} in sync"), Duration::from_secs(30), || {
-        let all = istiod.syncz();
-        let e = all.as_array().and_then(|a| a.iter().find(|e| e["proxy"] == proxy.as_str()).cloned());
-        let Some(e) = e else { return Err(format!("{proxy} not connected: {all}")) };
-        let res = e["resources"].as_object().cloned().unwrap_or_default();
-        for t in ["Cluster", "Listener", "RouteConfiguration", "TypedExtensionConfig"] {
-            match res.iter().find(|(k, _)| k.ends_with(&format!(".{t}"))).map(|(_, v)| v) {
-                Some(r) if r["sent"] == r["acked"] && r["sent"].is_string() => {}
-                other => return Err(format!("{t}: {other:?} in {e}")),
-            }
-        }
-        Ok(e)
-    });
+    let entry = istiod.wait_synced(
+        &format!("istiod's syncz shows {proxy} in sync"),
+        &proxy,
+        &["Cluster", "Listener", "RouteConfiguration", "TypedExtensionConfig"],
+        Duration::from_secs(30),
+    );
     for (t, r) in entry["resources"].as_object().expect("resources") {
         assert!(r["lastError"].as_str().unwrap_or("").is_empty(), "istiod saw a NACK of {t}: {r}");
     }
