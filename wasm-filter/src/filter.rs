@@ -25,9 +25,10 @@ pub const UNAVAILABLE: &[u8] =
     br#"{"error":"the federation edge has no valid configuration yet; check the agent and the gateway logs","reason":"EdgeUnavailable"}"#;
 
 /// Which job this filter configuration does, by the plugin's root id.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Role {
     /// `multicloud-edge`: serves the metadata documents (local replies only).
+    #[default]
     Metadata,
     /// `multicloud-api`: guards the API proxy route.
     Api,
@@ -40,8 +41,9 @@ pub enum Role {
 pub type Handler<H> = fn(&Shared, &H, &[(String, String)], &mut RequestState) -> Action;
 
 impl Role {
-    fn of_root_id(id: Option<&[u8]>) -> Role {
-        match id {
+    /// The role of this plugin, by its root id; known before any configuration.
+    pub fn of<H: Host>(host: &H) -> Role {
+        match host.property(&["plugin_root_id"]).as_deref() {
             Some(id) if id == API_ROOT_ID.as_bytes() => Role::Api,
             Some(id) if id == MESH_ROOT_ID.as_bytes() => Role::Mesh,
             _ => Role::Metadata,
@@ -62,7 +64,7 @@ impl Role {
             }
             Role::Api => API_READS
                 .iter()
-                .map(|r| format!("multicloud_api.allowed.{}", api_read_name(*r)))
+                .map(|(_, name)| name.to_string())
                 .chain(ApiRefusal::every().map(|r| format!("multicloud_api.refused.{}", r.stat_suffix())))
                 .collect(),
         }
@@ -77,9 +79,9 @@ impl Role {
     }
 }
 
-/// What every request of one filter configuration shares.
+/// What every request of one filter configuration shares (its role is the
+/// root's: [`Role::of`]).
 pub struct Shared {
-    pub role: Role,
     edge: Edge,
     /// Counter ids, indexed by [`Event::index`] (metadata role), by
     /// [`api_counter`] (API role) or by `MeshOutcome::counter` (mesh role).
@@ -95,56 +97,66 @@ pub struct RequestState {
     watch_of: Option<Rc<str>>,
 }
 
-const API_READS: [ApiRead; 4] = [ApiRead::Discovery, ApiRead::Get, ApiRead::List, ApiRead::Watch];
-
-fn api_read_name(r: ApiRead) -> &'static str {
-    match r {
-        ApiRead::Discovery => "discovery",
-        ApiRead::Get => "get",
-        ApiRead::List => "list",
-        ApiRead::Watch => "watch",
-    }
-}
+/// The allowed reads and their counters, in counter order.
+const API_READS: [(ApiRead, &str); 4] = [
+    (ApiRead::Discovery, "multicloud_api.allowed.discovery"),
+    (ApiRead::Get, "multicloud_api.allowed.get"),
+    (ApiRead::List, "multicloud_api.allowed.list"),
+    (ApiRead::Watch, "multicloud_api.allowed.watch"),
+];
 
 /// Counter index in the API role: allowed reads first, then refusals.
 fn api_counter(allowed: Option<ApiRead>, refused: Option<ApiRefusal>) -> usize {
     match (allowed, refused) {
-        (Some(r), _) => API_READS.iter().position(|x| *x == r).unwrap_or(0),
+        (Some(r), _) => API_READS.iter().position(|(x, _)| *x == r).unwrap_or(0),
         (None, Some(r)) => API_READS.len() + r.index(),
         (None, None) => 0,
     }
 }
 
-/// Reads and compiles the plugin configuration (all replies precomputed)
-/// and defines the role's counters. `None`: refused, with one error log
-/// line, so Envoy keeps the configuration in force.
-pub fn configure<H: Host>(host: &H) -> Option<Shared> {
+/// What a plugin configuration came to.
+pub enum Configured {
+    /// Compiled, every reply precomputed, the role's counters defined.
+    Ready(Rc<Shared>),
+    /// Nothing yet (empty, or `{}`: a WasmPlugin installed before the agent
+    /// wrote its pluginConfig): accepted, so the gateway does not refuse the
+    /// update; this filter's documents and routes answer 503 until the
+    /// agent's configuration arrives.
+    NotYet,
+    /// Refused, with one error log line, so Envoy keeps the configuration in force.
+    Refused,
+}
+
+/// Reads and compiles the plugin configuration for `role`.
+pub fn configure<H: Host>(host: &H, role: Role) -> Configured {
     let bytes = match host.plugin_configuration() {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            host.log(LogLevel::Error, "invalid multicloud edge configuration: the plugin configuration is empty");
-            return None;
-        }
+        Ok(b) => b.unwrap_or_default(),
         Err(status) => {
             host.log(LogLevel::Error, &format!("cannot read the plugin configuration: host status {status:?}"));
-            return None;
+            return Configured::Refused;
         }
     };
+    if multicloud_core::edge::is_unconfigured(&bytes) {
+        host.log(
+            LogLevel::Info,
+            "multicloud filter: no configuration yet (empty plugin configuration); its routes answer 503 until the agent writes one",
+        );
+        return Configured::NotYet;
+    }
     let edge = match Edge::from_json(&bytes) {
         Ok(edge) => edge,
         Err(e) => {
             host.log(LogLevel::Error, &e.to_string());
-            return None;
+            return Configured::Refused;
         }
     };
-    let role = Role::of_root_id(host.property(&["plugin_root_id"]).as_deref());
     let mut counters = Vec::new();
     for name in role.counter_names(&edge) {
         match host.define_counter(&name) {
             Ok(id) => counters.push(id),
             Err(status) => {
                 host.log(LogLevel::Error, &format!("cannot define counter {name}: host status {status:?}"));
-                return None;
+                return Configured::Refused;
             }
         }
     }
@@ -159,23 +171,32 @@ pub fn configure<H: Host>(host: &H) -> Option<Shared> {
             edge.etag(multicloud_core::edge::Doc::Public)
         ),
     );
-    Some(Shared { role, edge, counters, cache: RefCell::new(TokenCache::default()), limiter: RefCell::new(PeerLimiter::default()) })
+    Configured::Ready(Rc::new(Shared {
+        edge,
+        counters,
+        cache: RefCell::new(TokenCache::default()),
+        limiter: RefCell::new(PeerLimiter::default()),
+    }))
 }
 
 /// A request's headers: reads them in one host call (each crossing between
 /// Envoy and the VM costs far more than scanning a handful of headers), and
-/// hands them to the role's handler. No configuration: fail closed.
-pub fn on_request_headers<H: Host>(shared: Option<&Shared>, host: &H, state: &mut RequestState) -> Action {
+/// hands them to the role's handler. No configuration: fail closed on what
+/// this filter answers; the metadata role lets other paths through
+/// (attached by WasmPlugin, it sits on every route of the gateway), the API
+/// and mesh roles have no other paths.
+pub fn on_request_headers<H: Host>(shared: Option<&Shared>, role: Role, host: &H, state: &mut RequestState) -> Action {
     let headers = host.request_headers();
-    match shared {
+    match (shared, role) {
         // A direct call per role: a few bytes smaller in the module than a
         // call through a `Handler` pointer.
-        Some(shared) => match shared.role {
-            Role::Metadata => metadata(shared, host, &headers, state),
-            Role::Api => api(shared, host, &headers, state),
-            Role::Mesh => mesh(shared, host, &headers, state),
-        },
-        None => unavailable(host),
+        (Some(shared), Role::Metadata) => metadata(shared, host, &headers, state),
+        (Some(shared), Role::Api) => api(shared, host, &headers, state),
+        (Some(shared), Role::Mesh) => mesh(shared, host, &headers, state),
+        (None, Role::Metadata) if !find(&headers, ":path").unwrap_or_default().starts_with(multicloud_core::edge::METADATA_PREFIX) => {
+            Action::Continue
+        }
+        (None, _) => unavailable(host),
     }
 }
 

@@ -6,9 +6,10 @@
 //!   `Result`): a host error turns into a refusal, never a panic and never a
 //!   pass-through of a request under `/metadata/`.
 //! - [`filter`] decides on those calls: the root context's configuration (read,
-//!   compiled with every reply precomputed, counters defined; a configuration
-//!   that does not compile is refused with one error log line, so Envoy
-//!   keeps the one in force), and each request, by role. The same module
+//!   compiled with every reply precomputed, counters defined; an empty one
+//!   is taken as "not configured yet" and its routes answer 503; one that
+//!   does not compile is refused with one error log line, so Envoy keeps the
+//!   one in force), and each request, by role. The same module
 //!   runs in three roles, chosen by the plugin's root id, each one handler of
 //!   the same shape: `multicloud-edge` serves the metadata documents (local
 //!   replies only); `multicloud-api` guards the API proxy route (token with
@@ -26,7 +27,7 @@
 pub mod filter;
 pub mod host;
 
-use filter::{RequestState, Shared};
+use filter::{Configured, RequestState, Role, Shared};
 use host::Envoy;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -42,23 +43,30 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
+    /// Known even before a configuration arrives (it is the root id).
+    role: Role,
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        match filter::configure(&Envoy) {
-            Some(shared) => {
-                self.shared = Some(Rc::new(shared));
+        self.role = Role::of(&Envoy);
+        match filter::configure(&Envoy, self.role) {
+            Configured::Ready(shared) => {
+                self.shared = Some(shared);
                 true
             }
-            None => false,
+            Configured::NotYet => {
+                self.shared = None;
+                true
+            }
+            Configured::Refused => false,
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EdgeRequest { shared: self.shared.clone(), state: RequestState::default() }))
+        Some(Box::new(EdgeRequest { shared: self.shared.clone(), role: self.role, state: RequestState::default() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -68,6 +76,7 @@ impl RootContext for Root {
 
 struct EdgeRequest {
     shared: Option<Rc<Shared>>,
+    role: Role,
     state: RequestState,
 }
 
@@ -75,7 +84,7 @@ impl Context for EdgeRequest {}
 
 impl HttpContext for EdgeRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        filter::on_request_headers(self.shared.as_deref(), &Envoy, &mut self.state)
+        filter::on_request_headers(self.shared.as_deref(), self.role, &Envoy, &mut self.state)
     }
 }
 

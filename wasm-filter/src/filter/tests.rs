@@ -151,12 +151,20 @@ fn api_token() -> String {
 /// The three roles have one shape.
 const _ROLES: [Handler<FakeHost>; 3] = [metadata, api, mesh];
 
+/// The compiled configuration, if the host's compiles.
+fn ready(h: &FakeHost) -> Option<Rc<Shared>> {
+    match configure(h, Role::of(h)) {
+        Configured::Ready(shared) => Some(shared),
+        Configured::NotYet | Configured::Refused => None,
+    }
+}
+
 /// Configures, then runs one request through the filter.
-fn run(h: &FakeHost) -> (Option<Shared>, Action) {
-    let shared = configure(h);
+fn run(h: &FakeHost) -> (Option<Rc<Shared>>, Action) {
+    let shared = ready(h);
     let mut state = RequestState::default();
-    let action = on_request_headers(shared.as_ref(), h, &mut state);
-    on_request_end(shared.as_ref(), &mut state);
+    let action = on_request_headers(shared.as_deref(), Role::of(h), h, &mut state);
+    on_request_end(shared.as_deref(), &mut state);
     (shared, action)
 }
 
@@ -168,8 +176,8 @@ fn the_root_id_chooses_the_role_and_its_counters() {
         (MESH_ROOT_ID, Role::Mesh, "multicloud_mesh."),
     ] {
         let h = host(id, &[]);
-        let shared = configure(&h).unwrap();
-        assert_eq!(shared.role, role);
+        assert_eq!(Role::of(&h), role);
+        assert!(ready(&h).is_some());
         assert!(h.counters.borrow().iter().any(|c| c.starts_with(counter)), "{id}: {:?}", h.counters.borrow());
         let logs = h.logs.borrow();
         assert!(
@@ -181,9 +189,9 @@ fn the_root_id_chooses_the_role_and_its_counters() {
 
 #[test]
 fn a_configuration_that_does_not_compile_is_refused_with_one_error_line() {
-    for config in [None, Some(b"{".to_vec()), Some(br#"{"public":{}}"#.to_vec())] {
+    for config in [Some(b"{".to_vec()), Some(br#"{"public":{}}"#.to_vec())] {
         let h = FakeHost { config, ..host("multicloud-edge", &[]) };
-        assert!(configure(&h).is_none());
+        assert!(matches!(configure(&h, Role::Metadata), Configured::Refused));
         let logs = h.logs.borrow();
         assert_eq!(logs.len(), 1, "{logs:?}");
         assert_eq!(logs[0].0, LogLevel::Error);
@@ -212,13 +220,42 @@ fn requests_outside_the_metadata_paths_continue_untouched() {
     assert!(h.sent.borrow().is_empty() && h.header_writes.borrow().is_empty() && h.counted.borrow().is_empty());
 }
 
+/// An empty configuration (none, or `{}`) is accepted as "not yet", with
+/// one info line and no counter.
 #[test]
-fn without_a_configuration_every_request_is_refused_503() {
-    let h = FakeHost { headers: vec![(":path".into(), "/healthz".into())], ..FakeHost::default() };
-    let mut state = RequestState::default();
-    assert_eq!(on_request_headers(None, &h, &mut state), Action::Pause);
-    assert_eq!(h.sent.borrow()[0].0, 503);
-    assert_eq!(h.sent.borrow()[0].2, UNAVAILABLE);
+fn an_empty_configuration_is_taken_as_not_configured_yet() {
+    for config in [None, Some(b" { } ".to_vec())] {
+        let h = FakeHost { config, ..host("multicloud-edge", &[]) };
+        assert!(matches!(configure(&h, Role::Metadata), Configured::NotYet));
+        let logs = h.logs.borrow();
+        assert!(logs.len() == 1 && logs[0].0 == LogLevel::Info && logs[0].1.contains("no configuration yet"), "{logs:?}");
+        assert!(h.counters.borrow().is_empty());
+    }
+}
+
+/// Without a configuration the API and mesh roles refuse every request
+/// 503, and the metadata role refuses its own documents and lets the
+/// gateway's other routes through.
+#[test]
+fn without_a_configuration_what_the_filter_answers_is_refused_503() {
+    for (role, path, refused) in [
+        (Role::Api, "/healthz", true),
+        (Role::Mesh, "/healthz", true),
+        (Role::Metadata, PUBLIC_JSON_PATH, true),
+        (Role::Metadata, "/healthz", false),
+    ] {
+        let h = FakeHost { headers: vec![(":path".into(), path.into())], ..FakeHost::default() };
+        let mut state = RequestState::default();
+        let action = on_request_headers(None, role, &h, &mut state);
+        if refused {
+            assert_eq!(action, Action::Pause, "{role:?} {path}");
+            assert_eq!(h.sent.borrow()[0].0, 503);
+            assert_eq!(h.sent.borrow()[0].2, UNAVAILABLE);
+        } else {
+            assert_eq!(action, Action::Continue, "{role:?} {path}");
+            assert!(h.sent.borrow().is_empty());
+        }
+    }
 }
 
 #[test]
@@ -266,22 +303,22 @@ fn an_api_read_whose_token_the_host_cannot_strip_is_refused_503() {
 fn a_watch_holds_its_slot_until_the_request_ends() {
     let auth = format!("Bearer {}", api_token());
     let h = host(API_ROOT_ID, &[(":method", "GET"), (":path", "/api/v1/services?watch=true"), ("authorization", &auth)]);
-    let shared = configure(&h).unwrap();
+    let shared = ready(&h).unwrap();
     let max = multicloud_core::apiguard::ApiSettings::default().max_watches;
     let mut open: Vec<RequestState> = Vec::new();
     for _ in 0..max {
         let mut state = RequestState::default();
-        assert_eq!(on_request_headers(Some(&shared), &h, &mut state), Action::Continue);
+        assert_eq!(on_request_headers(Some(&shared), Role::Api, &h, &mut state), Action::Continue);
         open.push(state);
     }
     let mut one_more = RequestState::default();
-    assert_eq!(on_request_headers(Some(&shared), &h, &mut one_more), Action::Pause, "over the watch limit");
+    assert_eq!(on_request_headers(Some(&shared), Role::Api, &h, &mut one_more), Action::Pause, "over the watch limit");
     assert_eq!(h.sent.borrow().last().unwrap().0, 429);
     for mut state in open.drain(..1) {
         on_request_end(Some(&shared), &mut state);
     }
     let mut again = RequestState::default();
-    assert_eq!(on_request_headers(Some(&shared), &h, &mut again), Action::Continue, "an ended watch gives its slot back");
+    assert_eq!(on_request_headers(Some(&shared), Role::Api, &h, &mut again), Action::Continue, "an ended watch gives its slot back");
 }
 
 #[test]
