@@ -20,6 +20,9 @@ log "real-tier tools (scripts/tools.sh; cached in ${MULTICLOUD_TOOLS_DIR:-$HOME/
 tool_env=$(scripts/tools.sh env) || die "scripts/tools.sh could not provide the real tier's tools"
 eval "$tool_env"
 
+log "no import circle in the agent (scripts/import_circles.py)"
+python3 scripts/import_circles.py agent/src
+
 log "clippy, whole workspace (the filter crates also deny unwrap/expect/panic)"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 

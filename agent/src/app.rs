@@ -3,29 +3,33 @@
 //! the reconciler. [`App::build`] starts the background tasks; [`App::run`]
 //! reconciles until SIGTERM or SIGINT, then releases the Lease.
 
-use crate::admin::{self, AdminState, ReadyOnApply};
+use crate::admin::{self, AdminState};
 use crate::config::{Config, FilterSource, Mode};
 use crate::exchange::factory;
 use crate::keys;
 use crate::kube::key_secret::SecretKeyStore;
 use crate::kube::lease::LeaseGuard;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, DataPlaneSink, Reconciler};
+use crate::reconcile::{self, Reconciler};
+use crate::sinks::client_roots::ClientRootsSink;
 use crate::sinks::ecds_file::EcdsFile;
 use crate::sinks::mesh_config::MeshConfigSink;
+use crate::sinks::ready::ReadyOnApply;
 use crate::sinks::remote_secret::{RemoteSecretOptions, RemoteSecrets};
 use crate::sinks::status::{KubeAndBoard, KubeStatusSink, StatusBoard};
 use crate::sinks::wasmplugin::WasmPluginSink;
-use crate::sinks::xds::{ApiCredential, CertAndKey, XdsSink};
-use crate::sinks::{write_atomically, StatusSink};
+use crate::sinks::xds::{ApiCredential, XdsSink};
+use crate::sinks::{write_atomically, DataPlaneSink, StatusSink};
 use crate::sources::{self, Desired};
 use crate::xds::groups::{classify, NodeGroup};
-use crate::xds::tls::{ClientRootsSink, ServingCert, XdsTls};
-use crate::xds::{AccessPolicy, XdsServer};
+use crate::xds::render::{CertAndKey, Renderer};
+use crate::xds::server::{AccessPolicy, XdsServer};
+use crate::xds::tls::{ServingCert, XdsTls};
 use anyhow::{Context as _, Result};
 use multicloud_proto::edge_filter::Module;
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -106,7 +110,7 @@ impl App {
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             board: board.clone(),
-            ready: false.into(),
+            ready: Arc::default(),
             source_error: source_error.clone(),
             xds: Some(xds_server.clone()),
             config: Some(config.to_json()),
@@ -182,22 +186,28 @@ impl App {
             None => None,
         };
         let dp = &config.data_plane;
-        let xds_sink = Arc::new(XdsSink {
+        let renderer = Renderer {
             cache: Default::default(),
-            server: xds_server,
+            traffic_cache: Default::default(),
             metrics: metrics.clone(),
             module: module.clone(),
             cert_secret: dp.workload_cert_secret.clone(),
             cert_sds_cluster: dp.workload_cert_sds_cluster.clone(),
-            workload_cert: dp.workload_cert.as_ref().map(|f| CertAndKey::read(f, "--workload-cert", "--workload-key")).transpose()?,
-            api_credential,
-            push_lock: Default::default(),
-            traffic_cache: Default::default(),
+            workload_cert: dp
+                .workload_cert
+                .as_ref()
+                .map(|f| CertAndKey::read(&f.cert, &f.key, ("--workload-cert", "--workload-key")))
+                .transpose()?,
             sameness: dp.sameness,
             mesh_listen: dp.mesh_listen,
             per_peer_clusters: dp.per_peer_clusters,
-            gateway_cert: dp.gateway_cert.as_ref().map(|f| CertAndKey::read(f, "--gateway-cert", "--gateway-key")).transpose()?,
-        });
+            gateway_cert: dp
+                .gateway_cert
+                .as_ref()
+                .map(|f| CertAndKey::read(&f.cert, &f.key, ("--gateway-cert", "--gateway-key")))
+                .transpose()?,
+        };
+        let xds_sink = Arc::new(XdsSink::new(renderer, xds_server, api_credential));
         xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));
         let mut sinks: Vec<Arc<dyn DataPlaneSink>> = vec![Arc::new(ClientRootsSink(xds_tls)), xds_sink];
         if let Some(rs) = remote_secrets {
@@ -208,7 +218,7 @@ impl App {
         }
         sinks.extend(wasmplugin_sink);
         sinks.extend(mesh_config_sink);
-        sinks.push(Arc::new(ReadyOnApply { admin: admin_state }));
+        sinks.push(Arc::new(ReadyOnApply(admin_state.ready.clone())));
         let t = config.timing;
         let reconciler = Reconciler {
             key,

@@ -6,7 +6,6 @@
 use crate::cli::args::{KubeArgs, RunArgs};
 use crate::kube::KubeOptions;
 use anyhow::{bail, Context as _, Result};
-use multicloud_core::metadata::IngressGateway;
 use multicloud_proto::traffic::Sameness;
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -184,7 +183,7 @@ impl Config {
         };
         let mode = if args.kubernetes {
             Mode::Kubernetes {
-                options: kube_options(&args.kube)?,
+                options: args.kube.options()?,
                 wasmplugin: args.kube.wasmplugin.clone(),
                 istio_mesh_config: Some(args.kube.istio_mesh_config.clone()).filter(|n| !n.is_empty()),
             }
@@ -275,36 +274,12 @@ fn mesh_config_maps(k: &KubeArgs) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The Kubernetes flags (`run --kubernetes` and `check --kubernetes`).
-pub fn kube_options(k: &KubeArgs) -> Result<KubeOptions> {
-    let mut gateway_selector = BTreeMap::new();
-    for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
-        let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
-        gateway_selector.insert(key.to_string(), v.to_string());
-    }
-    let mut advertise = Vec::new();
-    for a in &k.advertise {
-        let (host, port) = a.rsplit_once(':').with_context(|| format!("--advertise {a:?}: want host:port"))?;
-        let port: u16 = port.parse().with_context(|| format!("--advertise {a:?}: bad port"))?;
-        advertise.push(IngressGateway { address: host.to_string(), port });
-    }
-    Ok(KubeOptions {
-        namespace: k.namespace.clone(),
-        lease_name: "istio-multicloud-agent".into(),
-        holder_identity: k.pod_name.clone(),
-        gateway_selector,
-        export_label: k.export_label.clone(),
-        network_name: k.network_name.clone(),
-        api_host: k.api_host.clone(),
-        advertise,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::args::{Cli, Command};
     use clap::Parser as _;
+    use multicloud_core::metadata::IngressGateway;
 
     fn config(flags: &[&str]) -> Result<Config> {
         let cli = Cli::try_parse_from(["multicloud-agent", "run"].iter().chain(flags)).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -4,7 +4,9 @@
 //!
 //! One [`Remote`] is built per `IstioMulticloud` spec (endpoint + trust) and
 //! reused for every fetch; it owns a `reqwest` client over a rustls
-//! `ClientConfig` built with the ring provider (no process-wide provider).
+//! `ClientConfig` built with the ring provider (no process-wide provider):
+//! the trust choice and its configuration are [`trust`], the ways a fetch
+//! fails [`error`], the reconciler's seam [`factory`].
 //!
 //! What a fetch guarantees:
 //! - **HTTPS only.** The endpoint must be `https://`; the documents live at
@@ -30,19 +32,17 @@
 //! and metrics (`Reason::as_str`, `Reason::metric_label`). The reconciler
 //! paces retries and the steady refresh (`crate::reconcile::backoff`).
 
+pub mod error;
 pub mod factory;
+pub mod trust;
 
-use crate::reasons::Reason;
+pub use error::FetchError;
+pub use trust::{client_config, Trust};
+
 use multicloud_core::metadata::{InvalidField, PrivateMetadata, PublicMetadata, ValidPublic};
-use multicloud_core::pem::CertBundle;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -71,121 +71,6 @@ pub struct FetchPolicy {
 impl Default for FetchPolicy {
     fn default() -> Self {
         FetchPolicy { connect_timeout: Duration::from_secs(5), total_timeout: Duration::from_secs(10), max_body_bytes: 1024 * 1024 }
-    }
-}
-
-/// How the remote's TLS certificate is trusted.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Trust {
-    /// Only the CA(s) in this PEM bundle.
-    Pinned(String),
-    /// The system's root store (rustls-native-certs).
-    SystemRoots,
-    /// No certificate verification (handshake signatures are still checked).
-    InsecureSkipVerify,
-}
-
-impl fmt::Debug for Trust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Trust::Pinned(pem) => write!(f, "Pinned({} bytes of PEM)", pem.len()),
-            Trust::SystemRoots => f.write_str("SystemRoots"),
-            Trust::InsecureSkipVerify => f.write_str("InsecureSkipVerify"),
-        }
-    }
-}
-
-impl Trust {
-    /// `spec.metadata.ca` pins (and wins over `insecureSkipVerify`), else
-    /// `insecureSkipVerify` disables verification, else the system roots.
-    pub fn from_spec(tls: Option<&crate::crd::MetadataTls>) -> Trust {
-        match tls {
-            Some(t) => match &t.ca {
-                Some(ca) if !ca.trim().is_empty() => {
-                    if t.insecure_skip_verify {
-                        tracing::warn!("spec.metadata.ca is set: spec.metadata.insecureSkipVerify is ignored");
-                    }
-                    Trust::Pinned(ca.clone())
-                }
-                _ if t.insecure_skip_verify => Trust::InsecureSkipVerify,
-                _ => Trust::SystemRoots,
-            },
-            None => Trust::SystemRoots,
-        }
-    }
-}
-
-/// Why a fetch (or building the client for it) failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
-    #[error("metadata endpoint {endpoint:?} is invalid: {why}")]
-    EndpointInvalid { endpoint: String, why: String },
-    #[error("TLS trust configuration is invalid: {0}")]
-    TrustInvalid(String),
-    #[error("cannot build the HTTPS client: {0}")]
-    ClientBuild(String),
-    #[error("the bearer token cannot be sent as an HTTP header value")]
-    TokenInvalid,
-    #[error("cannot connect to {url}: {why}")]
-    ConnectFailed { url: String, why: String },
-    #[error("{url} did not answer within {after:?}")]
-    Timeout { url: String, after: Duration },
-    #[error("TLS certificate of {url} is not trusted: {why}")]
-    TlsVerificationFailed { url: String, why: String },
-    #[error("TLS handshake with {url} failed: {why}")]
-    TlsHandshakeFailed { url: String, why: String },
-    #[error("{url} redirects to another host, refused: {target}")]
-    RedirectRefused { url: String, target: String },
-    #[error("{url} redirects more than {MAX_REDIRECTS} times")]
-    TooManyRedirects { url: String },
-    #[error("{url} answered HTTP {status}")]
-    HttpStatus { url: String, status: u16 },
-    #[error("{url} refused the request (HTTP {status}){}", remote_detail(.remote_reason, .remote_error))]
-    Unauthorized { url: String, status: u16, remote_reason: Option<String>, remote_error: Option<String> },
-    #[error("{url} sent a body larger than {limit} bytes")]
-    BodyTooLarge { url: String, limit: usize },
-    #[error("{url} is not valid JSON: {why}")]
-    MalformedJson { url: String, why: String },
-    #[error("{url} is not a valid document: {why}")]
-    InvalidDocument { url: String, field: Option<String>, why: String },
-    #[error("request to {url} failed: {why}")]
-    Request { url: String, why: String },
-}
-
-fn remote_detail(reason: &Option<String>, error: &Option<String>) -> String {
-    match (reason, error) {
-        (Some(r), Some(e)) => format!(": {r}: {e}"),
-        (Some(r), None) => format!(": {r}"),
-        (None, Some(e)) => format!(": {e}"),
-        (None, None) => String::new(),
-    }
-}
-
-impl FetchError {
-    /// The condition reason (`Reason::as_str` is its CamelCase word).
-    pub fn reason(&self) -> Reason {
-        match self {
-            FetchError::EndpointInvalid { .. } => Reason::EndpointInvalid,
-            FetchError::TrustInvalid(_) => Reason::TrustInvalid,
-            FetchError::ClientBuild(_) => Reason::ClientBuildFailed,
-            FetchError::TokenInvalid => Reason::TokenInvalid,
-            FetchError::ConnectFailed { .. } => Reason::ConnectFailed,
-            FetchError::Timeout { .. } => Reason::Timeout,
-            FetchError::TlsVerificationFailed { .. } => Reason::TlsVerificationFailed,
-            FetchError::TlsHandshakeFailed { .. } => Reason::TlsHandshakeFailed,
-            FetchError::RedirectRefused { .. } | FetchError::TooManyRedirects { .. } => Reason::RedirectRefused,
-            FetchError::HttpStatus { .. } => Reason::HttpStatus,
-            FetchError::Unauthorized { .. } => Reason::Unauthorized,
-            FetchError::BodyTooLarge { .. } => Reason::BodyTooLarge,
-            FetchError::MalformedJson { .. } => Reason::MalformedJson,
-            FetchError::InvalidDocument { .. } => Reason::InvalidDocument,
-            FetchError::Request { .. } => Reason::RequestFailed,
-        }
-    }
-
-    /// snake_case of [`FetchError::reason`], for metric labels.
-    pub fn metric_label(&self) -> &'static str {
-        self.reason().metric_label()
     }
 }
 
@@ -432,7 +317,7 @@ fn classify(url: &Url, e: &reqwest::Error, deadline: Duration) -> FetchError {
     if let Some(veto) = find_source::<RedirectVeto>(e) {
         return match veto {
             RedirectVeto::OtherHost(target) => FetchError::RedirectRefused { url: url_s, target: target.clone() },
-            RedirectVeto::TooMany => FetchError::TooManyRedirects { url: url_s },
+            RedirectVeto::TooMany => FetchError::TooManyRedirects { url: url_s, max: MAX_REDIRECTS },
         };
     }
     if e.is_timeout() {
@@ -453,98 +338,12 @@ fn classify(url: &Url, e: &reqwest::Error, deadline: Duration) -> FetchError {
     FetchError::Request { url: url_s, why: chain(e) }
 }
 
-/// The rustls client configuration for a trust choice (ring provider).
-pub(crate) fn client_config(trust: &Trust, endpoint: &str) -> Result<rustls::ClientConfig, FetchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::ClientBuild(e.to_string()))?;
-    let mut config = match trust {
-        Trust::Pinned(pem) => {
-            let bundle = CertBundle::from_pem(pem).map_err(|e| FetchError::TrustInvalid(format!("spec.metadata.ca: {e}")))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for der in bundle.certs_der {
-                roots.add(CertificateDer::from(der)).map_err(|e| FetchError::TrustInvalid(format!("spec.metadata.ca: {e}")))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        Trust::SystemRoots => {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::debug!(error = %e, "while loading the system root certificates");
-            }
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(FetchError::TrustInvalid("no system root certificates found; set spec.metadata.ca to the remote's CA".into()));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        Trust::InsecureSkipVerify => {
-            tracing::warn!(
-                endpoint,
-                "TLS CERTIFICATE VERIFICATION IS DISABLED for this metadata endpoint (spec.metadata.insecureSkipVerify); \
-                 anyone on the path can impersonate the remote cluster. Use only in tests; set spec.metadata.ca instead."
-            );
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { algorithms: provider.signature_verification_algorithms }))
-                .with_no_client_auth()
-        }
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// `insecureSkipVerify`: accepts any certificate chain and name, but still
-/// checks that the handshake is signed by the key in the presented
-/// certificate (ring), so the session is at least bound to that key.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn trust_from_spec() {
+    fn the_spec_chooses_pinned_system_or_no_verification() {
         use crate::crd::MetadataTls;
         assert_eq!(Trust::from_spec(None), Trust::SystemRoots);
         assert_eq!(Trust::from_spec(Some(&MetadataTls::default())), Trust::SystemRoots);

@@ -1,7 +1,9 @@
 //! The words conditions and metrics use, as types: why a condition is what
 //! it is ([`Reason`], CamelCase in `status.conditions[].reason`), which
 //! document a fetch was for ([`Document`]) and how it ended ([`FetchResult`],
-//! the `result` label of `multicloud_agent_fetch_total`). Every label string
+//! the `result` label of `multicloud_agent_fetch_total`), and why the xDS
+//! port turned a client away ([`RefusalReason`], counted as [`RefusalCount`]
+//! under `multicloud_agent_xds_refusals_total{reason}`). Every label string
 //! comes from these enums; docs/agent.md lists the same reasons.
 
 /// A condition's reason.
@@ -144,7 +146,7 @@ impl Document {
 }
 
 /// How one fetch ended (the `result` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FetchResult {
     Ok,
     Failed(Reason),
@@ -158,6 +160,57 @@ impl FetchResult {
             FetchResult::Failed(r) => r.metric_label(),
         }
     }
+}
+
+/// Why the xDS port turned a client away; the label of
+/// `multicloud_agent_xds_refusals_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefusalReason {
+    /// The TLS client sent no certificate.
+    NoClientCertificate,
+    /// The certificate does not chain to this cluster's root (another
+    /// cluster's CA, self-signed, expired, wrong usage, ...).
+    UntrustedCertificate,
+    /// Any other TLS failure (not TLS at all, closed mid-handshake, ...).
+    HandshakeFailed,
+    HandshakeTimeout,
+    /// The agent does not know this cluster's root yet (no local facts read).
+    NoLocalRoot,
+    /// The certificate chains to the root but names no `spiffe://` identity.
+    NoSpiffeId,
+    /// The node claims a group (e.g. `gateway`) its identity may not join.
+    GroupNotAllowed,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 7] = [
+        RefusalReason::NoClientCertificate,
+        RefusalReason::UntrustedCertificate,
+        RefusalReason::HandshakeFailed,
+        RefusalReason::HandshakeTimeout,
+        RefusalReason::NoLocalRoot,
+        RefusalReason::NoSpiffeId,
+        RefusalReason::GroupNotAllowed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::NoClientCertificate => "no_client_certificate",
+            RefusalReason::UntrustedCertificate => "untrusted_certificate",
+            RefusalReason::HandshakeFailed => "handshake_failed",
+            RefusalReason::HandshakeTimeout => "handshake_timeout",
+            RefusalReason::NoLocalRoot => "no_local_root",
+            RefusalReason::NoSpiffeId => "no_spiffe_id",
+            RefusalReason::GroupNotAllowed => "group_not_allowed",
+        }
+    }
+}
+
+/// How many xDS clients were turned away for one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusalCount {
+    pub reason: RefusalReason,
+    pub count: u64,
 }
 
 #[cfg(test)]
@@ -187,5 +240,11 @@ mod tests {
         for r in Reason::ALL {
             assert!(doc.contains(&format!("`{}`", r.as_str())), "docs/agent.md does not list the reason {r}");
         }
+    }
+
+    #[test]
+    fn refusal_labels_are_distinct() {
+        let labels: std::collections::BTreeSet<&str> = RefusalReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), RefusalReason::ALL.len());
     }
 }

@@ -12,13 +12,14 @@
 
 use crate::cluster_uuid::ClusterUuid;
 use crate::crd::{condition, CachedPrivate, CachedPublic, IstioMulticloudSpec, IstioMulticloudStatus};
+use crate::data_plane::{DataPlane, EstablishedPeer};
+use crate::exchange::factory::{ClientFactory, MetadataClient};
 use crate::exchange::FetchError;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::reasons::{Document, FetchResult, Reason};
-use crate::sinks::StatusSink;
+use crate::sinks::{DataPlaneSink, StatusSink};
 use crate::sources::Desired;
-use crate::BoxFuture;
 use ed25519_dalek::SigningKey;
 use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
@@ -28,83 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-
-/// Talks to one remote's metadata endpoint (HTTPS in production, a fake in
-/// unit tests).
-pub trait MetadataClient: Send + Sync {
-    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>>;
-    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>>;
-}
-
-/// Builds a client for a spec (fails for a spec that cannot work, e.g. an
-/// `http://` endpoint).
-pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchError> + Send + Sync>;
-
-/// A peer whose public metadata this cluster holds (last good).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EstablishedPeer {
-    /// The IstioMulticloud object's name.
-    pub name: String,
-    pub cluster_uuid: ClusterUuid,
-    pub root_ca: String,
-    /// The last good private document, once fetched.
-    pub private: Option<PrivateMetadata>,
-    pub enable_ingress_gateway: bool,
-    /// The object's `spec.metadata.ca`: the CA of the peer's gateway TLS
-    /// (its metadata endpoint and its API proxy).
-    pub metadata_ca: Option<String>,
-}
-
-/// Everything the data plane is configured from: the edge filter's
-/// configuration, this cluster's facts and the established peers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataPlane {
-    pub edge: EdgeConfig,
-    pub local: crate::facts::LocalFacts,
-    pub peers: Vec<EstablishedPeer>,
-}
-
-/// Test data: the data plane of `facts` (its documents, published with
-/// `key_pem`) with `peers`, an edge configuration with default settings.
-#[cfg(test)]
-pub(crate) fn test_data_plane(facts: crate::facts::LocalFacts, key_pem: String, peers: Vec<EstablishedPeer>) -> DataPlane {
-    DataPlane {
-        edge: EdgeConfig {
-            public: facts.public_document(key_pem),
-            private: facts.private_document(),
-            peers: vec![],
-            spiffe: Default::default(),
-            max_token_lifetime_seconds: 600,
-            public_max_age_seconds: 60,
-            api: Default::default(),
-            mesh: Default::default(),
-        },
-        local: facts,
-        peers,
-    }
-}
-
-/// Test data: a data plane of this cluster (`local_uuid`, on `network`) with
-/// `peers`, an edge configuration that serves nothing in particular.
-#[cfg(test)]
-pub(crate) fn sample_data_plane(local_uuid: &str, network: &str, peers: Vec<EstablishedPeer>) -> DataPlane {
-    let facts = crate::facts::LocalFacts {
-        cluster_uuid: local_uuid.into(),
-        root_ca: String::new(),
-        ingress_gateways: vec![],
-        api_host: String::new(),
-        network_name: network.into(),
-        services: vec![],
-        mesh_mode: Default::default(),
-        local_endpoints: vec![],
-    };
-    test_data_plane(facts, String::new(), peers)
-}
-
-/// Receives every new data plane state (the edge configuration validated).
-pub trait DataPlaneSink: Send + Sync {
-    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>>;
-}
 
 /// Timing knobs (shortened in tests).
 #[derive(Debug, Clone)]
@@ -528,8 +452,14 @@ fn jitter(d: Duration, frac: f64) -> Duration {
 
 /// Exponential backoff with full jitter, capped.
 pub fn backoff(base: Duration, cap: Duration, failures: u32) -> Duration {
+    backoff_at(base, cap, failures, rand::random::<f64>())
+}
+
+/// [`backoff`] with its jitter drawn as `r` (0 to 1): half to all of
+/// `base` doubled per failure after the first, capped.
+pub fn backoff_at(base: Duration, cap: Duration, failures: u32, r: f64) -> Duration {
     let exp = base.saturating_mul(1u32 << failures.min(20).saturating_sub(1)).min(cap);
-    exp.mul_f64(0.5 + 0.5 * rand::random::<f64>())
+    exp.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]

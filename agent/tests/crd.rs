@@ -85,11 +85,11 @@ fn validate(objects: &[&Path]) -> Vec<Verdict> {
 #[test]
 fn the_crd_and_the_example_validate_and_a_broken_object_does_not() {
     let example = workspace().join("deploy/examples/istiomulticloud.yaml");
-    let mut broken: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
-    broken["spec"].as_mapping_mut().unwrap().remove("metadataEndpoint").expect("the example names a metadataEndpoint");
+    let mut broken: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    broken["spec"].as_object_mut().unwrap().remove("metadataEndpoint").expect("the example names a metadataEndpoint");
     let dir = tempfile::tempdir().unwrap();
     let broken_file = dir.path().join("broken.yaml");
-    std::fs::write(&broken_file, serde_yaml::to_string(&broken).unwrap()).unwrap();
+    std::fs::write(&broken_file, serde_saphyr::to_string(&broken).unwrap()).unwrap();
 
     let verdicts = validate(&[&example, &broken_file]);
     let [crd, example, broken] = verdicts.as_slice() else { panic!("expected 3 verdicts, got {verdicts:?}") };

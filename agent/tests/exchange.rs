@@ -1,4 +1,4 @@
-//! Tier: unit, in-process (a hostile HTTPS server made to misbehave on cue).
+//! Tier: unit (in-process: a hostile HTTPS server made to misbehave on cue).
 //!
 //! The metadata exchange client against a hostile HTTPS server on loopback
 //! (tokio-rustls + hyper, certificates made with rcgen here). One case per

@@ -288,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn uuids_and_hosts() {
+    fn uuids_hosts_and_host_ports_are_told_from_what_is_not() {
         assert!(is_uuid("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a0001"));
         assert!(!is_uuid("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000"));
         assert!(!is_uuid("6f9c1c1e+3b7a-4d6e-9a51-1f1f7c1a0001"));
@@ -309,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn deckhouse_documents_parse() {
+    fn deckhouse_documents_parse_without_services() {
         // Deckhouse's multicluster.json has no `services`: it must still parse.
         let doc: PrivateMetadata = serde_json::from_str(
             r#"{"ingressGateways":[{"address":"1.2.3.4","port":15443}],"apiHost":"istio-api-proxy.example.com","networkName":"n1","unknown":1}"#,

@@ -240,6 +240,25 @@ impl Istiod {
         r.json()
     }
 
+    /// Waits (`what`, at most `timeout`) until `/debug/syncz` shows `proxy`
+    /// with every type in `types` sent and ACKed at the same version; its
+    /// syncz entry.
+    pub fn wait_synced(&self, what: &str, proxy: &str, types: &[&str], timeout: Duration) -> serde_json::Value {
+        wait_until(what, timeout, || {
+            let all = self.syncz();
+            let e = all.as_array().and_then(|a| a.iter().find(|e| e["proxy"] == proxy).cloned());
+            let Some(e) = e else { return Err(format!("{proxy} not connected: {all}")) };
+            let res = e["resources"].as_object().cloned().unwrap_or_default();
+            for t in types {
+                match res.iter().find(|(k, _)| k.ends_with(&format!(".{t}"))).map(|(_, v)| v) {
+                    Some(r) if r["sent"] == r["acked"] && r["sent"].is_string() => {}
+                    other => return Err(format!("{t}: {other:?} in {e}")),
+                }
+            }
+            Ok(e)
+        })
+    }
+
     /// istiod's Prometheus metrics (monitoring port).
     pub fn metrics(&self) -> String {
         http::get(&format!("http://{}/metrics", self.addrs.monitoring)).text()

@@ -119,8 +119,7 @@ pub fn install(args: &[String]) -> String {
 
 /// The agent container's args in the DaemonSet that `yaml` holds.
 pub fn daemonset_args(yaml: &str) -> Vec<String> {
-    for d in serde_yaml::Deserializer::from_str(yaml) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(d).expect("yaml");
+    for v in serde_saphyr::from_multiple::<serde_json::Value>(yaml).expect("yaml") {
         if v["kind"] == "DaemonSet" {
             let c = v["spec"]["template"]["spec"]["containers"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == "agent"));
             let args = c.and_then(|c| c["args"].as_array()).expect("the agent container's args");
@@ -166,6 +165,51 @@ impl KubeCluster {
     pub fn start_replica(&self, pod_name: &str) -> Agent {
         start_agent(self.sim, &self.agent_kubeconfig, pod_name, &self.opts, &self.dir, None)
     }
+}
+
+/// What an operator provides for deploy/components/metadata-route: the
+/// Secret `multicloud-metadata-tls` in istio-system, a certificate for
+/// `host` from a new edge CA of `sim` (its files written into `dir`); the CA.
+pub fn create_metadata_tls(cp: &ControlPlane, sim: SimCluster, host: &str, dir: &std::path::Path) -> EdgeCa {
+    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
+    let (cert, key) = edge_ca.server_cert_dns(host);
+    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&c, cert).expect("write");
+    std::fs::write(&k, key).expect("write");
+    let (cert_flag, key_flag) = (format!("--cert={}", c.display()), format!("--key={}", k.display()));
+    cp.kubectl_ok(&["create", "secret", "tls", "multicloud-metadata-tls", "-n", "istio-system", &cert_flag, &key_flag]);
+    edge_ca
+}
+
+/// The agent as the DaemonSet runs it (`args`, and `extra` for what names
+/// in-pod files or addresses), replica `agent-0`, with deploy/'s
+/// ServiceAccounts from `cp`: its own for the API server, the API proxy's
+/// token as `--api-proxy-credential`; its files kept in its prepared
+/// directory `adir` (a restart reads them again). The real-Istio tier's
+/// single agent.
+pub fn start_daemonset_agent(cp: &ControlPlane, sim: SimCluster, adir: tempfile::TempDir, args: Vec<String>, extra: &[String]) -> Agent {
+    let dir = adir.path().to_path_buf();
+    let kubeconfig = dir.join("agent.kubeconfig");
+    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
+    std::fs::write(dir.join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
+    let mut extra_args =
+        vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()];
+    extra_args.extend(extra.iter().cloned());
+    Agent::start(
+        adir,
+        AgentOptions {
+            cluster: sim,
+            standalone: String::new(),
+            ecds_file: dir.join("edge.pb"),
+            refresh_seconds: 1,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 1000,
+            workload_cert: None,
+            api_proxy_credential: None,
+            extra_args,
+            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args, resolve_peers: false }),
+        },
+    )
 }
 
 fn start_agent(

@@ -20,7 +20,7 @@ use crate::paths::workspace_root;
 pub fn edge_envoy_filter() -> Value {
     let path = workspace_root().join("deploy/base/edge-filter.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The `patch.value` of the EnvoyFilter's patch that applies to `apply_to`

@@ -6,7 +6,7 @@
 //! Like Envoy in the test bed and in `deploy/`, it does not verify the
 //! agent's serving certificate: what is under test is whom the agent serves.
 
-use crate::mtls::AnyServer;
+use multicloud_agent::exchange::trust::AcceptAnyCertificate;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -160,7 +160,7 @@ fn client_config(client_cert: Option<&(String, String)>) -> Result<rustls::Clien
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new(&provider)));
     let mut cfg = match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {

@@ -44,7 +44,7 @@ fn kube_client(path: &std::path::Path) -> kube::Client {
 }
 
 fn token_in(path: &std::path::Path) -> String {
-    let v: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(path).expect("kubeconfig")).expect("yaml");
+    let v: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).expect("kubeconfig")).expect("yaml");
     v["users"][0]["user"]["token"].as_str().expect("token").to_string()
 }
 

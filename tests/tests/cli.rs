@@ -87,7 +87,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
     for (me, peer, peer_name) in [(&cs[0], &cs[1], &b_name), (&cs[1], &cs[0], &a_name)] {
         let out = run(&["status", "--agent", &agent_url(me)]);
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-        let fp = multicloud_agent::cli::inspect::root_fingerprint(&peer.id.root_pem()).unwrap();
+        let fp = multicloud_agent::cli::status::root_fingerprint(&peer.id.root_pem()).unwrap();
         let row = out.stdout.lines().find(|l| l.starts_with(peer_name.as_str())).unwrap_or_else(|| panic!("{}", out.stdout));
         assert!(row.contains(&fp) && row.contains(&peer.id.uuid) && row.contains("True"), "{row}");
         let json = run(&["status", "--agent", &agent_url(me), "-o", "json"]);

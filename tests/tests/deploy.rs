@@ -29,8 +29,7 @@ fn the_base_renders_with_kubectl_kustomize_and_wires_the_filter_like_the_test_be
     assert!(text.contains(multicloud_proto::edge_filter::WASM_FILTER_TYPE_URL), "configured by ECDS");
 
     // The API proxy's credential: read-only, and never secrets.
-    let docs: Vec<serde_json::Value> =
-        serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
     let role = docs
         .iter()
         .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "istio-multicloud-api-proxy-reader")
@@ -81,10 +80,7 @@ fn rendered() -> String {
 }
 
 fn parse(text: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    serde_saphyr::from_multiple::<serde_json::Value>(text).unwrap().into_iter().filter(|v| !v.is_null()).collect()
 }
 
 const OVERLAYS: &[&str] = &["deploy/base", "deploy/overlays/default", "deploy/overlays/monitoring", "deploy/overlays/wasmplugin"];
@@ -372,8 +368,7 @@ fn the_alerts_use_exported_metrics_and_link_existing_runbooks() {
 /// The agent's DaemonSet meets the `restricted` Pod Security Standard.
 #[test]
 fn the_agent_pod_meets_the_restricted_pod_security_standard() {
-    let docs: Vec<serde_json::Value> =
-        serde_yaml::Deserializer::from_str(&rendered()).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&rendered()).unwrap();
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("the agent DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);

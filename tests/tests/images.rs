@@ -29,7 +29,7 @@ fn layout(name: &str) -> Layout {
 
 fn yaml_docs(path: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(paths::workspace_root().join(path)).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    serde_saphyr::from_multiple(&text).unwrap()
 }
 
 /// The agent image's layers, unpacked, with the image config.

@@ -1,4 +1,4 @@
-//! Real tier, real Istio: cross-cluster traffic the Istio way (issue 12).
+//! Tier: real Istio. Cross-cluster traffic the Istio way (issue 12).
 //! Two simulated clusters (134 = A, 135 = B), each with a real etcd +
 //! kube-apiserver, a real istiod with its own self-signed root, an istiod-run
 //! gateway (pilot-agent `proxy router`, Envoy 1.40) and the agent in
@@ -373,10 +373,10 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
         strict_mtls(c);
     }
 
-    let (_foo_app, foo_b) = start_foo(b);
+    let (_foo_app, foo_sidecar) = start_foo(b);
     let (client, client_addr, client_inbound) = start_client(a);
     let pids = |g: &IstioGateway| (g.agent_pid(), g.envoy_pid());
-    let (client_pids, foo_pids) = (pids(&client), pids(&foo_b));
+    let (client_pids, foo_pids) = (pids(&client), pids(&foo_sidecar));
     let istiod_pids = (a.istiod.as_ref().and_then(|i| i.pid()), b.istiod.as_ref().and_then(|i| i.pid()));
 
     // 1. The call, answered by B.
@@ -389,7 +389,7 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
             "A's client listeners: {:?}; EDS for foo: {eps:?}; A's ROOTCA has B's root: {}; B's foo ROOTCA has A's root: {}\nA's istiod:\n{}",
             client.admin_get("/listeners").unwrap_or_default().lines().collect::<Vec<_>>(),
             has_root(&rootca(&client), &root_b),
-            has_root(&rootca(&foo_b), &root_a),
+            has_root(&rootca(&foo_sidecar), &root_a),
             lines[lines.len().saturating_sub(40)..].join("\n")
         )
     };
@@ -427,7 +427,7 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
         clusters_b.lines().filter(|l| l.contains("foo")).collect::<Vec<_>>().join("\n")
     );
     assert!(has_root(&rootca(&client), &root_b) && has_root(&rootca(&client), &root_a), "A's client trusts A's and B's roots");
-    assert!(has_root(&rootca(&foo_b), &root_a), "B's foo trusts A's root");
+    assert!(has_root(&rootca(&foo_sidecar), &root_a), "B's foo trusts A's root");
     eprintln!("FIGURES clusters up {t_started:?}; both objects applied to both Ready {t_join:?}; first call answered {t_call:?} after the workloads started");
 
     // B publishes no services in its private document (no Service carries
@@ -490,7 +490,7 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
     assert!(ok.body().contains(&name_b), "{ok:?}");
     let denied = via_b(&third);
     assert!(denied.is_refused(), "a third CA's certificate must not reach B's foo: {denied:?}");
-    let foo_cert = foo_b.workload_cert_pem().zip(foo_b.workload_key_pem()).expect("B's foo certificate");
+    let foo_cert = foo_sidecar.workload_cert_pem().zip(foo_sidecar.workload_key_pem()).expect("B's foo certificate");
     let into_a = |cert: &(String, String)| {
         multicloud_e2e::mtls::get_alpn(client_inbound, "client", None, Some(cert), &["istio"], "client", "/", &[])
     };
@@ -617,7 +617,7 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
     assert_eq!(resp.json()["cluster"], name_b.as_str());
     let t_relink = t_relink.elapsed();
     assert_eq!(pids(&client), client_pids, "A's client sidecar (pilot-agent, Envoy) did not restart");
-    assert_eq!(pids(&foo_b), foo_pids, "B's foo sidecar did not restart");
+    assert_eq!(pids(&foo_sidecar), foo_pids, "B's foo sidecar did not restart");
     assert_eq!((a.istiod.as_ref().and_then(|i| i.pid()), b.istiod.as_ref().and_then(|i| i.pid())), istiod_pids, "neither istiod restarted");
     eprintln!("FIGURES unlink to fail-closed {t_unlink:?}; relink to answered {t_relink:?}",);
 

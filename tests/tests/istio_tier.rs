@@ -1,4 +1,4 @@
-//! Real tier, real Istio (the first step of issue 12): per simulated cluster a
+//! Tier: real Istio (the first step of issue 12). Per simulated cluster a
 //! real etcd + kube-apiserver (tests/src/kube.rs), a real istiod
 //! (pilot-discovery built from the Go module proxy) outside a pod with its
 //! own self-signed root, and an ingress gateway run by a real pilot-agent
@@ -14,11 +14,11 @@
 // #[test] functions; this covers the helpers too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use multicloud_e2e::agent::{Agent, AgentOptions, KubeMode};
-use multicloud_e2e::fixtures::{free_port, EdgeCa};
+use multicloud_e2e::agent::{Agent, AgentOptions};
+use multicloud_e2e::fixtures::free_port;
 use multicloud_e2e::istio::{self, GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{daemonset_args, install};
+use multicloud_e2e::kube_mesh::{create_metadata_tls, daemonset_args, install, start_daemonset_agent};
 use multicloud_e2e::{dump, hosts, wait_until, SimCluster};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -134,20 +134,12 @@ fn istiod_and_pilot_agent_gateway_per_cluster() {
 
         // Its configuration came from istiod, and Envoy 1.40 took all of it.
         let proxy = gw.proxy_id();
-        let entry = wait_until(&format!("cluster {n}: istiod's syncz shows {proxy} in sync"), Duration::from_secs(30), || {
-            let all = istiod.syncz();
-            let e = all.as_array().and_then(|a| a.iter().find(|e| e["proxy"] == proxy.as_str()).cloned());
-            let Some(e) = e else { return Err(format!("{proxy} not connected: {all}")) };
-            let res = e["resources"].as_object().cloned().unwrap_or_default();
-            for t in ["Cluster", "Listener", "ClusterLoadAssignment"] {
-                let r = res.iter().find(|(k, _)| k.ends_with(&format!(".{t}"))).map(|(_, v)| v);
-                match r {
-                    Some(r) if r["sent"] == r["acked"] && r["sent"].is_string() => {}
-                    other => return Err(format!("{t}: {other:?}")),
-                }
-            }
-            Ok(e)
-        });
+        let entry = istiod.wait_synced(
+            &format!("cluster {n}: istiod's syncz shows {proxy} in sync"),
+            &proxy,
+            &["Cluster", "Listener", "ClusterLoadAssignment"],
+            Duration::from_secs(30),
+        );
         for (t, r) in entry["resources"].as_object().expect("resources") {
             assert!(r["lastError"].as_str().unwrap_or("").is_empty(), "cluster {n}: istiod saw a NACK of {t}: {r}");
         }
@@ -348,47 +340,11 @@ fn edge_through_istiod(cp: &ControlPlane, istiod: &Istiod, gw: &IstioGateway) ->
     // agent publishes it); what an operator provides: the metadata host's
     // certificate (deploy/components/metadata-route).
     cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", gw.ip);
-    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
-    let (cert, key) = edge_ca.server_cert_dns(&host);
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("tls.crt"), cert).expect("write");
-    std::fs::write(dir.path().join("tls.key"), key).expect("write");
-    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    cp.kubectl_ok(&[
-        "create",
-        "secret",
-        "tls",
-        "multicloud-metadata-tls",
-        "-n",
-        "istio-system",
-        &format!("--cert={}", c.display()),
-        &format!("--key={}", k.display()),
-    ]);
+    let edge_ca = create_metadata_tls(cp, sim, &host, dir.path());
 
     // The agent, as the DaemonSet runs it, with deploy/'s ServiceAccount.
-    // Kept with the agent's own directory: a restart reads them again.
-    let apath = adir.path().to_path_buf();
-    let kubeconfig = apath.join("agent.kubeconfig");
-    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
-    std::fs::write(adir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
-    let agent = Agent::start(
-        adir,
-        AgentOptions {
-            cluster: sim,
-            standalone: String::new(),
-            ecds_file: apath.join("edge.pb"),
-            refresh_seconds: 1,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 1000,
-            workload_cert: None,
-            api_proxy_credential: None,
-            extra_args: ["--api-proxy-credential".into(), apath.join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()]
-                .into_iter()
-                .chain(istio::agent_ca_args(cp, istiod, &apath))
-                .collect(),
-            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args: daemonset_args(&rendered), resolve_peers: false }),
-        },
-    );
+    let agent = start_daemonset_agent(cp, sim, adir, daemonset_args(&rendered), &istio::agent_ca_args(cp, istiod, dir.path()));
     assert_eq!(agent.xds_addr().port(), xds_port);
 
     // The gateway's listener for the Gateway's 443 is on the Service's targetPort.

@@ -1,4 +1,4 @@
-//! Real tier, real Istio: deploy/'s WasmPlugin variant under a real istiod
+//! Tier: real Istio. deploy/'s WasmPlugin variant under a real istiod
 //! (tests/src/istio.rs), cluster 133 (loopback only: 127.0.133.x).
 //!
 //! `multicloud-agent install --wasmplugin --filter-image <ref@digest>` is
@@ -11,11 +11,11 @@
 //! and the gateway's Envoy never talks to the agent. Settings: docs/istio.md,
 //! "The WasmPlugin variant".
 
-use multicloud_e2e::agent::{Agent, AgentOptions, KubeMode};
-use multicloud_e2e::fixtures::{free_port, EdgeCa};
+use multicloud_e2e::agent::Agent;
+use multicloud_e2e::fixtures::free_port;
 use multicloud_e2e::istio::{GatewayOptions, IstioGateway, Istiod};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{daemonset_args, install};
+use multicloud_e2e::kube_mesh::{create_metadata_tls, daemonset_args, install, start_daemonset_agent};
 use multicloud_e2e::{dump, hosts, istio, paths, registry, wait_until, SimCluster};
 use sha2::Digest as _;
 use std::time::{Duration, Instant};
@@ -101,22 +101,8 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
         "-p",
         &format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{{\"ip\":\"{}\"}}]}}}}}}", gw.ip),
     ]);
-    let edge_ca = EdgeCa::generate(&format!("cluster-{}", sim.0));
-    let (cert, key) = edge_ca.server_cert_dns(&host);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&c, cert).expect("write");
-    std::fs::write(&k, key).expect("write");
-    cp.kubectl_ok(&[
-        "create",
-        "secret",
-        "tls",
-        "multicloud-metadata-tls",
-        "-n",
-        "istio-system",
-        &format!("--cert={}", c.display()),
-        &format!("--key={}", k.display()),
-    ]);
+    let edge_ca = create_metadata_tls(cp, sim, &host, dir.path());
 
     // Before the agent writes anything: the gateway has pulled the module and
     // loaded it with install's empty pluginConfig, which the filter takes as
@@ -136,29 +122,8 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     let args = daemonset_args(&rendered);
     assert!(args.iter().any(|a| a == "--wasmplugin=multicloud-edge"), "{args:?}");
     let adir = Agent::prepare(sim);
-    let kubeconfig = dir.path().join("agent.kubeconfig");
-    cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
-    std::fs::write(dir.path().join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
     let t_agent = Instant::now();
-    let agent = Agent::start(
-        adir,
-        AgentOptions {
-            cluster: sim,
-            standalone: String::new(),
-            ecds_file: dir.path().join("edge.pb"),
-            refresh_seconds: 1,
-            backoff_base_ms: 200,
-            backoff_cap_ms: 1000,
-            workload_cert: None,
-            api_proxy_credential: None,
-            extra_args: vec![
-                "--api-proxy-credential".into(),
-                dir.path().join("api-proxy-token").display().to_string(),
-                "--facts-seconds=1".into(),
-            ],
-            kubernetes: Some(KubeMode { kubeconfig, pod_name: "agent-0".into(), args, resolve_peers: false }),
-        },
-    );
+    let agent = start_daemonset_agent(cp, sim, adir, args, &[]);
 
     // The agent wrote the edge configuration into the WasmPlugin.
     let plugin_config = wait_until("the agent writes spec.pluginConfig", Duration::from_secs(60), || {
@@ -231,19 +196,12 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     // No NACK: istiod's syncz (every type sent == acked, ECDS included, no
     // lastError), Envoy's counters, istiod's reject metric.
     let proxy = gw.proxy_id();
-    let entry = wait_until(&format!("istiod's syncz shows {proxy} in sync"), Duration::from_secs(30), || {
-        let all = istiod.syncz();
-        let e = all.as_array().and_then(|a| a.iter().find(|e| e["proxy"] == proxy.as_str()).cloned());
-        let Some(e) = e else { return Err(format!("{proxy} not connected: {all}")) };
-        let res = e["resources"].as_object().cloned().unwrap_or_default();
-        for t in ["Cluster", "Listener", "RouteConfiguration", "TypedExtensionConfig"] {
-            match res.iter().find(|(k, _)| k.ends_with(&format!(".{t}"))).map(|(_, v)| v) {
-                Some(r) if r["sent"] == r["acked"] && r["sent"].is_string() => {}
-                other => return Err(format!("{t}: {other:?} in {e}")),
-            }
-        }
-        Ok(e)
-    });
+    let entry = istiod.wait_synced(
+        &format!("istiod's syncz shows {proxy} in sync"),
+        &proxy,
+        &["Cluster", "Listener", "RouteConfiguration", "TypedExtensionConfig"],
+        Duration::from_secs(30),
+    );
     for (t, r) in entry["resources"].as_object().expect("resources") {
         assert!(r["lastError"].as_str().unwrap_or("").is_empty(), "istiod saw a NACK of {t}: {r}");
     }

@@ -1,4 +1,4 @@
-//! Real tier: the agent in Kubernetes mode against real API servers (etcd +
+//! Tier: real Kubernetes. The agent in Kubernetes mode against real API servers (etcd +
 //! kube-apiserver per simulated cluster, tests/src/kube.rs), installed with
 //! `multicloud-agent install` and run with deploy/'s ServiceAccount token, so
 //! deploy/'s RBAC, server-side apply field ownership, the status
@@ -168,8 +168,14 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     let read = b.cp.kubectl_as(&kc, &["get", "services", "-A", "-o", "name"], None);
     assert!(read.status.success(), "a read through B's API proxy: {}", String::from_utf8_lossy(&read.stderr));
     assert!(String::from_utf8_lossy(&read.stdout).contains("service/foo"), "B's services, from B's API server");
-    let secrets = b.cp.kubectl_as(&kc, &["get", "secrets", "-n", "istio-system"], None);
-    assert!(!secrets.status.success(), "a Secret read through B's API proxy is refused");
+    // Secrets: a list passes but is empty (the guard sends it to the empty
+    // namespace), though B's istio-system holds Secrets; one by name is refused.
+    let secrets = b.cp.kubectl_as(&kc, &["get", "secrets", "-n", "istio-system", "-o", "name"], None);
+    assert!(secrets.status.success(), "a Secret list through B's API proxy: {}", String::from_utf8_lossy(&secrets.stderr));
+    assert!(String::from_utf8_lossy(&secrets.stdout).trim().is_empty(), "and empty: {}", String::from_utf8_lossy(&secrets.stdout));
+    assert!(!b.cp.kubectl_ok(&["get", "secrets", "-n", "istio-system", "-o", "name"]).trim().is_empty(), "B's istio-system holds Secrets");
+    let by_name = b.cp.kubectl_as(&kc, &["get", "secret", "istio-multicloud-federation-key", "-n", "istio-system"], None);
+    assert!(!by_name.status.success(), "a Secret by name through B's API proxy is refused");
     let rotated = wait_until("the remote secret's token to rotate", Duration::from_secs(30), || {
         let now = secret_data(a.cp, "istio-system", &secret, &key).unwrap_or_default();
         if now != kubeconfig_text && !now.is_empty() {

@@ -1,4 +1,4 @@
-//! Real tier: `deploy/` applied to a real kube-apiserver (and etcd) with
+//! Tier: real Kubernetes. `deploy/` applied to a real kube-apiserver (and etcd) with
 //! server-side apply, as an operator applies it: the kustomize base, every
 //! overlay, and `multicloud-agent install` with default and non-default
 //! flags. Istio's and the Prometheus Operator's CRDs are registered first,
@@ -39,10 +39,7 @@ fn install(args: &[&str]) -> String {
 }
 
 fn objects(yaml: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml).unwrap().into_iter().filter(|v| !v.is_null()).collect()
 }
 
 /// Applies `yaml` (server-side, strict field validation) and checks that

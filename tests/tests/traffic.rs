@@ -176,7 +176,7 @@ fn passthrough_sameness_failover_and_limits() {
 /// Identity-enforcing: the gateway terminates the peer's mTLS, knows the
 /// peer, allows only exported services and tells the application who called.
 #[test]
-fn identity_enforcing_gateway() {
+fn an_identity_enforcing_gateway_knows_the_peer_and_serves_only_exported_services() {
     let (sa, sb) = (SimCluster(103), SimCluster(104));
     let cs = start_traffic_mesh(&[sa, sb], MeshMode::IdentityEnforcing, Sameness::Balanced, &[false, true]);
     // Calls before both sides trust each other would fail the handshake and

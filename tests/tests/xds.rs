@@ -109,18 +109,19 @@ fn a_sidecar_and_gateway_are_configured_from_a_real_exchange(delta: bool, base: 
 }
 
 #[test]
-fn state_of_the_world() {
+fn a_sidecar_and_gateway_are_configured_over_state_of_the_world_ads() {
     a_sidecar_and_gateway_are_configured_from_a_real_exchange(false, 61);
 }
 
 #[test]
-fn delta() {
+fn a_sidecar_and_gateway_are_configured_over_delta_ads() {
     a_sidecar_and_gateway_are_configured_from_a_real_exchange(true, 63);
 }
 
-/// A bounded load (about 4 s) runs through the gateway A's agent
+/// A bounded load (at most 20 s) runs through the gateway A's agent
 /// configures while the agent is killed and started again: no request
-/// fails, and the gateway re-syncs when the agent is back.
+/// fails (before the kill, while the agent is down, after the re-sync),
+/// and the gateway re-syncs when the agent is back.
 #[test]
 fn an_agent_restart_under_load_loses_no_request() {
     let mut cs =
@@ -128,14 +129,19 @@ fn an_agent_restart_under_load_loses_no_request() {
     cs[0].agent.wait_condition(&Cluster::object_name(cs[1].sim), "Ready", "True", READY);
     let url = cs[0].gateway_url("/metadata/public/public.json");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Requests answered so far: the steps below wait for the load to move on.
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let load = {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, served) = (url.clone(), stop.clone(), served.clone());
         std::thread::spawn(move || {
             let (mut ok, mut failed) = (0u32, Vec::new());
             let deadline = Instant::now() + Duration::from_secs(20);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
                 match http::try_request("GET", &url, &[]) {
-                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) if r.status == 200 => {
+                        ok += 1;
+                        served.store(ok, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
                     Err(e) => failed.push(e),
                 }
@@ -143,9 +149,21 @@ fn an_agent_restart_under_load_loses_no_request() {
             (ok, failed)
         })
     };
-    std::thread::sleep(Duration::from_millis(800)); // load is running before the restart
+    // Waits until the load has had `more` further requests answered.
+    let answered = |what: &str, more: u32| {
+        let from = served.load(std::sync::atomic::Ordering::SeqCst);
+        wait_until(what, READY, || {
+            let now = served.load(std::sync::atomic::Ordering::SeqCst);
+            if now >= from + more {
+                Ok(())
+            } else {
+                Err(format!("{} of {more} requests answered", now - from))
+            }
+        })
+    };
+    answered("the load to run before the restart", 50);
     cs[0].agent.kill();
-    std::thread::sleep(Duration::from_millis(1500)); // the gateway runs without its agent
+    answered("the gateway to serve without its agent", 100);
     cs[0].agent.restart();
     wait_until("the gateway to re-sync with the restarted agent", READY, || {
         let v = cs[0].agent.xds_view();
@@ -157,7 +175,7 @@ fn an_agent_restart_under_load_loses_no_request() {
             other => Err(format!("{other:?}")),
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    answered("the load to run on after the re-sync", 50);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = load.join().unwrap();
     assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(5)]);

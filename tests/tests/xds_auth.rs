@@ -1,4 +1,4 @@
-//! Fast tier (real Envoy 1.40 and the real agent on loopback, 127.0.61.x):
+//! Tier: fast (real Envoy 1.40 and the real agent on loopback, 127.0.61.x):
 //! the agent's xDS port authenticates its clients (mTLS against this
 //! cluster's root) and serves the gateway's resources (the edge filter's
 //! ECDS carrying the private document, the API proxy credential) only to

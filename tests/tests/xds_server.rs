@@ -284,11 +284,11 @@ fn scenario(api_type: &str, sim: SimCluster) {
 }
 
 #[test]
-fn sotw_with_envoy() {
+fn envoy_is_served_over_state_of_the_world_ads() {
     scenario("GRPC", SimCluster(51));
 }
 
 #[test]
-fn delta_with_envoy() {
+fn envoy_is_served_over_delta_ads() {
     scenario("DELTA_GRPC", SimCluster(52));
 }

@@ -1,8 +1,14 @@
 //! The command line (clap): every subcommand and flag, names and defaults.
 //! `run`'s flags become one validated [`crate::config::Config`].
 
-use super::inspect;
+use super::report::Output;
+use super::status::DEFAULT_AGENT;
+use crate::host_port::HostPort;
+use crate::kube::KubeOptions;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use multicloud_core::metadata::IngressGateway;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -48,10 +54,10 @@ pub enum Command {
     /// Exit code: 0 every peer Ready, 1 some peer not Ready, 2 the agent cannot be reached.
     Status {
         /// The agent's HTTP port (its --http).
-        #[arg(long, default_value = inspect::DEFAULT_AGENT)]
+        #[arg(long, default_value = DEFAULT_AGENT)]
         agent: String,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-        output: inspect::Output,
+        output: Output,
     },
     /// Probe one peer end to end: the object, public metadata, private metadata (a fresh token),
     /// the API proxy, the gateways' mesh port. Each step prints PASS/FAIL/SKIP with what to do.
@@ -60,7 +66,7 @@ pub enum Command {
         /// The IstioMulticloud object naming the peer.
         peer: String,
         /// The agent's HTTP port (used when no --standalone file is given).
-        #[arg(long, default_value = inspect::DEFAULT_AGENT)]
+        #[arg(long, default_value = DEFAULT_AGENT)]
         agent: String,
         /// The standalone file the agent runs with (objects and this cluster's UUID).
         #[arg(long, env = "MULTICLOUD_STANDALONE", conflicts_with = "kubernetes")]
@@ -79,7 +85,7 @@ pub enum Command {
         #[arg(long)]
         api_host_override: Vec<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
-        output: inspect::Output,
+        output: Output,
     },
 }
 
@@ -261,6 +267,35 @@ pub struct KubeArgs {
     /// the EnvoyFilter; the lease holder writes the edge configuration into its spec.pluginConfig.
     #[arg(long)]
     pub wasmplugin: Option<String>,
+}
+
+impl KubeArgs {
+    /// The Kubernetes flags (`run --kubernetes` and `check --kubernetes`) as
+    /// the agent uses them; errors name the flag.
+    pub fn options(&self) -> anyhow::Result<KubeOptions> {
+        let k = self;
+        let mut gateway_selector = BTreeMap::new();
+        for kv in k.gateway_selector.split(',').filter(|s| !s.is_empty()) {
+            let (key, v) = kv.split_once('=').with_context(|| format!("--gateway-selector {kv:?}: want key=value"))?;
+            gateway_selector.insert(key.to_string(), v.to_string());
+        }
+        let mut advertise = Vec::new();
+        for a in &k.advertise {
+            let hp = HostPort::parse(a).map_err(|e| anyhow::anyhow!("--advertise {a:?}: {e}"))?;
+            let port = hp.port.with_context(|| format!("--advertise {a:?}: want host:port"))?;
+            advertise.push(IngressGateway { address: hp.host, port });
+        }
+        Ok(KubeOptions {
+            namespace: k.namespace.clone(),
+            lease_name: "istio-multicloud-agent".into(),
+            holder_identity: k.pod_name.clone(),
+            gateway_selector,
+            export_label: k.export_label.clone(),
+            network_name: k.network_name.clone(),
+            api_host: k.api_host.clone(),
+            advertise,
+        })
+    }
 }
 
 /// The identity of Istio's default ingress gateway (Helm chart `gateway`, service account

@@ -19,6 +19,8 @@ const ISTIO_MESH: &str = include_str!("../../../deploy/base/istio-mesh.yaml");
 const SERVICE_MONITOR: &str = include_str!("../../../deploy/components/monitoring/servicemonitor.yaml");
 const PROMETHEUS_RULE: &str = include_str!("../../../deploy/components/monitoring/prometheusrule.yaml");
 const WASM_PLUGIN: &str = include_str!("../../../deploy/components/wasmplugin/wasmplugin.yaml");
+const WASM_PLUGIN_COMPONENT: (&str, &str) =
+    ("deploy/components/wasmplugin/kustomization.yaml", include_str!("../../../deploy/components/wasmplugin/kustomization.yaml"));
 const METADATA_ROUTE: &str = include_str!("../../../deploy/components/metadata-route/metadata-route.yaml");
 const API_PROXY_ROUTE: &str = include_str!("../../../deploy/components/api-proxy-route/api-proxy-route.yaml");
 
@@ -87,14 +89,8 @@ pub struct InstallArgs {
 }
 
 fn docs(text: &str) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for d in serde_yaml::Deserializer::from_str(text) {
-        let v: Value = serde::Deserialize::deserialize(d).context("an embedded deploy/ file does not parse")?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).context("an embedded deploy/ file does not parse")?;
+    Ok(docs.into_iter().filter(|v| !v.is_null()).collect())
 }
 
 /// A DNS-1123 label value or name part: [A-Za-z0-9] at both ends, [-_.A-Za-z0-9] inside, at most 63.
@@ -323,8 +319,7 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
     }
     // The API proxy's route (deploy/components/api-proxy-route): with the
     // EnvoyFilter attachment only, whose cluster to the agent it uses.
-    let api_route_host =
-        a.api_proxy_host.as_deref().filter(|_| !a.wasmplugin).map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_string());
+    let api_route_host = a.api_proxy_host.as_deref().filter(|_| !a.wasmplugin).map(crate::host_port::HostPort::host_of);
     if api_route_host.is_some() {
         objects.extend(docs(API_PROXY_ROUTE)?);
     }
@@ -443,19 +438,9 @@ pub fn objects(a: &InstallArgs) -> Result<Vec<Value>> {
         args.insert(at + i, Value::from(format!("{IDENTITY_FLAG}{id}")));
     }
     if a.wasmplugin {
-        // As deploy/components/wasmplugin: the agent writes the edge
-        // configuration into the WasmPlugin, and may get and patch it.
-        args.push("--wasmplugin=multicloud-edge".into());
-        let role = objects
-            .iter_mut()
-            .find(|o| kind(o) == "Role" && o.pointer("/metadata/name").and_then(Value::as_str) == Some("istio-multicloud-agent"))
-            .context("the agent's Role is missing")?;
-        role.get_mut("rules").and_then(Value::as_array_mut).context("the agent's Role has no rules")?.push(serde_json::json!({
-            "apiGroups": ["extensions.istio.io"],
-            "resources": ["wasmplugins"],
-            "resourceNames": ["multicloud-edge"],
-            "verbs": ["get", "patch"],
-        }));
+        // deploy/components/wasmplugin's own patches: the agent writes the
+        // edge configuration into the WasmPlugin, and may get and patch it.
+        super::component::apply(WASM_PLUGIN_COMPONENT.0, WASM_PLUGIN_COMPONENT.1, &mut objects)?;
     }
     if let Some(rev) = &a.istio_revision {
         let role = objects
@@ -478,7 +463,7 @@ pub fn render(a: &InstallArgs) -> Result<String> {
     let mut out = String::from("# Rendered by `multicloud-agent install` from deploy/ (docs/operator-guide.md).\n");
     for o in objects(a)? {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&o)?);
+        out.push_str(&serde_saphyr::to_string(&o)?);
     }
     Ok(out)
 }

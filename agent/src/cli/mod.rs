@@ -1,13 +1,19 @@
 //! The agent binary's command line: the flags ([`args`]), `run`'s
 //! validated configuration (`crate::config`), and every other command:
-//! `status` and `check` ([`inspect`]; [`check_kube`] reads `check
-//! --kubernetes`'s inputs), `install` ([`install`]), `crd`, `keygen`, `token`
-//! ([`execute`]).
+//! `status` ([`status`]), `check` ([`check`]: its inputs from
+//! [`check_kube`] with `--kubernetes`, its network probes in [`probes`]),
+//! `install` ([`install`], applying deploy/'s component patches with
+//! [`component`]), `crd`, `keygen`, `token` ([`execute`]).
+//! How `status` and `check` print and exit: [`report`].
 
 pub mod args;
+pub mod check;
 pub mod check_kube;
-pub mod inspect;
+pub mod component;
 pub mod install;
+pub mod probes;
+pub mod report;
+pub mod status;
 
 use crate::{crd, keys};
 use anyhow::{Context as _, Result};
@@ -26,11 +32,11 @@ pub fn execute(command: Command) -> Result<()> {
         }
         Command::Crd => print!("{}", crd::crd_yaml()),
         Command::Install(args) => print!("{}", install::render(&args)?),
-        Command::Status { agent, output } => std::process::exit(inspect::status(&agent, output)),
+        Command::Status { agent, output } => std::process::exit(status::status(&agent, output)),
         Command::Check { peer, agent, standalone, key, kubernetes, kube, api_host_override, output } => {
             let source = if kubernetes {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                inspect::CheckSource::Kubernetes(rt.block_on(async {
+                check::CheckSource::Kubernetes(rt.block_on(async {
                     let client = kube::Client::try_default().await.map_err(|e| {
                         CheckInputError::new(
                             "KubeconfigInvalid",
@@ -38,15 +44,14 @@ pub fn execute(command: Command) -> Result<()> {
                             "run in the cluster or set KUBECONFIG",
                         )
                     })?;
-                    let opts = crate::config::kube_options(&kube)
-                        .map_err(|e| CheckInputError::new("FlagsInvalid", format!("{e:#}"), "fix the flag"))?;
+                    let opts = kube.options().map_err(|e| CheckInputError::new("FlagsInvalid", format!("{e:#}"), "fix the flag"))?;
                     check_kube::check_inputs(client, &opts, &peer).await
                 }))
             } else {
-                inspect::CheckSource::Standalone { file: standalone.as_deref(), key: key.as_deref().unwrap_or(std::path::Path::new("")) }
+                check::CheckSource::Standalone { file: standalone.as_deref(), key: key.as_deref().unwrap_or(std::path::Path::new("")) }
             };
-            let args = inspect::CheckArgs { peer: &peer, agent: &agent, source, api_host_override: &api_host_override };
-            std::process::exit(inspect::check(&args, output))
+            let args = check::CheckArgs { peer: &peer, agent: &agent, source, api_host_override: &api_host_override };
+            std::process::exit(check::check(&args, output))
         }
         Command::Token { key, sub, aud, scope, ttl } => {
             let scope = Scope::parse(&scope).with_context(|| format!("unknown scope {scope:?}: use private-multicluster or api"))?;

@@ -1,13 +1,25 @@
-//! Plugs the HTTPS exchange client ([`Remote`]) into the reconciler: one
-//! client per `IstioMulticloud` spec, with the `run` flags' timeouts.
+//! The seam the reconciler fetches through ([`MetadataClient`], made per
+//! spec by a [`ClientFactory`]), and the HTTPS exchange client ([`Remote`])
+//! plugged into it: one client per `IstioMulticloud` spec, with the `run`
+//! flags' timeouts.
 
 use crate::crd::IstioMulticloudSpec;
 use crate::exchange::{FetchError, FetchPolicy, Remote, Trust};
-use crate::reconcile::{ClientFactory, MetadataClient};
 use crate::BoxFuture;
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Talks to one remote's metadata endpoint (HTTPS in production, a fake in
+/// unit tests).
+pub trait MetadataClient: Send + Sync {
+    fn fetch_public(&self) -> BoxFuture<'_, Result<ValidPublic, FetchError>>;
+    fn fetch_private<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<PrivateMetadata, FetchError>>;
+}
+
+/// Builds a client for a spec (fails for a spec that cannot work, e.g. an
+/// `http://` endpoint).
+pub type ClientFactory = Arc<dyn Fn(&IstioMulticloudSpec) -> Result<Arc<dyn MetadataClient>, FetchError> + Send + Sync>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {

@@ -7,7 +7,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a Lease stays valid without renewal.
@@ -77,13 +78,11 @@ impl LeaseGuard {
     /// Whether this replica holds the Lease, as of its last successful
     /// acquisition or renewal (no API call).
     pub fn is_leader(&self) -> bool {
-        self.held_until.lock().map(|h| h.is_some_and(|t| t > Timestamp::now())).unwrap_or(false)
+        self.held_until.lock().as_ref().is_some_and(|t| *t > Timestamp::now())
     }
 
     fn set_held(&self, held: Option<Timestamp>) {
-        if let Ok(mut h) = self.held_until.lock() {
-            *h = held;
-        }
+        *self.held_until.lock() = held;
     }
 
     /// Creates the Lease if absent, renews it if this replica holds it, takes

@@ -81,6 +81,12 @@ async fn expect(api: &mut ApiServer, method: Method, path: &str, code: u16, repl
 }
 
 /// Asserts the client sends nothing more (every client handle must be dropped).
+/// A first lease holder's two requests: no Lease yet (404), then created (201).
+async fn expect_lease_created(api: &mut ApiServer) {
+    expect(api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
+    expect(api, Method::POST, LEASES_PATH, 201, ECHO).await;
+}
+
 async fn expect_no_more(api: &mut ApiServer) {
     let next = tokio::time::timeout(Duration::from_secs(5), api.next_request()).await.expect("the client was not dropped");
     if let Some((req, _)) = next {
@@ -496,7 +502,7 @@ async fn watched_objects_are_published_as_the_desired_peers() {
     server.await.unwrap();
 }
 
-fn data_plane(uuid: &str) -> crate::reconcile::DataPlane {
+fn data_plane(uuid: &str) -> crate::data_plane::DataPlane {
     let facts = LocalFacts {
         cluster_uuid: uuid.into(),
         root_ca: "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into(),
@@ -507,7 +513,13 @@ fn data_plane(uuid: &str) -> crate::reconcile::DataPlane {
         mesh_mode: Default::default(),
         local_endpoints: vec![],
     };
-    crate::reconcile::test_data_plane(facts, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into(), vec![])
+    crate::data_plane::test_data_plane(facts, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n".into(), vec![])
+}
+
+/// The WasmPlugin sink of `multicloud-edge` in `istio-system`, with its Lease.
+fn wasmplugin_sink(client: kube::Client) -> (WasmPluginSink, Arc<LeaseGuard>) {
+    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
+    (WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone()), lease)
 }
 
 const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/multicloud-edge";
@@ -518,12 +530,11 @@ const WASMPLUGIN_PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/ist
 /// server-side apply, once per change.
 #[tokio::test]
 async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
-    use crate::reconcile::DataPlaneSink as _;
+    use crate::sinks::DataPlaneSink as _;
     let (client, mut api) = mock_client();
     let uuid = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
-        expect(&mut api, Method::POST, LEASES_PATH, 201, ECHO).await;
+        expect_lease_created(&mut api).await;
         let existing = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
             "metadata": {"name": "multicloud-edge", "namespace": "istio-system", "resourceVersion": "7"},
             "spec": {"url": "oci://example/edge:1", "pluginConfig": {}}});
@@ -540,8 +551,7 @@ async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
         assert_eq!(seen.body["spec"]["pluginConfig"]["private"]["networkName"], "network-b");
         expect_no_more(&mut api).await;
     });
-    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone());
+    let (sink, lease) = wasmplugin_sink(client);
     let dp = data_plane(uuid);
     sink.apply(&dp).await.unwrap();
     sink.apply(&dp).await.unwrap(); // unchanged: nothing sent
@@ -556,16 +566,14 @@ async fn the_edge_configuration_is_applied_to_the_wasmplugin_once_per_change() {
 /// the agent does not create it, and says what to do.
 #[tokio::test]
 async fn a_missing_wasmplugin_is_not_created_and_the_error_says_what_to_do() {
-    use crate::reconcile::DataPlaneSink as _;
+    use crate::sinks::DataPlaneSink as _;
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
-        expect(&mut api, Method::GET, LEASE_PATH, 404, not_found("leases", "istio-multicloud-agent")).await;
-        expect(&mut api, Method::POST, LEASES_PATH, 201, ECHO).await;
+        expect_lease_created(&mut api).await;
         expect(&mut api, Method::GET, WASMPLUGIN_PATH, 404, not_found("wasmplugins.extensions.istio.io", "multicloud-edge")).await;
         expect_no_more(&mut api).await;
     });
-    let lease = Arc::new(LeaseGuard::new(client.clone(), &opts()));
-    let sink = WasmPluginSink::new(client, "istio-system", "multicloud-edge", lease.clone());
+    let (sink, lease) = wasmplugin_sink(client);
     let err = sink.apply(&data_plane("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a")).await.unwrap_err();
     assert!(format!("{err:#}").contains("deploy/overlays/wasmplugin"), "{err:#}");
     drop((sink, lease));

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::crd::IstioMulticloudSpec;
-use crate::facts::LocalFacts;
 use crate::sources::DesiredPeer;
+use crate::BoxFuture;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
 use std::sync::Mutex;
 
@@ -116,16 +116,7 @@ fn desired(names: &[&str]) -> Desired {
                 (n.to_string(), DesiredPeer { spec, generation: Some(3) })
             })
             .collect(),
-        facts: LocalFacts {
-            cluster_uuid: LOCAL.into(),
-            root_ca: root_pem(),
-            ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
-            api_host: String::new(),
-            network_name: "net-a".into(),
-            services: vec![],
-            mesh_mode: Default::default(),
-            local_endpoints: vec![],
-        },
+        facts: crate::data_plane::test_facts(LOCAL, root_pem()),
     }
 }
 
@@ -270,6 +261,20 @@ fn backoff_grows_with_failures_and_stays_under_the_cap() {
         assert!(d <= cap);
         assert!(d >= base.saturating_mul(1 << (f - 1).min(20)).min(cap) / 2);
     }
+}
+
+/// The delay for each failure count, at both ends of the jitter and in
+/// the middle: it doubles from the base, stops at the cap, and the jitter
+/// spans half to all of it.
+#[test]
+fn backoff_doubles_from_the_base_to_the_cap_with_half_to_full_jitter() {
+    let (base, cap) = (Duration::from_secs(1), Duration::from_secs(300));
+    let ms = |f: u32, r: f64| backoff_at(base, cap, f, r).as_millis();
+    assert_eq!([ms(1, 0.0), ms(1, 0.5), ms(1, 1.0)], [500, 750, 1000]);
+    assert_eq!([ms(2, 0.0), ms(2, 1.0)], [1000, 2000]);
+    assert_eq!([ms(6, 0.0), ms(6, 1.0)], [16_000, 32_000]);
+    assert_eq!([ms(9, 1.0), ms(10, 1.0), ms(40, 0.0)], [256_000, 300_000, 150_000], "capped at 300 s");
+    assert_eq!(ms(0, 1.0), 1000, "no failure yet: the base");
 }
 
 /// The delays themselves grow: the mean of the 1st vs the 6th delay (full

@@ -3,7 +3,8 @@
 //! atomically where the gateway's Envoy watches it (`path_config_source`).
 //! The same resource is what the xDS server serves over ADS.
 
-use crate::reconcile::{DataPlane, DataPlaneSink};
+use crate::data_plane::DataPlane;
+use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use multicloud_proto::edge_filter;
 use multicloud_proto::prost::Message as _;

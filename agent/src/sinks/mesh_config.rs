@@ -27,9 +27,10 @@
 //! manager (so the keys it owns are its own, and nobody else's fields are
 //! touched); nothing secret is written (roots and addresses are public).
 
+use crate::data_plane::DataPlane;
 use crate::kube::lease::LeaseGuard;
 use crate::kube::FIELD_MANAGER;
-use crate::reconcile::{DataPlane, DataPlaneSink};
+use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -154,7 +155,7 @@ impl DataPlaneSink for MeshConfigSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::EstablishedPeer;
+    use crate::data_plane::EstablishedPeer;
     use multicloud_core::metadata::{IngressGateway, PrivateMetadata};
 
     fn peer(name: &str, root: &str, network: Option<(&str, &[(&str, u16)])>) -> EstablishedPeer {
@@ -175,7 +176,7 @@ mod tests {
     }
 
     fn dp(peers: Vec<EstablishedPeer>) -> DataPlane {
-        crate::reconcile::sample_data_plane("11111111-1111-4111-8111-111111111111", "net-a", peers)
+        crate::data_plane::sample_data_plane("11111111-1111-4111-8111-111111111111", "net-a", peers)
     }
 
     #[test]

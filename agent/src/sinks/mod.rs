@@ -1,20 +1,29 @@
-//! Where the reconciler's results go. Data plane sinks
-//! ([`crate::reconcile::DataPlaneSink`]): the xDS snapshots ([`xds`]), the
-//! edge's ECDS file ([`ecds_file`]), Istio remote secrets ([`remote_secret`]),
-//! the Istio `WasmPlugin` ([`wasmplugin`]), Istio's shared mesh config
-//! ([`mesh_config`]: peers' roots and networks). Status sinks ([`StatusSink`]):
-//! [`status`].
+//! Where the reconciler's results go, and the two traits it hands them
+//! through. Data plane sinks ([`DataPlaneSink`], in the order the agent runs
+//! them): the xDS port's client roots ([`client_roots`]), the xDS snapshots
+//! ([`xds`]), Istio remote secrets ([`remote_secret`]), the edge's ECDS file
+//! ([`ecds_file`]), the Istio `WasmPlugin` ([`wasmplugin`]), Istio's shared
+//! mesh config ([`mesh_config`]: peers' roots and networks), and readiness
+//! ([`ready`], last). Status sinks ([`StatusSink`]): [`status`].
 
+pub mod client_roots;
 pub mod ecds_file;
 pub mod mesh_config;
+pub mod ready;
 pub mod remote_secret;
 pub mod status;
 pub mod wasmplugin;
 pub mod xds;
 
 use crate::crd::IstioMulticloudStatus;
+use crate::data_plane::DataPlane;
 use crate::BoxFuture;
 use std::path::Path;
+
+/// Receives every new data plane state (the edge configuration validated).
+pub trait DataPlaneSink: Send + Sync {
+    fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>>;
+}
 
 /// Where status goes: the object's status subresource (Kubernetes) or the
 /// status file / HTTP endpoint (standalone).

@@ -12,8 +12,9 @@
 //! same kubeconfig; it is deleted when the peer stops offering an API host.
 
 use crate::cluster_uuid::ClusterUuid;
+use crate::data_plane::DataPlane;
 use crate::keys;
-use crate::reconcile::{DataPlane, DataPlaneSink};
+use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -75,33 +76,41 @@ fn unix_now() -> i64 {
 }
 
 /// The host part of `host[:port]`.
-fn host_of(api_host: &str) -> &str {
-    match api_host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => api_host,
-    }
+fn host_of(api_host: &str) -> String {
+    crate::host_port::HostPort::host_of(api_host)
 }
 
 /// The kubeconfig (YAML) for `t` with `token`, Istio remote secret style.
 pub fn kubeconfig(t: &Target, token: &str) -> anyhow::Result<String> {
-    let mut cluster = serde_json::Map::new();
-    cluster.insert("server".into(), serde_json::json!(t.server));
-    if let Some(ca) = &t.ca {
-        cluster.insert("certificate-authority-data".into(), base64::engine::general_purpose::STANDARD.encode(ca.as_bytes()).into());
-    }
-    if let Some(n) = &t.tls_server_name {
-        cluster.insert("tls-server-name".into(), n.clone().into());
-    }
-    let doc = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": t.object, "cluster": cluster}],
-        "contexts": [{"name": t.object, "context": {"cluster": t.object, "user": t.object}}],
-        "current-context": t.object,
-        "preferences": {},
-        "users": [{"name": t.object, "user": {"token": token}}],
-    });
-    Ok(serde_yaml::to_string(&doc)?)
+    use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext, Preferences};
+    let doc = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: t.object.clone(),
+            cluster: Some(Cluster {
+                server: Some(t.server.clone()),
+                certificate_authority_data: t.ca.as_ref().map(|ca| base64::engine::general_purpose::STANDARD.encode(ca.as_bytes())),
+                tls_server_name: t.tls_server_name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        contexts: vec![NamedContext {
+            name: t.object.clone(),
+            context: Some(Context { cluster: t.object.clone(), user: Some(t.object.clone()), ..Default::default() }),
+            ..Default::default()
+        }],
+        current_context: Some(t.object.clone()),
+        preferences: Some(Preferences::default()),
+        auth_infos: vec![NamedAuthInfo {
+            name: t.object.clone(),
+            auth_info: Some(AuthInfo { token: Some(token.to_string().into()), ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Ok(serde_saphyr::to_string(&doc)?)
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -182,8 +191,8 @@ impl RemoteSecrets {
             .filter_map(|p| {
                 let api_host = p.private.as_ref().map(|d| d.api_host.as_str()).filter(|h| !h.is_empty())?;
                 let host = host_of(api_host);
-                let (server, tls_server_name) = match self.opts.host_overrides.get(host) {
-                    Some(addr) => (format!("https://{addr}"), Some(host.to_string())),
+                let (server, tls_server_name) = match self.opts.host_overrides.get(&host) {
+                    Some(addr) => (format!("https://{addr}"), Some(host.clone())),
                     None => (format!("https://{api_host}"), None),
                 };
                 Some(Target {
@@ -271,7 +280,7 @@ impl DataPlaneSink for RemoteSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::EstablishedPeer;
+    use crate::data_plane::EstablishedPeer;
     use multicloud_core::metadata::PrivateMetadata;
 
     const A: &str = "11111111-1111-4111-8111-111111111111";
@@ -285,7 +294,7 @@ mod tests {
             services: vec![],
             mesh_mode: None,
         };
-        crate::reconcile::sample_data_plane(
+        crate::data_plane::sample_data_plane(
             A,
             "na",
             vec![EstablishedPeer {
@@ -300,7 +309,7 @@ mod tests {
     }
 
     fn token_of(text: &str) -> (String, serde_json::Value) {
-        let v: serde_json::Value = serde_yaml::from_str(text).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(text).unwrap();
         let token = v["users"][0]["user"]["token"].as_str().unwrap().to_string();
         let payload = token.split('.').nth(1).unwrap();
         let claims: serde_json::Value =
@@ -330,7 +339,7 @@ mod tests {
         let path = dir.path().join("cluster-b.kubeconfig");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
-        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(v["clusters"][0]["cluster"]["server"], "https://127.0.0.1:8443");
         assert_eq!(v["clusters"][0]["cluster"]["tls-server-name"], "api.b.example");
         assert!(v["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
@@ -355,7 +364,7 @@ mod tests {
 
         // Without an override the apiHost is the server; a peer without an apiHost loses its file.
         rs.apply(&dp("api.other.example:6443")).await.unwrap();
-        let v: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(v["clusters"][0]["cluster"]["server"], "https://api.other.example:6443");
         assert!(v["clusters"][0]["cluster"]["tls-server-name"].is_null());
         rs.apply(&dp("")).await.unwrap();
@@ -416,7 +425,7 @@ mod tests {
         assert_eq!(body["metadata"]["annotations"]["networking.istio.io/cluster"], "cluster-b");
         let kubeconfig = base64::engine::general_purpose::STANDARD.decode(body["data"]["cluster-b"].as_str().unwrap()).unwrap();
         let text = String::from_utf8(kubeconfig).unwrap();
-        let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(v["clusters"][0]["cluster"]["server"], "https://api.b.example:443");
         let (_, claims) = token_of(&text);
         assert_eq!((claims["scope"].as_str(), claims["aud"].as_str(), claims["sub"].as_str()), (Some("api"), Some(B), Some(A)));

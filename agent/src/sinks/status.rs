@@ -9,11 +9,12 @@ use crate::kube::FIELD_MANAGER;
 use crate::BoxFuture;
 use anyhow::{Context as _, Result};
 use kube::api::{Api, Patch, PatchParams};
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Status of every object, kept in memory for `/status` and optionally
 /// written (atomically) to a JSON file.
@@ -34,14 +35,14 @@ impl StatusBoard {
     }
 
     pub fn snapshot(&self) -> StatusDocument {
-        StatusDocument { objects: self.map.lock().unwrap_or_else(|e| e.into_inner()).clone() }
+        StatusDocument { objects: self.map.lock().clone() }
     }
 }
 
 impl StatusSink for StatusBoard {
     fn publish<'a>(&'a self, name: &'a str, status: &'a IstioMulticloudStatus) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            self.map.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), status.clone());
+            self.map.lock().insert(name.to_string(), status.clone());
             if let Some(file) = &self.file {
                 let json = serde_json::to_vec_pretty(&self.snapshot())?;
                 write_atomically(file, &json).with_context(|| format!("writing status file {}", file.display()))?;
@@ -74,7 +75,7 @@ impl KubeStatusSink {
     /// not what this replica last wrote (and this replica writes status),
     /// writes its own again. Returns whether it did.
     pub async fn correct_drift(&self, name: &str, seen: Option<&IstioMulticloudStatus>) -> Result<bool> {
-        let ours = self.written.lock().ok().and_then(|w| w.get(name).cloned());
+        let ours = self.written.lock().get(name).cloned();
         let Some(ours) = ours else { return Ok(false) };
         if seen == Some(&ours) || !self.lease.is_leader() {
             return Ok(false);
@@ -86,15 +87,11 @@ impl KubeStatusSink {
 
     /// Forgets a deleted object.
     pub fn forget(&self, name: &str) {
-        if let Ok(mut w) = self.written.lock() {
-            w.remove(name);
-        }
+        self.written.lock().remove(name);
     }
 
     async fn write(&self, name: &str, status: &IstioMulticloudStatus) -> Result<()> {
-        if let Ok(mut w) = self.written.lock() {
-            w.insert(name.to_string(), status.clone());
-        }
+        self.written.lock().insert(name.to_string(), status.clone());
         let leader = self.lease.is_leader() || self.lease.try_acquire().await?;
         if !leader {
             tracing::debug!(object = name, "not the lease holder; leaving status to the leader");

@@ -37,7 +37,7 @@ impl WasmPluginSink {
         Self { api: Api::namespaced_with(client, namespace, &resource), name: name.into(), lease, last: Default::default() }
     }
 
-    async fn write(&self, dp: &crate::reconcile::DataPlane) -> Result<()> {
+    async fn write(&self, dp: &crate::data_plane::DataPlane) -> Result<()> {
         let config = serde_json::to_value(&dp.edge)?;
         let mut last = self.last.lock().await;
         if last.as_ref() == Some(&config) {
@@ -73,8 +73,8 @@ impl WasmPluginSink {
     }
 }
 
-impl crate::reconcile::DataPlaneSink for WasmPluginSink {
-    fn apply<'a>(&'a self, dp: &'a crate::reconcile::DataPlane) -> BoxFuture<'a, Result<()>> {
+impl crate::sinks::DataPlaneSink for WasmPluginSink {
+    fn apply<'a>(&'a self, dp: &'a crate::data_plane::DataPlane) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.write(dp))
     }
 }

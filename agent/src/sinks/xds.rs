@@ -1,102 +1,49 @@
 //! The xDS sink: renders every new data plane state into the node groups'
-//! snapshots (`crate::xds::render`) and hands them to the ADS server; keeps
-//! the API proxy's credential current on the gateway.
+//! snapshots (`crate::xds::render::Renderer`) and hands them to the ADS
+//! server; keeps the API proxy's credential current on the gateway.
 
-use crate::metrics::Metrics;
-use crate::reconcile::{DataPlane, DataPlaneSink};
-use crate::xds::cache::BuildCache;
+use super::DataPlaneSink;
+use crate::data_plane::DataPlane;
 use crate::xds::groups::NodeGroup;
-use crate::xds::render::{api_credential_secret, GroupSnapshots, API_PROXY_CREDENTIAL_SECRET};
-use crate::xds::{XdsServer, SECRET};
+use crate::xds::render::{GroupSnapshots, Renderer};
+use crate::xds::server::XdsServer;
 use crate::BoxFuture;
+use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET;
 use multicloud_proto::envoy_types::util::pack_any;
-use multicloud_proto::traffic::Sameness;
+use multicloud_proto::secrets::api_credential_secret;
+use multicloud_proto::type_url::SECRET;
 use std::sync::Arc;
 
-/// A certificate chain and its private key (PEM contents; never logged).
-#[derive(Clone, PartialEq, Eq)]
-pub struct CertAndKey {
-    pub chain: String,
-    pub key: String,
-}
-
-impl std::fmt::Debug for CertAndKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertAndKey").field("chain", &format_args!("{} bytes", self.chain.len())).finish_non_exhaustive()
-    }
-}
-
-impl CertAndKey {
-    /// Reads both files; errors name the flags.
-    pub fn read(files: &crate::config::CertKeyFiles, cert_flag: &str, key_flag: &str) -> anyhow::Result<CertAndKey> {
-        use anyhow::Context as _;
-        Ok(CertAndKey {
-            chain: std::fs::read_to_string(&files.cert).with_context(|| format!("reading {cert_flag} {}", files.cert.display()))?,
-            key: std::fs::read_to_string(&files.key).with_context(|| format!("reading {key_flag} {}", files.key.display()))?,
-        })
-    }
-}
-
-impl From<(String, String)> for CertAndKey {
-    /// `(chain, key)`, as the test bed's fixtures hand them out.
-    fn from((chain, key): (String, String)) -> CertAndKey {
-        CertAndKey { chain, key }
-    }
-}
-
+/// The xDS sink: renders each data plane state ([`Renderer`]) and serves
+/// it; keeps the gateway's API proxy credential current in between.
 pub struct XdsSink {
-    pub cache: BuildCache,
-    /// The merged (sameness) clusters' build cache.
-    pub traffic_cache: BuildCache,
+    pub renderer: Renderer,
     pub server: XdsServer,
-    pub metrics: Arc<Metrics>,
-    /// Where the gateway gets the filter module (inline, or a path on the gateway).
-    pub module: multicloud_proto::edge_filter::Module,
-    /// SDS name and source of the workload certificate sidecars present to peers.
-    pub cert_secret: String,
-    pub cert_sds_cluster: String,
-    /// Standalone mode without istio-agent: the workload certificate and key
-    /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
-    pub workload_cert: Option<CertAndKey>,
     /// The API proxy's own credential (a ServiceAccount token), served to
     /// the gateway group as SDS generic secret [`API_PROXY_CREDENTIAL_SECRET`].
     pub api_credential: Option<Arc<ApiCredential>>,
     /// Serializes whole pushes with credential-only updates.
-    pub push_lock: tokio::sync::Mutex<()>,
-    /// How sidecars share a service between its local and remote copies.
-    pub sameness: Sameness,
-    /// Where the gateway's mesh-port listener binds (none: the agent serves
-    /// no listener, as when istiod programs the port).
-    pub mesh_listen: Option<std::net::SocketAddr>,
-    /// Standalone mode: the gateway's own workload certificate and key
-    /// (PEM), served to the gateway group as SDS `cert_secret`.
-    pub gateway_cert: Option<CertAndKey>,
-    /// Also serve one cluster per peer and service port
-    /// (`outbound|<port>||<host>|multicloud-<peer>`), besides the merged one
-    /// that already holds every peer's copy: off by default, as it doubles
-    /// what sidecars hold (and what every push diffs) for a cluster nothing
-    /// routes to unless an operator points a route at one peer's copy.
-    pub per_peer_clusters: bool,
+    push_lock: tokio::sync::Mutex<()>,
 }
 
 /// The API proxy's credential file, re-read when it changes (projected
 /// ServiceAccount tokens rotate). Its content is never logged.
 pub struct ApiCredential {
     pub path: std::path::PathBuf,
-    current: std::sync::Mutex<Option<String>>,
+    current: parking_lot::Mutex<Option<String>>,
 }
 
 impl ApiCredential {
     /// Reads the file once (an unreadable or empty file is an error at start).
     pub fn load(path: std::path::PathBuf) -> anyhow::Result<Arc<ApiCredential>> {
-        let c = ApiCredential { path, current: std::sync::Mutex::new(None) };
+        let c = ApiCredential { path, current: parking_lot::Mutex::new(None) };
         let v = c.read()?;
         *c.lock() = Some(v);
         Ok(Arc::new(c))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Option<String>> {
+        self.current.lock()
     }
 
     fn read(&self) -> anyhow::Result<String> {
@@ -133,6 +80,10 @@ impl ApiCredential {
 }
 
 impl XdsSink {
+    pub fn new(renderer: Renderer, server: XdsServer, api_credential: Option<Arc<ApiCredential>>) -> XdsSink {
+        XdsSink { renderer, server, api_credential, push_lock: Default::default() }
+    }
+
     /// Re-reads the API proxy credential every `every`; when it changed,
     /// updates the gateway group's current snapshot.
     pub fn spawn_credential_watch(self: Arc<Self>, every: std::time::Duration) {
@@ -159,7 +110,8 @@ impl DataPlaneSink for XdsSink {
     fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let _g = self.push_lock.lock().await;
-            let GroupSnapshots { gateway, sidecar } = self.snapshots(dp)?;
+            let credential = self.api_credential.as_ref().and_then(|c| c.current());
+            let GroupSnapshots { gateway, sidecar } = self.renderer.snapshots(dp, credential.as_deref())?;
             self.server.set(NodeGroup::Gateway.as_str(), gateway);
             self.server.set(NodeGroup::Sidecar.as_str(), sidecar);
             Ok(())

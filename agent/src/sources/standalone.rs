@@ -23,10 +23,10 @@ use crate::crd::IstioMulticloud;
 use crate::facts::LocalFacts;
 use crate::sources::{Desired, DesiredPeer};
 use anyhow::{bail, Context as _};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -40,7 +40,7 @@ struct StandaloneFile {
 
 /// Parses a standalone file. Errors name the file's problem.
 pub fn parse(text: &str) -> anyhow::Result<Desired> {
-    let f: StandaloneFile = serde_yaml::from_str(text).context("not a valid standalone file (want `cluster:` and `objects:`)")?;
+    let f: StandaloneFile = serde_saphyr::from_str(text).context("not a valid standalone file (want `cluster:` and `objects:`)")?;
     let mut peers = BTreeMap::new();
     for (i, o) in f.objects.into_iter().enumerate() {
         let Some(name) = o.metadata.name.clone().filter(|n| !n.is_empty()) else {
@@ -66,12 +66,12 @@ pub async fn watch_file(path: PathBuf, tx: watch::Sender<Option<Desired>>, last_
                 match parse(&text) {
                     Ok(d) => {
                         tracing::info!(file = %path.display(), objects = d.peers.len(), "standalone file loaded");
-                        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        *last_error.lock() = None;
                         tx.send_replace(Some(d));
                     }
                     Err(e) => {
                         tracing::error!(file = %path.display(), "standalone file refused, keeping the last good state: {e:#}");
-                        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+                        *last_error.lock() = Some(format!("{e:#}"));
                     }
                 }
                 last = Some(bytes);
@@ -79,7 +79,7 @@ pub async fn watch_file(path: PathBuf, tx: watch::Sender<Option<Desired>>, last_
             Ok(_) => {}
             Err(e) => {
                 let msg = format!("cannot read {}: {e}", path.display());
-                let mut le = last_error.lock().unwrap_or_else(|e| e.into_inner());
+                let mut le = last_error.lock();
                 if le.as_deref() != Some(&msg) {
                     tracing::error!("{msg}");
                 }
@@ -138,12 +138,12 @@ objects:
         assert_eq!(rx.borrow().as_ref().unwrap().peers.keys().collect::<Vec<_>>(), ["b", "c"]);
         write_atomically(&path, b"cluster: [not, a, map]").unwrap();
         for _ in 0..100 {
-            if err.lock().unwrap().is_some() {
+            if err.lock().is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(err.lock().unwrap().as_deref().unwrap().contains("not a valid standalone file"));
+        assert!(err.lock().as_deref().unwrap().contains("not a valid standalone file"));
         assert_eq!(rx.borrow().as_ref().unwrap().peers.len(), 2, "the last good state stays");
     }
 

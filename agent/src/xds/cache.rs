@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// encode in random order, so rebuilding an unchanged resource would change
 /// its bytes and its version, and every push would resend everything; a
 /// resource whose inputs did not change is reused byte for byte instead.
-pub type BuildCache = std::sync::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
+pub type BuildCache = parking_lot::Mutex<std::collections::HashMap<(&'static str, String), Built>>;
 
 pub(crate) type BuiltMap = std::collections::HashMap<(&'static str, String), Built>;
 
@@ -17,7 +17,7 @@ pub(crate) type BuiltMap = std::collections::HashMap<(&'static str, String), Bui
 pub struct Built {
     /// The hash of the inputs it was built from ([`input_hash`]).
     pub key: u64,
-    /// Its xDS version (`crate::xds::resource_version`).
+    /// Its xDS version (`super::snapshot::resource_version`).
     pub version: String,
     pub resource: Arc<multicloud_proto::envoy_types::pb::google::protobuf::Any>,
 }
@@ -37,7 +37,7 @@ pub(crate) fn cached(
         Some(b) if b.key == key => Ok(b),
         _ => {
             let any = build()?;
-            Ok(Built { key, version: crate::xds::resource_version(&any), resource: Arc::new(any) })
+            Ok(Built { key, version: super::snapshot::resource_version(&any), resource: Arc::new(any) })
         }
     }
 }

@@ -6,28 +6,28 @@
 //! `initial_resource_versions` on reconnect) and updated when a response is
 //! sent, so a NACKed resource is not sent again until it changes.
 
-use super::{
-    finish, push_order, send, serve_stream, version_of, Connection, End, Nonces, Protocol, ProtocolStream, Snapshot, StreamError, XdsServer,
-};
+use super::server::{Protocol, XdsServer};
+use super::snapshot::version_of;
+use super::stream::{finish, send, serve_stream, End, ProtocolStream, Stream, StreamError};
+use super::tls::XdsPeer;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
-pub(super) async fn run(server: XdsServer, peer: Option<crate::xds::tls::XdsPeer>, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
-    let result = serve_stream::<Stream>(server, peer, requests, &tx).await;
+pub(super) async fn run(server: XdsServer, peer: Option<XdsPeer>, requests: Streaming<DeltaDiscoveryRequest>, tx: Tx) {
+    let result = serve_stream::<Delta>(server, peer, requests, &tx).await;
     finish(&tx, result).await;
 }
 
 const WILDCARD: &str = "*";
 
 /// One type's subscription on this stream.
-struct TypeState {
+pub(super) struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
     /// What the proxy has, as far as this stream knows: name -> version.
@@ -37,67 +37,42 @@ struct TypeState {
     version: Option<String>,
 }
 
-struct Stream {
-    conn: Connection,
-    snapshot: Option<Arc<Snapshot>>,
-    types: HashMap<String, TypeState>,
-    nonces: Nonces,
-}
+/// Delta ADS as a [`ProtocolStream`].
+pub(super) struct Delta;
 
-impl ProtocolStream for Stream {
+impl ProtocolStream for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
+    type TypeState = TypeState;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
     }
 
-    fn new(conn: Connection, snapshot: Option<Arc<Snapshot>>) -> Self {
-        Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() }
-    }
-
-    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
-        self.snapshot = snapshot;
-    }
-
-    async fn on_request(&mut self, req: DeltaDiscoveryRequest, tx: &Tx) -> Result<(), End> {
-        Stream::on_request(self, req, tx).await
-    }
-
-    async fn push(&mut self, tx: &Tx) -> Result<(), End> {
-        let s = self;
-        for type_url in push_order(s.types.keys()) {
-            s.respond(&type_url, tx).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Stream {
-    async fn on_request(&mut self, req: DeltaDiscoveryRequest, tx: &Tx) -> Result<(), End> {
+    async fn on_request(s: &mut Stream<TypeState>, req: DeltaDiscoveryRequest, tx: &Tx) -> Result<(), End> {
         if req.type_url.is_empty() {
             return Err(StreamError::NoTypeUrl.into());
         }
-        let Some(t) = self.types.get_mut(&req.type_url) else {
+        let Some(t) = s.types.get_mut(&req.type_url) else {
             // The first request of a type: empty subscribe means wildcard
             // (legacy), and the proxy says what it already has.
             let wildcard = req.resource_names_subscribe.is_empty() || req.resource_names_subscribe.iter().any(|n| n == WILDCARD);
             let names = req.resource_names_subscribe.iter().filter(|n| *n != WILDCARD).cloned().collect();
             let known = req.initial_resource_versions.clone();
-            self.types.insert(req.type_url.clone(), TypeState { wildcard, names, known, nonce: None, version: None });
-            return self.respond(&req.type_url, tx).await;
+            s.types.insert(req.type_url.clone(), TypeState { wildcard, names, known, nonce: None, version: None });
+            return s.respond(&req.type_url, tx).await;
         };
         // ACK/NACK only for the last response; subscription changes count
         // whatever the nonce (Envoy sends them with the latest it has seen).
         if !req.response_nonce.is_empty() {
             match (t.nonce.as_deref(), t.version.as_deref()) {
                 (Some(nonce), Some(version)) if nonce == req.response_nonce => match &req.error_detail {
-                    Some(err) => self.conn.nacked(&req.type_url, version, &err.message),
-                    None => self.conn.acked(&req.type_url, version),
+                    Some(err) => s.conn.nacked(&req.type_url, version, &err.message),
+                    None => s.conn.acked(&req.type_url, version),
                 },
                 _ => {
-                    tracing::debug!(node = %self.conn.node_id, type_url = %req.type_url, nonce = %req.response_nonce, "stale nonce: not an ACK/NACK of the last response")
+                    tracing::debug!(node = %s.conn.node_id, type_url = %req.type_url, nonce = %req.response_nonce, "stale nonce: not an ACK/NACK of the last response")
                 }
             }
         }
@@ -121,11 +96,17 @@ impl Stream {
             }
         }
         if changed {
-            return self.respond(&req.type_url, tx).await;
+            return s.respond(&req.type_url, tx).await;
         }
         Ok(())
     }
 
+    async fn push(s: &mut Stream<TypeState>, type_url: &str, tx: &Tx) -> Result<(), End> {
+        s.respond(type_url, tx).await
+    }
+}
+
+impl Stream<TypeState> {
     /// Sends what changed for the type since the proxy's known state: new or
     /// changed resources and removed names. The first response of a type is
     /// sent even when empty, so the proxy can finish initializing.

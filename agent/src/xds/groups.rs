@@ -2,10 +2,10 @@
 //! comes from its node metadata `MULTICLOUD_ROLE` (`gateway`/`sidecar`),
 //! else from Istio's node id convention (`router~` is a gateway).
 //!
-//! The ADS server itself keys snapshots by any string (`crate::xds::Classify`);
+//! The ADS server itself keys snapshots by any string (`super::server::Classify`);
 //! the agent's groups are these two, named by [`NodeGroup::as_str`].
 
-use crate::xds::Classify;
+use super::server::Classify;
 use std::sync::Arc;
 
 /// The proxy groups the agent serves.

@@ -9,23 +9,89 @@
 //!   services of every peer whose private metadata is known and whose
 //!   object has `enableIngressGateway`.
 //!
-//! A proxy's group: `crate::xds::groups`. Every resource is built and validated by
+//! A proxy's group: `super::groups`. Every resource is built and validated by
 //! `multicloud_proto::mesh`; a peer whose resources do not validate is left
 //! out (and logged, and counted) rather than breaking the others.
 
-use crate::reconcile::DataPlane;
-use crate::sinks::xds::{CertAndKey, XdsSink};
-use crate::xds::cache::{cached, input_hash, Built};
-use crate::xds::{Snapshot, CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
+use super::cache::{cached, input_hash, BuildCache, Built};
+use super::snapshot::Snapshot;
+use crate::data_plane::{DataPlane, EstablishedPeer};
+use crate::metrics::Metrics;
 use multicloud_core::metadata::MeshMode;
 use multicloud_proto::edge_filter;
 use multicloud_proto::envoy_types::util::pack_any;
 use multicloud_proto::mesh::{self, ClientIdentity, PeerView};
-use multicloud_proto::traffic::{self, LocalPort, TrafficPeer};
+use multicloud_proto::traffic::{self, LocalPort, Sameness, TrafficPeer};
+use multicloud_proto::type_url::{CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SECRET};
+use std::sync::Arc;
 
-pub use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET;
-pub use multicloud_proto::edge_filter::API_FILTER_NAME;
-pub use multicloud_proto::secrets::{api_credential_secret, tls_certificate_secret};
+use multicloud_core::naming::API_PROXY_CREDENTIAL_SECRET;
+use multicloud_proto::edge_filter::API_FILTER_NAME;
+use multicloud_proto::secrets::{api_credential_secret, tls_certificate_secret};
+
+/// A certificate chain and its private key (PEM contents; never logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertAndKey {
+    pub chain: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey").field("chain", &format_args!("{} bytes", self.chain.len())).finish_non_exhaustive()
+    }
+}
+
+impl CertAndKey {
+    /// Reads both files; errors name the flags (`flags`: the chain's, the key's).
+    pub fn read(cert: &std::path::Path, key: &std::path::Path, flags: (&str, &str)) -> anyhow::Result<CertAndKey> {
+        use anyhow::Context as _;
+        Ok(CertAndKey {
+            chain: std::fs::read_to_string(cert).with_context(|| format!("reading {} {}", flags.0, cert.display()))?,
+            key: std::fs::read_to_string(key).with_context(|| format!("reading {} {}", flags.1, key.display()))?,
+        })
+    }
+}
+
+impl From<(String, String)> for CertAndKey {
+    /// `(chain, key)`, as the test bed's fixtures hand them out.
+    fn from((chain, key): (String, String)) -> CertAndKey {
+        CertAndKey { chain, key }
+    }
+}
+
+/// What the snapshots are rendered with besides the data plane: the filter
+/// module, the workload certificate's SDS name and source, the certificates
+/// the agent serves itself, how sameness merges, the mesh port, and the
+/// caches that keep unchanged resources byte for byte.
+pub struct Renderer {
+    pub cache: BuildCache,
+    /// The merged (sameness) clusters' build cache.
+    pub traffic_cache: BuildCache,
+    pub metrics: Arc<Metrics>,
+    /// Where the gateway gets the filter module (inline, or a path on the gateway).
+    pub module: edge_filter::Module,
+    /// SDS name and source of the workload certificate sidecars present to peers.
+    pub cert_secret: String,
+    pub cert_sds_cluster: String,
+    /// Standalone mode without istio-agent: the workload certificate and key
+    /// (PEM) the agent serves itself as SDS secret `cert_secret` over ADS.
+    pub workload_cert: Option<CertAndKey>,
+    /// How sidecars share a service between its local and remote copies.
+    pub sameness: Sameness,
+    /// Where the gateway's mesh-port listener binds (none: the agent serves
+    /// no listener, as when istiod programs the port).
+    pub mesh_listen: Option<std::net::SocketAddr>,
+    /// Standalone mode: the gateway's own workload certificate and key
+    /// (PEM), served to the gateway group as SDS `cert_secret`.
+    pub gateway_cert: Option<CertAndKey>,
+    /// Also serve one cluster per peer and service port
+    /// (`outbound|<port>||<host>|multicloud-<peer>`), besides the merged one
+    /// that already holds every peer's copy: off by default, as it doubles
+    /// what sidecars hold (and what every push diffs) for a cluster nothing
+    /// routes to unless an operator points a route at one peer's copy.
+    pub per_peer_clusters: bool,
+}
 
 /// One data plane state rendered for each node group.
 #[derive(Debug, Clone, Default)]
@@ -36,15 +102,17 @@ pub struct GroupSnapshots {
     pub sidecar: Snapshot,
 }
 
-/// One resource of a peer, as [`XdsSink::build_peer`] built or reused it.
+/// One resource of a peer, as [`Renderer::build_peer`] built or reused it.
 struct PeerResource {
     type_url: &'static str,
     name: String,
     built: Built,
 }
 
-impl XdsSink {
-    pub(crate) fn snapshots(&self, dp: &DataPlane) -> anyhow::Result<GroupSnapshots> {
+impl Renderer {
+    /// The gateway's and the sidecars' snapshots of `dp`; `api_credential`:
+    /// the API proxy's credential, served to the gateway when given.
+    pub fn snapshots(&self, dp: &DataPlane, api_credential: Option<&str>) -> anyhow::Result<GroupSnapshots> {
         let json = serde_json::to_string(&dp.edge)?;
         let mut gateway = Snapshot::default();
         gateway.insert(EXTENSION_CONFIG, edge_filter::FILTER_NAME, edge_filter::resource(&self.module, &json));
@@ -72,7 +140,7 @@ impl XdsSink {
         // and every peer whose root is trusted.
         let mut good: Vec<PeerView> = Vec::new();
         let mut trusted: Vec<PeerView> = Vec::new();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock();
         let mut next_cache = std::collections::HashMap::new();
         for (p, view) in &views {
             match self.build_peer(p, view, &client, &mut cache) {
@@ -97,8 +165,8 @@ impl XdsSink {
         }
         *cache = next_cache;
         drop(cache);
-        if let Some(c) = self.api_credential.as_ref().and_then(|c| c.current()) {
-            gateway.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(&c)));
+        if let Some(c) = api_credential {
+            gateway.insert(SECRET, API_PROXY_CREDENTIAL_SECRET, pack_any(api_credential_secret(c)));
         }
         if let Some(CertAndKey { chain, key }) = &self.workload_cert {
             sidecar.insert(SECRET, &self.cert_secret, pack_any(tls_certificate_secret(&self.cert_secret, chain, key)));
@@ -125,7 +193,7 @@ impl XdsSink {
     }
 }
 
-impl XdsSink {
+impl Renderer {
     /// Namespace sameness for the sidecars and the mesh port for the
     /// gateway. A service port whose resources do not build is left out
     /// (logged and counted under the object `(local)` or the peer).
@@ -149,7 +217,7 @@ impl XdsSink {
             .filter(|v| enabled.contains(v.name))
             .map(|v| TrafficPeer { view: *v, mode: modes.get(v.name).copied().unwrap_or_default() })
             .collect();
-        let mut cache = self.traffic_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.traffic_cache.lock();
         let mut old = std::mem::take(&mut *cache);
         for ((host, port), exporters) in traffic::exports_by_port(&peers) {
             let name = traffic::sameness_cluster_name(host, port);
@@ -244,7 +312,7 @@ impl XdsSink {
     /// its inputs are unchanged. Any error leaves the whole peer out.
     fn build_peer(
         &self,
-        p: &crate::reconcile::EstablishedPeer,
+        p: &EstablishedPeer,
         view: &PeerView,
         client: &ClientIdentity,
         cache: &mut std::collections::HashMap<(&'static str, String), Built>,
@@ -316,13 +384,7 @@ impl XdsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::LocalFacts;
-    use crate::metrics::Metrics;
-    use crate::reconcile::EstablishedPeer;
-    use crate::xds::groups::classify;
-    use crate::xds::XdsServer;
     use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
-    use std::sync::Arc;
 
     fn root() -> String {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -332,17 +394,7 @@ mod tests {
     }
 
     fn dp(ready: u32) -> DataPlane {
-        let local_root = root();
-        let facts = LocalFacts {
-            cluster_uuid: "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a".into(),
-            root_ca: local_root,
-            ingress_gateways: vec![IngressGateway { address: "127.0.1.1".into(), port: 15443 }],
-            api_host: String::new(),
-            network_name: "net-a".into(),
-            services: vec![],
-            mesh_mode: Default::default(),
-            local_endpoints: vec![],
-        };
+        let facts = crate::data_plane::test_facts("6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a", root());
         let services = (0..20)
             .map(|i| ExportedService {
                 hostname: format!("s{i}.abc.svc.cluster.local"),
@@ -352,7 +404,7 @@ mod tests {
             .collect();
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
         let key_pem = multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key());
-        crate::reconcile::test_data_plane(
+        crate::data_plane::test_data_plane(
             facts,
             key_pem,
             vec![EstablishedPeer {
@@ -376,18 +428,15 @@ mod tests {
         static ROOT_B: String = root();
     }
 
-    fn sink() -> XdsSink {
-        XdsSink {
+    fn renderer() -> Renderer {
+        Renderer {
             cache: Default::default(),
             traffic_cache: Default::default(),
-            server: XdsServer::new(classify()),
             metrics: Arc::new(Metrics::default()),
             module: "/f.wasm".into(),
             cert_secret: "default".into(),
             cert_sds_cluster: "ads".into(),
             workload_cert: None,
-            api_credential: None,
-            push_lock: Default::default(),
             sameness: Default::default(),
             mesh_listen: None,
             gateway_cert: None,
@@ -403,8 +452,8 @@ mod tests {
     /// service port in one), not one more per peer.
     #[test]
     fn without_per_peer_clusters_only_the_merged_ones_are_served() {
-        let s = XdsSink { per_peer_clusters: false, ..sink() };
-        let sidecar = s.snapshots(&dp(1)).unwrap().sidecar;
+        let s = Renderer { per_peer_clusters: false, ..renderer() };
+        let sidecar = s.snapshots(&dp(1), None).unwrap().sidecar;
         let names: Vec<&String> = sidecar.resources(CLUSTER).unwrap().keys().collect();
         assert_eq!(names.len(), 20);
         assert!(names.iter().all(|n| n.ends_with("|multicloud")), "{names:?}");
@@ -416,10 +465,10 @@ mod tests {
     /// not fail the handshake), and it gets no clusters yet.
     #[test]
     fn a_peer_known_only_by_its_public_document_is_trusted_but_not_routed_to() {
-        let s = sink();
+        let s = renderer();
         let mut d = dp(1);
         d.peers[0].private = None;
-        let GroupSnapshots { gateway, sidecar } = s.snapshots(&d).unwrap();
+        let GroupSnapshots { gateway, sidecar } = s.snapshots(&d, None).unwrap();
         let bundle = sidecar.resources(SECRET).and_then(|m| m.get(mesh::TRUST_BUNDLE_SECRET)).map(|(_, a)| a.clone()).unwrap();
         let bundle = <multicloud_proto::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as multicloud_proto::prost::Message>::decode(bundle.value.as_slice()).unwrap();
         let pem = format!("{bundle:?}");
@@ -436,7 +485,7 @@ mod tests {
     /// nothing else.
     #[test]
     fn a_one_service_change_changes_exactly_one_resource() {
-        let s = sink();
+        let s = renderer();
         let (d1, d2) = (dp(1), dp(1));
         let (mut d3, _) = (dp(1), ());
         d3.local = d1.local.clone();
@@ -444,12 +493,12 @@ mod tests {
         if let Some(p) = d3.peers[0].private.as_mut() {
             p.services[7].ready_endpoints = 5;
         }
-        let a = s.snapshots(&d1).unwrap().sidecar;
+        let a = s.snapshots(&d1, None).unwrap().sidecar;
         let mut d2 = d2;
         d2.local = d1.local.clone();
         d2.edge = d1.edge.clone();
-        let b = s.snapshots(&d2).unwrap().sidecar;
-        let c = s.snapshots(&d3).unwrap().sidecar;
+        let b = s.snapshots(&d2, None).unwrap().sidecar;
+        let c = s.snapshots(&d3, None).unwrap().sidecar;
         for t in [CLUSTER, SECRET] {
             assert_eq!(versions(&a, t), versions(&b, t), "{t} unchanged when nothing changed");
             assert_eq!(versions(&b, t), versions(&c, t), "{t} unchanged by an endpoint count");

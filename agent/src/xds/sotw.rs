@@ -2,26 +2,26 @@
 //! response carries the whole subscribed set, a version and a nonce; the
 //! proxy's next request with that nonce ACKs or NACKs it.
 
-use super::{
-    finish, push_order, send, serve_stream, version_of, Connection, End, Nonces, Protocol, ProtocolStream, Snapshot, StreamError, XdsServer,
-};
+use super::server::{Protocol, XdsServer};
+use super::snapshot::version_of;
+use super::stream::{finish, send, serve_stream, End, ProtocolStream, Stream, StreamError};
+use super::tls::XdsPeer;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
-pub(super) async fn run(server: XdsServer, peer: Option<crate::xds::tls::XdsPeer>, requests: Streaming<DiscoveryRequest>, tx: Tx) {
-    let result = serve_stream::<Stream>(server, peer, requests, &tx).await;
+pub(super) async fn run(server: XdsServer, peer: Option<XdsPeer>, requests: Streaming<DiscoveryRequest>, tx: Tx) {
+    let result = serve_stream::<Sotw>(server, peer, requests, &tx).await;
     finish(&tx, result).await;
 }
 
 /// One type's subscription on this stream.
-struct TypeState {
+pub(super) struct TypeState {
     /// `None`: wildcard (every resource of the type).
     names: Option<BTreeSet<String>>,
     /// The last response sent: its nonce and version.
@@ -29,40 +29,48 @@ struct TypeState {
     version: Option<String>,
 }
 
-struct Stream {
-    conn: Connection,
-    snapshot: Option<Arc<Snapshot>>,
-    types: HashMap<String, TypeState>,
-    nonces: Nonces,
-}
+/// State-of-the-world ADS as a [`ProtocolStream`].
+pub(super) struct Sotw;
 
-impl ProtocolStream for Stream {
+impl ProtocolStream for Sotw {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
+    type TypeState = TypeState;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
     }
 
-    fn new(conn: Connection, snapshot: Option<Arc<Snapshot>>) -> Self {
-        Stream { conn, snapshot, types: HashMap::new(), nonces: Nonces::default() }
-    }
-
-    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
-        self.snapshot = snapshot;
-    }
-
-    async fn on_request(&mut self, req: DiscoveryRequest, tx: &Tx) -> Result<(), End> {
-        Stream::on_request(self, req, tx).await
-    }
-
-    async fn push(&mut self, tx: &Tx) -> Result<(), End> {
-        let s = self;
-        for type_url in push_order(s.types.keys()) {
-            s.respond(&type_url, false, tx).await?;
+    async fn on_request(s: &mut Stream<TypeState>, req: DiscoveryRequest, tx: &Tx) -> Result<(), End> {
+        if req.type_url.is_empty() {
+            return Err(StreamError::NoTypeUrl.into());
+        }
+        let names = subscription(&req.resource_names);
+        let Some(t) = s.types.get_mut(&req.type_url) else {
+            // A new subscription (a nonce from an earlier stream means nothing here).
+            s.types.insert(req.type_url.clone(), TypeState { names, nonce: None, version: None });
+            return s.respond(&req.type_url, true, tx).await;
+        };
+        if req.response_nonce != t.nonce.as_deref().unwrap_or("") {
+            tracing::debug!(node = %s.conn.node_id, type_url = %req.type_url, nonce = %req.response_nonce, "ignoring request with a stale nonce");
+            return Ok(());
+        }
+        if let Some(version) = t.version.as_deref().filter(|_| t.nonce.is_some()) {
+            match &req.error_detail {
+                Some(err) => s.conn.nacked(&req.type_url, version, &err.message),
+                None => s.conn.acked(&req.type_url, &req.version_info),
+            }
+        }
+        if t.names != names {
+            t.names = names;
+            return s.respond(&req.type_url, true, tx).await;
         }
         Ok(())
+    }
+
+    async fn push(s: &mut Stream<TypeState>, type_url: &str, tx: &Tx) -> Result<(), End> {
+        s.respond(type_url, false, tx).await
     }
 }
 
@@ -75,34 +83,7 @@ fn subscription(names: &[String]) -> Option<BTreeSet<String>> {
     }
 }
 
-impl Stream {
-    async fn on_request(&mut self, req: DiscoveryRequest, tx: &Tx) -> Result<(), End> {
-        if req.type_url.is_empty() {
-            return Err(StreamError::NoTypeUrl.into());
-        }
-        let names = subscription(&req.resource_names);
-        let Some(t) = self.types.get_mut(&req.type_url) else {
-            // A new subscription (a nonce from an earlier stream means nothing here).
-            self.types.insert(req.type_url.clone(), TypeState { names, nonce: None, version: None });
-            return self.respond(&req.type_url, true, tx).await;
-        };
-        if req.response_nonce != t.nonce.as_deref().unwrap_or("") {
-            tracing::debug!(node = %self.conn.node_id, type_url = %req.type_url, nonce = %req.response_nonce, "ignoring request with a stale nonce");
-            return Ok(());
-        }
-        if let Some(version) = t.version.as_deref().filter(|_| t.nonce.is_some()) {
-            match &req.error_detail {
-                Some(err) => self.conn.nacked(&req.type_url, version, &err.message),
-                None => self.conn.acked(&req.type_url, &req.version_info),
-            }
-        }
-        if t.names != names {
-            t.names = names;
-            return self.respond(&req.type_url, true, tx).await;
-        }
-        Ok(())
-    }
-
+impl Stream<TypeState> {
     /// Sends the type's subscribed resources if the group has a snapshot and
     /// (unless `force`) they differ from the last response. A NACKed version
     /// is the last one sent, so it is not sent again until the snapshot changes.

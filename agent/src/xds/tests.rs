@@ -2,14 +2,23 @@
 //! 127.0.0.1:0, so the network boundary is exercised as Envoy would.
 
 use super::*;
+use crate::reasons::{RefusalCount, RefusalReason};
 use multicloud_proto::envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use multicloud_proto::envoy_types::pb::google::protobuf::Any;
 use multicloud_proto::envoy_types::pb::google::rpc::Status as RpcStatus;
 use multicloud_proto::prost::Message as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 
 const WAIT: Duration = Duration::from_secs(5);
 /// How long "no response" is watched for.
@@ -165,6 +174,42 @@ async fn sotw_ack_nack_and_stale_nonce() {
     let r3 = c.recv().await;
     assert_eq!(names(&r3.resources), ["a", "b"]);
     assert_ne!(r3.version_info, r2.version_info);
+}
+
+/// The XDS column of `status`, from the HTTP port's real `/xds` answer.
+fn ack_column(server: &XdsServer) -> String {
+    let admin = crate::admin::AdminState {
+        metrics: Arc::default(),
+        board: Arc::new(crate::sinks::status::StatusBoard::new(None)),
+        ready: Arc::default(),
+        source_error: Arc::default(),
+        xds: Some(server.clone()),
+        config: None,
+    };
+    let (_, _, body) = crate::admin::route("GET", "/xds", &admin);
+    crate::cli::status::ack_state(&serde_json::from_str(&body).unwrap())
+}
+
+/// `status`'s XDS column follows a real proxy's stream: none connected,
+/// sent but not ACKed, ACKed, NACKed (with the proxy's message).
+#[tokio::test]
+async fn ack_state_reads_the_xds_view() {
+    let (server, addr) = start().await;
+    assert_eq!(ack_column(&server), "no proxies");
+    server.set("sidecar", clusters(&[("a", 1)]));
+    let mut c = sotw(addr).await;
+    c.send(DiscoveryRequest { node: node("sidecar~1"), ..req(CLUSTER, &[], "", "") }).await;
+    let r1 = c.recv().await;
+    wait_for("the response recorded", || type_status(&server, "sidecar~1", CLUSTER).filter(|t| t.sent_version.is_some())).await;
+    assert_eq!(ack_column(&server), "pending");
+    c.send(req(CLUSTER, &[], &r1.version_info, &r1.nonce)).await;
+    wait_for("ACK recorded", || type_status(&server, "sidecar~1", CLUSTER).filter(|t| t.acked_version.is_some())).await;
+    assert_eq!(ack_column(&server), "all ACKed");
+    server.set("sidecar", clusters(&[("a", 2)]));
+    let r2 = c.recv().await;
+    c.send(nack(req(CLUSTER, &[], &r1.version_info, &r2.nonce), "cluster a: bad timeout")).await;
+    wait_for("NACK recorded", || type_status(&server, "sidecar~1", CLUSTER).filter(|t| t.last_nack.is_some())).await;
+    assert_eq!(ack_column(&server), "NACK: cluster a: bad timeout");
 }
 
 #[tokio::test]

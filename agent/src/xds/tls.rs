@@ -1,19 +1,22 @@
 //! The xDS port's mutual TLS. A client must present a certificate that
 //! chains to this cluster's Istio root (the local facts' `rootCA`, replaced
-//! whenever the facts change, see [`ClientRootsSink`]); its SPIFFE ID (the
+//! whenever the facts change, by `crate::sinks::client_roots`); its SPIFFE ID (the
 //! leaf's `spiffe://` URI SAN) travels with the connection
 //! ([`XdsPeer`], in each gRPC request's extensions) so that the xDS server
-//! decides what the client may receive (`crate::xds::AccessPolicy`).
+//! decides what the client may receive (`crate::xds::server::AccessPolicy`).
 //!
 //! The agent's own serving certificate comes from `--xds-cert/--xds-key` or
 //! is generated (self-signed) at start: proxies authenticate themselves to
 //! the agent, not the other way round (see docs/xds.md for what that means).
 
+use crate::reasons::RefusalReason;
+use parking_lot::RwLock;
+use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,50 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A client that has not finished its handshake by then is dropped, so a
 /// stalled connection holds nothing for long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why the xDS port turned a client away; the label of
-/// `multicloud_agent_xds_refusals_total{reason}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RefusalReason {
-    /// The TLS client sent no certificate.
-    NoClientCertificate,
-    /// The certificate does not chain to this cluster's root (another
-    /// cluster's CA, self-signed, expired, wrong usage, ...).
-    UntrustedCertificate,
-    /// Any other TLS failure (not TLS at all, closed mid-handshake, ...).
-    HandshakeFailed,
-    HandshakeTimeout,
-    /// The agent does not know this cluster's root yet (no local facts read).
-    NoLocalRoot,
-    /// The certificate chains to the root but names no `spiffe://` identity.
-    NoSpiffeId,
-    /// The node claims a group (e.g. `gateway`) its identity may not join.
-    GroupNotAllowed,
-}
-
-impl RefusalReason {
-    pub const ALL: [RefusalReason; 7] = [
-        RefusalReason::NoClientCertificate,
-        RefusalReason::UntrustedCertificate,
-        RefusalReason::HandshakeFailed,
-        RefusalReason::HandshakeTimeout,
-        RefusalReason::NoLocalRoot,
-        RefusalReason::NoSpiffeId,
-        RefusalReason::GroupNotAllowed,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            RefusalReason::NoClientCertificate => "no_client_certificate",
-            RefusalReason::UntrustedCertificate => "untrusted_certificate",
-            RefusalReason::HandshakeFailed => "handshake_failed",
-            RefusalReason::HandshakeTimeout => "handshake_timeout",
-            RefusalReason::NoLocalRoot => "no_local_root",
-            RefusalReason::NoSpiffeId => "no_spiffe_id",
-            RefusalReason::GroupNotAllowed => "group_not_allowed",
-        }
-    }
-}
 
 /// Who is at the other end of an xDS connection, as the TLS handshake
 /// proved it. Present in every request's extensions on the TLS port.
@@ -101,7 +60,7 @@ impl ServingCert {
             })
         };
         let cert_pem = read(cert, "--xds-cert")?;
-        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| XdsTlsError::Read { what: format!("--xds-cert {}", cert.display()), cause: format!("not PEM: {e}") })?;
         if chain.is_empty() {
@@ -111,12 +70,13 @@ impl ServingCert {
             });
         }
         let key_pem = read(key, "--xds-key")?;
-        let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| XdsTlsError::Read { what: format!("--xds-key {}", key.display()), cause: format!("not PEM: {e}") })?
-            .ok_or_else(|| XdsTlsError::Read {
-                what: format!("--xds-key {}", key.display()),
-                cause: "holds no private key block (PKCS#8, PKCS#1 or SEC1 PEM)".into(),
-            })?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| XdsTlsError::Read {
+            what: format!("--xds-key {}", key.display()),
+            cause: match e {
+                pem::Error::NoItemsFound => "holds no private key block (PKCS#8, PKCS#1 or SEC1 PEM)".into(),
+                e => format!("not PEM: {e}"),
+            },
+        })?;
         Ok(ServingCert { chain, key: key_der })
     }
 
@@ -167,12 +127,12 @@ impl XdsTls {
     /// one in force stays).
     pub fn set_serving(&self, cert: ServingCert) -> Result<(), XdsTlsError> {
         XdsTls::new(ServingCert { chain: cert.chain.clone(), key: cert.key.clone_key() })?;
-        *self.serving.write().unwrap_or_else(|e| e.into_inner()) = cert;
-        let roots = self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(p, _)| p.clone());
+        *self.serving.write() = cert;
+        let roots = self.current.read().as_ref().map(|(p, _)| p.clone());
         if let Some(roots) = roots {
             // The same roots with the new certificate, swapped in whole.
             let config = self.build(&roots)?;
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots, config));
+            *self.current.write() = Some((roots, config));
         }
         Ok(())
     }
@@ -182,18 +142,18 @@ impl XdsTls {
     /// roots from now on; true if they changed. On error the previous roots
     /// stay in force.
     pub fn set_client_roots(&self, roots_pem: &str) -> Result<bool, XdsTlsError> {
-        if self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|(p, _)| p == roots_pem) {
+        if self.current.read().as_ref().is_some_and(|(p, _)| p == roots_pem) {
             return Ok(false);
         }
         let config = self.build(roots_pem)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((roots_pem.to_string(), config));
+        *self.current.write() = Some((roots_pem.to_string(), config));
         Ok(true)
     }
 
     /// The server configuration: client roots `roots_pem`, the serving certificate in force.
     fn build(&self, roots_pem: &str) -> Result<Arc<rustls::ServerConfig>, XdsTlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut roots_pem.as_bytes()) {
+        for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
             let c = c.map_err(|e| XdsTlsError::Roots(format!("not PEM: {e}")))?;
             roots.add(c).map_err(|e| XdsTlsError::Roots(e.to_string()))?;
         }
@@ -201,7 +161,7 @@ impl XdsTls {
             return Err(XdsTlsError::Roots("no CERTIFICATE block".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let serving = self.serving.read().unwrap_or_else(|e| e.into_inner());
+        let serving = self.serving.read();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| XdsTlsError::Roots(e.to_string()))?;
@@ -217,7 +177,7 @@ impl XdsTls {
     }
 
     fn config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, c)| c.clone())
+        self.current.read().as_ref().map(|(_, c)| c.clone())
     }
 
     /// Runs the server side of the handshake on `tcp`; on success, the
@@ -295,31 +255,6 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Keeps the xDS port's client roots equal to this cluster's root as the
-/// local facts state it (standalone file `rootCA`, or Kubernetes
-/// `istio-ca-root-cert`). Runs before the xDS sink, so no proxy is served a
-/// snapshot built from facts whose root the port does not yet trust.
-pub struct ClientRootsSink(pub Arc<XdsTls>);
-
-impl crate::reconcile::DataPlaneSink for ClientRootsSink {
-    fn apply<'a>(&'a self, dp: &'a crate::reconcile::DataPlane) -> crate::BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            match self.0.set_client_roots(&dp.local.root_ca) {
-                Ok(true) => {
-                    tracing::info!("xDS port: client certificates must now chain to this cluster's root CA as the local facts state it")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    // The previous roots stay in force; the edge configuration
-                    // validation normally refuses such facts before this.
-                    anyhow::bail!("xDS port keeps its previous client roots: {e}; fix this cluster's rootCA (istio-ca-root-cert)")
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,11 +293,5 @@ mod tests {
         assert!(!tls.set_client_roots(&root).unwrap(), "the same bundle is no change");
         assert!(tls.set_client_roots("not a certificate").is_err());
         assert!(tls.config().is_some(), "a bad bundle keeps the previous roots");
-    }
-
-    #[test]
-    fn refusal_labels_are_distinct() {
-        let labels: std::collections::BTreeSet<&str> = RefusalReason::ALL.iter().map(|r| r.label()).collect();
-        assert_eq!(labels.len(), RefusalReason::ALL.len());
     }
 }

@@ -8,11 +8,13 @@
 //!   10,000 endpoints;
 //! - bytes and resources sent for a one-endpoint change, delta vs SotW.
 
+use multicloud_agent::data_plane::{DataPlane, EstablishedPeer};
 use multicloud_agent::facts::LocalFacts;
 use multicloud_agent::metrics::Metrics;
-use multicloud_agent::reconcile::{DataPlane, DataPlaneSink, EstablishedPeer};
 use multicloud_agent::sinks::xds::XdsSink;
+use multicloud_agent::sinks::DataPlaneSink;
 use multicloud_agent::xds::groups::{classify, SIDECAR_GROUP};
+use multicloud_agent::xds::render::Renderer;
 use multicloud_agent::xds::{XdsServer, ENDPOINT};
 use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, ServicePort};
 use multicloud_e2e::bench::write_section;
@@ -91,22 +93,20 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 
 fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], peers: usize, delta: bool, changes: usize) -> Run {
     let server = XdsServer::new(classify());
-    let sink = XdsSink {
+    let renderer = Renderer {
         cache: Default::default(),
-        server: server.clone(),
+        traffic_cache: Default::default(),
         metrics: Arc::new(Metrics::default()),
         module: "/dev/null".into(),
         cert_secret: "default".into(),
         cert_sds_cluster: "ads".into(),
         workload_cert: Some(local.workload_cert("bench", "sidecar").into()),
-        api_credential: None,
-        push_lock: Default::default(),
-        traffic_cache: Default::default(),
         sameness: Default::default(),
         mesh_listen: None,
         gateway_cert: None,
         per_peer_clusters: false,
     };
+    let sink = XdsSink::new(renderer, server.clone(), None);
     let listener = rt.block_on(tokio::net::TcpListener::bind((SimCluster(42).ip(2), 0))).expect("bind xds");
     let addr = listener.local_addr().expect("addr");
     let task = rt.spawn(server.clone().serve_tls(listener, local.xds_tls()));
