@@ -30,8 +30,12 @@ pub struct IstioCaConfig {
     /// The cluster ID istiod knows this cluster by (its `--clusterID`).
     pub cluster_id: String,
     /// How long the certificate should live; renewed at half of it.
-    #[serde(serialize_with = "crate::config::duration")]
+    #[serde(serialize_with = "humantime_duration")]
     pub lifetime: Duration,
+}
+
+fn humantime_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
