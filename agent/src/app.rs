@@ -2,6 +2,16 @@
 //! or Kubernetes), the federation key, the HTTP and xDS ports, the sinks and
 //! the reconciler. [`App::build`] starts the background tasks; [`App::run`]
 //! reconciles until SIGTERM or SIGINT, then releases the Lease.
+//!
+//! In Kubernetes mode each DaemonSet replica is, in turn, a follower or the
+//! Lease holder ([`KubeRoles`]). Only the holder loads the federation key,
+//! watches the objects and facts, fetches from peers, signs tokens, writes
+//! shared state (status, remote secrets, Istio's mesh config, the
+//! WasmPlugin) and publishes the data plane state (`crate::kube::state`).
+//! A follower watches that state and the Lease, and serves its node's
+//! proxies from the state; it makes no other request. A follower that finds
+//! the Lease free takes it and starts its holder term from the objects'
+//! status (last good documents, pins), writing everything once.
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, FilterSource, Mode};
@@ -35,10 +45,36 @@ use tokio::sync::watch;
 
 /// The agent, built and serving; [`App::run`] drives the reconciler.
 pub struct App {
-    reconciler: Reconciler,
-    desired: watch::Receiver<Option<Desired>>,
-    /// Kubernetes mode: released on shutdown.
-    lease: Option<Arc<LeaseGuard>>,
+    run: Run,
+}
+
+enum Run {
+    /// One reconciler for the process.
+    Standalone { reconciler: Box<Reconciler>, desired: watch::Receiver<Option<Desired>> },
+    /// Follower and holder terms in turn.
+    Kubernetes(Box<KubeRoles>),
+}
+
+/// What a Kubernetes-mode replica needs for either role.
+pub struct KubeRoles {
+    client: kube::Client,
+    options: crate::kube::KubeOptions,
+    lease: Arc<LeaseGuard>,
+    key_store: SecretKeyStore,
+    status: Arc<dyn StatusSink>,
+    kube_status: Arc<KubeStatusSink>,
+    metrics: Arc<Metrics>,
+    /// This replica's node-local sinks (xDS, its port's client roots, the
+    /// ECDS file), in order; readiness comes last.
+    node_sinks: Vec<Arc<dyn DataPlaneSink>>,
+    ready: Arc<dyn DataPlaneSink>,
+    wasmplugin: Option<String>,
+    istio_mesh_config: Option<String>,
+    remote_ttl_secs: i64,
+    host_overrides: std::collections::BTreeMap<String, String>,
+    factory: factory::ClientFactory,
+    timing: reconcile::Timing,
+    api: multicloud_core::edge::ApiSettings,
 }
 
 impl App {
@@ -49,46 +85,27 @@ impl App {
         let source_error = Arc::new(Mutex::new(None));
         let board = Arc::new(StatusBoard::new(config.status_file.clone()));
         let metrics = Arc::new(Metrics::default());
-        let mut kube_client: Option<(kube::Client, String)> = None;
-        let mut wasmplugin_sink: Option<Arc<dyn DataPlaneSink>> = None;
-        let mut mesh_config_sink: Option<Arc<dyn DataPlaneSink>> = None;
-        let mut lease_guard: Option<Arc<LeaseGuard>> = None;
-        let (key, status_sink): (_, Arc<dyn StatusSink>) = match &config.mode {
-            Mode::Kubernetes { options, wasmplugin, istio_mesh_config } => {
+        let mut kube_parts: Option<(kube::Client, crate::kube::KubeOptions, Arc<LeaseGuard>, Arc<KubeStatusSink>)> = None;
+        let mut standalone_key = None;
+        match &config.mode {
+            Mode::Kubernetes { options, .. } => {
                 let client =
                     kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
-                kube_client = Some((client.clone(), options.namespace.clone()));
-                let key = SecretKeyStore::new(client.clone(), options).load_or_generate().await?;
                 let lease = Arc::new(LeaseGuard::new(client.clone(), options));
-                lease.clone().spawn_renewal();
-                if let Some(name) = istio_mesh_config {
-                    mesh_config_sink = Some(Arc::new(MeshConfigSink::new(client.clone(), &options.namespace, name, lease.clone())));
-                }
-                if let Some(name) = wasmplugin {
-                    wasmplugin_sink = Some(Arc::new(WasmPluginSink::new(client.clone(), &options.namespace, name, lease.clone())));
-                }
                 let kube_status = Arc::new(KubeStatusSink::new(client.clone(), lease.clone(), Some(metrics.clone())));
                 {
                     let l = lease.clone();
                     metrics.set_leader_source(Box::new(move || l.is_leader()));
                 }
-                lease_guard = Some(lease);
-                tokio::spawn(sources::kubernetes::desired_state(
-                    client,
-                    options.clone(),
-                    config.timing.facts_every,
-                    tx,
-                    Some(kube_status.clone()),
-                ));
-                (key, Arc::new(KubeAndBoard(kube_status, board.clone())))
+                kube_parts = Some((client, options.clone(), lease, kube_status));
             }
             Mode::Standalone { file, key } => {
-                let key = keys::load_or_generate(key)?;
+                standalone_key = Some(keys::load_or_generate(key)?);
+                tracing::info!("federation key loaded (its public key is published in public.json)");
                 tokio::spawn(sources::standalone::watch_file(file.clone(), tx, source_error.clone()));
-                (key, board.clone())
             }
-        };
-        tracing::info!("federation key loaded (its public key is published in public.json)");
+        }
+
         let access = AccessPolicy {
             restricted: [(NodeGroup::Gateway.as_str().to_string(), config.xds.gateway_identities.iter().cloned().collect())].into(),
         };
@@ -162,29 +179,6 @@ impl App {
             Some(p) => Some(ApiCredential::load(p.clone())?),
             None => None,
         };
-        // Kubernetes mode always writes the remote Secrets; standalone mode only with --remote-secrets-dir.
-        let remote_dir = match (&config.remote_secrets_dir, &kube_client) {
-            (Some(d), _) => Some(d.clone()),
-            (None, Some(_)) => Some(PathBuf::new()),
-            (None, None) => None,
-        };
-        let remote_secrets = match remote_dir {
-            Some(dir) => {
-                let rs = RemoteSecrets::new(
-                    key.clone(),
-                    RemoteSecretOptions {
-                        dir,
-                        kubernetes: kube_client.clone(),
-                        ttl_secs: config.api_token_ttl_seconds,
-                        host_overrides: config.api_host_overrides.clone(),
-                        metrics: Some(metrics.clone()),
-                    },
-                )?;
-                rs.clone().spawn_timer();
-                Some(rs)
-            }
-            None => None,
-        };
         let dp = &config.data_plane;
         let renderer = Renderer {
             cache: Default::default(),
@@ -209,53 +203,206 @@ impl App {
         };
         let xds_sink = Arc::new(XdsSink::new(renderer, xds_server, api_credential));
         xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));
-        let mut sinks: Vec<Arc<dyn DataPlaneSink>> = vec![Arc::new(ClientRootsSink(xds_tls)), xds_sink];
-        if let Some(rs) = remote_secrets {
+        let mut node_sinks: Vec<Arc<dyn DataPlaneSink>> = vec![Arc::new(ClientRootsSink(xds_tls)), xds_sink];
+        if let Some(path) = &config.edge_ecds_file {
+            node_sinks.push(Arc::new(EcdsFile::new(path.clone(), module)));
+        }
+        let ready: Arc<dyn DataPlaneSink> = Arc::new(ReadyOnApply(admin_state.ready.clone()));
+        let t = config.timing;
+        let timing = reconcile::Timing {
+            refresh: t.refresh,
+            backoff_base: t.backoff_base,
+            backoff_cap: t.backoff_cap,
+            join_retry: t.join_retry,
+            token_ttl_secs: keys::MAX_METADATA_TOKEN_TTL_SECS,
+        };
+        let api = multicloud_core::edge::ApiSettings { mesh_config_maps: config.mesh_config_maps.clone(), ..Default::default() };
+        if let (Some((client, options, lease, kube_status)), Mode::Kubernetes { wasmplugin, istio_mesh_config, .. }) = (kube_parts, &config.mode) {
+            let roles = KubeRoles {
+                key_store: SecretKeyStore::new(client.clone(), &options),
+                status: Arc::new(KubeAndBoard(kube_status.clone(), board.clone())),
+                kube_status,
+                client,
+                options,
+                lease,
+                metrics,
+                node_sinks,
+                ready,
+                wasmplugin: wasmplugin.clone(),
+                istio_mesh_config: istio_mesh_config.clone(),
+                remote_ttl_secs: config.api_token_ttl_seconds,
+                host_overrides: config.api_host_overrides.clone(),
+                factory: factory::factory(policy),
+                timing,
+                api,
+            };
+            return Ok(App { run: Run::Kubernetes(Box::new(roles)) });
+        }
+        let key = standalone_key.context("standalone mode without a key")?;
+        let mut sinks = node_sinks;
+        // Standalone mode writes remote secrets only with --remote-secrets-dir.
+        if let Some(dir) = &config.remote_secrets_dir {
+            let rs = RemoteSecrets::new(
+                key.clone(),
+                RemoteSecretOptions {
+                    dir: dir.clone(),
+                    kubernetes: None,
+                    ttl_secs: config.api_token_ttl_seconds,
+                    host_overrides: config.api_host_overrides.clone(),
+                    metrics: Some(metrics.clone()),
+                },
+            )?;
+            rs.clone().spawn_timer();
             sinks.push(rs);
         }
-        if let Some(path) = &config.edge_ecds_file {
-            sinks.push(Arc::new(EcdsFile::new(path.clone(), module)));
-        }
-        sinks.extend(wasmplugin_sink);
-        sinks.extend(mesh_config_sink);
-        sinks.push(Arc::new(ReadyOnApply(admin_state.ready.clone())));
-        let t = config.timing;
+        sinks.push(ready);
         let reconciler = Reconciler {
             key,
             factory: factory::factory(policy),
-            status: status_sink,
+            status: board,
             sinks,
             metrics,
-            timing: reconcile::Timing {
-                refresh: t.refresh,
-                backoff_base: t.backoff_base,
-                backoff_cap: t.backoff_cap,
-                join_retry: t.join_retry,
-                token_ttl_secs: keys::MAX_METADATA_TOKEN_TTL_SECS,
-            },
+            timing,
             spiffe: multicloud_core::edge::SpiffeSettings::default(),
-            api: multicloud_core::edge::ApiSettings { mesh_config_maps: config.mesh_config_maps.clone(), ..Default::default() },
+            api,
         };
-        Ok(App { reconciler, desired, lease: lease_guard })
+        Ok(App { run: Run::Standalone { reconciler: Box::new(reconciler), desired } })
     }
 
     /// Reconciles until SIGTERM (how Kubernetes stops a pod) or SIGINT.
     pub async fn run(self) -> Result<()> {
-        tokio::select! {
-            _ = self.reconciler.run(self.desired) => {}
-            signal = shutdown_signal() => tracing::info!("{signal}, exiting"),
-        }
-        // A pod's SIGTERM: give the Lease up so another replica writes status at
-        // once, not after the Lease expires. Bounded: the kubelet's grace period
-        // (30 s by default) must not run out on an unreachable API server.
-        if let Some(lease) = self.lease {
-            match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("could not release the Lease (it expires by itself): {e:#}"),
-                Err(_) => tracing::warn!("releasing the Lease timed out (it expires by itself)"),
+        match self.run {
+            Run::Standalone { reconciler, desired } => {
+                tokio::select! {
+                    _ = reconciler.run(desired) => {}
+                    signal = shutdown_signal() => tracing::info!("{signal}, exiting"),
+                }
+            }
+            Run::Kubernetes(roles) => {
+                let lease = roles.lease.clone();
+                tokio::select! {
+                    () = roles.run() => {}
+                    signal = shutdown_signal() => tracing::info!("{signal}, exiting"),
+                }
+                // A pod's SIGTERM: give the Lease up so another replica writes status at
+                // once, not after the Lease expires. Bounded: the kubelet's grace period
+                // (30 s by default) must not run out on an unreachable API server.
+                match tokio::time::timeout(Duration::from_secs(5), lease.release()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("could not release the Lease (it expires by itself): {e:#}"),
+                    Err(_) => tracing::warn!("releasing the Lease timed out (it expires by itself)"),
+                }
             }
         }
         Ok(())
+    }
+}
+
+impl KubeRoles {
+    /// Follower and holder terms in turn, until the process ends.
+    async fn run(self) {
+        let (last_tx, _last_rx) = watch::channel(None);
+        let mut key = None;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.lease.try_acquire().await {
+                Ok(true) => {
+                    delay = Duration::from_secs(1);
+                    match &key {
+                        Some(_) => {}
+                        None => match self.key_store.load_or_generate().await {
+                            Ok(k) => {
+                                tracing::info!("federation key loaded (its public key is published in public.json)");
+                                key = Some(k);
+                            }
+                            Err(e) => {
+                                tracing::error!("the Lease holder cannot load its federation key, stepping down: {e:#}");
+                                let _ = self.lease.step_down().await;
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                continue;
+                            }
+                        },
+                    }
+                    if let Some(k) = &key {
+                        self.holder_term(k.clone()).await;
+                    }
+                }
+                Ok(false) => {
+                    delay = Duration::from_secs(1);
+                    self.follower_term(last_tx.clone()).await;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read the Lease, retrying in {delay:?}: {e:#}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Serves the node from the holder's state until the Lease is free.
+    async fn follower_term(&self, last: watch::Sender<Option<crate::data_plane::DataPlane>>) {
+        tracing::info!("following the Lease holder's data plane state");
+        let mut sinks = self.node_sinks.clone();
+        sinks.push(self.ready.clone());
+        tokio::select! {
+            () = crate::kube::state::follow(self.client.clone(), self.options.namespace.clone(), sinks, last) => {}
+            () = self.lease.wait_until_vacant() => tracing::info!("the Lease is free: competing for it"),
+        }
+    }
+
+    /// Holds the Lease: sources, reconciler and every shared-state sink,
+    /// fresh for this term (a new holder writes everything once), until the
+    /// Lease is lost.
+    async fn holder_term(&self, key: ed25519_dalek::SigningKey) {
+        tracing::info!(holder = %self.options.holder_identity, "holding the Lease: this replica reads the facts, fetches from peers and writes shared state");
+        let ns = &self.options.namespace;
+        let mut sinks = self.node_sinks.clone();
+        let remote = RemoteSecrets::new(
+            key.clone(),
+            RemoteSecretOptions {
+                dir: PathBuf::new(),
+                kubernetes: Some((self.client.clone(), ns.clone())),
+                ttl_secs: self.remote_ttl_secs,
+                host_overrides: self.host_overrides.clone(),
+                metrics: Some(self.metrics.clone()),
+            },
+        );
+        let remote = match remote {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot write remote secrets: {e:#}");
+                return;
+            }
+        };
+        let timer = remote.clone().spawn_timer();
+        sinks.push(remote);
+        if let Some(name) = &self.wasmplugin {
+            sinks.push(Arc::new(WasmPluginSink::new(self.client.clone(), ns, name, self.lease.clone())));
+        }
+        if let Some(name) = &self.istio_mesh_config {
+            sinks.push(Arc::new(MeshConfigSink::new(self.client.clone(), ns, name, self.lease.clone())));
+        }
+        sinks.push(Arc::new(crate::kube::state::StatePublisher::new(self.client.clone(), ns, self.lease.clone(), self.metrics.clone())));
+        sinks.push(self.ready.clone());
+        let (tx, desired) = watch::channel(None);
+        let source = sources::kubernetes::desired_state(self.client.clone(), self.options.clone(), tx, Some(self.kube_status.clone()));
+        let reconciler = Reconciler {
+            key,
+            factory: self.factory.clone(),
+            status: self.status.clone(),
+            sinks,
+            metrics: self.metrics.clone(),
+            timing: self.timing.clone(),
+            spiffe: multicloud_core::edge::SpiffeSettings::default(),
+            api: self.api.clone(),
+        };
+        tokio::select! {
+            () = self.lease.hold() => tracing::warn!("lost the Lease: stepping down to follower"),
+            () = reconciler.run(desired) => {}
+            () = source => {}
+        }
+        timer.abort();
     }
 }
 

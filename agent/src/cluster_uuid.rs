@@ -16,6 +16,14 @@ use std::fmt;
 #[serde(transparent)]
 pub struct ClusterUuid(String);
 
+/// Read back (the published data plane state) through [`ClusterUuid::parse`].
+impl<'de> serde::Deserialize<'de> for ClusterUuid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ClusterUuid::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Not a canonical UUID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a cluster UUID (8-4-4-4-12 hex digits)")]

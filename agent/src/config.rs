@@ -41,6 +41,9 @@ pub struct Config {
     /// TEST BED ONLY: API host → address the remote secret connects to.
     pub api_host_overrides: BTreeMap<String, String>,
     pub log_format: LogFormat,
+    /// Flags given that no longer do anything (logged as warnings at start).
+    #[serde(skip)]
+    pub ignored_flags: Vec<String>,
 }
 
 /// Where desired state comes from, and where the federation key lives.
@@ -122,9 +125,6 @@ pub enum FilterSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TimingConfig {
-    /// Kubernetes mode: how often the local facts are re-read (at least 1 s).
-    #[serde(serialize_with = "duration")]
-    pub facts_every: Duration,
     /// Steady refresh of healthy peers (at least 1 s).
     #[serde(serialize_with = "duration")]
     pub refresh: Duration,
@@ -232,7 +232,6 @@ impl Config {
             filter,
             status_file: args.status_file.clone(),
             timing: TimingConfig {
-                facts_every: Duration::from_secs(args.facts_seconds.max(1)),
                 refresh: Duration::from_secs(args.refresh_seconds.max(1)),
                 backoff_base: Duration::from_millis(args.backoff_base_ms.max(10)),
                 backoff_cap: Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms)),
@@ -246,6 +245,11 @@ impl Config {
             mesh_config_maps: mesh_config_maps(&args.kube)?,
             api_host_overrides,
             log_format,
+            ignored_flags: args
+                .facts_seconds
+                .map(|_| "--facts-seconds is ignored: the Lease holder watches the local facts instead of re-reading them".to_string())
+                .into_iter()
+                .collect(),
         })
     }
 

@@ -8,7 +8,8 @@ use multicloud_core::edge::EdgeConfig;
 use multicloud_core::metadata::PrivateMetadata;
 
 /// A peer whose public metadata this cluster holds (last good).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EstablishedPeer {
     /// The IstioMulticloud object's name.
     pub name: String,
@@ -23,8 +24,9 @@ pub struct EstablishedPeer {
 }
 
 /// Everything the data plane is configured from: the edge filter's
-/// configuration, this cluster's facts and the established peers.
-#[derive(Debug, Clone, PartialEq)]
+/// configuration, this cluster's facts and the established peers. The Lease
+/// holder publishes it for the other replicas (`crate::kube::state`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DataPlane {
     pub edge: EdgeConfig,
     pub local: crate::facts::LocalFacts,

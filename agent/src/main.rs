@@ -15,6 +15,9 @@ fn main() -> Result<()> {
             config.log_format.init();
             // Paths and settings only: no key, token or certificate content.
             tracing::info!(config = %config.to_json(), "starting the agent");
+            for notice in &config.ignored_flags {
+                tracing::warn!("{notice}");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async { App::build(config).await?.run().await })
         }

@@ -54,6 +54,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "counter",
         "Kubernetes mode: IstioMulticloud status writes this replica made to the API server.",
     ),
+    (
+        "multicloud_agent_state_writes_total",
+        "counter",
+        "Kubernetes mode: data plane states this replica published for the others (ConfigMap istio-multicloud-state) while it held the Lease.",
+    ),
 ];
 
 impl EncodeLabelValue for Document {
@@ -113,6 +118,7 @@ struct State {
     xds_build_errors: BTreeMap<String, u64>,
     remote_secret_expiry: BTreeMap<String, i64>,
     status_writes: u64,
+    state_writes: u64,
 }
 
 type Source<T> = Mutex<Option<Box<dyn Fn() -> T + Send + Sync>>>;
@@ -169,6 +175,10 @@ impl Metrics {
 
     pub fn status_write(&self) {
         self.state.lock().status_writes += 1;
+    }
+
+    pub fn state_published(&self) {
+        self.state.lock().state_writes += 1;
     }
 
     pub fn set_xds_refusal_source(&self, f: Box<dyn Fn() -> Vec<RefusalCount> + Send + Sync>) {
@@ -279,6 +289,7 @@ impl Collector for Scrape {
                     }
                 }
                 "multicloud_agent_status_writes_total" => ConstCounter::new(s.status_writes).encode(m)?,
+                "multicloud_agent_state_writes_total" => ConstCounter::new(s.state_writes).encode(m)?,
                 _ => {}
             }
         }

@@ -182,15 +182,21 @@ impl Reconciler {
                     p.in_flight = false;
                 }
                 None => {
-                    tracing::info!(object = %name, endpoint = %want.spec.metadata_endpoint, "new IstioMulticloud object");
+                    let (status, public) = seed(name, want);
+                    tracing::info!(
+                        object = %name,
+                        endpoint = %want.spec.metadata_endpoint,
+                        resumed = public.is_some(),
+                        "new IstioMulticloud object"
+                    );
                     peers.insert(
                         name.clone(),
                         Peer {
                             spec: want.spec.clone(),
                             generation: want.generation,
                             client: (self.factory)(&want.spec),
-                            status: IstioMulticloudStatus::default(),
-                            public: None,
+                            status,
+                            public,
                             failures: 0,
                             next_due: Instant::now(),
                             in_flight: false,
@@ -434,6 +440,35 @@ impl Reconciler {
             tracing::info!(peers = dp.peers.len(), "data plane configuration updated");
             *last = Some(dp);
         }
+    }
+}
+
+/// Where a peer starts: from its object's status when that holds a pinned
+/// UUID and a last good public document that still validates (a new Lease
+/// holder, or a restarted agent, keeps the peer established while the
+/// remote is down, and keeps its pin); else from nothing.
+fn seed(name: &str, want: &crate::sources::DesiredPeer) -> (IstioMulticloudStatus, Option<KnownPublic>) {
+    let Some(status) = want.status.clone() else { return (IstioMulticloudStatus::default(), None) };
+    let pinned = status.remote_cluster_uuid.clone();
+    let cached = status.metadata_cache.as_ref().and_then(|c| c.public.as_ref()).map(|p| p.document.clone());
+    let public = match (pinned, cached) {
+        (Some(pin), Some(doc)) => match doc.validate() {
+            Ok(valid) if ClusterUuid::of(&valid).as_str() == pin.to_ascii_lowercase() => Some(KnownPublic::new(valid)),
+            Ok(_) => {
+                tracing::warn!(object = %name, "the status's cached public document names another UUID than its pin; starting over");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(object = %name, "the status's cached public document does not validate ({e}); starting over");
+                None
+            }
+        },
+        _ => None,
+    };
+    match public {
+        Some(p) => (status, Some(p)),
+        // A pin without a usable document still pins.
+        None => (IstioMulticloudStatus { remote_cluster_uuid: status.remote_cluster_uuid, ..Default::default() }, None),
     }
 }
 

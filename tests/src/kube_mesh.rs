@@ -193,7 +193,7 @@ pub fn start_daemonset_agent(cp: &ControlPlane, sim: SimCluster, adir: tempfile:
     cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
     std::fs::write(dir.join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
     let mut extra_args =
-        vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string(), "--facts-seconds=1".into()];
+        vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string()];
     extra_args.extend(extra.iter().cloned());
     Agent::start(
         adir,
@@ -227,9 +227,6 @@ fn start_agent(
         std::fs::write(adir.path().join("xds-port"), port.to_string()).expect("write xds port");
     }
     let mut extra_args = vec!["--api-proxy-credential".to_string(), dir.path().join("api-proxy-token").display().to_string()];
-    if !opts.deploy_timing {
-        extra_args.push("--facts-seconds=1".into());
-    }
     // deploy/'s DaemonSet sets none of these: the agent's defaults.
     let (refresh_seconds, backoff_base_ms, backoff_cap_ms) = if opts.deploy_timing { (30, 1000, 60_000) } else { (1, 200, 1000) };
     extra_args.extend(opts.agent_args.iter().cloned());

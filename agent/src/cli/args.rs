@@ -187,9 +187,10 @@ pub struct RunArgs {
     /// Also write every object's status to this JSON file.
     #[arg(long)]
     pub status_file: Option<PathBuf>,
-    /// Kubernetes mode: how often the local facts (root CA, gateway, exported services) are re-read, seconds.
-    #[arg(long, default_value_t = 10)]
-    pub facts_seconds: u64,
+    /// No longer used: the Lease holder watches the local facts (nothing is re-read on a
+    /// timer). Accepted, with a warning, so that older manifests still start.
+    #[arg(long, hide = true)]
+    pub facts_seconds: Option<u64>,
     /// Steady refresh of healthy peers, seconds.
     #[arg(long, default_value_t = 30)]
     pub refresh_seconds: u64,

@@ -54,20 +54,36 @@ async fn default_network(client: &kube::Client, opts: &KubeOptions, cluster_uuid
     let ns = Api::<Namespace>::all(client.clone()).get(&opts.namespace).await.with_context(|| {
         format!("cannot read Namespace {} (for its {NETWORK_LABEL} label); grant the agent `get` on namespaces", opts.namespace)
     })?;
-    let label = ns.metadata.labels.and_then(|mut l| l.remove(NETWORK_LABEL)).filter(|n| !n.is_empty());
-    Ok(label.unwrap_or_else(|| format!("network-{cluster_uuid}")))
+    Ok(network_from(Some(&ns), cluster_uuid))
+}
+
+/// [`default_network`] from the agent's Namespace object (if read).
+pub fn network_from(ns: Option<&Namespace>, cluster_uuid: &str) -> String {
+    let label = ns.and_then(|n| n.metadata.labels.as_ref()).and_then(|l| l.get(NETWORK_LABEL)).filter(|n| !n.is_empty());
+    label.cloned().unwrap_or_else(|| format!("network-{cluster_uuid}"))
+}
+
+/// The root from ConfigMap `istio-ca-root-cert`, if it has one.
+pub fn root_from_config_map(cm: Option<&ConfigMap>) -> Option<String> {
+    cm.and_then(|cm| cm.data.as_ref()).and_then(|d| d.get("root-cert.pem")).cloned()
 }
 
 /// Istio publishes its root in every namespace's `istio-ca-root-cert`; a
 /// plugged-in CA also keeps it in `istio-system/cacerts`.
-async fn read_root_ca(client: &kube::Client, opts: &KubeOptions) -> Result<String> {
+pub async fn read_root_ca(client: &kube::Client, opts: &KubeOptions) -> Result<String> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &opts.namespace)
         .get_opt("istio-ca-root-cert")
         .await
         .with_context(|| format!("cannot read ConfigMap {}/istio-ca-root-cert; grant the agent `get` on configmaps", opts.namespace))?;
-    if let Some(pem) = cm.and_then(|cm| cm.data).and_then(|mut d| d.remove("root-cert.pem")) {
+    if let Some(pem) = root_from_config_map(cm.as_ref()) {
         return Ok(pem);
     }
+    read_plugged_in_root(client, opts).await
+}
+
+/// The root of a plugged-in CA (`istio-system/cacerts`), read when the
+/// ConfigMap has none.
+pub async fn read_plugged_in_root(client: &kube::Client, opts: &KubeOptions) -> Result<String> {
     let secret = Api::<Secret>::namespaced(client.clone(), "istio-system")
         .get_opt("cacerts")
         .await
@@ -94,24 +110,54 @@ pub(crate) async fn read_gateways(client: &kube::Client, opts: &KubeOptions) -> 
         .list(&ListParams::default().labels(&sel))
         .await
         .with_context(|| format!("cannot list Services {sel} in {ns}; grant the agent `list` on services"))?;
-    let mut services = list.items;
+    match gateways_from(&list.items, None, opts)? {
+        Gateways::Found(g) => Ok(g),
+        Gateways::NeedNodes(node_port) => {
+            let nodes = Api::<Node>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .context("cannot list Nodes (for the gateway's NodePort addresses); grant the agent `list` on nodes")?;
+            match gateways_from(&list.items, Some(&nodes.items), opts)? {
+                Gateways::Found(g) => Ok(g),
+                Gateways::NeedNodes(_) => bail!("gateway NodePort {node_port}: no Node address"),
+            }
+        }
+    }
+}
+
+/// The gateway's addresses from the gateway Services, or what else is
+/// needed to know them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gateways {
+    Found(Vec<IngressGateway>),
+    /// A NodePort gateway without a load-balancer address: the Nodes'
+    /// addresses are needed (only then are Nodes read at all).
+    NeedNodes(u16),
+}
+
+/// [`Gateways`] from the Services labelled with the gateway selector (the
+/// first by name), and the Nodes if read. Errors name the Service and what
+/// to fix.
+pub fn gateways_from(services: &[Service], nodes: Option<&[Node]>, opts: &KubeOptions) -> Result<Gateways> {
+    let sel = selector(&opts.gateway_selector);
+    let ns = &opts.namespace;
+    let mut services: Vec<&Service> = services.iter().collect();
     services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let svc = services
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("no ingress gateway Service labelled {sel} in namespace {ns}; install the Istio ingress gateway or advertise addresses explicitly"))?;
     let name = format!("{ns}/{}", svc.metadata.name.as_deref().unwrap_or_default());
-    let spec = svc.spec.unwrap_or_default();
-    let ports = spec.ports.unwrap_or_default();
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
     let port =
         ports.iter().find(|p| p.name.as_deref() == Some("tls")).or_else(|| ports.iter().find(|p| p.port == MESH_TLS_PORT)).ok_or_else(
             || anyhow!("gateway Service {name} has no port named tls and no port {MESH_TLS_PORT}; add the mesh TLS port to it"),
         )?;
-
     let lb: Vec<IngressGateway> = svc
         .status
-        .and_then(|s| s.load_balancer)
-        .and_then(|lb| lb.ingress)
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
         .unwrap_or_default()
         .into_iter()
         .filter_map(|i| i.ip.or(i.hostname))
@@ -119,20 +165,16 @@ pub(crate) async fn read_gateways(client: &kube::Client, opts: &KubeOptions) -> 
         .map(|address| port_u16(port.port).map(|port| IngressGateway { address, port }))
         .collect::<Result<_>>()?;
     if !lb.is_empty() {
-        return Ok(lb);
+        return Ok(Gateways::Found(lb));
     }
-
     let node_port = port.node_port.ok_or_else(|| {
         anyhow!("gateway Service {name} has no load balancer address and no NodePort; wait for the load balancer, or advertise addresses explicitly")
     })?;
     let node_port = port_u16(node_port)?;
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .context("cannot list Nodes (for the gateway's NodePort addresses); grant the agent `list` on nodes")?;
+    let Some(nodes) = nodes else { return Ok(Gateways::NeedNodes(node_port)) };
     let mut out = Vec::new();
-    for node in nodes.items {
-        let addrs = node.status.and_then(|s| s.addresses).unwrap_or_default();
+    for node in nodes {
+        let addrs = node.status.as_ref().and_then(|s| s.addresses.clone()).unwrap_or_default();
         let pick = addrs.iter().find(|a| a.type_ == "ExternalIP").or_else(|| addrs.iter().find(|a| a.type_ == "InternalIP"));
         if let Some(a) = pick {
             out.push(IngressGateway { address: a.address.clone(), port: node_port });
@@ -141,7 +183,8 @@ pub(crate) async fn read_gateways(client: &kube::Client, opts: &KubeOptions) -> 
     if out.is_empty() {
         bail!("gateway Service {name} is a NodePort but no Node has an ExternalIP or InternalIP; advertise addresses explicitly");
     }
-    Ok(out)
+    out.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(Gateways::Found(out))
 }
 
 fn port_u16(p: i32) -> Result<u16> {
@@ -169,12 +212,33 @@ async fn read_exported_services(client: &kube::Client, opts: &KubeOptions) -> Re
     let list = Api::<Service>::all(client.clone()).list(&ListParams::default().labels(&sel)).await.with_context(|| {
         format!("cannot list Services labelled {sel} in all namespaces; grant the agent cluster-wide `list` on services")
     })?;
+    let mut slices = Vec::new();
+    for svc in &list.items {
+        let (Some(name), Some(ns)) = (svc.metadata.name.as_deref(), svc.metadata.namespace.as_deref()) else { continue };
+        let l = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
+            .await
+            .with_context(|| format!("cannot list EndpointSlices of Service {ns}/{name}; grant the agent `list` on endpointslices"))?;
+        slices.extend(l.items);
+    }
+    exported_from(&list.items, &slices)
+}
+
+/// The label EndpointSlices name their Service by.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The exported Services (already selected by the export label) with their
+/// ports and ready endpoints, counted over `slices` (which may hold others'
+/// slices too: each Service counts its own, by namespace and label).
+pub fn exported_from(services: &[Service], slices: &[EndpointSlice]) -> Result<Vec<ExportedService>> {
     let mut out = Vec::new();
-    for svc in list.items {
+    for svc in services {
         let (Some(name), Some(ns)) = (svc.metadata.name.clone(), svc.metadata.namespace.clone()) else { continue };
         let ports = svc
             .spec
-            .and_then(|s| s.ports)
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .map(|ps| ps.as_slice())
             .unwrap_or_default()
             .iter()
             .map(|p| {
@@ -185,24 +249,24 @@ async fn read_exported_services(client: &kube::Client, opts: &KubeOptions) -> Re
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let ready_endpoints = count_ready_endpoints(client, &ns, &name).await?;
+        let own = slices.iter().filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns.as_str())
+                && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) == Some(name.as_str())
+        });
+        let ready_endpoints = count_ready_endpoints(own)?;
         out.push(ExportedService { hostname: format!("{name}.{ns}.svc.cluster.local"), ports, ready_endpoints });
     }
     out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     Ok(out)
 }
 
-/// Ready endpoints over all of the Service's EndpointSlices. A dual-stack
+/// Ready endpoints over all of a Service's EndpointSlices. A dual-stack
 /// Service has one slice per address family for the same pods, so endpoints
 /// are counted once per target (pod), or per address when there is none.
-async fn count_ready_endpoints(client: &kube::Client, ns: &str, name: &str) -> Result<u32> {
-    let slices = Api::<EndpointSlice>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
-        .await
-        .with_context(|| format!("cannot list EndpointSlices of Service {ns}/{name}; grant the agent `list` on endpointslices"))?;
+fn count_ready_endpoints<'a>(slices: impl Iterator<Item = &'a EndpointSlice>) -> Result<u32> {
     let mut seen = BTreeSet::new();
-    for slice in slices.items {
-        for ep in slice.endpoints {
+    for slice in slices {
+        for ep in &slice.endpoints {
             // A nil `ready` means unknown; Kubernetes says to treat it as ready.
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;

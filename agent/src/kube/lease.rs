@@ -8,7 +8,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a Lease stays valid without renewal.
@@ -51,6 +50,12 @@ impl LeaseGuard {
     /// From then on this replica never acquires it again.
     pub async fn release(&self) -> Result<()> {
         self.released.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.step_down().await
+    }
+
+    /// Gives the Lease up, if held, but may compete for it again later (a
+    /// holder that cannot do its job steps aside for another replica).
+    pub async fn step_down(&self) -> Result<()> {
         self.set_held(None);
         let ns = self.api.namespace().unwrap_or_default().to_string();
         let what = format!("Lease {ns}/{}", self.name);
@@ -167,18 +172,92 @@ impl LeaseGuard {
         Ok(holder.as_deref() == Some(self.holder.as_str()))
     }
 
-    /// Renews (or competes for) the Lease every few seconds until dropped.
-    pub fn spawn_renewal(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(LEASE_RENEW_EVERY);
-            loop {
-                tick.tick().await;
-                if let Err(e) = self.try_acquire().await {
+    /// The holder's side: renews every [`LEASE_RENEW_EVERY`] and returns
+    /// once this replica no longer holds the Lease (another replica took
+    /// it, or renewals failed until it lapsed).
+    pub async fn hold(&self) {
+        let mut tick = tokio::time::interval(LEASE_RENEW_EVERY);
+        tick.tick().await; // the first tick is immediate: just acquired
+        loop {
+            tick.tick().await;
+            match self.try_acquire().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(holder = %self.holder, "another replica holds the Lease now");
+                    return;
+                }
+                Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "leader lease renewal failed");
+                    if !self.is_leader() {
+                        return;
+                    }
                 }
             }
-        })
+        }
     }
+
+    /// A follower's side: watches the Lease (no polling) until it is free to
+    /// take, released (no holder) or lapsed (not renewed within its
+    /// duration), then returns after a random pause of up to a second, so
+    /// that many replicas do not all compete at the same instant.
+    pub async fn wait_until_vacant(&self) {
+        use futures::StreamExt as _;
+        use kube::runtime::{watcher, WatchStreamExt as _};
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut stream = watcher(self.api.clone(), config).default_backoff().boxed();
+        let mut current: Option<LeaseSpec> = None;
+        let mut listed = false;
+        let mut failing = false;
+        loop {
+            // Vacant now?
+            let now = Timestamp::now();
+            let vacant = match &current {
+                Some(spec) => lease_expired(spec, now),
+                None => listed,
+            };
+            if vacant {
+                let pause = Duration::from_millis(u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng)) % 1000);
+                tokio::time::sleep(pause).await;
+                return;
+            }
+            // Else until the next change or the lapse, whichever is first.
+            let lapse = current.as_ref().and_then(lapses_at).map(|at| {
+                let left = at.duration_since(now).as_millis().max(0);
+                tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0) + 50)
+            });
+            let next = tokio::select! {
+                e = stream.next() => e,
+                () = async { match lapse { Some(at) => tokio::time::sleep_until(at).await, None => futures::future::pending().await } } => continue,
+            };
+            match next {
+                None => return,
+                Some(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "watching the Lease failed; retrying (grant list/watch on leases)");
+                    }
+                    failing = true;
+                }
+                Some(Ok(ev)) => {
+                    failing = false;
+                    match ev {
+                        watcher::Event::Init => current = None,
+                        watcher::Event::InitApply(l) | watcher::Event::Apply(l) => current = Some(l.spec.unwrap_or_default()),
+                        watcher::Event::InitDone => listed = true,
+                        watcher::Event::Delete(_) => {
+                            current = None;
+                            listed = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When a Lease held by someone lapses: renewTime + leaseDurationSeconds.
+fn lapses_at(spec: &LeaseSpec) -> Option<Timestamp> {
+    let MicroTime(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
+    Some(*renewed + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_DURATION_SECS))))
 }
 
 /// Expired: no holder, or renewTime + leaseDurationSeconds is in the past.

@@ -9,8 +9,10 @@
 //! never fight over the same field manager.
 
 pub mod facts;
+pub mod facts_watch;
 pub mod key_secret;
 pub mod lease;
+pub mod state;
 #[cfg(test)]
 mod tests;
 

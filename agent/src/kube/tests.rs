@@ -361,7 +361,9 @@ async fn a_nodeport_gateway_is_advertised_on_the_node_addresses() {
     server.await.unwrap();
     assert_eq!(
         gws,
-        vec![IngressGateway { address: "198.51.100.1".into(), port: 31443 }, IngressGateway { address: "10.1.0.2".into(), port: 31443 }]
+        // By address, whatever order the Nodes come in (the facts stay the
+        // same across watch relists).
+        vec![IngressGateway { address: "10.1.0.2".into(), port: 31443 }, IngressGateway { address: "198.51.100.1".into(), port: 31443 }]
     );
 }
 

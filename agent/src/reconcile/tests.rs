@@ -113,7 +113,7 @@ fn desired(names: &[&str]) -> Desired {
                     enable_ingress_gateway: true,
                     api_proxy: None,
                 };
-                (n.to_string(), DesiredPeer { spec, generation: Some(3) })
+                (n.to_string(), DesiredPeer { spec, generation: Some(3), status: None })
             })
             .collect(),
         facts: crate::data_plane::test_facts(LOCAL, root_pem()),

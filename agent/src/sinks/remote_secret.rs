@@ -251,7 +251,7 @@ impl RemoteSecrets {
     }
 
     /// Checks for due re-issues every sixth of the lifetime (1 s to 60 s).
-    pub fn spawn_timer(self: Arc<Self>) {
+    pub fn spawn_timer(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
         let every = Duration::from_secs((self.opts.ttl_secs / 6).clamp(1, 60) as u64);
         tokio::spawn(async move {
             loop {
@@ -260,7 +260,7 @@ impl RemoteSecrets {
                     tracing::error!("{e:#}");
                 }
             }
-        });
+        })
     }
 }
 

@@ -1,9 +1,8 @@
-//! The Kubernetes source: watches `IstioMulticloud` objects and re-reads the
-//! local facts (`crate::kube::facts`), and feeds the reconciler with both.
+//! The Kubernetes source (the Lease holder's): watches `IstioMulticloud`
+//! objects and this cluster's facts (`crate::kube::facts_watch`; nothing is
+//! polled), and feeds the reconciler with both.
 
 use crate::crd::IstioMulticloud;
-use crate::facts::LocalFacts;
-use crate::kube::facts::read_local_facts;
 use crate::kube::KubeOptions;
 use crate::sinks::status::KubeStatusSink;
 use crate::sources::DesiredPeer;
@@ -83,36 +82,35 @@ fn replace_if_changed(cur: &mut BTreeMap<String, DesiredPeer>, new: BTreeMap<Str
 
 pub(crate) fn desired_peer(obj: IstioMulticloud) -> Option<(String, DesiredPeer)> {
     let name = obj.metadata.name?;
-    Some((name, DesiredPeer { spec: obj.spec, generation: obj.metadata.generation }))
+    Some((name, DesiredPeer { spec: obj.spec, generation: obj.metadata.generation, status: obj.status }))
 }
 
 /// Feeds the reconciler in Kubernetes mode: the watched objects plus the
-/// local facts, re-read every `facts_every`. A failing facts read keeps the
+/// watched local facts. A facts change that cannot be worked out keeps the
 /// last good facts (and is logged with what to fix); nothing is published
-/// until the first facts read succeeds.
+/// until the first facts are known.
 pub async fn desired_state(
     client: kube::Client,
     opts: KubeOptions,
-    facts_every: std::time::Duration,
     tx: tokio::sync::watch::Sender<Option<crate::sources::Desired>>,
     status: Option<Arc<KubeStatusSink>>,
 ) {
     let (otx, mut orx) = tokio::sync::watch::channel(BTreeMap::new());
-    tokio::spawn(watch_objects(client.clone(), otx, status));
-    let mut facts: Option<LocalFacts> = None;
-    let mut tick = tokio::time::interval(facts_every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                match read_local_facts(&client, &opts).await {
-                    Ok(f) => facts = Some(f),
-                    Err(e) => tracing::error!("cannot read local facts, keeping the last good ones: {e:#}"),
-                }
-            }
-            r = orx.changed() => if r.is_err() { return },
+    let objects = tokio::spawn(watch_objects(client.clone(), otx, status));
+    let (ftx, mut frx) = tokio::sync::watch::channel(None);
+    let facts = tokio::spawn(crate::kube::facts_watch::watch_local_facts(client, opts, ftx));
+    // Both watches end with this task (a holder that steps down drops it).
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.iter().for_each(tokio::task::JoinHandle::abort);
         }
-        if let Some(f) = &facts {
-            let d = crate::sources::Desired { peers: orx.borrow().clone(), facts: f.clone() };
+    }
+    let _tasks = AbortOnDrop(vec![objects, facts]);
+    loop {
+        let f = frx.borrow_and_update().clone();
+        if let Some(f) = f {
+            let d = crate::sources::Desired { peers: orx.borrow().clone(), facts: f };
             tx.send_if_modified(|cur| {
                 if cur.as_ref() == Some(&d) {
                     false
@@ -122,8 +120,10 @@ pub async fn desired_state(
                 }
             });
         }
-        if tx.is_closed() {
-            return;
+        tokio::select! {
+            r = orx.changed() => if r.is_err() { return },
+            r = frx.changed() => if r.is_err() { return },
+            () = tx.closed() => return,
         }
     }
 }

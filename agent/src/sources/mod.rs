@@ -10,12 +10,19 @@ use crate::crd::IstioMulticloudSpec;
 use crate::facts::LocalFacts;
 use std::collections::BTreeMap;
 
-/// One `IstioMulticloud` object as the reconciler needs it.
-#[derive(Debug, Clone, PartialEq)]
+/// One `IstioMulticloud` object as the reconciler needs it. Two are equal
+/// when their spec and generation are: a status write (the agent's own) is
+/// no change of what is desired.
+#[derive(Debug, Clone)]
 pub struct DesiredPeer {
     pub spec: IstioMulticloudSpec,
     /// `metadata.generation` (reported back as `observedGeneration`).
     pub generation: Option<i64>,
+    /// The object's status as the API server has it (Kubernetes mode): a
+    /// new Lease holder starts from its last good documents
+    /// (`metadataCache`) and pinned UUID, so a peer that is down when the
+    /// holder changes stays established.
+    pub status: Option<crate::crd::IstioMulticloudStatus>,
 }
 
 /// Everything the reconciler acts on. Sources publish a new value on every
@@ -25,4 +32,10 @@ pub struct Desired {
     /// Objects by name.
     pub peers: BTreeMap<String, DesiredPeer>,
     pub facts: LocalFacts,
+}
+
+impl PartialEq for DesiredPeer {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec && self.generation == other.generation
+    }
 }

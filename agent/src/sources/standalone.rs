@@ -47,7 +47,7 @@ pub fn parse(text: &str) -> anyhow::Result<Desired> {
             bail!("objects[{i}] has no metadata.name");
         };
         let generation = o.metadata.generation.or(Some(1));
-        if peers.insert(name.clone(), DesiredPeer { spec: o.spec, generation }).is_some() {
+        if peers.insert(name.clone(), DesiredPeer { spec: o.spec, generation, status: None }).is_some() {
             bail!("objects[{i}]: IstioMulticloud {name:?} is listed twice");
         }
     }
