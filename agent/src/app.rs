@@ -89,8 +89,7 @@ impl App {
         let mut standalone_key = None;
         match &config.mode {
             Mode::Kubernetes { options, .. } => {
-                let client =
-                    kube::Client::try_default().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+                let client = kube_client(&options.holder_identity).await?;
                 let lease = Arc::new(LeaseGuard::new(client.clone(), options));
                 let kube_status = Arc::new(KubeStatusSink::new(client.clone(), lease.clone(), Some(metrics.clone())));
                 {
@@ -404,6 +403,18 @@ impl KubeRoles {
         }
         timer.abort();
     }
+}
+
+/// The API server client (in-cluster config or KUBECONFIG). Its requests
+/// carry `User-Agent: multicloud-agent/<version> (<pod>)`, so that the API
+/// server's audit log tells the replicas apart.
+async fn kube_client(pod: &str) -> Result<kube::Client> {
+    let mut config = kube::Config::infer().await.context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let agent = format!("multicloud-agent/{} ({pod})", env!("CARGO_PKG_VERSION"));
+    if let Ok(v) = http::HeaderValue::from_str(&agent) {
+        config.headers.push((http::header::USER_AGENT, v));
+    }
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
 /// Resolves on SIGTERM (how Kubernetes stops a pod) or SIGINT (Ctrl-C).

@@ -93,10 +93,11 @@ fn b64(s: &str) -> String {
 /// ServiceAccount (what peers send through the API proxy), at Metadata level
 /// (who, verb, URI, status; no bodies), when the response is complete;
 /// its Secret requests with the response body (a list's items), so that a
-/// test can show that no Secret was ever returned.
+/// test can show that no Secret was ever returned; and the agent's requests
+/// at Metadata level (each replica has its own User-Agent).
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
 - level: RequestResponse\n  users: ['system:serviceaccount:istio-system:istio-multicloud-api-proxy']\n  resources: [{group: '', resources: [secrets]}]\n\
-- level: Metadata\n  users: ['system:serviceaccount:istio-system:istio-multicloud-api-proxy']\n- level: None\n";
+- level: Metadata\n  users: ['system:serviceaccount:istio-system:istio-multicloud-api-proxy', 'system:serviceaccount:istio-system:istio-multicloud-agent']\n- level: None\n";
 
 impl ControlPlane {
     /// The control plane of `sim`, started once per test binary and shared

@@ -6,7 +6,7 @@
 //! ones. Gateways are the test bed's Envoys with the built filter, fed by the
 //! agent; the API proxy forwards to the peer's real API server.
 //!
-//! Clusters: 122+123 (join, faults), 124 (Lease), 125 (least privilege,
+//! Clusters: 122+123 (join, faults), 124+120 (Lease, followers), 125 (least privilege,
 //! key Secret, WasmPlugin). What no controller here writes (the root
 //! ConfigMap, the gateway's load-balancer address, EndpointSlices) the test
 //! bed writes as admin (tests/src/kube_mesh.rs).
@@ -252,70 +252,157 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     let _ = b;
 }
 
-/// Two replicas: one holds the Lease and alone writes status; SIGTERM hands
-/// the Lease over at once (well before it would expire); SIGKILL within the
-/// Lease's duration.
+/// Three replicas (DaemonSet pods), a peer: only the Lease holder reads the
+/// facts, fetches from the peer and writes (status, the remote secret, the
+/// data plane state); the followers serve their node from the published
+/// state and make no request beyond their two watches (the API server's
+/// audit log, by each replica's User-Agent). SIGTERM hands the Lease over
+/// at once (well before it would expire); after SIGKILL a standby takes it
+/// within the Lease's duration and rewrites what the old holder owned
+/// without waiting for a change (a new remote-secret token, the state).
 #[test]
-fn only_the_lease_holder_writes_and_another_replica_takes_over() {
-    let sim = SimCluster(124);
-    let mut c = start_kube_mesh(&[sim], KubeMeshOptions { replicas: 2, ..Default::default() }).pop().unwrap();
-    // A peer that cannot be reached: its status is still written (Ready=False).
-    kube_mesh::link(c.cp, &[(SimCluster(128), 9, "not a pem".into())]);
-    let peer = object_name(SimCluster(128));
-    let holder = wait_until("one replica to hold the Lease and write status", Duration::from_secs(60), || {
-        let leaders: Vec<usize> = (0..2).filter(|i| is_leader(&c.agents[*i])).collect();
-        let written = c.imc_status(&peer)["conditions"].as_array().is_some_and(|a| !a.is_empty());
-        match (leaders.as_slice(), written) {
-            ([i], true) => Ok(*i),
+fn only_the_lease_holder_reads_fetches_and_writes_and_another_replica_takes_over() {
+    let sims = [SimCluster(124), SimCluster(120)];
+    let mut clusters = start_kube_mesh(&sims, KubeMeshOptions { replicas: 3, ..Default::default() });
+    let peer = object_name(sims[1]);
+    let (c, b) = {
+        let (x, y) = clusters.split_at_mut(1);
+        (&mut x[0], &y[0])
+    };
+    c.wait_imc_ready(&peer, JOIN);
+    b.wait_imc_ready(&object_name(sims[0]), JOIN);
+    let n = c.agents.len();
+    let holder = wait_until("one replica to hold the Lease", Duration::from_secs(60), || {
+        let leaders: Vec<usize> = (0..n).filter(|i| is_leader(&c.agents[*i])).collect();
+        match leaders.as_slice() {
+            [i] => Ok(*i),
             other => Err(format!("{other:?}")),
         }
     });
-    let other = 1 - holder;
+    let followers: Vec<usize> = (0..n).filter(|i| *i != holder).collect();
     let lease = c.cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], format!("agent-{holder}"));
     assert!(metric(&c.agents[holder], "multicloud_agent_status_writes_total").unwrap() >= 1.0);
-    assert_eq!(metric(&c.agents[other], "multicloud_agent_status_writes_total"), Some(0.0), "the other replica never wrote status");
+    assert!(metric(&c.agents[holder], "multicloud_agent_state_writes_total").unwrap() >= 1.0, "the holder published the state");
+    let fetched = |a: &Agent| a.metrics().lines().filter(|l| l.starts_with("multicloud_agent_fetch_total{")).count();
+    assert!(fetched(&c.agents[holder]) > 0, "the holder fetches from the peer");
+    for f in &followers {
+        let a = &c.agents[*f];
+        assert_eq!(metric(a, "multicloud_agent_status_writes_total"), Some(0.0), "follower agent-{f} never wrote status");
+        assert_eq!(metric(a, "multicloud_agent_state_writes_total"), Some(0.0), "follower agent-{f} never wrote the state");
+        assert_eq!(fetched(a), 0, "follower agent-{f} never fetched from the peer: {}", a.metrics());
+        // It serves its node from the holder's state: ready, and its
+        // filter configuration (its ECDS file) names the peer's key.
+        wait_until(&format!("follower agent-{f} to serve the published state"), JOIN, || {
+            let ready = a.get("/readyz").map(|r| r.status) == Ok(200);
+            let ecds = std::fs::read(c.dir().join(format!("edge-agent-{f}.pb"))).unwrap_or_default();
+            let peer_uuid = b.uuid.as_bytes();
+            if ready && ecds.windows(peer_uuid.len()).any(|w| w == peer_uuid) {
+                Ok(())
+            } else {
+                Err(format!("ready {ready}, ECDS {} bytes", ecds.len()))
+            }
+        });
+    }
+
+    // Steady state: over five of the holder's refreshes of the peer, the
+    // followers sent the API server nothing (their watches stay open), and
+    // the holder what it needs.
+    let by_agent = |cp: &ControlPlane| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(cp.dir().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["user"]["username"] == "system:serviceaccount:istio-system:istio-multicloud-agent")
+            .collect()
+    };
+    let of = |events: &[serde_json::Value], replica: usize| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["userAgent"].as_str().is_some_and(|u| u.ends_with(&format!("(agent-{replica})"))))
+            .map(|e| format!("{} {}", e["verb"].as_str().unwrap_or(""), e["requestURI"].as_str().unwrap_or("")))
+            .collect()
+    };
+    let before = by_agent(c.cp);
+    let fetches = |a: &Agent| -> f64 {
+        a.metrics().lines().filter(|l| l.starts_with("multicloud_agent_fetch_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    let f0 = fetches(&c.agents[holder]);
+    let t_window = Instant::now();
+    wait_until("five of the holder's refreshes", Duration::from_secs(60), || {
+        if fetches(&c.agents[holder]) >= f0 + 10.0 {
+            Ok(())
+        } else {
+            Err(format!("{} fetches", fetches(&c.agents[holder])))
+        }
+    });
+    let window = t_window.elapsed();
+    let after = by_agent(c.cp);
+    let new = &after[before.len().min(after.len())..];
+    for f in &followers {
+        let sent = of(new, *f);
+        assert!(sent.is_empty(), "follower agent-{f} made requests in the steady state: {sent:?}");
+        let all = of(&after, *f);
+        assert!(
+            all.iter().all(|r| r.starts_with("watch ") || r.starts_with("list ") || r.contains("/leases/istio-multicloud-agent")),
+            "follower agent-{f} made only its watches (and its one Lease read at start): {all:?}"
+        );
+    }
+    let holder_sent = of(new, holder);
+    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+    for r in &holder_sent {
+        let (verb, uri) = r.split_once(' ').unwrap_or((r, ""));
+        let path = uri.split('?').next().unwrap_or(uri);
+        *by_kind.entry(format!("{verb} {path}")).or_default() += 1;
+    }
+    eprintln!("FIGURES steady state over {window:?}: followers 0 requests; the holder {} ({by_kind:?})", holder_sent.len());
 
     // SIGTERM: the holder releases the Lease on its way out.
     let t = Instant::now();
     let st = c.agents[holder].terminate(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "exits cleanly on SIGTERM: {st:?}");
-    // Well inside the Lease's 15 s: the other did not wait for it to expire.
-    wait_until("the other replica to take over after SIGTERM", Duration::from_secs(10), || {
-        if is_leader(&c.agents[other]) {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
+    // Well inside the Lease's 15 s: a follower did not wait for it to expire.
+    let next = wait_until("a follower to take over after SIGTERM", Duration::from_secs(10), || {
+        followers.iter().copied().find(|f| is_leader(&c.agents[*f])).ok_or_else(|| "not yet".to_string())
     });
     let after_term = t.elapsed();
     let lease = c.cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], format!("agent-{other}"));
-    eprintln!("takeover after SIGTERM: {after_term:?}");
+    assert_eq!(lease["spec"]["holderIdentity"], format!("agent-{next}"));
+    eprintln!("FIGURES takeover after SIGTERM: {after_term:?}");
 
-    // SIGKILL: nothing is released; the Lease expires (15 s) and the standby takes it.
-    let standby = c.start_replica("agent-2");
-    c.agents[holder] = standby;
+    // SIGKILL: nothing is released; the Lease lapses (15 s) and a follower
+    // takes it, then writes at once, with no change to wait for: the
+    // remote secret gets a fresh token, the state is published.
+    let secret = format!("istio-remote-secret-{peer}");
+    let token = || secret_data(c.cp, "istio-system", &secret, &peer).unwrap_or_default();
+    let old_token = token();
+    assert!(!old_token.is_empty(), "the remote secret is there");
+    c.agents[holder] = c.start_replica("agent-3");
     let t = Instant::now();
-    c.agents[other].kill();
-    wait_until("the standby to take over after SIGKILL", Duration::from_secs(30), || {
-        if is_leader(&c.agents[holder]) {
+    c.agents[next].kill();
+    let standby = wait_until("a replica to take over after SIGKILL", Duration::from_secs(30), || {
+        (0..n).filter(|i| *i != next).find(|i| is_leader(&c.agents[*i])).ok_or_else(|| "not yet".to_string())
+    });
+    let t_take = t.elapsed();
+    wait_until("the new holder to write what the old one owned", Duration::from_secs(30), || {
+        let wrote = metric(&c.agents[standby], "multicloud_agent_state_writes_total").unwrap_or(0.0) >= 1.0
+            && metric(&c.agents[standby], "multicloud_agent_status_writes_total").unwrap_or(0.0) >= 1.0;
+        if wrote && token() != old_token {
             Ok(())
         } else {
-            Err("not yet".into())
+            Err(format!("state/status written {wrote}, token replaced {}", token() != old_token))
         }
     });
-    eprintln!("takeover after SIGKILL: {:?}", t.elapsed());
-    let before = metric(&c.agents[holder], "multicloud_agent_status_writes_total").unwrap_or(0.0);
-    // The new holder writes: delete the condition list and see it come back.
-    c.cp.kubectl_ok(&["delete", "imc", &peer]);
+    eprintln!("FIGURES takeover after SIGKILL: Lease {t_take:?}, first writes {:?}", t.elapsed());
+    // And it follows a change.
+    let before = metric(&c.agents[standby], "multicloud_agent_status_writes_total").unwrap_or(0.0);
     kube_mesh::link(c.cp, &[(SimCluster(128), 9, "not a pem".into())]);
-    wait_until("the new holder to write the status", Duration::from_secs(30), || {
-        let n = metric(&c.agents[holder], "multicloud_agent_status_writes_total").unwrap_or(0.0);
-        if n > before && c.imc_status(&peer)["conditions"].as_array().is_some_and(|a| !a.is_empty()) {
+    let other = object_name(SimCluster(128));
+    wait_until("the new holder to write the new object's status", Duration::from_secs(30), || {
+        let w = metric(&c.agents[standby], "multicloud_agent_status_writes_total").unwrap_or(0.0);
+        if w > before && c.imc_status(&other)["conditions"].as_array().is_some_and(|a| !a.is_empty()) {
             Ok(())
         } else {
-            Err(format!("writes {n}"))
+            Err(format!("writes {w}"))
         }
     });
 }
