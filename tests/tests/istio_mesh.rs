@@ -66,10 +66,13 @@ fn remote_kubeconfig(a: &KubeCluster, peer: &str) -> String {
 
 /// The value of `key:` in a kubeconfig.
 fn kubeconfig_field(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .unwrap_or_else(|| panic!("no {key} in the kubeconfig"))
+    let v: serde_json::Value = serde_saphyr::from_str(text).expect("the remote secret's kubeconfig is YAML");
+    let at = match key {
+        "server" => &v["clusters"][0]["cluster"]["server"],
+        "token" => &v["users"][0]["user"]["token"],
+        other => panic!("no {other} in a kubeconfig"),
+    };
+    at.as_str().unwrap_or_else(|| panic!("no {key} in the kubeconfig: {v}")).to_string()
 }
 
 /// Kinds a peer may read through the API proxy (what the guard allows).
@@ -249,12 +252,11 @@ fn jwt_exp(kubeconfig_b64: &str) -> u64 {
     let text = base64::engine::general_purpose::STANDARD
         .decode(kubeconfig_b64)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let token =
-        text.lines().find_map(|l| l.trim().strip_prefix("token:")).map(|t| t.trim().trim_matches('"').to_string()).unwrap_or_default();
-    let payload = token.split('.').nth(1).unwrap_or("");
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap_or_default();
-    serde_json::from_slice::<serde_json::Value>(&json).ok().and_then(|v| v["exp"].as_u64()).unwrap_or(u64::MAX)
+        .expect("base64");
+    let token = kubeconfig_field(&text, "token");
+    let payload = token.split('.').nth(1).expect("a JWS");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url claims");
+    serde_json::from_slice::<serde_json::Value>(&json).ok().and_then(|v| v["exp"].as_u64()).expect("an exp claim")
 }
 
 /// A's workload calls `foo.abc.svc.cluster.local`, which runs only in B: B

@@ -344,7 +344,9 @@ fn edge_through_istiod(cp: &ControlPlane, istiod: &Istiod, gw: &IstioGateway) ->
     let edge_ca = create_metadata_tls(cp, sim, &host, dir.path());
 
     // The agent, as the DaemonSet runs it, with deploy/'s ServiceAccount.
-    let agent = start_daemonset_agent(cp, sim, adir, daemonset_args(&rendered), &istio::agent_ca_args(cp, istiod, dir.path()));
+    // The CA's files with the agent's own (a restart reads them again).
+    let ca_args = istio::agent_ca_args(cp, istiod, adir.path());
+    let agent = start_daemonset_agent(cp, sim, adir, daemonset_args(&rendered), &ca_args);
     assert_eq!(agent.xds_addr().port(), xds_port);
 
     // The gateway's listener for the Gateway's 443 is on the Service's targetPort.

@@ -83,8 +83,13 @@ fn wasmplugin_variant_pulls_the_filter_by_digest_under_istiod() {
     let host = format!("metadata.cluster-{}.example", sim.0);
     let rendered = install(&["--wasmplugin".into(), format!("--filter-image={}", served.reference), format!("--metadata-host={host}")]);
     assert!(!rendered.contains("kind: EnvoyFilter"), "the WasmPlugin replaces the EnvoyFilter");
-    let url = format!("url: {}", served.wasmplugin_url());
-    assert_eq!(rendered.matches(&url).count(), 1, "the WasmPlugin's url is the image by digest");
+    let urls: Vec<String> = serde_saphyr::from_multiple::<serde_json::Value>(&rendered)
+        .expect("install's output is YAML")
+        .into_iter()
+        .filter(|o| o["kind"] == "WasmPlugin")
+        .map(|o| o["spec"]["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(urls, [served.wasmplugin_url()], "the WasmPlugin's url is the image by digest");
     cp.apply(&rendered).expect("install --wasmplugin output applies");
     let wp = cp.get_json(&["wasmplugin", "multicloud-edge", "-n", "istio-system"]).expect("the WasmPlugin");
     assert_eq!(wp["spec"]["url"], served.wasmplugin_url().as_str());
