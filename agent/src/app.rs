@@ -7,7 +7,7 @@
 //! Lease holder ([`KubeRoles`]). Only the holder loads the federation key,
 //! watches the objects and facts, fetches from peers, signs tokens, writes
 //! shared state (status, remote secrets, Istio's mesh config, the
-//! WasmPlugin) and publishes the data plane state (`crate::kube::state`).
+//! WasmPlugin) and publishes the data plane state (`crate::sinks::state`).
 //! A follower watches that state and the Lease, and serves its node's
 //! proxies from the state; it makes no other request. A follower that finds
 //! the Lease free takes it and starts its holder term from the objects'
@@ -216,7 +216,9 @@ impl App {
             token_ttl_secs: keys::MAX_METADATA_TOKEN_TTL_SECS,
         };
         let api = multicloud_core::edge::ApiSettings { mesh_config_maps: config.mesh_config_maps.clone(), ..Default::default() };
-        if let (Some((client, options, lease, kube_status)), Mode::Kubernetes { wasmplugin, istio_mesh_config, .. }) = (kube_parts, &config.mode) {
+        if let (Some((client, options, lease, kube_status)), Mode::Kubernetes { wasmplugin, istio_mesh_config, .. }) =
+            (kube_parts, &config.mode)
+        {
             let roles = KubeRoles {
                 key_store: SecretKeyStore::new(client.clone(), &options),
                 status: Arc::new(KubeAndBoard(kube_status.clone(), board.clone())),
@@ -345,7 +347,7 @@ impl KubeRoles {
         let mut sinks = self.node_sinks.clone();
         sinks.push(self.ready.clone());
         tokio::select! {
-            () = crate::kube::state::follow(self.client.clone(), self.options.namespace.clone(), sinks, last) => {}
+            () = crate::sources::state::follow(self.client.clone(), self.options.namespace.clone(), sinks, last) => {}
             () = self.lease.wait_until_vacant() => tracing::info!("the Lease is free: competing for it"),
         }
     }
@@ -382,7 +384,7 @@ impl KubeRoles {
         if let Some(name) = &self.istio_mesh_config {
             sinks.push(Arc::new(MeshConfigSink::new(self.client.clone(), ns, name, self.lease.clone())));
         }
-        sinks.push(Arc::new(crate::kube::state::StatePublisher::new(self.client.clone(), ns, self.lease.clone(), self.metrics.clone())));
+        sinks.push(Arc::new(crate::sinks::state::StatePublisher::new(self.client.clone(), ns, self.lease.clone(), self.metrics.clone())));
         sinks.push(self.ready.clone());
         let (tx, desired) = watch::channel(None);
         let source = sources::kubernetes::desired_state(self.client.clone(), self.options.clone(), tx, Some(self.kube_status.clone()));

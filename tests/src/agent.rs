@@ -146,6 +146,11 @@ impl Agent {
         self.proc.kill();
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.id()
+    }
+
     /// SIGTERM, as a kubelet stops a pod; `Some(status)` if the agent exited
     /// within `grace`.
     pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {

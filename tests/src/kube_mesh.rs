@@ -192,8 +192,7 @@ pub fn start_daemonset_agent(cp: &ControlPlane, sim: SimCluster, adir: tempfile:
     let kubeconfig = dir.join("agent.kubeconfig");
     cp.service_account_kubeconfig("istio-system", "istio-multicloud-agent", &kubeconfig);
     std::fs::write(dir.join("api-proxy-token"), cp.token("istio-system", "istio-multicloud-api-proxy", 3600)).expect("write");
-    let mut extra_args =
-        vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string()];
+    let mut extra_args = vec!["--api-proxy-credential".into(), dir.join("api-proxy-token").display().to_string()];
     extra_args.extend(extra.iter().cloned());
     Agent::start(
         adir,

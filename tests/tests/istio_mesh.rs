@@ -249,10 +249,8 @@ fn xds_refuses_all_but_the_gateway(a: &KubeCluster, client: &IstioGateway) {
 /// The `exp` of the token in a remote secret's kubeconfig (base64 data).
 fn jwt_exp(kubeconfig_b64: &str) -> u64 {
     use base64::Engine as _;
-    let text = base64::engine::general_purpose::STANDARD
-        .decode(kubeconfig_b64)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .expect("base64");
+    let text =
+        base64::engine::general_purpose::STANDARD.decode(kubeconfig_b64).map(|b| String::from_utf8_lossy(&b).into_owned()).expect("base64");
     let token = kubeconfig_field(&text, "token");
     let payload = token.split('.').nth(1).expect("a JWS");
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url claims");

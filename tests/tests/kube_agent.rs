@@ -324,7 +324,11 @@ fn only_the_lease_holder_reads_fetches_and_writes_and_another_replica_takes_over
     };
     let before = by_agent(c.cp);
     let fetches = |a: &Agent| -> f64 {
-        a.metrics().lines().filter(|l| l.starts_with("multicloud_agent_fetch_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        a.metrics()
+            .lines()
+            .filter(|l| l.starts_with("multicloud_agent_fetch_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     let f0 = fetches(&c.agents[holder]);
     let t_window = Instant::now();

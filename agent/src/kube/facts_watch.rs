@@ -95,8 +95,12 @@ pub async fn watch_local_facts(client: kube::Client, opts: KubeOptions, tx: watc
     let cluster_uuid = read_cluster_uuid(&client).await;
     let changed = Arc::new(Notify::new());
     let ns = opts.namespace.clone();
-    let namespace =
-        watch(Api::<Namespace>::all(client.clone()), by_name(&ns), changed.clone(), format!("Namespace {ns} (grant list/watch on namespaces)"));
+    let namespace = watch(
+        Api::<Namespace>::all(client.clone()),
+        by_name(&ns),
+        changed.clone(),
+        format!("Namespace {ns} (grant list/watch on namespaces)"),
+    );
     let root = watch(
         Api::<ConfigMap>::namespaced(client.clone(), &ns),
         by_name("istio-ca-root-cert"),
@@ -122,9 +126,13 @@ pub async fn watch_local_facts(client: kube::Client, opts: KubeOptions, tx: watc
     let mut slices: Option<(BTreeSet<String>, Watched<EndpointSlice>)> = None;
     let mut nodes: Option<Watched<Node>> = None;
     let mut last_error = String::new();
-    for w in [namespace.store.wait_until_ready().await.err(), root.store.wait_until_ready().await.err(), exported.store.wait_until_ready().await.err()]
-        .into_iter()
-        .flatten()
+    for w in [
+        namespace.store.wait_until_ready().await.err(),
+        root.store.wait_until_ready().await.err(),
+        exported.store.wait_until_ready().await.err(),
+    ]
+    .into_iter()
+    .flatten()
     {
         tracing::error!("a facts watch stopped before its first list: {w}");
     }
@@ -149,7 +157,18 @@ pub async fn watch_local_facts(client: kube::Client, opts: KubeOptions, tx: watc
                 let _ = w.store.wait_until_ready().await;
             }
         }
-        let computed = compute(&client, &opts, &cluster_uuid, &namespace, &root, gateways.as_ref(), &exported, slices.as_ref().map(|(_, w)| w), &nodes).await;
+        let computed = compute(
+            &client,
+            &opts,
+            &cluster_uuid,
+            &namespace,
+            &root,
+            gateways.as_ref(),
+            &exported,
+            slices.as_ref().map(|(_, w)| w),
+            &nodes,
+        )
+        .await;
         let result = match computed {
             Ok(Computed::Facts(f)) => {
                 // Nodes are watched only while the gateway needs them.
@@ -266,9 +285,9 @@ async fn read_cluster_uuid(client: &kube::Client) -> String {
                 Some(uid) => return uid,
                 None => tracing::error!("Namespace kube-system has no metadata.uid; the API server returned an incomplete object"),
             },
-            Err(e) => tracing::error!(
-                "cannot read Namespace kube-system (its UID is the cluster UUID); grant the agent `get` on namespaces: {e}"
-            ),
+            Err(e) => {
+                tracing::error!("cannot read Namespace kube-system (its UID is the cluster UUID); grant the agent `get` on namespaces: {e}")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));

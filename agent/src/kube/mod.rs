@@ -1,18 +1,20 @@
 //! Kubernetes helpers shared by the Kubernetes source, the status and
 //! WasmPlugin sinks and `check --kubernetes`: how the agent finds its own
-//! objects ([`KubeOptions`]), this cluster's facts ([`facts`]), the Lease that
+//! objects ([`KubeOptions`]), this cluster's facts ([`facts`], read once by
+//! `check`; [`facts_watch`], kept by watches for the holder), the Lease that
 //! elects the writer of shared state ([`lease`]) and the federation key's
 //! Secret ([`key_secret`]).
 //!
-//! Every DaemonSet replica reads and watches; only the replica holding the
-//! Lease writes shared state (object status, the WasmPlugin), so replicas
-//! never fight over the same field manager.
+//! Only the replica holding the Lease watches the objects and facts
+//! ([`facts_watch`]) and writes shared state (object status, remote secrets,
+//! the mesh config, the WasmPlugin, and the data plane state,
+//! `crate::sinks::state`);
+//! every other replica watches that state and the Lease (`crate::app`).
 
 pub mod facts;
 pub mod facts_watch;
 pub mod key_secret;
 pub mod lease;
-pub mod state;
 #[cfg(test)]
 mod tests;
 

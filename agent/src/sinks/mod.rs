@@ -3,14 +3,15 @@
 //! them): the xDS port's client roots ([`client_roots`]), the xDS snapshots
 //! ([`xds`]), Istio remote secrets ([`remote_secret`]), the edge's ECDS file
 //! ([`ecds_file`]), the Istio `WasmPlugin` ([`wasmplugin`]), Istio's shared
-//! mesh config ([`mesh_config`]: peers' roots and networks), and readiness
-//! ([`ready`], last). Status sinks ([`StatusSink`]): [`status`].
+//! mesh config ([`mesh_config`]: peers' roots and networks), the data plane
+//! state for the other replicas ([`state`]), and readiness ([`ready`], last). Status sinks ([`StatusSink`]): [`status`].
 
 pub mod client_roots;
 pub mod ecds_file;
 pub mod mesh_config;
 pub mod ready;
 pub mod remote_secret;
+pub mod state;
 pub mod status;
 pub mod wasmplugin;
 pub mod xds;

@@ -5,6 +5,7 @@
 
 pub mod kubernetes;
 pub mod standalone;
+pub mod state;
 
 use crate::crd::IstioMulticloudSpec;
 use crate::facts::LocalFacts;

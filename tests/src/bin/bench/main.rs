@@ -2,7 +2,7 @@
 //! same run and writes the ratios to BENCHMARKS.md. Every load is a bounded
 //! wrk run on loopback; nothing runs without an end.
 //!
-//! Usage: bench [edge|api|xds|traffic|convergence|fuzz]...   (default: all benchmarks)
+//! Usage: bench [edge|api|xds|traffic|convergence|daemonset|fuzz]...   (default: all benchmarks)
 //!
 //! `fuzz` runs nothing: it copies the last `make fuzz` results
 //! (docs/fuzzing-results.md) into their section.
@@ -36,6 +36,9 @@ fn main() {
     }
     if all || args.iter().any(|a| a == "convergence") {
         convergence::run();
+    }
+    if all || args.iter().any(|a| a == "daemonset") {
+        daemonset::run();
     }
     if all || args.iter().any(|a| a == "fuzz") {
         fuzz_results();
@@ -165,6 +168,7 @@ The same `GET {path}` with the same bearer token goes to the same upstream throu
 }
 
 mod convergence;
+mod daemonset;
 mod traffic;
 mod xds;
 

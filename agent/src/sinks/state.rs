@@ -13,17 +13,15 @@
 //! documents and the peers' public and private documents and public keys;
 //! no key, no token, no credential.
 
-use super::lease::LeaseGuard;
-use super::FIELD_MANAGER;
 use crate::data_plane::DataPlane;
+use crate::kube::lease::LeaseGuard;
+use crate::kube::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::{bail, Context as _};
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{watcher, WatchStreamExt as _};
 use std::sync::Arc;
 
 /// The ConfigMap deploy/ creates for the state.
@@ -66,12 +64,9 @@ impl DataPlaneSink for StatePublisher {
                 "metadata": {"name": STATE_CONFIG_MAP},
                 "data": {STATE_KEY: json},
             });
-            self.api
-                .patch(STATE_CONFIG_MAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-                .await
-                .with_context(|| {
-                    format!("cannot write ConfigMap {}/{STATE_CONFIG_MAP} (deploy/ creates it; the agent needs patch on it)", self.api_ns())
-                })?;
+            self.api.patch(STATE_CONFIG_MAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.with_context(
+                || format!("cannot write ConfigMap {}/{STATE_CONFIG_MAP} (deploy/ creates it; the agent needs patch on it)", self.api_ns()),
+            )?;
             self.metrics.state_published();
             Ok(())
         })
@@ -88,53 +83,4 @@ impl StatePublisher {
 pub fn read_state(cm: &ConfigMap) -> Option<Result<DataPlane, serde_json::Error>> {
     let json = cm.data.as_ref()?.get(STATE_KEY)?;
     Some(serde_json::from_str(json))
-}
-
-/// A follower: watches the state ConfigMap and applies every new state to
-/// this replica's node-local `sinks`, in order, until the task is dropped.
-/// A state that does not parse is logged and skipped (the last good one
-/// keeps serving). `last` receives each applied state (a new holder starts
-/// from it).
-pub async fn follow(client: kube::Client, namespace: String, sinks: Vec<Arc<dyn DataPlaneSink>>, last: tokio::sync::watch::Sender<Option<DataPlane>>) {
-    let api = Api::<ConfigMap>::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={STATE_CONFIG_MAP}"));
-    let mut stream = watcher(api, config).default_backoff().applied_objects().boxed();
-    let mut failing = false;
-    while let Some(event) = stream.next().await {
-        let cm = match event {
-            Ok(cm) => {
-                failing = false;
-                cm
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "watching ConfigMap {namespace}/{STATE_CONFIG_MAP} failed; retrying (the last state keeps serving; grant list/watch on it)");
-                }
-                failing = true;
-                continue;
-            }
-        };
-        let dp = match read_state(&cm) {
-            None => continue, // not published yet
-            Some(Err(e)) => {
-                tracing::error!("ConfigMap {namespace}/{STATE_CONFIG_MAP} holds no valid state ({e}); keeping the last one");
-                continue;
-            }
-            Some(Ok(dp)) => dp,
-        };
-        if last.borrow().as_ref() == Some(&dp) {
-            continue;
-        }
-        let mut ok = true;
-        for sink in &sinks {
-            if let Err(e) = sink.apply(&dp).await {
-                tracing::error!("cannot apply the published data plane state: {e:#}");
-                ok = false;
-            }
-        }
-        if ok {
-            tracing::info!(peers = dp.peers.len(), "data plane state from the Lease holder applied");
-        }
-        last.send_replace(Some(dp));
-    }
 }
