@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 scripts/bootstrap.sh --bench
 scripts/build.sh filter
-# The traffic section starts real agents (the test bed's target/debug/multicloud-agent).
+# The traffic section starts real agents (the test bed's target/debug/multicloud-agent);
+# the daemonset section measures the release build's memory.
 cargo build --quiet -p multicloud-agent
+cargo build --quiet --release -p multicloud-agent
+export MULTICLOUD_AGENT_RELEASE=$PWD/target/release/multicloud-agent
 # The convergence section runs real API servers and istiods.
 tool_env=$(scripts/tools.sh env) || die "scripts/tools.sh could not provide the real tier's tools"
 eval "$tool_env"

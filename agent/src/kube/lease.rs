@@ -28,6 +28,9 @@ pub struct LeaseGuard {
     /// Set by [`LeaseGuard::release`]: a replica that is shutting down
     /// neither renews nor competes any more.
     released: std::sync::atomic::AtomicBool,
+    /// The Lease as this replica last wrote it: a renewal updates it
+    /// directly (one request), reading the Lease only after a conflict.
+    last: Mutex<Option<Lease>>,
 }
 
 /// Renewals are trusted for the lease duration less this margin.
@@ -41,6 +44,7 @@ impl LeaseGuard {
             holder: opts.holder_identity.clone(),
             held_until: Mutex::new(None),
             released: false.into(),
+            last: Mutex::new(None),
         }
     }
 
@@ -57,6 +61,7 @@ impl LeaseGuard {
     /// holder that cannot do its job steps aside for another replica).
     pub async fn step_down(&self) -> Result<()> {
         self.set_held(None);
+        *self.last.lock() = None;
         let ns = self.api.namespace().unwrap_or_default().to_string();
         let what = format!("Lease {ns}/{}", self.name);
         let Some(mut lease) = self.api.get_opt(&self.name).await.with_context(|| format!("cannot read {what}"))? else {
@@ -127,7 +132,8 @@ impl LeaseGuard {
                 }),
             };
             return match self.api.create(&PostParams::default(), &fresh).await {
-                Ok(_) => {
+                Ok(written) => {
+                    *self.last.lock() = Some(written);
                     tracing::info!(lease = %what, holder = %self.holder, "created the Lease; this replica writes status");
                     Ok(true)
                 }
@@ -152,7 +158,8 @@ impl LeaseGuard {
         s.lease_duration_seconds = Some(LEASE_DURATION_SECS);
         s.renew_time = Some(MicroTime(now));
         match self.api.replace(&self.name, &PostParams::default(), &next).await {
-            Ok(_) => {
+            Ok(written) => {
+                *self.last.lock() = Some(written);
                 if !ours {
                     tracing::info!(lease = %what, holder = %self.holder, "took over the expired Lease; this replica writes status");
                 }
@@ -172,6 +179,34 @@ impl LeaseGuard {
         Ok(holder.as_deref() == Some(self.holder.as_str()))
     }
 
+    /// Renews the Lease this replica holds with one request (the Lease as it
+    /// last wrote it, its resourceVersion guarding the update); after a
+    /// conflict, or with nothing cached, the full [`LeaseGuard::try_acquire`].
+    pub async fn renew(&self) -> Result<bool> {
+        let cached = self.last.lock().clone();
+        let Some(mut lease) = cached.filter(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.holder.as_str()))
+        else {
+            return self.try_acquire().await;
+        };
+        if self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let now = Timestamp::now();
+        lease.spec.get_or_insert_with(LeaseSpec::default).renew_time = Some(MicroTime(now));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(written) => {
+                *self.last.lock() = Some(written);
+                self.set_held(Some(now + SignedDuration::from_secs(i64::from(LEASE_DURATION_SECS)) - LEASE_SKEW_MARGIN));
+                Ok(true)
+            }
+            Err(e) if is_status(&e, 409) => {
+                *self.last.lock() = None;
+                self.try_acquire().await
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot renew Lease {}", self.name)),
+        }
+    }
+
     /// The holder's side: renews every [`LEASE_RENEW_EVERY`] and returns
     /// once this replica no longer holds the Lease (another replica took
     /// it, or renewals failed until it lapsed).
@@ -180,7 +215,7 @@ impl LeaseGuard {
         tick.tick().await; // the first tick is immediate: just acquired
         loop {
             tick.tick().await;
-            match self.try_acquire().await {
+            match self.renew().await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(holder = %self.holder, "another replica holds the Lease now");

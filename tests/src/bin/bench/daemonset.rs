@@ -145,6 +145,10 @@ fn one(replicas: usize, sims: [SimCluster; 2]) -> Run {
 
 pub fn run() {
     eprintln!("== daemonset: the agent's cost by replica count");
+    // RSS as deployed: the release build (scripts/bench.sh builds it).
+    if let Some(release) = std::env::var_os("MULTICLOUD_AGENT_RELEASE") {
+        std::env::set_var("MULTICLOUD_AGENT", release);
+    }
     let runs: Vec<Run> = [(1, [161, 162]), (3, [163, 164]), (10, [165, 166])]
         .into_iter()
         .map(|(n, [a, b])| {
@@ -176,7 +180,7 @@ pub fn run() {
     let holder_total = runs.last().map(|r| r.holder_per_min.values().sum::<f64>()).unwrap_or(0.0);
     let body = format!(
         "## The DaemonSet at scale (issue 19)\n\nCommand: `scripts/bench.sh daemonset` (`BENCH_DAEMONSET_WINDOW_SECONDS={w}`).\n\n\
-Run: {date}; per replica count, a real kube-apiserver (tests/src/kube.rs) and the agent as that many replicas (deploy/'s timing: refresh 30 s), linked to one peer; a steady window of {w} s after both sides are Ready and every follower is serving. \
+Run: {date}; the agent's release build; per replica count, a real kube-apiserver (tests/src/kube.rs) and the agent as that many replicas (deploy/'s timing: refresh 30 s), linked to one peer; a steady window of {w} s after both sides are Ready and every follower is serving. \
 Requests from the API server's audit log (each replica's User-Agent names its pod); fetches from the peer's gateway counters (public and private documents); RSS from /proc. \
 Takeover: SIGKILL of the holder to the new holder's first state write (the Lease lasts 15 s).\n\n\
 | replicas | holder requests/min | requests/min per follower | peer's fetches/min | holder RSS | follower RSS (max) | takeover |\n|---|---|---|---|---|---|---|\n{rows}\n\
