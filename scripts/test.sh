@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+# A one-off build of the whole suite gains nothing from incremental
+# compilation, whose caches would add gigabytes to target/ (set
+# CARGO_INCREMENTAL=1 to keep them between local runs).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 scripts/bootstrap.sh
 scripts/build.sh filter
 
