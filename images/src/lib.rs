@@ -13,20 +13,29 @@
 //! (the Wasm image needs two), and writes no OCI layout. Here every byte is a
 //! function of the inputs: tar entries sorted, uid/gid 0, no user/group
 //! names, every mtime and the config's `created` set to one given time
-//! (SOURCE_DATE_EPOCH), gzip with mtime 0 and no file name, JSON from
-//! structs (field order fixed whatever serde_json features are on). crane
+//! (SOURCE_DATE_EPOCH), gzip with mtime 0 and no file name, the documents
+//! oci-spec's types written as canonical JSON (keys sorted). crane
 //! pushes the result (`crane push target/images/agent REGISTRY/...`).
 //!
 //! [`Layout`] reads a layout tarball back (the tests use it) and checks
 //! every blob against its digest.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+/// The OCI document types the layouts are made of (callers read them back).
+pub use oci_spec;
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, Digest as OciDigest, HistoryBuilder, ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::Path;
+use std::str::FromStr;
 
+/// The media types on the wire (what the tests compare against); the
+/// documents themselves are oci-spec's types ([`oci_spec::image`]).
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -47,7 +56,7 @@ pub const WASM_CONFIG: &str = "application/vnd.module.wasm.config.v1+json";
 /// not let the layer's digest be the module's sha256.)
 pub const WASM_CONTENT: &str = "application/vnd.module.wasm.content.layer.v1+wasm";
 
-pub const ANN_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const ANN_REF_NAME: &str = oci_spec::image::ANNOTATION_REF_NAME;
 
 /// The non-root user of the agent image; deploy/base/agent.yaml runs as
 /// this uid/gid (`restricted` Pod Security Standard).
@@ -67,76 +76,10 @@ pub fn digest_of(b: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(b))
 }
 
-// ---- JSON documents (field order = declaration order) -----------------------
+// ---- JSON documents ------------------------------------------------------------
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub schema_version: u32,
-    pub media_type: String,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    pub schema_version: u32,
-    pub media_type: String,
-    pub manifests: Vec<Descriptor>,
-}
-
-/// The parts of an OCI image configuration the agent image sets.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ImageConfig {
-    pub created: String,
-    pub architecture: String,
-    pub os: String,
-    pub config: RunConfig,
-    pub rootfs: RootFs,
-    pub history: Vec<History>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct RunConfig {
-    #[serde(rename = "User")]
-    pub user: String,
-    #[serde(rename = "Entrypoint")]
-    pub entrypoint: Vec<String>,
-    #[serde(rename = "Env")]
-    pub env: Vec<String>,
-    #[serde(rename = "WorkingDir")]
-    pub working_dir: String,
-    #[serde(rename = "Labels")]
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct RootFs {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub diff_ids: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct History {
-    pub created: String,
-    pub created_by: String,
-}
-
-/// The Wasm image's runtime configuration (spec/spec.md of solo-io/wasm).
+/// The Wasm image's runtime configuration (spec/spec.md of solo-io/wasm),
+/// which oci-spec does not model.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmRuntimeConfig {
@@ -151,8 +94,27 @@ pub struct WasmRootIds {
     pub root_ids: Vec<String>,
 }
 
+/// Canonical JSON: every object's keys sorted, at every depth. oci-spec
+/// keeps annotations and labels in `HashMap`s, whose order changes from run
+/// to run; the image's digests must not.
 fn json(v: &impl Serialize) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec(v)?)
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => {
+                let mut kv: Vec<(String, Value)> = m.into_iter().collect();
+                kv.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(kv.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+            v => v,
+        }
+    }
+    Ok(serde_json::to_vec(&sorted(serde_json::to_value(v)?))?)
+}
+
+fn oci<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
+    r.map_err(|e| anyhow!("OCI document: {e}"))
 }
 
 // ---- time ----------------------------------------------------------------------
@@ -242,27 +204,31 @@ pub fn gunzip(b: &[u8]) -> Result<Vec<u8>> {
 /// An OCI image layout with one image: its blobs and the index entry.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    pub index: Index,
+    pub index: ImageIndex,
     /// digest ("sha256:...") -> content
     pub blobs: BTreeMap<String, Vec<u8>>,
 }
 
 impl Layout {
-    fn new() -> Self {
-        Layout { index: Index { schema_version: 2, media_type: OCI_INDEX.into(), manifests: vec![] }, blobs: BTreeMap::new() }
+    fn new() -> Result<Self> {
+        let index = oci(ImageIndexBuilder::default().schema_version(2u32).media_type(MediaType::ImageIndex).manifests(vec![]).build())?;
+        Ok(Layout { index, blobs: BTreeMap::new() })
     }
 
-    fn add(&mut self, media_type: &str, bytes: Vec<u8>, annotations: BTreeMap<String, String>) -> Descriptor {
+    fn add(&mut self, media_type: &str, bytes: Vec<u8>, annotations: BTreeMap<String, String>) -> Result<Descriptor> {
         let digest = digest_of(&bytes);
-        let d = Descriptor { media_type: media_type.into(), digest: digest.clone(), size: bytes.len() as u64, annotations };
+        let mut d = Descriptor::new(MediaType::from(media_type), bytes.len() as u64, oci(OciDigest::from_str(&digest))?);
+        if !annotations.is_empty() {
+            d.set_annotations(Some(annotations.into_iter().collect::<HashMap<_, _>>()));
+        }
         self.blobs.insert(digest, bytes);
-        d
+        Ok(d)
     }
 
-    fn set_manifest(&mut self, m: &Manifest, ref_name: &str) -> Result<()> {
+    fn set_manifest(&mut self, m: &ImageManifest, ref_name: &str) -> Result<()> {
         let ann = BTreeMap::from([(ANN_REF_NAME.to_string(), ref_name.to_string())]);
-        let d = self.add(OCI_MANIFEST, json(m)?, ann);
-        self.index.manifests = vec![d];
+        let d = self.add(OCI_MANIFEST, json(m)?, ann)?;
+        self.index.set_manifests(vec![d]);
         Ok(())
     }
 
@@ -315,7 +281,7 @@ impl Layout {
                 continue;
             }
             match e.path.as_str() {
-                "index.json" => index = Some(serde_json::from_slice::<Index>(&e.data).context("index.json")?),
+                "index.json" => index = Some(serde_json::from_slice::<ImageIndex>(&e.data).context("index.json")?),
                 "oci-layout" => layout_file = true,
                 p => {
                     let hex = p.strip_prefix("blobs/sha256/").ok_or_else(|| anyhow!("unexpected file {p} in the layout"))?;
@@ -335,7 +301,7 @@ impl Layout {
 
     /// The index's one manifest.
     pub fn manifest_descriptor(&self) -> Result<&Descriptor> {
-        match self.index.manifests.as_slice() {
+        match self.index.manifests().as_slice() {
             [d] => Ok(d),
             ds => bail!("the index lists {} manifests, not one", ds.len()),
         }
@@ -343,12 +309,12 @@ impl Layout {
 
     /// The image's digest: its manifest's, what a registry serves it by.
     pub fn digest(&self) -> Result<String> {
-        Ok(self.manifest_descriptor()?.digest.clone())
+        Ok(self.manifest_descriptor()?.digest().to_string())
     }
 
-    pub fn manifest(&self) -> Result<Manifest> {
+    pub fn manifest(&self) -> Result<ImageManifest> {
         let d = self.manifest_descriptor()?;
-        Ok(serde_json::from_slice(self.blob(&d.digest)?)?)
+        Ok(serde_json::from_slice(self.blob(d.digest().as_ref())?)?)
     }
 }
 
@@ -412,40 +378,53 @@ pub fn agent_image(binary: &[u8], wasm: &[u8], ca_bundle: &[u8], ca_origin: &str
         Entry::dir("usr/share/istio-multicloud", 0o755),
         Entry::file(AGENT_FILTER_MODULE.trim_start_matches('/'), 0o644, wasm.to_vec()),
     ];
-    let mut layout = Layout::new();
+    let mut layout = Layout::new()?;
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for l in [&base, &app] {
         let t = tar(l, meta.created)?;
         diff_ids.push(digest_of(&t));
-        layers.push(layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new()));
+        layers.push(layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new())?);
     }
     let created = rfc3339(meta.created);
     let labels = meta.labels("multicloud-agent", "Istio Multicloud node-local agent");
-    let config = ImageConfig {
-        created: created.clone(),
-        architecture: arch.into(),
-        os: "linux".into(),
-        config: RunConfig {
-            user: format!("{AGENT_UID}:{AGENT_UID}"),
-            entrypoint: vec![AGENT_BINARY.into()],
-            env: vec!["PATH=/usr/local/bin".into(), format!("SSL_CERT_FILE={CA_BUNDLE}")],
-            working_dir: "/".into(),
-            labels: labels.clone(),
-        },
-        rootfs: RootFs { kind: "layers".into(), diff_ids },
-        history: vec![
-            History {
-                created: created.clone(),
-                created_by: format!("multicloud-images: /etc/passwd, /etc/group, {CA_BUNDLE} ({ca_origin})"),
-            },
-            History { created, created_by: format!("multicloud-images: {AGENT_BINARY} (static), {AGENT_FILTER_MODULE}") },
-        ],
-    };
-    let config = layout.add(OCI_CONFIG, json(&config)?, BTreeMap::new());
-    let m = Manifest { schema_version: 2, media_type: OCI_MANIFEST.into(), config, layers, annotations: labels };
+    let run = oci(ConfigBuilder::default()
+        .user(format!("{AGENT_UID}:{AGENT_UID}"))
+        .entrypoint(vec![AGENT_BINARY.to_string()])
+        .env(vec!["PATH=/usr/local/bin".to_string(), format!("SSL_CERT_FILE={CA_BUNDLE}")])
+        .working_dir("/")
+        .labels(labels.clone().into_iter().collect::<HashMap<_, _>>())
+        .build())?;
+    let history = [
+        format!("multicloud-images: /etc/passwd, /etc/group, {CA_BUNDLE} ({ca_origin})"),
+        format!("multicloud-images: {AGENT_BINARY} (static), {AGENT_FILTER_MODULE}"),
+    ]
+    .into_iter()
+    .map(|by| oci(HistoryBuilder::default().created(created.clone()).created_by(by).build()))
+    .collect::<Result<Vec<_>>>()?;
+    let config = oci(ImageConfigurationBuilder::default()
+        .created(created.clone())
+        .architecture(Arch::from(arch))
+        .os(Os::Linux)
+        .config(run)
+        .rootfs(oci(RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build())?)
+        .history(history)
+        .build())?;
+    let config = layout.add(OCI_CONFIG, json(&config)?, BTreeMap::new())?;
+    let m = manifest(config, layers, labels)?;
     layout.set_manifest(&m, &meta.version)?;
     Ok(layout)
+}
+
+/// An OCI image manifest (schema 2) with these config, layers and annotations.
+fn manifest(config: Descriptor, layers: Vec<Descriptor>, annotations: BTreeMap<String, String>) -> Result<ImageManifest> {
+    oci(ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(layers)
+        .annotations(annotations.into_iter().collect::<HashMap<_, _>>())
+        .build())
 }
 
 /// The filter's Wasm image ("oci" variant): manifest config and first layer
@@ -458,14 +437,16 @@ pub fn filter_image(wasm: &[u8], root_id: &str, meta: &Meta) -> Result<Layout> {
         abi_versions: vec!["proxy_abi_version_0_2_1".into()],
         config: WasmRootIds { root_ids: vec![root_id.into()] },
     };
-    let mut layout = Layout::new();
-    let title = |t: &str| BTreeMap::from([("org.opencontainers.image.title".to_string(), t.to_string())]);
+    let mut layout = Layout::new()?;
+    let title = |t: &str| BTreeMap::from([(oci_spec::image::ANNOTATION_TITLE.to_string(), t.to_string())]);
     let runtime = json(&runtime)?;
-    let config = layout.add(WASM_CONFIG, runtime.clone(), BTreeMap::new());
-    let layers =
-        vec![layout.add(WASM_CONTENT, wasm.to_vec(), title("plugin.wasm")), layout.add(WASM_CONFIG, runtime, title("runtime-config.json"))];
+    let config = layout.add(WASM_CONFIG, runtime.clone(), BTreeMap::new())?;
+    let layers = vec![
+        layout.add(WASM_CONTENT, wasm.to_vec(), title("plugin.wasm"))?,
+        layout.add(WASM_CONFIG, runtime, title("runtime-config.json"))?,
+    ];
     let labels = meta.labels("multicloud-edge-filter", "Istio Multicloud gateway filter (proxy-wasm)");
-    let m = Manifest { schema_version: 2, media_type: OCI_MANIFEST.into(), config, layers, annotations: labels };
+    let m = manifest(config, layers, labels)?;
     layout.set_manifest(&m, &meta.version)?;
     Ok(layout)
 }
@@ -473,12 +454,37 @@ pub fn filter_image(wasm: &[u8], root_id: &str, meta: &Meta) -> Result<Layout> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn unix_times_are_written_as_rfc3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    /// oci-spec keeps annotations in `HashMap`s (a new order each time one
+    /// is made): the written documents, and so the digests, must not move.
+    #[test]
+    fn the_same_inputs_give_the_same_digest_and_sorted_json() -> Result<()> {
+        let meta = Meta {
+            version: "0.1.0".into(),
+            revision: "abc".into(),
+            source: "https://example.invalid/src".into(),
+            licenses: "Apache-2.0".into(),
+            created: 1_795_000_000,
+        };
+        let wasm = b"\0asm\x01\0\0\0proxy_abi_version_0_2_1".to_vec();
+        let digests = (0..8).map(|_| filter_image(&wasm, "root", &meta).and_then(|l| l.digest())).collect::<Result<BTreeSet<_>>>()?;
+        assert_eq!(digests.len(), 1, "{digests:?}");
+        let l = filter_image(&wasm, "root", &meta)?;
+        let text = String::from_utf8(l.blob(&l.digest()?)?.to_vec())?;
+        // serde_json's Value keeps its keys sorted: re-serialized, a sorted document is unchanged.
+        let resorted = serde_json::to_string(&serde_json::from_str::<serde_json::Value>(&text)?)?;
+        assert_eq!(text, resorted, "keys sorted at every depth");
+        let m = l.manifest()?;
+        assert_eq!(m.layers().iter().map(|d| d.media_type().to_string()).collect::<Vec<_>>(), [WASM_CONTENT, WASM_CONFIG]);
+        Ok(())
     }
 
     #[test]

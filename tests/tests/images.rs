@@ -16,9 +16,10 @@
 
 use multicloud_e2e::registry::{self, OCI_MANIFEST};
 use multicloud_e2e::{hosts, paths, SimCluster};
+use multicloud_images::oci_spec::image::{Config, Descriptor, ImageConfiguration, ImageManifest};
 use multicloud_images::{
-    digest_of, gunzip, untar, Entry, ImageConfig, Layout, WasmRuntimeConfig, AGENT_BINARY, AGENT_FILTER_MODULE, CA_BUNDLE, OCI_CONFIG,
-    OCI_LAYER_GZIP, WASM_CONFIG, WASM_CONTENT,
+    digest_of, gunzip, untar, Entry, Layout, WasmRuntimeConfig, AGENT_BINARY, AGENT_FILTER_MODULE, CA_BUNDLE, OCI_CONFIG, OCI_LAYER_GZIP,
+    WASM_CONFIG, WASM_CONTENT,
 };
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -32,22 +33,38 @@ fn yaml_docs(path: &str) -> Vec<serde_json::Value> {
     serde_saphyr::from_multiple(&text).unwrap()
 }
 
-/// The agent image's layers, unpacked, with the image config.
-fn agent_files() -> (ImageConfig, Vec<Vec<Entry>>) {
+/// A descriptor's media type and digest as the wire has them.
+fn media_type(d: &Descriptor) -> String {
+    d.media_type().to_string()
+}
+fn digest(d: &Descriptor) -> String {
+    d.digest().to_string()
+}
+fn manifest_media_type(m: &ImageManifest) -> String {
+    m.media_type().as_ref().map(ToString::to_string).unwrap_or_default()
+}
+fn annotation(m: &ImageManifest, k: &str) -> String {
+    m.annotations().as_ref().and_then(|a| a.get(k)).cloned().unwrap_or_default()
+}
+
+/// The agent image's layers, unpacked, with the image config and its run
+/// configuration.
+fn agent_files() -> (ImageConfiguration, Config, Vec<Vec<Entry>>) {
     let l = layout("agent");
     let m = l.manifest().unwrap();
-    assert_eq!(m.media_type, OCI_MANIFEST);
-    assert_eq!(m.config.media_type, OCI_CONFIG);
-    let config: ImageConfig = serde_json::from_slice(l.blob(&m.config.digest).unwrap()).unwrap();
+    assert_eq!(manifest_media_type(&m), OCI_MANIFEST);
+    assert_eq!(media_type(m.config()), OCI_CONFIG);
+    let config: ImageConfiguration = serde_json::from_slice(l.blob(&digest(m.config())).unwrap()).unwrap();
     let mut layers = Vec::new();
-    for (d, diff_id) in m.layers.iter().zip(&config.rootfs.diff_ids) {
-        assert_eq!(d.media_type, OCI_LAYER_GZIP);
-        let tar = gunzip(l.blob(&d.digest).unwrap()).unwrap();
+    for (d, diff_id) in m.layers().iter().zip(config.rootfs().diff_ids()) {
+        assert_eq!(media_type(d), OCI_LAYER_GZIP);
+        let tar = gunzip(l.blob(&digest(d)).unwrap()).unwrap();
         assert_eq!(&digest_of(&tar), diff_id, "the config's diff_id is the uncompressed layer's digest");
         layers.push(untar(&tar).unwrap());
     }
-    assert_eq!(layers.len(), config.rootfs.diff_ids.len());
-    (config, layers)
+    assert_eq!(layers.len(), config.rootfs().diff_ids().len());
+    let run = config.config().clone().expect("the image config has a run configuration");
+    (config, run, layers)
 }
 
 /// The config runs the entrypoint as the non-root uid/gid that
@@ -57,25 +74,26 @@ fn agent_files() -> (ImageConfig, Vec<Vec<Entry>>) {
 /// every entry owned by 0:0 and stamped with the image's creation time.
 #[test]
 fn the_agent_image_is_non_root_and_holds_only_its_binary_and_ca_bundle() {
-    let (config, layers) = agent_files();
+    let (config, run, layers) = agent_files();
+    let created = config.created().clone().unwrap_or_default();
     let ds = yaml_docs("deploy/base/agent.yaml").into_iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let sc = &ds["spec"]["template"]["spec"]["securityContext"];
-    assert_eq!(config.config.user, format!("{}:{}", sc["runAsUser"], sc["runAsGroup"]), "the image's user is the pod's");
+    assert_eq!(run.user().as_deref(), Some(format!("{}:{}", sc["runAsUser"], sc["runAsGroup"]).as_str()), "the image's user is the pod's");
     assert_ne!(sc["runAsUser"], 0);
-    assert_eq!(config.config.entrypoint, [AGENT_BINARY]);
-    assert_eq!((config.os.as_str(), config.architecture.as_str()), ("linux", "amd64"));
-    let labels = &config.config.labels;
+    assert_eq!(run.entrypoint().as_deref(), Some([AGENT_BINARY.to_string()].as_slice()));
+    assert_eq!((config.os().to_string(), config.architecture().to_string()), ("linux".to_string(), "amd64".to_string()));
+    let labels = run.labels().clone().unwrap_or_default();
     for k in ["source", "version", "licenses", "revision", "created"] {
         let v = labels.get(&format!("org.opencontainers.image.{k}")).map(String::as_str).unwrap_or_default();
         assert!(!v.is_empty(), "label org.opencontainers.image.{k} missing: {labels:?}");
     }
     assert_eq!(labels["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(labels["org.opencontainers.image.licenses"], env!("CARGO_PKG_LICENSE"));
-    assert_eq!(labels["org.opencontainers.image.created"], config.created);
+    assert_eq!(labels["org.opencontainers.image.created"], created);
 
-    let created = layers.iter().flatten().map(|e| e.mtime).collect::<BTreeSet<_>>();
-    assert_eq!(created.len(), 1, "one timestamp for every entry: {created:?}");
-    assert_eq!(multicloud_images::rfc3339(created.into_iter().next().unwrap()), config.created);
+    let stamps = layers.iter().flatten().map(|e| e.mtime).collect::<BTreeSet<_>>();
+    assert_eq!(stamps.len(), 1, "one timestamp for every entry: {stamps:?}");
+    assert_eq!(multicloud_images::rfc3339(stamps.into_iter().next().unwrap()), created);
     let mut files = BTreeSet::new();
     for e in layers.iter().flatten() {
         assert_eq!((e.uid, e.gid), (0, 0), "{} owned by 0:0", e.path);
@@ -123,7 +141,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
 /// deploy/ ships.
 #[test]
 fn the_binary_from_the_agent_image_runs_here() {
-    let (_, layers) = agent_files();
+    let (_, _, layers) = agent_files();
     let bin = layers.iter().flatten().find(|e| e.path == AGENT_BINARY.trim_start_matches('/')).unwrap();
     assert!(!has_interpreter(&bin.data), "the agent is statically linked (no dynamic loader needed on the node)");
     let dir = tempfile::tempdir().unwrap();
@@ -149,24 +167,24 @@ fn the_binary_from_the_agent_image_runs_here() {
 fn the_filter_image_is_the_built_module_in_istios_wasm_format() {
     let l = layout("filter");
     let m = l.manifest().unwrap();
-    assert_eq!(m.media_type, OCI_MANIFEST);
-    assert_eq!(m.config.media_type, WASM_CONFIG);
-    assert_eq!(m.layers.len(), 2, "Istio's oci-variant fetcher wants exactly two layers");
+    assert_eq!(manifest_media_type(&m), OCI_MANIFEST);
+    assert_eq!(media_type(m.config()), WASM_CONFIG);
+    assert_eq!(m.layers().len(), 2, "Istio's oci-variant fetcher wants exactly two layers");
     let wasm = std::fs::read(paths::filter_wasm()).unwrap();
-    let content: Vec<_> = m.layers.iter().filter(|d| d.media_type == WASM_CONTENT).collect();
+    let content: Vec<_> = m.layers().iter().filter(|d| media_type(d) == WASM_CONTENT).collect();
     assert_eq!(content.len(), 1);
-    assert_eq!(content[0].digest, digest_of(&wasm), "the layer's digest is the module's sha256");
-    assert_eq!(l.blob(&content[0].digest).unwrap(), wasm.as_slice());
-    let rc = m.layers.iter().find(|d| d.media_type == WASM_CONFIG).unwrap();
-    assert_eq!(rc.digest, m.config.digest);
-    let rc: WasmRuntimeConfig = serde_json::from_slice(l.blob(&rc.digest).unwrap()).unwrap();
+    assert_eq!(digest(content[0]), digest_of(&wasm), "the layer's digest is the module's sha256");
+    assert_eq!(l.blob(&digest(content[0])).unwrap(), wasm.as_slice());
+    let rc = m.layers().iter().find(|d| media_type(d) == WASM_CONFIG).unwrap();
+    assert_eq!(digest(rc), digest(m.config()));
+    let rc: WasmRuntimeConfig = serde_json::from_slice(l.blob(&digest(rc)).unwrap()).unwrap();
     assert_eq!(rc.kind, "envoy_proxy");
     let plugin = yaml_docs("deploy/components/wasmplugin/wasmplugin.yaml").remove(0);
     assert_eq!(rc.config.root_ids, [plugin["spec"]["pluginName"].as_str().unwrap()]);
     for abi in &rc.abi_versions {
         assert!(wasm.windows(abi.len()).any(|w| w == abi.as_bytes()), "the module exports {abi}");
     }
-    assert_eq!(m.annotations["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(annotation(&m, "org.opencontainers.image.version"), env!("CARGO_PKG_VERSION"));
 }
 
 /// scripts/images.sh run again for the same commit and binaries writes the
@@ -177,10 +195,15 @@ fn two_builds_of_the_same_commit_give_identical_images() {
     let st =
         Command::new(paths::workspace_root().join("scripts/images.sh")).args(["--no-build", "--out"]).arg(out.path()).status().unwrap();
     assert!(st.success());
-    let built = layout("filter").manifest().unwrap().annotations;
-    let again = Layout::read_tar(&out.path().join("filter.tar")).unwrap().manifest().unwrap().annotations;
+    let built = layout("filter").manifest().unwrap();
+    let again = Layout::read_tar(&out.path().join("filter.tar")).unwrap().manifest().unwrap();
     for k in ["org.opencontainers.image.revision", "org.opencontainers.image.created"] {
-        assert_eq!(built[k], again[k], "{} is stale (another commit or tree): run scripts/images.sh", paths::images().display());
+        assert_eq!(
+            annotation(&built, k),
+            annotation(&again, k),
+            "{} is stale (another commit or tree): run scripts/images.sh",
+            paths::images().display()
+        );
     }
     for name in ["agent", "filter"] {
         let a = std::fs::read(paths::images().join(format!("{name}.tar"))).unwrap();
@@ -202,10 +225,10 @@ fn the_images_are_served_by_digest_from_a_loopback_registry() {
     let (ctype, body) = served.registry.manifest(&served.repo, &served.digest);
     assert_eq!(ctype, OCI_MANIFEST);
     assert_eq!(digest_of(&body), served.digest);
-    let m: multicloud_images::Manifest = serde_json::from_slice(&body).unwrap();
-    let content = m.layers.iter().find(|d| d.media_type == WASM_CONTENT).unwrap();
+    let m: ImageManifest = serde_json::from_slice(&body).unwrap();
+    let content = m.layers().iter().find(|d| media_type(d) == WASM_CONTENT).unwrap();
     let wasm = std::fs::read(paths::filter_wasm()).unwrap();
-    assert!(served.registry.blob(&served.repo, &content.digest) == wasm, "the served module is the built one");
+    assert!(served.registry.blob(&served.repo, &digest(content)) == wasm, "the served module is the built one");
     let (_, by_tag) = served.registry.manifest(&served.repo, env!("CARGO_PKG_VERSION"));
     assert_eq!(digest_of(&by_tag), served.digest, "the tag names the same image");
 
@@ -239,10 +262,12 @@ fn istios_fetcher_pulls_the_built_module_by_digest() {
     // with the module as its only layer is refused by this Istio.
     let mut single = layout("filter");
     let mut m = single.manifest().unwrap();
-    m.layers.retain(|d| d.media_type == WASM_CONTENT);
+    m.layers_mut().retain(|d| media_type(d) == WASM_CONTENT);
     let body = serde_json::to_vec(&m).unwrap();
-    single.index.manifests[0].digest = digest_of(&body);
-    single.index.manifests[0].size = body.len() as u64;
+    let mut manifests = single.index.manifests().clone();
+    manifests[0].set_digest(digest_of(&body).parse().unwrap());
+    manifests[0].set_size(body.len() as u64);
+    single.index.set_manifests(manifests);
     single.blobs.insert(digest_of(&body), body);
     single.write(&dir.path().join("single"), &dir.path().join("single.tar"), 0).unwrap();
     let reference = served.registry.push_layout(&dir.path().join("single"), "istio-multicloud/single-layer", "0");

@@ -10,6 +10,7 @@
 
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
+use std::str::FromStr;
 
 const CRD: &str = include_str!("../../../deploy/crd/istiomulticlouds.yaml");
 const EDGE_FILTER: &str = include_str!("../../../deploy/base/edge-filter.yaml");
@@ -160,47 +161,17 @@ fn kind(v: &Value) -> &str {
     v["kind"].as_str().unwrap_or_default()
 }
 
-/// One path component of a repository name: lower-case letters and digits,
-/// separated by `.`, `_`, `__` or runs of `-` (the distribution reference
-/// grammar).
-fn repo_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if !b.first().is_some_and(|&x| alnum(x)) || !b.last().is_some_and(|&x| alnum(x)) {
-        return false;
-    }
-    // The separators: the runs between letters and digits.
-    c.split(|x: char| u8::try_from(x).is_ok_and(alnum))
-        .filter(|sep| !sep.is_empty())
-        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-'))
-}
-
-/// `HOST[:PORT]` of a registry: DNS labels or an IPv4 address.
-fn registry_host(d: &str) -> bool {
-    let (host, port) = match d.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (d, None),
-    };
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    port_ok && !host.is_empty() && host.split('.').all(label)
-}
-
 /// Checks an image reference pinned by digest:
-/// `[HOST[:PORT]/]PATH[:TAG]@sha256:<64 lower-case hex>`. A tag alone is
+/// `[HOST[:PORT]/]PATH[:TAG]@sha256:<64 lower-case hex>`, by the
+/// distribution reference grammar (oci-spec's `Reference`). A tag alone is
 /// refused: the DaemonSet runs on every node and the WasmPlugin on every
 /// gateway, and a tag that moves gives nodes different builds (Istio's Wasm
 /// cache also keys modules by the image digest).
 pub fn pinned_image_ref(flag: &str, s: &str) -> Result<()> {
-    let Some((name_tag, digest)) = s.split_once('@') else {
+    const WANT: &str = "want [HOST[:PORT]/]PATH[:TAG]@sha256:<64 lower-case hex>";
+    let Some((name_tag, digest)) = s.rsplit_once('@') else {
         bail!(
-            "{flag} {s:?} is not pinned by digest: want REPO[:TAG]@sha256:<64 hex> (`make images` prints the project's digests; `crane digest REPO:TAG` a pushed image's)"
+            "{flag} {s:?} is not pinned by digest: {WANT} (`make images` prints the project's digests; `crane digest REPO:TAG` a pushed image's)"
         );
     };
     let hex = digest.strip_prefix("sha256:").unwrap_or("");
@@ -208,27 +179,11 @@ pub fn pinned_image_ref(flag: &str, s: &str) -> Result<()> {
         hex.len() == 64 && hex.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x)),
         "{flag} {s:?}: the digest must be sha256: followed by 64 lower-case hex digits"
     );
-    let (name, tag) = match name_tag.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => (n, Some(t)),
-        _ => (name_tag, None),
-    };
-    if let Some(t) = tag {
-        let ok = t.len() <= 128
-            && t.bytes().next().is_some_and(|x| x.is_ascii_alphanumeric() || x == b'_')
-            && t.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-');
-        ensure!(ok, "{flag} {s:?}: {t:?} is not a valid tag");
-    }
-    ensure!(!name.is_empty() && name.len() <= 255, "{flag} {s:?}: no repository name");
-    let mut parts: Vec<&str> = name.split('/').collect();
-    if let [first, _, ..] = parts.as_slice() {
-        let first = *first;
-        if first.contains(['.', ':']) || first == "localhost" {
-            ensure!(registry_host(first), "{flag} {s:?}: {first:?} is not a registry host[:port]");
-            parts.remove(0);
-        }
-    }
-    for p in parts {
-        ensure!(repo_component(p), "{flag} {s:?}: {p:?} is not a valid repository path component (lower case)");
+    if let Err(e) = oci_spec::distribution::Reference::from_str(s) {
+        // The grammar's one error says little; name the usual mistake.
+        let path = name_tag.split_once('/').map_or(name_tag, |(first, rest)| if first.contains(['.', ':']) { rest } else { name_tag });
+        let hint = if path.bytes().any(|x| x.is_ascii_uppercase()) { "; repository paths are lower case" } else { "" };
+        bail!("{flag} {s:?} is not an image reference: {e} ({WANT}{hint})");
     }
     Ok(())
 }
@@ -619,13 +574,13 @@ mod tests {
             (InstallArgs { image: Some("registry.example/agent@sha256:abc".into()), ..base.clone() }, "64 lower-case hex"),
             (
                 InstallArgs { image: Some(format!("registry.example/Agent@sha256:{}", "a".repeat(64))), ..base.clone() },
-                "\"Agent\" is not a valid repository",
+                "repository paths are lower case",
             ),
             (
-                InstallArgs { image: Some(format!("reg_istry.example/agent@sha256:{}", "a".repeat(64))), ..base.clone() },
-                "not a registry host",
+                InstallArgs { image: Some(format!("-registry.example/agent@sha256:{}", "a".repeat(64))), ..base.clone() },
+                "is not an image reference: invalid reference format",
             ),
-            (InstallArgs { image: Some(format!("agent:-x@sha256:{}", "a".repeat(64))), ..base.clone() }, "not a valid tag"),
+            (InstallArgs { image: Some(format!("agent:-x@sha256:{}", "a".repeat(64))), ..base.clone() }, "not an image reference"),
             (InstallArgs { filter_image: Some(format!("r.example/f@sha256:{}", "a".repeat(64))), ..base.clone() }, "needs --wasmplugin"),
             (
                 InstallArgs { filter_image: Some("r.example/f:0.1.0".into()), wasmplugin: true, ..base.clone() },
