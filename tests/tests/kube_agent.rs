@@ -259,7 +259,8 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
 /// audit log, by each replica's User-Agent). SIGTERM hands the Lease over
 /// at once (well before it would expire); after SIGKILL a standby takes it
 /// within the Lease's duration and rewrites what the old holder owned
-/// without waiting for a change (a new remote-secret token, the state).
+/// without waiting for a change (a new remote-secret token, the state,
+/// Istio's mesh ConfigMap), then follows a change.
 #[test]
 fn only_the_lease_holder_reads_fetches_and_writes_and_another_replica_takes_over() {
     let sims = [SimCluster(124), SimCluster(120)];
@@ -397,6 +398,17 @@ fn only_the_lease_holder_reads_fetches_and_writes_and_another_replica_takes_over
         }
     });
     eprintln!("FIGURES takeover after SIGKILL: Lease {t_take:?}, first writes {:?}", t.elapsed());
+    // Istio's shared mesh config too: the new holder applies it (its field
+    // manager's apply is a no-op on the server when nothing changed, so the
+    // audit log, not the object, shows it).
+    wait_until("the new holder to apply the mesh ConfigMap", Duration::from_secs(30), || {
+        let sent = of(&by_agent(c.cp), standby);
+        if sent.iter().any(|r| r.starts_with("patch ") && r.contains("/configmaps/istio-multicloud-mesh")) {
+            Ok(())
+        } else {
+            Err(format!("{} requests from agent-{standby}, none a patch of istio-multicloud-mesh", sent.len()))
+        }
+    });
     // And it follows a change.
     let before = metric(&c.agents[standby], "multicloud_agent_status_writes_total").unwrap_or(0.0);
     kube_mesh::link(c.cp, &[(SimCluster(128), 9, "not a pem".into())]);
