@@ -27,7 +27,7 @@ pub fn run(data: &[u8]) {
         })
         .collect();
     let file = json!({"cluster": desired.facts, "objects": objects});
-    let yaml = serde_yaml::to_string(&file).unwrap();
+    let yaml = serde_saphyr::to_string(&file).unwrap();
     let again = parse(&yaml).unwrap_or_else(|e| panic!("a file written from what was read is refused: {e:#}\n{yaml}"));
     assert_eq!(again, desired, "the standalone file does not survive read→write→read");
 }
