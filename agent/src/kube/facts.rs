@@ -30,7 +30,21 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
     let root_ca = read_root_ca(client, opts).await?;
     let ingress_gateways = if opts.advertise.is_empty() { read_gateways(client, opts).await? } else { opts.advertise.clone() };
     let services = read_exported_services(client, opts).await?;
-    Ok(LocalFacts {
+    Ok(kube_facts(cluster_uuid, root_ca, ingress_gateways, opts, network_name, services))
+}
+
+/// The facts a Kubernetes cluster publishes, however they were read (one
+/// pass of requests here, the holder's watches in `facts_watch.rs`): the
+/// API host from the flags, no local endpoints, the default mesh mode.
+pub(super) fn kube_facts(
+    cluster_uuid: String,
+    root_ca: String,
+    ingress_gateways: Vec<IngressGateway>,
+    opts: &KubeOptions,
+    network_name: String,
+    services: Vec<ExportedService>,
+) -> LocalFacts {
+    LocalFacts {
         cluster_uuid,
         root_ca,
         ingress_gateways,
@@ -39,7 +53,7 @@ pub async fn read_local_facts(client: &kube::Client, opts: &KubeOptions) -> Resu
         services,
         mesh_mode: Default::default(),
         local_endpoints: vec![],
-    })
+    }
 }
 
 /// Istio's label for the network a cluster's (or namespace's) workloads are on.

@@ -15,7 +15,9 @@
 //! recomputed from the watches' caches (no request) after each change,
 //! coalesced over [`SETTLE`], and published only when they differ.
 
-use super::facts::{exported_from, gateways_from, network_from, read_plugged_in_root, root_from_config_map, Gateways, SERVICE_NAME_LABEL};
+use super::facts::{
+    exported_from, gateways_from, kube_facts, network_from, read_plugged_in_root, root_from_config_map, Gateways, SERVICE_NAME_LABEL,
+};
 use super::KubeOptions;
 use crate::facts::LocalFacts;
 use anyhow::{anyhow, Result};
@@ -261,19 +263,7 @@ async fn compute(
     let services: Vec<Service> = exported.store.state().iter().map(|s| s.as_ref().clone()).collect();
     let slice_list: Vec<EndpointSlice> = slices.map(|w| w.store.state().iter().map(|s| s.as_ref().clone()).collect()).unwrap_or_default();
     let services = exported_from(&services, &slice_list)?;
-    Ok(Computed::Facts((
-        LocalFacts {
-            cluster_uuid: cluster_uuid.to_string(),
-            root_ca,
-            ingress_gateways,
-            api_host: opts.api_host.clone(),
-            network_name,
-            services,
-            mesh_mode: Default::default(),
-            local_endpoints: vec![],
-        },
-        nodes_needed,
-    )))
+    Ok(Computed::Facts((kube_facts(cluster_uuid.to_string(), root_ca, ingress_gateways, opts, network_name, services), nodes_needed)))
 }
 
 /// kube-system's UID, read once (retried with backoff until it is there).

@@ -231,14 +231,15 @@ fn the_mesh_section_is_optional_and_validated_with_the_rest() {
 
 /// A token as a Deckhouse cluster mints it for its istiod (`iss: d8-istio`,
 /// `scope: api`, 366 days), reused for its whole life.
-fn deckhouse_api_token(key: &SigningKey) -> String {
+/// A token shaped as Deckhouse mints it: `iss: d8-istio`, 366 days.
+fn deckhouse_token(key: &SigningKey, scope: &str) -> String {
     crate::token::sign(
         key,
         &Claims {
             iss: "d8-istio".into(),
             sub: A.into(),
             aud: Audience::One(B.into()),
-            scope: "api".into(),
+            scope: scope.into(),
             nbf: NOW,
             exp: NOW + 366 * 86_400,
         },
@@ -249,7 +250,7 @@ fn deckhouse_api_token(key: &SigningKey) -> String {
 fn a_long_lived_api_token_passes_only_for_a_peer_allowed_it() {
     use crate::apiguard::{ApiRefusal, PeerLimiter};
     let a = SigningKey::from_bytes(&[1; 32]);
-    let auth = format!("Bearer {}", deckhouse_api_token(&a));
+    let auth = format!("Bearer {}", deckhouse_token(&a, "api"));
     let decide = |edge: &Edge| {
         let hs: Vec<(&str, &str)> = vec![("authorization", auth.as_str())];
         let req = ApiRequest { method: "GET", path: "/api/v1/services", authorization: Some(&auth), headers: hs.into_iter() };
@@ -266,17 +267,7 @@ fn a_long_lived_api_token_passes_only_for_a_peer_allowed_it() {
     assert_eq!(decide(&Edge::compile(cfg.clone()).unwrap()), Ok(()));
     // Only for api tokens: the private document keeps its own limit.
     let edge = Edge::compile(cfg.clone()).unwrap();
-    let long_private = crate::token::sign(
-        &a,
-        &Claims {
-            iss: "d8-istio".into(),
-            sub: A.into(),
-            aud: Audience::One(B.into()),
-            scope: "private-multicluster".into(),
-            nbf: NOW,
-            exp: NOW + 366 * 86_400,
-        },
-    );
+    let long_private = deckhouse_token(&a, "private-multicluster");
     let private = format!("Bearer {long_private}");
     assert_eq!(
         status(get(&edge, PRIVATE_MULTICLUSTER_PATH, Some(&private), &mut TokenCache::default())),
