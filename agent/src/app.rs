@@ -99,8 +99,14 @@ impl App {
                 kube_parts = Some((client, options.clone(), lease, kube_status));
             }
             Mode::Standalone { file, key } => {
-                standalone_key = Some(keys::load_or_generate(key)?);
-                tracing::info!("federation key loaded (its public key is published in public.json)");
+                let files = keys::KeyFiles::new(key);
+                let ring = files.load()?;
+                tracing::info!(stage = ?ring.stage(), "federation key loaded (its public key is published in public.json)");
+                let (keys_tx, keys_rx) = watch::channel(ring);
+                // `rotate-key` edits the files; a second is soon enough for a
+                // step that waits for the peers' 30 s refresh.
+                tokio::spawn(keys::watch_files(files, keys_tx, Duration::from_secs(1)));
+                standalone_key = Some(keys_rx);
                 tokio::spawn(sources::standalone::watch_file(file.clone(), tx, source_error.clone()));
             }
         }
@@ -239,12 +245,12 @@ impl App {
             };
             return Ok(App { run: Run::Kubernetes(Box::new(roles)) });
         }
-        let key = standalone_key.context("standalone mode without a key")?;
+        let keys = standalone_key.context("standalone mode without a key")?;
         let mut sinks = node_sinks;
         // Standalone mode writes remote secrets only with --remote-secrets-dir.
         if let Some(dir) = &config.remote_secrets_dir {
             let rs = RemoteSecrets::new(
-                key.clone(),
+                keys.clone(),
                 RemoteSecretOptions {
                     dir: dir.clone(),
                     kubernetes: None,
@@ -258,7 +264,7 @@ impl App {
         }
         sinks.push(ready);
         let reconciler = Reconciler {
-            key,
+            keys,
             factory: factory::factory(policy),
             status: board,
             sinks,
@@ -303,29 +309,23 @@ impl KubeRoles {
     /// Follower and holder terms in turn, until the process ends.
     async fn run(self) {
         let (last_tx, _last_rx) = watch::channel(None);
-        let mut key = None;
         let mut delay = Duration::from_secs(1);
         loop {
             match self.lease.try_acquire().await {
                 Ok(true) => {
                     delay = Duration::from_secs(1);
-                    match &key {
-                        Some(_) => {}
-                        None => match self.key_store.load_or_generate().await {
-                            Ok(k) => {
-                                tracing::info!("federation key loaded (its public key is published in public.json)");
-                                key = Some(k);
-                            }
-                            Err(e) => {
-                                tracing::error!("the Lease holder cannot load its federation key, stepping down: {e:#}");
-                                let _ = self.lease.step_down().await;
-                                tokio::time::sleep(Duration::from_secs(5)).await;
-                                continue;
-                            }
-                        },
-                    }
-                    if let Some(k) = &key {
-                        self.holder_term(k.clone()).await;
+                    // Read afresh each term: a rotation may have moved on.
+                    match self.key_store.load_ring_or_generate().await {
+                        Ok(ring) => {
+                            tracing::info!(stage = ?ring.stage(), "federation key loaded (its public key is published in public.json)");
+                            self.holder_term(ring).await;
+                        }
+                        Err(e) => {
+                            tracing::error!("the Lease holder cannot load its federation key, stepping down: {e:#}");
+                            let _ = self.lease.step_down().await;
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            continue;
+                        }
                     }
                 }
                 Ok(false) => {
@@ -355,12 +355,13 @@ impl KubeRoles {
     /// Holds the Lease: sources, reconciler and every shared-state sink,
     /// fresh for this term (a new holder writes everything once), until the
     /// Lease is lost.
-    async fn holder_term(&self, key: ed25519_dalek::SigningKey) {
+    async fn holder_term(&self, ring: keys::KeyRing) {
         tracing::info!(holder = %self.options.holder_identity, "holding the Lease: this replica reads the facts, fetches from peers and writes shared state");
         let ns = &self.options.namespace;
         let mut sinks = self.node_sinks.clone();
+        let (keys_tx, keys) = watch::channel(ring);
         let remote = RemoteSecrets::new(
-            key.clone(),
+            keys.clone(),
             RemoteSecretOptions {
                 dir: PathBuf::new(),
                 kubernetes: Some((self.client.clone(), ns.clone())),
@@ -389,7 +390,7 @@ impl KubeRoles {
         let (tx, desired) = watch::channel(None);
         let source = sources::kubernetes::desired_state(self.client.clone(), self.options.clone(), tx, Some(self.kube_status.clone()));
         let reconciler = Reconciler {
-            key,
+            keys,
             factory: self.factory.clone(),
             status: self.status.clone(),
             sinks,
@@ -402,6 +403,7 @@ impl KubeRoles {
             () = self.lease.hold() => tracing::warn!("lost the Lease: stepping down to follower"),
             () = reconciler.run(desired) => {}
             () = source => {}
+            () = self.key_store.watch(keys_tx) => {}
         }
         timer.abort();
     }

@@ -39,7 +39,7 @@ pub struct DataPlane {
 pub(crate) fn test_data_plane(facts: crate::facts::LocalFacts, key_pem: String, peers: Vec<EstablishedPeer>) -> DataPlane {
     DataPlane {
         edge: EdgeConfig {
-            public: facts.public_document(key_pem),
+            public: facts.public_document(key_pem, Vec::new()),
             private: facts.private_document(),
             peers: vec![],
             spiffe: Default::default(),

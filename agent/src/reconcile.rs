@@ -20,7 +20,6 @@ use crate::metrics::Metrics;
 use crate::reasons::{Document, FetchResult, Reason};
 use crate::sinks::{DataPlaneSink, StatusSink};
 use crate::sources::Desired;
-use ed25519_dalek::SigningKey;
 use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
 use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
 use multicloud_core::token::Scope;
@@ -101,7 +100,9 @@ struct Outcome {
 }
 
 pub struct Reconciler {
-    pub key: SigningKey,
+    /// The federation keys in force; a change (a rotation step) re-renders
+    /// the public document and signs the next fetches with the new key.
+    pub keys: watch::Receiver<keys::KeyRing>,
     pub factory: ClientFactory,
     pub status: Arc<dyn StatusSink>,
     pub sinks: Vec<Arc<dyn DataPlaneSink>>,
@@ -120,6 +121,8 @@ impl Reconciler {
         let mut facts = None;
         let mut last_dp: Option<DataPlane> = None;
         let mut changed = true;
+        let mut keys = self.keys.clone();
+        let mut keys_open = true;
         loop {
             if changed {
                 if let Some(d) = desired.borrow_and_update().clone() {
@@ -143,6 +146,11 @@ impl Reconciler {
                 r = desired.changed() => {
                     if r.is_err() { return; }
                     changed = true;
+                }
+                r = keys.changed(), if keys_open => {
+                    // A fixed ring (no rotation source) closes at once.
+                    keys_open = r.is_ok();
+                    keys.borrow_and_update();
                 }
                 Some(outcome) = rx.recv() => {
                     let name = outcome.name.clone();
@@ -211,7 +219,7 @@ impl Reconciler {
     fn spawn_fetch(&self, name: String, p: &Peer, local_uuid: &str, tx: mpsc::Sender<Outcome>) {
         let client = p.client.clone();
         let epoch = p.epoch;
-        let key = self.key.clone();
+        let key = self.keys.borrow().current.clone();
         let local_uuid = local_uuid.to_string();
         let ttl = self.timing.token_ttl_secs;
         let pinned = p.status.remote_cluster_uuid.as_deref().and_then(|pin| ClusterUuid::parse(pin).ok());
@@ -383,12 +391,16 @@ impl Reconciler {
                 cluster_uuid: k.valid.doc.cluster_uuid.clone(),
                 authn_key_pub: k.valid.doc.authn_key_pub.clone(),
                 max_api_token_lifetime_seconds: p.spec.api_proxy.as_ref().and_then(|a| a.max_token_lifetime_seconds),
+                additional_authn_keys_pub: k.valid.doc.additional_authn_keys_pub.clone(),
             })
             .collect();
         peer_keys.sort_by(|a, b| a.cluster_uuid.cmp(&b.cluster_uuid));
         peer_keys.dedup_by(|a, b| a.cluster_uuid.eq_ignore_ascii_case(&b.cluster_uuid));
         let edge = EdgeConfig {
-            public: facts.public_document(multicloud_core::pem::ed25519_public_key_to_pem(&self.key.verifying_key())),
+            public: {
+                let ring = self.keys.borrow();
+                facts.public_document(ring.current_pem(), ring.additional_pems())
+            },
             private: facts.private_document(),
             peers: peer_keys,
             spiffe: self.spiffe.clone(),

@@ -61,13 +61,7 @@ fn server_identity(ca: &Ca) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'sta
 /// itself after 16 connections or 20 s without one (and with the runtime).
 async fn serve(ca: &Ca, handler: impl Fn(Seen) -> Response<Body> + Send + Sync + 'static) -> SocketAddr {
     let (certs, key) = server_identity(ca);
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = multicloud_agent::xds::tls::server_config(certs, key, None, &[b"http/1.1"]).unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

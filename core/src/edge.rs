@@ -73,6 +73,10 @@ pub struct PeerKey {
     /// (a Deckhouse cluster mints one 366-day token and keeps it).
     #[serde(rename = "maxApiTokenLifetimeSeconds", default, skip_serializing_if = "Option::is_none")]
     pub max_api_token_lifetime_seconds: Option<i64>,
+    /// The peer's `additionalAuthnKeysPub`: during its key rotation, tokens
+    /// signed with these verify too.
+    #[serde(rename = "additionalAuthnKeysPub", default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_authn_keys_pub: Vec<String>,
 }
 
 /// The longest `api` token lifetime a peer may be allowed: 367 days (a
@@ -249,7 +253,8 @@ struct CompiledDoc {
 }
 
 struct Peer {
-    key: ed25519_dalek::VerifyingKey,
+    /// `authnKeyPub` first, then the additional keys of a rotation.
+    keys: Vec<ed25519_dalek::VerifyingKey>,
     /// [`PeerKey::max_api_token_lifetime_seconds`].
     max_api_lifetime: Option<i64>,
 }
@@ -396,6 +401,11 @@ impl Edge {
             }
             let key = crate::pem::ed25519_public_key_from_pem(&p.authn_key_pub)
                 .map_err(|e| ConfigError(format!("peers[{i}].authnKeyPub: {e}")))?;
+            let mut keys = vec![key];
+            keys.extend(
+                crate::metadata::additional_keys(&p.authn_key_pub, &p.additional_authn_keys_pub)
+                    .map_err(|e| ConfigError(format!("peers[{i}].additionalAuthnKeysPub: {e}")))?,
+            );
             if peers.iter().any(|(u, _)| *u == uuid) {
                 return Err(ConfigError(format!("peers[{i}].clusterUUID: listed twice")));
             }
@@ -406,7 +416,7 @@ impl Edge {
                     )));
                 }
             }
-            peers.push((uuid, Peer { key, max_api_lifetime: p.max_api_token_lifetime_seconds }));
+            peers.push((uuid, Peer { keys, max_api_lifetime: p.max_api_token_lifetime_seconds }));
         }
         if !(1..=366 * 86_400).contains(&config.max_token_lifetime_seconds) {
             return Err(ConfigError("maxTokenLifetimeSeconds: must be between 1 and 31622400".into()));
@@ -551,7 +561,7 @@ impl Edge {
             None => {
                 let v = token::verify(token, &self.local_uuid, now, i64::MAX, |sub| {
                     let sub = sub.to_ascii_lowercase();
-                    self.peers.iter().find(|(u, _)| *u == sub).map(|(_, p)| (sub, p.key))
+                    self.peers.iter().find(|(u, _)| *u == sub).map(|(_, p)| (sub, p.keys.as_slice()))
                 })?;
                 let entry = CachedToken { peer: v.peer.into(), scope: v.scope, nbf: v.nbf, exp: v.exp };
                 cache.insert(token, entry.clone(), now);

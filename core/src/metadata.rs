@@ -17,10 +17,21 @@ pub struct PublicMetadata {
     /// PEM bundle of this cluster's Istio root CA(s).
     #[serde(rename = "rootCA")]
     pub root_ca: String,
-    /// PEM (SPKI) of this cluster's Ed25519 federation public key.
+    /// PEM (SPKI) of this cluster's Ed25519 federation public key: the key
+    /// its tokens are signed with (the only one Deckhouse peers read).
     #[serde(rename = "authnKeyPub")]
     pub authn_key_pub: String,
+    /// PEM (SPKI) of at most [`MAX_ADDITIONAL_KEYS`] further keys whose
+    /// tokens peers accept too, during a key rotation: the staged next key
+    /// before the switch, the retired one after it, until its tokens have
+    /// expired. Absent outside a rotation (and ignored by Deckhouse).
+    #[serde(rename = "additionalAuthnKeysPub", default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_authn_keys_pub: Vec<String>,
 }
+
+/// How many keys a cluster may publish beside `authnKeyPub` (the next and
+/// the previous one of a rotation).
+pub const MAX_ADDITIONAL_KEYS: usize = 2;
 
 /// `GET /metadata/private/multicluster.json` (bearer token required).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +192,10 @@ fn is_host_port(s: &str) -> bool {
 pub struct ValidPublic {
     pub doc: PublicMetadata,
     pub root: CertBundle,
+    /// `authnKeyPub`, the signing key.
     pub key: ed25519_dalek::VerifyingKey,
+    /// `additionalAuthnKeysPub`, in order.
+    pub additional_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 impl PublicMetadata {
@@ -191,8 +205,29 @@ impl PublicMetadata {
         }
         let root = CertBundle::from_pem(&self.root_ca).map_err(|e| invalid("rootCA", e))?;
         let key = pem::ed25519_public_key_from_pem(&self.authn_key_pub).map_err(|e| invalid("authnKeyPub", e))?;
-        Ok(ValidPublic { doc: self.clone(), root, key })
+        let additional_keys = additional_keys(&self.authn_key_pub, &self.additional_authn_keys_pub)
+            .map_err(|e| invalid("additionalAuthnKeysPub", e))?;
+        Ok(ValidPublic { doc: self.clone(), root, key, additional_keys })
     }
+}
+
+/// Parses the keys published beside `current`: at most
+/// [`MAX_ADDITIONAL_KEYS`], each an Ed25519 SPKI PEM, none repeated.
+pub fn additional_keys(current: &str, pems: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, &'static str> {
+    if pems.len() > MAX_ADDITIONAL_KEYS {
+        return Err("more than 2 keys");
+    }
+    let mut keys = Vec::with_capacity(pems.len() + 1);
+    keys.push(pem::ed25519_public_key_from_pem(current).map_err(|_| "authnKeyPub is not an Ed25519 public key")?);
+    for p in pems {
+        let k = pem::ed25519_public_key_from_pem(p).map_err(|_| "an entry is not an Ed25519 public key (SPKI PEM)")?;
+        if keys.contains(&k) {
+            return Err("repeats a key");
+        }
+        keys.push(k);
+    }
+    keys.remove(0);
+    Ok(keys)
 }
 
 /// Upper bounds that keep a hostile document from growing without limit.
@@ -252,9 +287,10 @@ impl PrivateMetadata {
     }
 }
 
-/// Cluster B's private document in core's tests: one gateway, `foo.abc:80` exported.
-#[cfg(test)]
-pub(crate) fn sample_private() -> PrivateMetadata {
+/// Cluster B's private document in core's tests and the fuzz crate's seeds:
+/// one gateway, `foo.abc:80` exported.
+#[cfg(any(test, feature = "fixtures"))]
+pub fn sample_private() -> PrivateMetadata {
     PrivateMetadata {
         ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
         api_host: "api.b.example:443".into(),

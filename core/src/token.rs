@@ -221,12 +221,12 @@ pub struct Verified<P> {
 /// returned, not judged: the caller knows what the resource needs.
 ///
 /// `lookup` maps `sub` to the peer's key and a handle for the caller.
-pub fn verify<P>(
+pub fn verify<P, K: AsRef<[VerifyingKey]>>(
     token: &str,
     local_uuid: &str,
     now: i64,
     max_lifetime_secs: i64,
-    lookup: impl FnOnce(&str) -> Option<(P, VerifyingKey)>,
+    lookup: impl FnOnce(&str) -> Option<(P, K)>,
 ) -> Result<Verified<P>, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
@@ -249,14 +249,18 @@ pub fn verify<P>(
     if iss.is_empty() || sub.is_empty() {
         return Err(TokenError::MissingClaim);
     }
-    let (peer, key) = lookup(&sub).ok_or(TokenError::UnknownPeer)?;
+    let (peer, keys) = lookup(&sub).ok_or(TokenError::UnknownPeer)?;
     if s64.len() != 86 {
         return Err(TokenError::Malformed); // 64 bytes, unpadded
     }
     let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(s64).ok().and_then(|v| v.try_into().ok()).ok_or(TokenError::Malformed)?;
     let signed_len = h64.len() + 1 + p64.len();
     let signed = token.as_bytes().get(..signed_len).ok_or(TokenError::Malformed)?;
-    key.verify_strict(signed, &Signature::from_bytes(&sig)).map_err(|_| TokenError::BadSignature)?;
+    // Any of the peer's keys (during its rotation, more than one).
+    let sig = Signature::from_bytes(&sig);
+    if !keys.as_ref().iter().any(|k| k.verify_strict(signed, &sig).is_ok()) {
+        return Err(TokenError::BadSignature);
+    }
     if !aud.contains(local_uuid) {
         return Err(TokenError::WrongAudience);
     }
@@ -292,7 +296,7 @@ mod tests {
 
     fn check(token: &str, key: &SigningKey, now: i64) -> Result<Verified<u8>, TokenError> {
         let vk = key.verifying_key();
-        verify(token, B, now, 600, |sub| (sub == A).then_some((7u8, vk)))
+        verify(token, B, now, 600, |sub| (sub == A).then_some((7u8, [vk])))
     }
 
     #[test]

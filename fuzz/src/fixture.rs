@@ -7,7 +7,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
 use multicloud_core::edge::{ApiSettings, Edge, EdgeConfig, PeerKey, SpiffeSettings};
 use multicloud_core::meshguard::{MeshPeer, MeshSettings};
-use multicloud_core::metadata::{ExportedService, IngressGateway, PrivateMetadata, PublicMetadata, ServicePort};
+use multicloud_core::metadata::{PrivateMetadata, PublicMetadata};
 use multicloud_core::pem::ed25519_public_key_to_pem;
 use std::sync::OnceLock;
 
@@ -53,29 +53,23 @@ pub fn sign_raw(key: &SigningKey, header: &[u8], claims: &[u8]) -> String {
     t
 }
 
+/// Core's sample private document, its port's protocol named (as the agent
+/// publishes it).
 pub fn private_doc() -> PrivateMetadata {
-    PrivateMetadata {
-        ingress_gateways: vec![IngressGateway { address: "127.0.2.1".into(), port: 15443 }],
-        api_host: "api.b.example:443".into(),
-        network_name: "network-b".into(),
-        services: vec![ExportedService {
-            hostname: "foo.abc.svc.cluster.local".into(),
-            ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Some("HTTP".into()) }],
-            ready_endpoints: 2,
-        }],
-        mesh_mode: None,
-    }
+    let mut doc = multicloud_core::metadata::sample_private();
+    doc.services[0].ports[0].protocol = Some("HTTP".into());
+    doc
 }
 
 /// B's configuration: peers A and C, a Secret allow-listed, limits low
 /// enough for a short input to reach them, A on the mesh port.
 pub fn config() -> EdgeConfig {
     EdgeConfig {
-        public: PublicMetadata { cluster_uuid: B.into(), root_ca: ROOT_P256.into(), authn_key_pub: public_key_pem(2) },
+        public: PublicMetadata { cluster_uuid: B.into(), root_ca: ROOT_P256.into(), authn_key_pub: public_key_pem(2), additional_authn_keys_pub: Vec::new() },
         private: private_doc(),
         peers: vec![
-            PeerKey { cluster_uuid: A.into(), authn_key_pub: public_key_pem(A_SEED), max_api_token_lifetime_seconds: None },
-            PeerKey { cluster_uuid: C.into(), authn_key_pub: public_key_pem(C_SEED), max_api_token_lifetime_seconds: None },
+            PeerKey { cluster_uuid: A.into(), authn_key_pub: public_key_pem(A_SEED), max_api_token_lifetime_seconds: None, additional_authn_keys_pub: Vec::new() },
+            PeerKey { cluster_uuid: C.into(), authn_key_pub: public_key_pem(C_SEED), max_api_token_lifetime_seconds: None, additional_authn_keys_pub: Vec::new() },
         ],
         spiffe: SpiffeSettings::default(),
         max_token_lifetime_seconds: MAX_PRIVATE_LIFETIME,

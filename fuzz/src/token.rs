@@ -50,7 +50,7 @@ pub fn run(data: &[u8]) {
 /// what an accepted token must be.
 fn check(token: &str, now: i64) -> Result<(), TokenError> {
     let a = fixture::key(fixture::A_SEED).verifying_key();
-    let lookup = |sub: &str| sub.eq_ignore_ascii_case(fixture::A).then(|| (sub.to_ascii_lowercase(), a));
+    let lookup = |sub: &str| sub.eq_ignore_ascii_case(fixture::A).then(|| (sub.to_ascii_lowercase(), [a]));
     match token::verify(token, fixture::B, now, fixture::MAX_PRIVATE_LIFETIME, lookup) {
         Ok(v) => {
             let held = oracle::token_in_force(token, &a, fixture::B, now, fixture::MAX_PRIVATE_LIFETIME)

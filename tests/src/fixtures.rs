@@ -153,6 +153,7 @@ impl ClusterIdentity {
             cluster_uuid: self.uuid.clone(),
             root_ca: self.root_pem(),
             authn_key_pub: pem::ed25519_public_key_to_pem(&self.federation_key.verifying_key()),
+            additional_authn_keys_pub: Vec::new(),
         }
     }
 
@@ -161,6 +162,7 @@ impl ClusterIdentity {
             cluster_uuid: self.uuid.clone(),
             authn_key_pub: pem::ed25519_public_key_to_pem(&self.federation_key.verifying_key()),
             max_api_token_lifetime_seconds: None,
+            additional_authn_keys_pub: Vec::new(),
         }
     }
 

@@ -148,14 +148,7 @@ fn start_hostile(ip: Ipv4Addr) -> Hostile {
     let (cert_pem, key_pem) = ca.server_cert(ip);
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let config = Arc::new(config);
+    let config = Arc::new(multicloud_agent::xds::tls::server_config(certs, key, None, &[b"http/1.1"]).unwrap());
     let id = ClusterIdentity::generate("hostile");
     let public = Arc::new(serde_json::to_string(&id.public_metadata()).unwrap());
     let crowd = Arc::new(private_with(100_000));

@@ -435,14 +435,27 @@ fn cross_cluster(sims: [SimCluster; 2], build: IstioBuild, full: bool) {
     // the traffic, because A's istiod read B's endpoints itself. `check`
     // fetches B's private document as A's agent does.
     // (`check` resolves B's hosts by name, as the agent does.)
-    let out = multicloud_e2e::istio::with_peer_names(&multicloud_e2e::paths::agent(), a.dir())
-        .args(["check", &name_b, "--kubernetes"])
-        .env("KUBECONFIG", a.cp.admin_kubeconfig())
-        .output()
-        .expect("multicloud-agent check");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let private = text.lines().find(|l| l.starts_with("PASS") && l.split_whitespace().nth(1) == Some("private")).unwrap_or_default();
-    assert!(private.contains(" 0 service(s)"), "B's private document lists no services: {text}");
+    // Polled with a deadline: one full run saw a single probe's TLS handshake
+    // fail ("received corrupt message of type InvalidContentType") while B's
+    // gateway was being re-pushed; every failed attempt is printed.
+    let mut attempts = 0;
+    let private = wait_until("`multicloud-agent check` to fetch B's private document", Duration::from_secs(30), || {
+        attempts += 1;
+        let out = multicloud_e2e::istio::with_peer_names(&multicloud_e2e::paths::agent(), a.dir())
+            .args(["check", &name_b, "--kubernetes"])
+            .env("KUBECONFIG", a.cp.admin_kubeconfig())
+            .output()
+            .map_err(|e| format!("multicloud-agent check: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match text.lines().find(|l| l.starts_with("PASS") && l.split_whitespace().nth(1) == Some("private")) {
+            Some(line) => Ok(line.to_string()),
+            None => {
+                eprintln!("check attempt {attempts} did not pass the private step:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+                Err(text)
+            }
+        }
+    });
+    assert!(private.contains(" 0 service(s)"), "B's private document lists no services: {private}");
 
     // 2. Both istiods synced the peer. What A's istiod read through B's API
     //    proxy, as B's API server audited it (deploy/'s API proxy

@@ -32,6 +32,29 @@ pub enum Command {
     /// Print the objects to install (deploy/'s kustomize base, plus components the flags ask
     /// for) as multi-document YAML with these values in place; pipe it to `kubectl apply -f -`.
     Install(super::install::InstallArgs),
+    /// One step of a federation key rotation with no failed fetch (docs/operator-guide.md,
+    /// "Rotate keys"): `stage` publishes a next key beside the signing key; `promote` signs
+    /// with it and keeps the old one published; `finish` stops publishing the old one. Each
+    /// step refuses until the one before has been in force for --min-wait-seconds.
+    RotateKey {
+        #[arg(value_enum)]
+        step: crate::keys::RotationStep,
+        /// Standalone: the agent's --key file (the ring is PATH, PATH.next, PATH.previous).
+        #[arg(long, env = "MULTICLOUD_KEY", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        key: Option<PathBuf>,
+        /// The Secret istio-multicloud-federation-key in --namespace (in-cluster config or
+        /// KUBECONFIG; needs get and update on it: an operator's credentials, not the agent's).
+        #[arg(long)]
+        kubernetes: bool,
+        /// Kubernetes mode: the agent's namespace.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+        namespace: String,
+        /// The least time the previous step must have been in force. Default: 90 s before
+        /// `promote` (three of the peers' 30 s public refreshes); before `finish`, 660 s (the
+        /// longest token the agent signs: 600 s api tokens, plus the refresh).
+        #[arg(long)]
+        min_wait_seconds: Option<u64>,
+    },
     /// Mint a federation token signed with the key at PATH.
     Token {
         #[arg(long)]

@@ -53,6 +53,35 @@ pub fn execute(command: Command) -> Result<()> {
             let args = check::CheckArgs { peer: &peer, agent: &agent, source, api_host_override: &api_host_override };
             std::process::exit(check::check(&args, output))
         }
+        Command::RotateKey { step, key, kubernetes, namespace, min_wait_seconds } => {
+            use crate::keys::RotationStep;
+            let min_wait = std::time::Duration::from_secs(min_wait_seconds.unwrap_or(match step {
+                RotationStep::Stage => 0,
+                RotationStep::Promote => 90,
+                RotationStep::Finish => 660,
+            }));
+            let ring = match key {
+                Some(path) if !kubernetes => {
+                    let files = keys::KeyFiles::new(&path);
+                    let ring = keys::rotate(&files.load()?, step, files.since_last_change(), min_wait)?;
+                    files.store(&ring)?;
+                    ring
+                }
+                _ => {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(async {
+                        let client = kube::Client::try_default().await.context("cannot build a Kubernetes client (KUBECONFIG)")?;
+                        let opts = crate::kube::KubeOptions { namespace, ..crate::kube::KubeOptions::default() };
+                        crate::kube::key_secret::SecretKeyStore::new(client, &opts).rotate(step, min_wait).await
+                    })?
+                }
+            };
+            println!("{step:?}: signing with the key published as authnKeyPub; {} more published", ring.additional_pems().len());
+            print!("{}", ring.current_pem());
+            for k in ring.additional_pems() {
+                print!("{k}");
+            }
+        }
         Command::Token { key, sub, aud, scope, ttl } => {
             let scope = Scope::parse(&scope).with_context(|| format!("unknown scope {scope:?}: use private-multicluster or api"))?;
             for (name, v) in [("--sub", &sub), ("--aud", &aud)] {

@@ -2,6 +2,7 @@
 //! pin, last-good caching and the peers handed to the edge filter.
 
 use super::*;
+use ed25519_dalek::SigningKey;
 use crate::crd::IstioMulticloudSpec;
 use crate::sources::DesiredPeer;
 use crate::BoxFuture;
@@ -24,6 +25,7 @@ fn public_doc(uuid: &str) -> ValidPublic {
         cluster_uuid: uuid.into(),
         root_ca: root_pem(),
         authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&key.verifying_key()),
+        additional_authn_keys_pub: Vec::new(),
     }
     .validate()
     .unwrap()
@@ -148,7 +150,7 @@ fn start_with(timing: Timing) -> Bed {
     let (tx, rx) = watch::channel(Some(desired(&["cluster-b"])));
     let metrics = Arc::new(Metrics::default());
     let r = Reconciler {
-        key: SigningKey::from_bytes(&[1; 32]),
+        keys: crate::keys::fixed(SigningKey::from_bytes(&[1; 32])),
         factory,
         status: rec.clone(),
         sinks: vec![rec.clone()],
@@ -201,7 +203,7 @@ async fn a_reachable_remote_becomes_ready_and_joins_the_edge() {
     // The token presented for the private document: ours, for that remote, that scope.
     let token = bed.tokens.lock().unwrap().last().cloned().unwrap();
     let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
-    let v = multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), key))).unwrap();
+    let v = multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), [key]))).unwrap();
     assert_eq!(v.scope, Some(Scope::PrivateMulticluster));
 }
 
@@ -311,7 +313,7 @@ async fn an_upper_case_remote_uuid_is_lower_cased_once() {
     assert_eq!(s.remote_cluster_uuid.as_deref(), Some(REMOTE));
     let token = bed.tokens.lock().unwrap().last().cloned().unwrap();
     let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
-    multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), key)))
+    multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), [key])))
         .expect("the token's aud is the lower-cased UUID");
 }
 

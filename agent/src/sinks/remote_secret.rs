@@ -18,7 +18,6 @@ use crate::sinks::DataPlaneSink;
 use crate::BoxFuture;
 use anyhow::Context as _;
 use base64::Engine as _;
-use ed25519_dalek::SigningKey;
 use multicloud_core::token::Scope;
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -56,6 +55,8 @@ pub struct Target {
 struct Issued {
     target: Target,
     exp: i64,
+    /// The public half of the key that signed it: a promoted key re-issues.
+    signer: [u8; 32],
 }
 
 #[derive(Default)]
@@ -66,7 +67,7 @@ struct State {
 }
 
 pub struct RemoteSecrets {
-    key: SigningKey,
+    keys: tokio::sync::watch::Receiver<crate::keys::KeyRing>,
     opts: RemoteSecretOptions,
     state: tokio::sync::Mutex<State>,
 }
@@ -128,12 +129,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 impl RemoteSecrets {
-    pub fn new(key: SigningKey, opts: RemoteSecretOptions) -> anyhow::Result<Arc<RemoteSecrets>> {
+    pub fn new(keys: tokio::sync::watch::Receiver<crate::keys::KeyRing>, opts: RemoteSecretOptions) -> anyhow::Result<Arc<RemoteSecrets>> {
         anyhow::ensure!(opts.ttl_secs >= 3, "--api-token-ttl-seconds must be at least 3");
         if opts.kubernetes.is_none() {
             std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating --remote-secrets-dir {}", opts.dir.display()))?;
         }
-        Ok(Arc::new(RemoteSecrets { key, opts, state: Default::default() }))
+        Ok(Arc::new(RemoteSecrets { keys, opts, state: Default::default() }))
     }
 
     pub fn path(&self, object: &str) -> PathBuf {
@@ -213,15 +214,17 @@ impl RemoteSecrets {
         let Some(local) = st.local_uuid.clone() else { return Ok(()) };
         let ttl = self.opts.ttl_secs;
         let mut errors = Vec::new();
+        let key = self.keys.borrow().current.clone();
+        let signer = key.verifying_key().to_bytes();
         for t in st.targets.clone() {
             let due = match st.issued.get(&t.object) {
-                Some(i) => i.target != t || now >= i.exp - ttl / 3,
+                Some(i) => i.target != t || i.signer != signer || now >= i.exp - ttl / 3,
                 None => true,
             };
             if !due {
                 continue;
             }
-            let token = keys::mint(&self.key, &local, t.peer_uuid.as_str(), Scope::Api, now, ttl);
+            let token = keys::mint(&key, &local, t.peer_uuid.as_str(), Scope::Api, now, ttl);
             let res = match kubeconfig(&t, &token) {
                 Ok(text) => self.write(&t.object, &text).await,
                 Err(e) => Err(e),
@@ -232,7 +235,7 @@ impl RemoteSecrets {
                     if let Some(m) = &self.opts.metrics {
                         m.remote_secret_token(&t.object, now + ttl);
                     }
-                    st.issued.insert(t.object.clone(), Issued { target: t, exp: now + ttl });
+                    st.issued.insert(t.object.clone(), Issued { target: t, exp: now + ttl, signer });
                 }
                 Err(e) => errors.push(format!("{}: {e:#}", t.object)),
             }
@@ -280,6 +283,7 @@ impl DataPlaneSink for RemoteSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
     use crate::data_plane::EstablishedPeer;
     use multicloud_core::metadata::PrivateMetadata;
 
@@ -322,10 +326,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[7; 32]);
+        let (keys, ring) = tokio::sync::watch::channel(crate::keys::KeyRing::new(key));
         let overrides = BTreeMap::from([("api.b.example".to_string(), "127.0.0.1:8443".to_string())]);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let rs = RemoteSecrets::new(
-            key,
+            ring,
             RemoteSecretOptions {
                 dir: dir.path().into(),
                 kubernetes: None,
@@ -361,6 +366,19 @@ mod tests {
         let (t2, c2) = token_of(&std::fs::read_to_string(&path).unwrap());
         assert_ne!(t1, t2);
         assert_eq!(c2["nbf"].as_i64().unwrap(), nbf + 400);
+        // A promoted key (rotate-key promote) re-issues at once, signed with it.
+        let promoted = SigningKey::from_bytes(&[8; 32]);
+        keys.send_replace(crate::keys::KeyRing {
+            current: promoted.clone(),
+            next: None,
+            previous: Some(SigningKey::from_bytes(&[7; 32])),
+        });
+        rs.sync(nbf + 401).await.unwrap();
+        let (t3, _) = token_of(&std::fs::read_to_string(&path).unwrap());
+        let verify = |t: &str, k: &SigningKey| {
+            multicloud_core::token::verify(t, B, nbf + 402, 600, |_| Some(((), [k.verifying_key()]))).is_ok()
+        };
+        assert!(verify(&t3, &promoted) && !verify(&t3, &SigningKey::from_bytes(&[7; 32])), "re-issued with the promoted key");
 
         // Without an override the apiHost is the server; a peer without an apiHost loses its file.
         rs.apply(&dp("api.other.example:6443")).await.unwrap();
@@ -389,7 +407,7 @@ mod tests {
         let (service, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let rs = RemoteSecrets::new(
-            SigningKey::from_bytes(&[7; 32]),
+            crate::keys::fixed(SigningKey::from_bytes(&[7; 32])),
             RemoteSecretOptions {
                 dir: PathBuf::new(),
                 kubernetes: Some((client, "istio-system".into())),

@@ -94,6 +94,27 @@ impl ServingCert {
     }
 }
 
+/// A server configuration on ring with rustls' safe protocol versions:
+/// serving `chain` and `key`, asking for a client certificate that
+/// `client_verifier` accepts when there is one, offering `alpn`. The one
+/// place the agent (and its tests' TLS servers) build one.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// The xDS port's TLS settings: the serving certificate (fixed) and the
 /// client roots (replaced when this cluster's root changes). A handshake
 /// uses the configuration current when it starts.
@@ -110,12 +131,7 @@ impl XdsTls {
     /// kind rustls signs with), so a bad `--xds-cert/--xds-key` stops the
     /// agent at start rather than at the first handshake.
     pub fn new(serving: ServingCert) -> Result<XdsTls, XdsTlsError> {
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| XdsTlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(serving.chain.clone(), serving.key.clone_key())
-            .map_err(|e| {
+        server_config(serving.chain.clone(), serving.key.clone_key(), None, &[]).map_err(|e| {
                 XdsTlsError::Config(format!(
                     "--xds-cert and --xds-key do not match or are not supported ({e}); give the key of the chain's first certificate"
                 ))
@@ -165,14 +181,9 @@ impl XdsTls {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| XdsTlsError::Roots(e.to_string()))?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| XdsTlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(serving.chain.clone(), serving.key.clone_key())
-            .map_err(|e| XdsTlsError::Config(format!("the serving certificate and key do not match or are not supported: {e}")))?;
         // gRPC is HTTP/2 only.
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = server_config(serving.chain.clone(), serving.key.clone_key(), Some(verifier), &[b"h2"])
+            .map_err(|e| XdsTlsError::Config(format!("the serving certificate and key do not match or are not supported: {e}")))?;
         Ok(Arc::new(config))
     }
 

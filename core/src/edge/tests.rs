@@ -15,18 +15,26 @@ fn root_pem() -> String {
 
 /// B's edge, federating with A.
 fn edge_b(a_key: &SigningKey) -> Edge {
+    edge_b_rotating(a_key, &[])
+}
+
+/// B's edge, federating with A, which also publishes `a_additional`
+/// (`additionalAuthnKeysPub`: A's key rotation).
+fn edge_b_rotating(a_key: &SigningKey, a_additional: &[&SigningKey]) -> Edge {
     let b_key = SigningKey::from_bytes(&[2; 32]);
     Edge::compile(EdgeConfig {
         public: PublicMetadata {
             cluster_uuid: B.into(),
             root_ca: root_pem(),
             authn_key_pub: crate::pem::ed25519_public_key_to_pem(&b_key.verifying_key()),
+            additional_authn_keys_pub: Vec::new(),
         },
         private: crate::metadata::sample_private(),
         peers: vec![PeerKey {
             cluster_uuid: A.into(),
             authn_key_pub: crate::pem::ed25519_public_key_to_pem(&a_key.verifying_key()),
             max_api_token_lifetime_seconds: None,
+            additional_authn_keys_pub: a_additional.iter().map(|k| crate::pem::ed25519_public_key_to_pem(&k.verifying_key())).collect(),
         }],
         spiffe: SpiffeSettings::default(),
         max_token_lifetime_seconds: 600,
@@ -289,4 +297,45 @@ fn an_empty_plugin_configuration_means_not_configured_yet() {
     for not_empty in [&b"{\"public\":{}}"[..], b"[]", b"null", b"{", b"x"] {
         assert!(!is_unconfigured(not_empty), "{:?}", String::from_utf8_lossy(not_empty));
     }
+}
+
+#[test]
+fn during_a_peers_key_rotation_tokens_of_either_key_are_taken_and_none_of_a_dropped_key() {
+    let (old, new) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[11; 32]));
+    let bearer = |k: &SigningKey| format!("Bearer {}", token(k, "private-multicluster"));
+    // Staged: A still signs with `old` and publishes `new` beside it.
+    let staged = edge_b_rotating(&old, &[&new]);
+    // Promoted: A signs with `new`; `old` stays published until its tokens expire.
+    let promoted = edge_b_rotating(&new, &[&old]);
+    for (edge, when) in [(&staged, "staged"), (&promoted, "promoted")] {
+        for k in [&old, &new] {
+            let (s, _) = status(get(edge, PRIVATE_MULTICLUSTER_PATH, Some(&bearer(k)), &mut TokenCache::default()));
+            assert_eq!(s, 200, "{when}: a token of either key is taken");
+        }
+    }
+    // Finished: only `new`.
+    let finished = edge_b(&new);
+    assert_eq!(
+        status(get(&finished, PRIVATE_MULTICLUSTER_PATH, Some(&bearer(&old)), &mut TokenCache::default())),
+        (401, Some(Event::Refused(Refusal::Token(TokenError::BadSignature))))
+    );
+    // A stranger's key is no more welcome during a rotation.
+    let stranger = SigningKey::from_bytes(&[99; 32]);
+    assert_eq!(status(get(&staged, PRIVATE_MULTICLUSTER_PATH, Some(&bearer(&stranger)), &mut TokenCache::default())).0, 401);
+}
+
+#[test]
+fn a_peer_publishing_too_many_or_repeated_additional_keys_is_refused_by_name() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let config = |extra: Vec<String>| {
+        let mut c = edge_b(&a).config().clone();
+        c.peers[0].additional_authn_keys_pub = extra;
+        Edge::compile(c).err().map(|e| e.to_string())
+    };
+    let pem = |n: u8| crate::pem::ed25519_public_key_to_pem(&SigningKey::from_bytes(&[n; 32]).verifying_key());
+    assert_eq!(config(vec![pem(2), pem(3)]), None);
+    assert!(config(vec![pem(2), pem(3), pem(4)]).unwrap().contains("peers[0].additionalAuthnKeysPub: more than 2 keys"));
+    assert!(config(vec![pem(1)]).unwrap().contains("peers[0].additionalAuthnKeysPub: repeats a key"));
+    assert!(config(vec![pem(2), pem(2)]).unwrap().contains("additionalAuthnKeysPub: repeats a key"));
+    assert!(config(vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()]).unwrap().contains("additionalAuthnKeysPub: an entry is not an Ed25519 public key"));
 }

@@ -103,6 +103,7 @@ fn config_json() -> Vec<u8> {
             cluster_uuid: B.into(),
             root_ca: root_pem(),
             authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&b_key.verifying_key()),
+            additional_authn_keys_pub: Vec::new(),
         },
         private: PrivateMetadata {
             ingress_gateways: vec![],
@@ -115,6 +116,7 @@ fn config_json() -> Vec<u8> {
             cluster_uuid: A.into(),
             authn_key_pub: multicloud_core::pem::ed25519_public_key_to_pem(&peer_key().verifying_key()),
             max_api_token_lifetime_seconds: None,
+            additional_authn_keys_pub: Vec::new(),
         }],
         spiffe: Default::default(),
         max_token_lifetime_seconds: 600,
