@@ -50,7 +50,12 @@ pub struct LocalEndpoints {
 
 impl LocalFacts {
     pub fn public_document(&self, authn_key_pub_pem: String, additional_authn_keys_pub: Vec<String>) -> PublicMetadata {
-        PublicMetadata { cluster_uuid: self.cluster_uuid.clone(), root_ca: self.root_ca.clone(), authn_key_pub: authn_key_pub_pem, additional_authn_keys_pub }
+        PublicMetadata {
+            cluster_uuid: self.cluster_uuid.clone(),
+            root_ca: self.root_ca.clone(),
+            authn_key_pub: authn_key_pub_pem,
+            additional_authn_keys_pub,
+        }
     }
 
     pub fn private_document(&self) -> PrivateMetadata {

@@ -162,7 +162,11 @@ pub fn rotate(ring: &KeyRing, step: RotationStep, since: Duration, min_wait: Dur
         (RotationStep::Stage, RotationStage::Promoted) => bail!("the previous key is still published; run `rotate-key finish` first"),
         (RotationStep::Promote, RotationStage::Staged) => {
             wait("the next key was staged")?;
-            Ok(KeyRing { current: ring.next.clone().unwrap_or_else(|| ring.current.clone()), next: None, previous: Some(ring.current.clone()) })
+            Ok(KeyRing {
+                current: ring.next.clone().unwrap_or_else(|| ring.current.clone()),
+                next: None,
+                previous: Some(ring.current.clone()),
+            })
         }
         (RotationStep::Promote, RotationStage::Idle) => bail!("no next key is staged; run `rotate-key stage` first"),
         (RotationStep::Promote, RotationStage::Promoted) => bail!("already promoted; run `rotate-key finish`"),
@@ -203,7 +207,11 @@ impl KeyFiles {
     /// The ring on disk (the signing key generated if missing).
     pub fn load(&self) -> Result<KeyRing> {
         let optional = |p: PathBuf| if p.exists() { load_existing(&p).map(Some) } else { Ok(None) };
-        Ok(KeyRing { current: load_or_generate(&self.current)?, next: optional(self.next_path())?, previous: optional(self.previous_path())? })
+        Ok(KeyRing {
+            current: load_or_generate(&self.current)?,
+            next: optional(self.next_path())?,
+            previous: optional(self.previous_path())?,
+        })
     }
 
     /// How long ago the ring last changed (the newest file's mtime).

@@ -205,8 +205,8 @@ impl PublicMetadata {
         }
         let root = CertBundle::from_pem(&self.root_ca).map_err(|e| invalid("rootCA", e))?;
         let key = pem::ed25519_public_key_from_pem(&self.authn_key_pub).map_err(|e| invalid("authnKeyPub", e))?;
-        let additional_keys = additional_keys(&self.authn_key_pub, &self.additional_authn_keys_pub)
-            .map_err(|e| invalid("additionalAuthnKeysPub", e))?;
+        let additional_keys =
+            additional_keys(&self.authn_key_pub, &self.additional_authn_keys_pub).map_err(|e| invalid("additionalAuthnKeysPub", e))?;
         Ok(ValidPublic { doc: self.clone(), root, key, additional_keys })
     }
 }

@@ -65,11 +65,26 @@ pub fn private_doc() -> PrivateMetadata {
 /// enough for a short input to reach them, A on the mesh port.
 pub fn config() -> EdgeConfig {
     EdgeConfig {
-        public: PublicMetadata { cluster_uuid: B.into(), root_ca: ROOT_P256.into(), authn_key_pub: public_key_pem(2), additional_authn_keys_pub: Vec::new() },
+        public: PublicMetadata {
+            cluster_uuid: B.into(),
+            root_ca: ROOT_P256.into(),
+            authn_key_pub: public_key_pem(2),
+            additional_authn_keys_pub: Vec::new(),
+        },
         private: private_doc(),
         peers: vec![
-            PeerKey { cluster_uuid: A.into(), authn_key_pub: public_key_pem(A_SEED), max_api_token_lifetime_seconds: None, additional_authn_keys_pub: Vec::new() },
-            PeerKey { cluster_uuid: C.into(), authn_key_pub: public_key_pem(C_SEED), max_api_token_lifetime_seconds: None, additional_authn_keys_pub: Vec::new() },
+            PeerKey {
+                cluster_uuid: A.into(),
+                authn_key_pub: public_key_pem(A_SEED),
+                max_api_token_lifetime_seconds: None,
+                additional_authn_keys_pub: Vec::new(),
+            },
+            PeerKey {
+                cluster_uuid: C.into(),
+                authn_key_pub: public_key_pem(C_SEED),
+                max_api_token_lifetime_seconds: None,
+                additional_authn_keys_pub: Vec::new(),
+            },
         ],
         spiffe: SpiffeSettings::default(),
         max_token_lifetime_seconds: MAX_PRIVATE_LIFETIME,

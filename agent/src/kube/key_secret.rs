@@ -1,13 +1,13 @@
 //! The federation key kept in a Secret.
 
 use super::{is_status, KubeOptions, FIELD_MANAGER};
+use crate::keys::{KeyRing, RotationStep};
 use anyhow::{anyhow, bail, Context as _, Result};
 use ed25519_dalek::SigningKey;
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use crate::keys::{KeyRing, RotationStep};
-use futures::StreamExt as _;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use multicloud_core::pem;
@@ -178,9 +178,7 @@ fn ring_of(what: &str, secret: &Secret) -> Result<KeyRing> {
     let key = |name: &str| -> Result<Option<SigningKey>> {
         let Some(ByteString(bytes)) = secret.data.as_ref().and_then(|d| d.get(name)) else { return Ok(None) };
         let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("{what} key {name} is not UTF-8 PEM"))?;
-        pem::ed25519_signing_key_from_pem(text)
-            .map(Some)
-            .map_err(|e| anyhow!("{what} key {name} is not a PKCS#8 Ed25519 private key: {e}"))
+        pem::ed25519_signing_key_from_pem(text).map(Some).map_err(|e| anyhow!("{what} key {name} is not a PKCS#8 Ed25519 private key: {e}"))
     };
     let current = key(KEY_SECRET_KEY)?.ok_or_else(|| anyhow!("{what} has no key {KEY_SECRET_KEY}"))?;
     Ok(KeyRing { current, next: key(NEXT_KEY)?, previous: key(PREVIOUS_KEY)? })

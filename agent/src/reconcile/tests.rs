@@ -2,10 +2,10 @@
 //! pin, last-good caching and the peers handed to the edge filter.
 
 use super::*;
-use ed25519_dalek::SigningKey;
 use crate::crd::IstioMulticloudSpec;
 use crate::sources::DesiredPeer;
 use crate::BoxFuture;
+use ed25519_dalek::SigningKey;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
 use std::sync::Mutex;
 
@@ -203,7 +203,8 @@ async fn a_reachable_remote_becomes_ready_and_joins_the_edge() {
     // The token presented for the private document: ours, for that remote, that scope.
     let token = bed.tokens.lock().unwrap().last().cloned().unwrap();
     let key = SigningKey::from_bytes(&[1; 32]).verifying_key();
-    let v = multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), [key]))).unwrap();
+    let v =
+        multicloud_core::token::verify(&token, REMOTE, unix(SystemTime::now()), 60, |sub| (sub == LOCAL).then_some(((), [key]))).unwrap();
     assert_eq!(v.scope, Some(Scope::PrivateMulticluster));
 }
 

@@ -283,8 +283,8 @@ impl DataPlaneSink for RemoteSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::SigningKey;
     use crate::data_plane::EstablishedPeer;
+    use ed25519_dalek::SigningKey;
     use multicloud_core::metadata::PrivateMetadata;
 
     const A: &str = "11111111-1111-4111-8111-111111111111";
@@ -368,16 +368,11 @@ mod tests {
         assert_eq!(c2["nbf"].as_i64().unwrap(), nbf + 400);
         // A promoted key (rotate-key promote) re-issues at once, signed with it.
         let promoted = SigningKey::from_bytes(&[8; 32]);
-        keys.send_replace(crate::keys::KeyRing {
-            current: promoted.clone(),
-            next: None,
-            previous: Some(SigningKey::from_bytes(&[7; 32])),
-        });
+        keys.send_replace(crate::keys::KeyRing { current: promoted.clone(), next: None, previous: Some(SigningKey::from_bytes(&[7; 32])) });
         rs.sync(nbf + 401).await.unwrap();
         let (t3, _) = token_of(&std::fs::read_to_string(&path).unwrap());
-        let verify = |t: &str, k: &SigningKey| {
-            multicloud_core::token::verify(t, B, nbf + 402, 600, |_| Some(((), [k.verifying_key()]))).is_ok()
-        };
+        let verify =
+            |t: &str, k: &SigningKey| multicloud_core::token::verify(t, B, nbf + 402, 600, |_| Some(((), [k.verifying_key()]))).is_ok();
         assert!(verify(&t3, &promoted) && !verify(&t3, &SigningKey::from_bytes(&[7; 32])), "re-issued with the promoted key");
 
         // Without an override the apiHost is the server; a peer without an apiHost loses its file.

@@ -132,10 +132,10 @@ impl XdsTls {
     /// agent at start rather than at the first handshake.
     pub fn new(serving: ServingCert) -> Result<XdsTls, XdsTlsError> {
         server_config(serving.chain.clone(), serving.key.clone_key(), None, &[]).map_err(|e| {
-                XdsTlsError::Config(format!(
-                    "--xds-cert and --xds-key do not match or are not supported ({e}); give the key of the chain's first certificate"
-                ))
-            })?;
+            XdsTlsError::Config(format!(
+                "--xds-cert and --xds-key do not match or are not supported ({e}); give the key of the chain's first certificate"
+            ))
+        })?;
         Ok(XdsTls { serving: RwLock::new(serving), current: RwLock::new(None) })
     }
 

@@ -337,5 +337,19 @@ fn a_peer_publishing_too_many_or_repeated_additional_keys_is_refused_by_name() {
     assert!(config(vec![pem(2), pem(3), pem(4)]).unwrap().contains("peers[0].additionalAuthnKeysPub: more than 2 keys"));
     assert!(config(vec![pem(1)]).unwrap().contains("peers[0].additionalAuthnKeysPub: repeats a key"));
     assert!(config(vec![pem(2), pem(2)]).unwrap().contains("additionalAuthnKeysPub: repeats a key"));
-    assert!(config(vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()]).unwrap().contains("additionalAuthnKeysPub: an entry is not an Ed25519 public key"));
+    assert!(config(vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()])
+        .unwrap()
+        .contains("additionalAuthnKeysPub: an entry is not an Ed25519 public key"));
+}
+
+#[test]
+fn an_edge_publishing_its_own_next_key_compiles_and_serves_it() {
+    let a = SigningKey::from_bytes(&[1; 32]);
+    let mut c = edge_b(&a).config().clone();
+    let next = crate::pem::ed25519_public_key_to_pem(&SigningKey::from_bytes(&[12; 32]).verifying_key());
+    c.public.additional_authn_keys_pub = vec![next.clone()];
+    let edge = Edge::compile(c).unwrap();
+    let Outcome::Reply(reply, _) = get(&edge, PUBLIC_JSON_PATH, None, &mut TokenCache::default()) else { panic!("not served") };
+    let doc: PublicMetadata = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(doc.additional_authn_keys_pub, vec![next]);
 }
