@@ -145,7 +145,7 @@ pub fn rotate(ring: &KeyRing, step: RotationStep, since: Duration, min_wait: Dur
                 if step == RotationStep::Promote {
                     "every peer has read the next key (they refresh public.json every 30 s)"
                 } else {
-                    "every token signed with the previous key has expired"
+                    "no token signed with the previous key is still in use"
                 }
             );
         }
@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(promoted.additional_pems(), vec![first.current_pem()], "the old key stays published");
         assert!(!files.next_path().exists());
         assert!(files.since_last_change() < Duration::from_secs(60));
-        assert!(err(rotate(&promoted, RotationStep::Finish, Duration::from_secs(5), Duration::from_secs(660))).contains("has expired"));
+        assert!(err(rotate(&promoted, RotationStep::Finish, Duration::from_secs(5), Duration::from_secs(660))).contains("still in use"));
 
         let done = rotate(&promoted, RotationStep::Finish, long_ago, Duration::from_secs(660)).unwrap();
         files.store(&done).unwrap();

@@ -50,8 +50,9 @@ pub enum Command {
         #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
         namespace: String,
         /// The least time the previous step must have been in force. Default: 90 s before
-        /// `promote` (three of the peers' 30 s public refreshes); before `finish`, 660 s (the
-        /// longest token the agent signs: 600 s api tokens, plus the refresh).
+        /// `promote` (three of the peers' 30 s public refreshes); before `finish`, 660 s (past the
+        /// 60 s metadata tokens, and time for istiod to load the remote secrets re-issued at
+        /// `promote`).
         #[arg(long)]
         min_wait_seconds: Option<u64>,
     },
