@@ -8,6 +8,7 @@ use crate::BoxFuture;
 use ed25519_dalek::SigningKey;
 use multicloud_core::metadata::{IngressGateway, PublicMetadata};
 use std::sync::Mutex;
+use std::time::Duration;
 
 const LOCAL: &str = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000a";
 const REMOTE: &str = "6f9c1c1e-3b7a-4d6e-9a51-1f1f7c1a000b";
