@@ -188,6 +188,89 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     let read = b.cp.kubectl_as(&kc, &["get", "services", "-n", "abc", "-o", "name"], None);
     assert!(read.status.success(), "the rotated token works: {}", String::from_utf8_lossy(&read.stderr));
 
+    // 5b. A federation key rotation with the operator's command on the key
+    //     Secret (`rotate-key --kubernetes`, the admin's credentials): the
+    //     Lease holder's watch of the Secret (deploy/'s RBAC) takes each
+    //     step; B learns each key from A's public document; A's fetches of
+    //     B never fail; `promote` re-issues the remote secret's token with
+    //     the new key.
+    let admin = a.cp.admin_kubeconfig();
+    let rotate = |step: &str| {
+        let (code, out) = agent_cli(
+            &["rotate-key", step, "--kubernetes", "--namespace", "istio-system", "--min-wait-seconds", "0"],
+            &[("KUBECONFIG", &admin)],
+        );
+        assert_eq!(code, 0, "rotate-key {step}: {out}");
+    };
+    let public_of = |pem: &str| {
+        multicloud_core::pem::ed25519_public_key_to_pem(&multicloud_core::pem::ed25519_signing_key_from_pem(pem).unwrap().verifying_key())
+    };
+    let key_secret = |k: &str| secret_data(a.cp, "istio-system", "istio-multicloud-federation-key", k);
+    let b_sees = |current: &str, additional: &[String], what: &str| {
+        wait_until(what, Duration::from_secs(30), || {
+            let doc = b.imc_status(&name_a)["metadataCache"]["public"]["document"].clone();
+            let extra: Vec<String> = doc["additionalAuthnKeysPub"]
+                .as_array()
+                .map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            if doc["authnKeyPub"] == current && extra == additional {
+                Ok(())
+            } else {
+                Err(doc.to_string())
+            }
+        })
+    };
+    let b_gateway_has = |pem: &str, present: bool, what: &str| {
+        let line = pem.lines().find(|l| !l.starts_with("-----")).unwrap().to_string();
+        wait_until(what, Duration::from_secs(30), || {
+            let dump = b.gateway.as_ref().unwrap().config_dump().to_string();
+            if dump.contains(&line) == present {
+                Ok(())
+            } else {
+                Err(format!("present: {}", !present))
+            }
+        })
+    };
+    let unauthorized = || {
+        a.agents[0]
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("multicloud_agent_fetch_total{") && l.contains("result=\"unauthorized\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let unauthorized_before = unauthorized();
+    let old = public_of(&key_secret("private.pem").unwrap());
+    rotate("stage");
+    let next = public_of(&key_secret("next.pem").expect("the staged key in the Secret"));
+    b_sees(&old, std::slice::from_ref(&next), "B to read A's staged key beside its signing key");
+    b_gateway_has(&next, true, "B's gateway to take tokens of A's staged key");
+    rotate("promote");
+    assert_eq!(public_of(&key_secret("previous.pem").expect("the previous key in the Secret")), old);
+    b_sees(&next, std::slice::from_ref(&old), "B to read A's promoted key, the old one still published");
+    let signed_by_next = wait_until("the remote secret's token re-issued with the promoted key", Duration::from_secs(30), || {
+        let text = secret_data(a.cp, "istio-system", &secret, &key).unwrap_or_default();
+        std::fs::write(&kc, &text).map_err(|e| e.to_string())?;
+        let out = b.cp.kubectl_as(&kc, &["config", "view", "--raw", "-o", "jsonpath={.users[0].user.token}"], None);
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let vk = multicloud_core::pem::ed25519_public_key_from_pem(&next).unwrap();
+        multicloud_core::token::verify(&token, &b.uuid, multicloud_e2e::fixtures::unix_now(), i64::MAX, |_| Some(((), [vk])))
+            .map(|_| text)
+            .map_err(|e| format!("{e:?}"))
+    });
+    std::fs::write(&kc, &signed_by_next).unwrap();
+    let read = b.cp.kubectl_as(&kc, &["get", "services", "-n", "abc", "-o", "name"], None);
+    assert!(read.status.success(), "the re-issued token works: {}", String::from_utf8_lossy(&read.stderr));
+    rotate("finish");
+    assert!(key_secret("previous.pem").is_none() && key_secret("next.pem").is_none());
+    b_sees(&next, &[], "B to read A's rotation finished");
+    b_gateway_has(&old, false, "B's gateway to drop A's old key");
+    assert_eq!(unauthorized(), unauthorized_before, "no fetch of A's was Unauthorized during the rotation");
+    a.wait_imc_ready(&name_b, Duration::from_secs(30));
+    b.wait_imc_ready(&name_a, Duration::from_secs(30));
+    let (code, out) = agent_cli(&["rotate-key", "finish", "--kubernetes", "--namespace", "istio-system"], &[("KUBECONFIG", &admin)]);
+    assert!(code != 0 && out.contains("no rotation is under way"), "out of turn: {out}");
+
     // 6. The API server restarts mid-run: the agent reconnects, keeps its
     //    state, loses no object, and sees what changes afterwards.
     let objects_before = a.cp.kubectl_ok(&["get", "imc,secrets,leases", "-A", "-o", "name"]);
