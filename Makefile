@@ -1,5 +1,5 @@
 # The two commands the README starts with, and the rest.
-.PHONY: demo demo-istio lab lab-down test build images bench fuzz clean
+.PHONY: demo demo-istio lab lab-down test build images bench soak fuzz clean
 
 ## demo: a local two-cluster demo on loopback (real Envoys, the real filter)
 demo:
@@ -38,6 +38,11 @@ images:
 ## bench: benchmarks against native Envoy baselines; writes BENCHMARKS.md
 bench:
 	scripts/bench.sh
+
+## soak: cluster A and 20 flapping peers for BENCH_SOAK_SECONDS (default 600);
+## the agent's RSS, descriptors and threads sampled, slopes to BENCHMARKS.md
+soak:
+	scripts/bench.sh soak
 
 ## fuzz: every fuzz target for FUZZ_SECONDS (default 60) each, from its
 ## committed corpus; prints executions and coverage per target and writes

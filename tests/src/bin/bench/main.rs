@@ -40,6 +40,10 @@ fn main() {
     if all || args.iter().any(|a| a == "daemonset") {
         daemonset::run();
     }
+    // The soak runs only when asked for (`make soak`): ten minutes or more.
+    if args.iter().any(|a| a == "soak") {
+        soak::run();
+    }
     if all || args.iter().any(|a| a == "fuzz") {
         fuzz_results();
     }
@@ -169,6 +173,7 @@ The same `GET {path}` with the same bearer token goes to the same upstream throu
 
 mod convergence;
 mod daemonset;
+mod soak;
 mod traffic;
 mod xds;
 
