@@ -249,6 +249,16 @@ impl Reconciler {
                         self.metrics.fetch(name, Document::Public, FetchResult::Ok);
                         self.metrics.success(name, Document::Public, o.at);
                         st.remote_cluster_uuid = Some(uuid.to_string());
+                        if let Some(was) = p.public.as_ref().map(|k| &k.valid.doc) {
+                            let doc = &known.valid.doc;
+                            if was.root_ca != doc.root_ca {
+                                tracing::info!(object = %name, "the peer's root CA bundle changed; trusting it (from its verified metadata endpoint, UUID pin held)");
+                            }
+                            if (&was.authn_key_pub, &was.additional_authn_keys_pub) != (&doc.authn_key_pub, &doc.additional_authn_keys_pub)
+                            {
+                                tracing::info!(object = %name, additional = doc.additional_authn_keys_pub.len(), "the peer's federation keys changed (a key rotation)");
+                            }
+                        }
                         cache.public = Some(CachedPublic { document: known.valid.doc.clone(), fetched_at: now.clone() });
                         p.public = Some(known);
                         public_ok = true;
