@@ -531,10 +531,9 @@ pub fn plain_image(title: &str, files: &[Entry], run: &RunSpec, arch: &str, meta
     let layers = vec![layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new())?];
     let created = rfc3339(meta.created);
     let labels = meta.labels(title, title);
-    let mut cfg = ConfigBuilder::default();
-    cfg.entrypoint(run.entrypoint.clone()).env(run.env.clone()).working_dir("/");
+    let mut cfg = ConfigBuilder::default().entrypoint(run.entrypoint.clone()).env(run.env.clone()).working_dir("/");
     if !run.user.is_empty() {
-        cfg.user(run.user.clone());
+        cfg = cfg.user(run.user.clone());
     }
     let run = oci(cfg.labels(labels.clone().into_iter().collect::<HashMap<_, _>>()).build())?;
     let history = vec![oci(HistoryBuilder::default().created(created.clone()).created_by(format!("multicloud-images: {title}")).build())?];
