@@ -66,6 +66,22 @@ pub const SYSCTLS: &[&str] = &[
     "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
 ];
 
+/// Host directories that containerd and the CNI plugins create outside
+/// the node's directory (the shims' socket directory, go-cni's result
+/// cache) and, with cgroupfs, the parent cgroup of the containers in each
+/// v1 hierarchy (containerd's namespace name). [`Node::stop`] removes each
+/// that the tier created, with rmdir only (never a file in it), and reports
+/// any that stays.
+fn host_dirs() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = ["/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"].iter().map(PathBuf::from).collect();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        let mut hier: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("k8s.io")).collect();
+        hier.sort();
+        v.extend(hier);
+    }
+    v
+}
+
 /// The Debian packages the node runs (installed when missing).
 pub const DEBIAN_PACKAGES: &[&str] = &["containerd", "runc", "containernetworking-plugins", "busybox-static", "iptables"];
 
@@ -135,6 +151,8 @@ pub struct Node {
     tmp: Mutex<Option<tempfile::TempDir>>,
     procs: Mutex<Vec<(&'static str, Proc)>>,
     sysctls_before: Vec<(String, String)>,
+    /// [`host_dirs`] that did not exist before the node started.
+    host_dirs_new: Vec<PathBuf>,
     /// From the first process's spawn to the node Ready (and DNS served).
     pub started_in: Duration,
     stopped: Mutex<bool>,
@@ -358,6 +376,8 @@ impl Node {
         ensure_debian_packages();
         let sim = cp.sim;
         let net = NodeNetwork::of(sim);
+        let chains = leftover_iptables();
+        assert!(chains.is_empty(), "KUBE-*/CNI-* iptables chains exist before the node starts (another node, or a killed run; remove them): {chains:?}");
         let sysctls_before = read_sysctls();
         let tmp = tempfile::Builder::new().prefix(&format!("multicloud-node-{}-", sim.0)).tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
@@ -371,6 +391,7 @@ impl Node {
             tmp: Mutex::new(Some(tmp)),
             procs: Mutex::new(Vec::new()),
             sysctls_before,
+            host_dirs_new: host_dirs().into_iter().filter(|d| !d.exists()).collect(),
             started_in: Duration::ZERO,
             stopped: Mutex::new(false),
         };
@@ -392,6 +413,12 @@ impl Node {
         node.spawn_scheduler(cp);
         node.spawn_kube_proxy(cp);
         node.wait_node_ready(cp);
+        // kube-controller-manager is working once it has made the `default`
+        // ServiceAccount (pods need it).
+        wait_until("kube-controller-manager made ServiceAccount default/default", NODE_READY, || {
+            node.check_alive()?;
+            cp.get_json(&["serviceaccount", "default", "-n", "default"]).map(|_| ()).ok_or_else(|| "not yet".to_string())
+        });
         node.start_coredns(cp);
         node.started_in = t0.elapsed();
         node
@@ -497,7 +524,7 @@ impl Node {
 
     fn import_pause_and_toolbox(&self) {
         let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static)");
-        let files = [multicloud_images::Entry::file("bin/busybox", 0o755, busybox)];
+        let files = [multicloud_images::Entry::file("bin/busybox", 0o755, busybox), multicloud_images::Entry::dir("tmp", 0o1777)];
         // The pause container: a process that sleeps until it is killed.
         let sleep = multicloud_images::RunSpec {
             entrypoint: vec!["/bin/busybox".into(), "sleep".into(), "2147483647".into()],
@@ -604,14 +631,16 @@ impl Node {
         let kc = self.dir.join("coredns.kubeconfig");
         cp.service_account_kubeconfig("kube-system", "coredns", &kc);
         let host = self.net.host_ip;
+        let ready_ip = self.sim.ip(crate::hosts::NODE_CONTROLLERS);
+        let ready = format!("{ready_ip}:{}", crate::fixtures::free_port(ready_ip));
         std::fs::write(
             self.dir.join("Corefile"),
             format!(
-                "# Written by the test bed (tests/src/node.rs).\n.:53 {{\n    bind {host}\n    errors\n    health {health}\n    \
+                "# Written by the test bed (tests/src/node.rs).\n.:53 {{\n    bind {host}\n    errors\n    ready {ready}\n    \
                  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        kubeconfig {kc} test\n        pods insecure\n        \
                  fallthrough in-addr.arpa ip6.arpa\n    }}\n    cache 5\n}}\n",
                 kc = kc.display(),
-                health = format_args!("{}:{}", self.sim.ip(crate::hosts::NODE_CONTROLLERS), crate::fixtures::free_port(self.sim.ip(crate::hosts::NODE_CONTROLLERS))),
+                ready = ready,
             ),
         )
         .expect("write Corefile");
@@ -626,6 +655,33 @@ impl Node {
              endpoints: [{{addresses: ['{host}'], conditions: {{ready: true}}}}]\n"
         ))
         .expect("kube-dns Service");
+        // Served: CoreDNS's `ready` (its Kubernetes caches synced), and
+        // kube-proxy's rules send the ClusterIP to it.
+        wait_until("CoreDNS ready", Duration::from_secs(120), || {
+            self.check_alive()?;
+            match crate::http::try_request("GET", &format!("http://{ready}/ready"), &[]) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("{} {}", r.status, r.text())),
+                Err(e) => Err(e),
+            }
+        });
+        self.wait_service_programmed("kube-system/kube-dns:dns", &format!("{host}:53"), Duration::from_secs(120));
+    }
+
+    /// Waits until kube-proxy's rules DNAT Service port `svc_port`
+    /// (`ns/name:port-name`) to `endpoint` (`ip:port`).
+    pub fn wait_service_programmed(&self, svc_port: &str, endpoint: &str, timeout: Duration) {
+        wait_until(&format!("kube-proxy programs {svc_port} -> {endpoint}"), timeout, || {
+            self.check_alive()?;
+            let out = run(Command::new("iptables-save").args(["-t", "nat"]));
+            let text = String::from_utf8_lossy(&out.stdout);
+            let found = text.lines().any(|l| l.contains(&format!("\"{svc_port}\"")) && l.contains(&format!("--to-destination {endpoint}")));
+            if found {
+                Ok(())
+            } else {
+                Err(format!("no DNAT to {endpoint} for {svc_port} yet"))
+            }
+        });
     }
 
     /// Runs `script` in a busybox pod (`sh -c`, restartPolicy Never) in
@@ -724,6 +780,21 @@ impl Node {
         v
     }
 
+    /// rmdir of the [`host_dirs`] the tier created (deepest first; a
+    /// cgroup's children first).
+    fn remove_host_dirs(&self) {
+        for d in &self.host_dirs_new {
+            if d.starts_with("/sys/fs/cgroup") {
+                if let Ok(rd) = std::fs::read_dir(d) {
+                    for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+
     /// Stops the node, leaving nothing behind, and restores the kernel
     /// settings. Returns what it found changed before restoring
     /// (`(name, before, after-the-tier)`) and the report of what was left
@@ -795,6 +866,9 @@ impl Node {
             let _ = run(Command::new("umount").args(["-l", &m]));
         }
         let _ = run(Command::new("ip").args(["link", "del", &self.net.bridge]));
+        remove_our_chains();
+        self.remove_host_dirs();
+        report.leftover_host_dirs = self.host_dirs_new.iter().filter(|d| d.exists()).map(|d| d.display().to_string()).collect();
         // Kernel settings.
         for (name, before) in &self.sysctls_before {
             let now = std::fs::read_to_string(sysctl_path(name)).map(|v| v.trim().to_string()).unwrap_or_default();
@@ -841,6 +915,8 @@ pub struct NodeTeardown {
     /// Chains of kube-proxy (KUBE-*) or of the CNI plugins (CNI-*) still in
     /// the nat or filter table.
     pub leftover_iptables: Vec<String>,
+    /// Host directories the tier created that are still there.
+    pub leftover_host_dirs: Vec<String>,
     pub problems: Vec<String>,
 }
 
@@ -851,22 +927,87 @@ impl NodeTeardown {
             && self.leftover_mounts.is_empty()
             && self.leftover_netns.is_empty()
             && self.leftover_iptables.is_empty()
+            && self.leftover_host_dirs.is_empty()
             && self.problems.is_empty()
     }
 }
 
+const IPTABLES: [(&str, &str); 2] = [("iptables", "iptables-save"), ("ip6tables", "ip6tables-save")];
+const TABLES: [&str; 3] = ["nat", "filter", "mangle"];
+/// The chains of kube-proxy and the kubelet (KUBE-*) and of the CNI
+/// plugins (CNI-*).
+fn ours(chain: &str) -> bool {
+    chain.starts_with("KUBE-") || chain.starts_with("CNI-")
+}
+
 fn leftover_iptables() -> Vec<String> {
     let mut v = Vec::new();
-    for table in ["nat", "filter"] {
-        let out = run(Command::new("iptables-save").args(["-t", table]));
-        v.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.starts_with(':') && (l.contains("KUBE-") || l.contains("CNI-")))
-                .map(|l| format!("{table} {l}")),
-        );
+    for (_, save) in IPTABLES {
+        for table in TABLES {
+            let out = run(Command::new(save).args(["-t", table]));
+            v.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.strip_prefix(':').is_some_and(ours))
+                    .map(|l| format!("{save} {table} {l}")),
+            );
+        }
     }
     v
+}
+
+/// Removes what `kube-proxy --cleanup` leaves: the kubelet's own chains
+/// (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and any CNI-*
+/// chain, with the rules of the built-in chains that jump to them. The
+/// node tier starts only where none of them exists (checked by
+/// [`Node::start`]), so every one is the tier's.
+fn remove_our_chains() {
+    for (cmd, save) in IPTABLES {
+        for table in TABLES {
+            let out = run(Command::new(save).args(["-t", table]));
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let chains: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix(':')).filter(|l| ours(l)).filter_map(|l| l.split(' ').next()).collect();
+            if chains.is_empty() {
+                continue;
+            }
+            // Jumps from chains that stay (the built-in ones).
+            for rule in text.lines().filter_map(|l| l.strip_prefix("-A ")) {
+                let Some((chain, rest)) = rule.split_once(' ') else { continue };
+                if ours(chain) || !chains.iter().any(|c| rest.contains(&format!("-j {c}"))) {
+                    continue;
+                }
+                let _ = run(Command::new(cmd).args(["-t", table, "-D", chain]).args(split_rule(rest)));
+            }
+            for c in &chains {
+                let _ = run(Command::new(cmd).args(["-t", table, "-F", c]));
+            }
+            for c in &chains {
+                let _ = run(Command::new(cmd).args(["-t", table, "-X", c]));
+            }
+        }
+    }
+}
+
+/// An iptables-save rule's arguments (double-quoted ones kept whole).
+fn split_rule(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in rule.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 impl Drop for Node {
@@ -881,7 +1022,13 @@ impl Drop for Node {
         for pid in self.shim_pids() {
             kill_pid_tree(pid);
         }
+        let stopped = *self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if !stopped {
+            let _ = run(Command::new(tool("MULTICLOUD_KUBE_PROXY")).arg("--cleanup").env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"));
+            remove_our_chains();
+            self.remove_host_dirs();
+        }
         let mut mounts = self.mounts();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {

@@ -35,12 +35,16 @@ fn node_tier() {
     let node = Node::start(&cp);
     eprintln!("node {} Ready with DNS in {:?} (control plane and node from {:?})", net.node_name, node.started_in, t0.elapsed());
 
-    // Cluster DNS and the kubernetes Service from inside a pod. busybox's
-    // wget speaks plain HTTP: the API server's TLS port answers it with 400,
-    // which is the proof that the connection through the ClusterIP arrived.
+    // Cluster DNS and the kubernetes Service from inside a pod: nslookup
+    // asks CoreDNS through the kube-dns ClusterIP, then busybox's wget
+    // connects to the address it got with nc (busybox's wget crashes in
+    // this static build). A plain HTTP request: the API server's TLS port
+    // answers it with 400, the proof that the connection through the
+    // `kubernetes` ClusterIP arrived.
     let t = Instant::now();
-    let script = "nslookup kubernetes.default.svc.cluster.local && \
-                  out=$(wget -T 5 -O- http://kubernetes.default.svc.cluster.local:443/ 2>&1); echo \"$out\"; \
+    let script = "set -e; nslookup kubernetes.default.svc.cluster.local > /tmp/ns; cat /tmp/ns; \
+                  ip=$(awk '/^Address: /{print $2}' /tmp/ns | tail -n 1); test \"$ip\" = 10.96.0.1; \
+                  out=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $ip 443 2>&1 || true); echo \"$out\"; \
                   case \"$out\" in *400*) exit 0;; esac; exit 1";
     let probe = node.run_probe_pod(&cp, "default", "dns-probe", script, POD_READY);
     if let Err(e) = &probe {
