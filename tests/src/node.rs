@@ -269,6 +269,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 /// The CNI network: the test's bridge, host-local IPAM (its state in `dir`),
 /// pod traffic leaving the subnet masqueraded, hostPorts by portmap.
 fn cni_config(dir: &Path, net: &NodeNetwork) -> String {
+    let [a, b, c, _] = net.host_ip.octets();
+    let range_end = Ipv4Addr::new(a, b, c, 199);
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "multicloud-node",
@@ -282,7 +284,8 @@ fn cni_config(dir: &Path, net: &NodeNetwork) -> String {
                 "ipam": {
                     "type": "host-local",
                     "dataDir": dir.join("cni/ipam").display().to_string(),
-                    "ranges": [[{"subnet": net.subnet, "gateway": net.host_ip.to_string()}]],
+                    // .200 and up stay free: load-balancer addresses a test sets.
+                    "ranges": [[{"subnet": net.subnet, "gateway": net.host_ip.to_string(), "rangeEnd": range_end.to_string()}]],
                     "routes": [{"dst": "0.0.0.0/0"}]
                 }
             },
@@ -493,7 +496,9 @@ impl Node {
         let layout = multicloud_images::Layout::read_tar(tar).unwrap_or_else(|e| panic!("{}: {e:#}", tar.display()));
         let d = layout.manifest_descriptor().expect("manifest");
         let ref_name = d.annotations().as_ref().and_then(|a| a.get(multicloud_images::ANN_REF_NAME).cloned()).unwrap_or_default();
-        let out = self.ctr(&["images", "import", "--base-name", repo, &tar.display().to_string()]);
+        // --digests: also `repo@sha256:<manifest>`, what a reference pinned
+        // by digest resolves to in CRI.
+        let out = self.ctr(&["images", "import", "--digests", "--base-name", repo, &tar.display().to_string()]);
         assert!(out.status.success(), "ctr images import {}: {}", tar.display(), String::from_utf8_lossy(&out.stderr));
         let imported = format!("{repo}:{ref_name}");
         if ref_name != tag {
@@ -501,7 +506,10 @@ impl Node {
             assert!(out.status.success(), "ctr images tag {imported} {name}: {}", String::from_utf8_lossy(&out.stderr));
         }
         let list = String::from_utf8_lossy(&self.ctr(&["images", "ls", "-q"]).stdout).into_owned();
-        assert!(list.lines().any(|l| l == name), "{name} not in containerd's images after the import: {list}");
+        let by_digest = format!("{repo}@{}", layout.digest().expect("digest"));
+        for n in [name, by_digest.as_str()] {
+            assert!(list.lines().any(|l| l == n), "{n} not in containerd's images after the import: {list}");
+        }
     }
 
     /// Writes an image of `files` with `run` to the node's directory and
@@ -970,13 +978,20 @@ fn remove_our_chains() {
             if chains.is_empty() {
                 continue;
             }
-            // Jumps from chains that stay (the built-in ones).
+            // Jumps from chains that stay (the built-in ones), deleted by
+            // their position in the chain, last first.
+            let mut jumps: Vec<(String, usize)> = Vec::new();
+            let mut position: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
             for rule in text.lines().filter_map(|l| l.strip_prefix("-A ")) {
                 let Some((chain, rest)) = rule.split_once(' ') else { continue };
-                if ours(chain) || !chains.iter().any(|c| rest.contains(&format!("-j {c}"))) {
-                    continue;
+                let n = position.entry(chain).or_insert(0);
+                *n += 1;
+                if !ours(chain) && rest.split(' ').collect::<Vec<_>>().windows(2).any(|w| w[0] == "-j" && chains.contains(&w[1])) {
+                    jumps.push((chain.to_string(), *n));
                 }
-                let _ = run(Command::new(cmd).args(["-t", table, "-D", chain]).args(split_rule(rest)));
+            }
+            for (chain, n) in jumps.iter().rev() {
+                let _ = run(Command::new(cmd).args(["-t", table, "-D", chain, &n.to_string()]));
             }
             for c in &chains {
                 let _ = run(Command::new(cmd).args(["-t", table, "-F", c]));
@@ -988,27 +1003,6 @@ fn remove_our_chains() {
     }
 }
 
-/// An iptables-save rule's arguments (double-quoted ones kept whole).
-fn split_rule(rule: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for ch in rule.chars() {
-        match ch {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
 
 impl Drop for Node {
     fn drop(&mut self) {

@@ -29,6 +29,9 @@ const SIM: SimCluster = SimCluster(140);
 const ISTIO_DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 const AGENT_SELECTOR: &str = "app.kubernetes.io/name=istio-multicloud-agent";
 const GATEWAY_SELECTOR: &str = "istio=ingressgateway";
+/// The gateway Service's load-balancer address (outside the node's IPAM
+/// range: node.rs's host-local range ends below it).
+const LB_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 88, 140, 250);
 /// deploy/'s EnvoyFilter names the agent by its Service.
 const AGENT_SERVICE_ADDRESS: &str = "address: multicloud-agent-xds.istio-system.svc.cluster.local";
 
@@ -96,14 +99,15 @@ fn start_istiod(cp: &ControlPlane, node: &Node) -> Istiod {
 }
 
 /// The agent's image as `make images` wrote it, imported under one fully
-/// qualified name; the name.
+/// qualified name; the reference pinned by digest.
 fn import_agent_image(node: &Node) -> String {
     let tar = paths::images().join("agent.tar");
     let layout = multicloud_images::Layout::read_tar(&tar).unwrap();
     let tag = layout.manifest_descriptor().unwrap().annotations().as_ref().unwrap()[multicloud_images::ANN_REF_NAME].clone();
     let name = format!("{REGISTRY}/istio-multicloud/agent:{tag}");
     node.import_image(&tar, &name);
-    name
+    // deploy/ pins the image by digest (`install --image` wants one).
+    format!("{name}@{}", layout.digest().unwrap())
 }
 
 /// The node runs pods: Ready through the kubelet, a pod resolves
@@ -146,9 +150,25 @@ fn node_tier() {
     eprintln!("istiod ready behind Service istiod in {:?}", t.elapsed());
     let image = import_agent_image(&node);
     let rendered = install(&[format!("--image={image}"), format!("--metadata-host={}", metadata_host(SIM))]);
-    assert_eq!(rendered.matches(&format!("image: {image}")).count(), 1, "the DaemonSet names the imported image");
+    let ds = serde_saphyr::from_multiple::<serde_json::Value>(&rendered).unwrap().into_iter().find(|v| v["kind"] == "DaemonSet").unwrap();
+    assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], image.as_str(), "the DaemonSet names the imported image");
+    // The ingress gateway as Istio's gateway chart runs it, from an image
+    // of the cached pilot-agent and the pinned Envoy. The agent is Ready
+    // once it knows its gateway's Service and address.
+    let build = paths::IstioBuild::current();
+    let host = metadata_host(SIM);
+    let edge_ca = create_metadata_tls(&cp, SIM, &host, node.dir());
+    let gw_image = format!("{REGISTRY}/istio/proxyv2:test-bed");
+    node.build_and_import(&gw_image, &gateway_image_files(&build), &gateway_run_spec());
+    assert_eq!(rendered.matches(AGENT_SERVICE_ADDRESS).count(), 1, "deploy/'s EnvoyFilter names the agent's Service, unchanged");
     let t = Instant::now();
     cp.apply(&rendered).expect("install output applies");
+    // The mesh port (`tls`, 15443) as the chart's networkGateway values add it.
+    cp.apply(&istio_gateway_objects(&gw_image, &[("tls", 15443)])).expect("gateway objects");
+    // What a cloud controller writes: the load balancer's address, one of
+    // the node subnet's that no pod gets (kube-proxy routes it to the
+    // gateway pod, as it does for a load balancer's address).
+    cp.set_load_balancer_ip("istio-system", "istio-ingressgateway", LB_IP);
     let pods = node.wait_pods_ready(&cp, "istio-system", AGENT_SELECTOR, POD_READY);
     eprintln!("agent pod {pods:?} Ready (its own readiness probe) {:?} after the apply", t.elapsed());
     let pod = cp.get_json(&["pod", &pods[0], "-n", "istio-system"]).unwrap();
@@ -169,18 +189,8 @@ fn node_tier() {
     eprintln!("{} audit events of the agent's ServiceAccount from pod IP {agent_ip}; token bound to pod {bound_pod}", events.len());
     assert_eq!(bound_pod[0], pods[0].as_str(), "the token is the pod's projected ServiceAccount token");
 
-    // The ingress gateway as Istio's gateway chart runs it, from an image
-    // of the cached pilot-agent and the pinned Envoy.
-    let build = paths::IstioBuild::current();
-    let host = metadata_host(SIM);
-    let edge_ca = create_metadata_tls(&cp, SIM, &host, node.dir());
-    let gw_image = format!("{REGISTRY}/istio/proxyv2:test-bed");
-    node.build_and_import(&gw_image, &gateway_image_files(&build), &gateway_run_spec());
-    assert_eq!(rendered.matches(AGENT_SERVICE_ADDRESS).count(), 1, "deploy/'s EnvoyFilter names the agent's Service, unchanged");
-    let t = Instant::now();
-    cp.apply(&istio_gateway_objects(&gw_image, &[])).expect("gateway objects");
     let gws = node.wait_pods_ready(&cp, "istio-system", GATEWAY_SELECTOR, POD_READY);
-    eprintln!("gateway pod {gws:?} Ready {:?} after the apply", t.elapsed());
+    eprintln!("gateway pod {gws:?} Ready {:?} after the apply (with the agent's)", t.elapsed());
     let svc = cp.get_json(&["service", "istio-ingressgateway", "-n", "istio-system"]).unwrap();
     let svc_addr = SocketAddr::new(svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap(), 443);
     let gw_ip = pod_ip(&cp, &gws[0]);
