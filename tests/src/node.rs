@@ -728,20 +728,7 @@ impl Node {
     pub fn wait_pods_ready(&self, cp: &ControlPlane, ns: &str, selector: &str, timeout: Duration) -> Vec<String> {
         wait_until(&format!("pods {selector} in {ns} Ready"), timeout, || {
             self.check_alive()?;
-            let list = cp.get_json(&["pods", "-n", ns, "-l", selector]).unwrap_or_default();
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            if items.is_empty() {
-                return Err("no pod yet".into());
-            }
-            let mut names = Vec::new();
-            for p in &items {
-                let ready = p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                if !ready || p["metadata"]["deletionTimestamp"].is_string() {
-                    return Err(format!("{}: {} {}", p["metadata"]["name"], p["status"]["phase"], p["status"]["containerStatuses"]));
-                }
-                names.push(p["metadata"]["name"].as_str().unwrap_or_default().to_string());
-            }
-            Ok(names)
+            ready_pods(cp, ns, selector)
         })
     }
 
@@ -906,6 +893,25 @@ impl Node {
         }
         report
     }
+}
+
+/// The pods `selector` selects in `ns` when every one is Ready and none is
+/// being deleted (and there is at least one).
+pub fn ready_pods(cp: &ControlPlane, ns: &str, selector: &str) -> Result<Vec<String>, String> {
+    let list = cp.get_json(&["pods", "-n", ns, "-l", selector]).unwrap_or_default();
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return Err("no pod yet".into());
+    }
+    let mut names = Vec::new();
+    for p in &items {
+        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        if !ready || p["metadata"]["deletionTimestamp"].is_string() {
+            return Err(format!("{}: {} {}", p["metadata"]["name"], p["status"]["phase"], p["status"]["containerStatuses"]));
+        }
+        names.push(p["metadata"]["name"].as_str().unwrap_or_default().to_string());
+    }
+    Ok(names)
 }
 
 /// What [`Node::stop`] found.
