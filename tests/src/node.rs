@@ -776,8 +776,30 @@ impl Node {
     }
 
     /// rmdir of the [`host_dirs`] the tier created (deepest first; a
-    /// cgroup's children first).
+    /// cgroup's children first), after go-cni's cached results of this
+    /// node's sandboxes (`/var/lib/cni/results/<network>-<sandbox id>-<if>`:
+    /// a sandbox whose network was never torn down, as after a failed test,
+    /// leaves them).
     fn remove_host_dirs(&self) {
+        let sandboxes = self.dir.join("containerd/root/io.containerd.grpc.v1.cri/sandboxes");
+        let ids: Vec<String> = std::fs::read_dir(&sandboxes).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        // A SIGKILLed shim leaves its socket: /run/containerd/s/<sha256 of
+        // "<containerd address>/<namespace>/<shim id>">, the shim id being
+        // the sandbox's.
+        for id in &ids {
+            use sha2::Digest as _;
+            let key = Path::new(&self.socket()).join("k8s.io").join(id);
+            let hex: String = sha2::Sha256::digest(key.to_string_lossy().as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(hex));
+        }
+        if let Ok(rd) = std::fs::read_dir("/var/lib/cni/results") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if ids.iter().any(|id| name.contains(&format!("-{id}-"))) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         for d in &self.host_dirs_new {
             if d.starts_with("/sys/fs/cgroup") {
                 if let Ok(rd) = std::fs::read_dir(d) {
@@ -1291,4 +1313,42 @@ pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)]) -> String
         deployment,
     ];
     objects.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\n---\n")
+}
+
+/// What the kernel says of a process of a container: uid, effective
+/// capabilities, seccomp mode, no_new_privs, and whether its root is
+/// mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSecurity {
+    pub pid: u32,
+    pub uid: String,
+    pub cap_eff: String,
+    /// 2: a seccomp filter.
+    pub seccomp: String,
+    pub no_new_privs: String,
+    pub root_read_only: bool,
+}
+
+/// [`ProcessSecurity`] of every process whose executable path (in its
+/// container) is `exe` and whose root has `marker` (a path inside the
+/// image), e.g. the agent's binary.
+pub fn container_processes(exe: &str, marker: &str) -> Vec<ProcessSecurity> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut v = Vec::new();
+    for pid in rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())) {
+        if cmdline(pid).first().map(String::as_str) != Some(exe) || !Path::new(&format!("/proc/{pid}/root/{marker}")).exists() {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).map(|v| v.split_whitespace().next().unwrap_or_default().to_string()).unwrap_or_default()
+        };
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        let root_read_only = mountinfo.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+        });
+        v.push(ProcessSecurity { pid, uid: field("Uid"), cap_eff: field("CapEff"), seccomp: field("Seccomp"), no_new_privs: field("NoNewPrivs"), root_read_only });
+    }
+    v
 }

@@ -18,7 +18,7 @@ use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{create_metadata_tls, install, metadata_host, ISTIOD_MESH_ENV};
 use multicloud_e2e::mtls::{get_from, Outcome};
-use multicloud_e2e::node::{gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, ready_pods, Node, NodeNetwork, POD_READY, REGISTRY};
+use multicloud_e2e::node::{gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, ready_pods, container_processes, Node, NodeNetwork, POD_READY, REGISTRY};
 use multicloud_e2e::{http, paths, wait_until, SimCluster};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -184,9 +184,23 @@ fn node_tier() {
     let bound_pod = events[0]["user"]["extra"]["authentication.kubernetes.io/pod-name"].clone();
     eprintln!("{} audit events of the agent's ServiceAccount from pod IP {agent_ip}; token bound to pod {bound_pod}", events.len());
     assert_eq!(bound_pod[0], pods[0].as_str(), "the token is the pod's projected ServiceAccount token");
+    // As deploy/ runs it: its user, no capability, a seccomp filter, no
+    // privilege escalation, a read-only root.
+    let agent_procs = container_processes("/usr/local/bin/multicloud-agent", "usr/share/istio-multicloud/multicloud_filter.wasm");
+    eprintln!("the agent's process as the kernel sees it: {agent_procs:?}");
+    assert_eq!(agent_procs.len(), 1, "one agent process: {agent_procs:?}");
+    let p = &agent_procs[0];
+    assert_eq!((p.uid.as_str(), p.cap_eff.as_str(), p.seccomp.as_str(), p.no_new_privs.as_str(), p.root_read_only), ("65532", "0000000000000000", "2", "1", true));
 
     let gws = node.wait_pods_ready(&cp, "istio-system", GATEWAY_SELECTOR, POD_READY);
     eprintln!("gateway pod {gws:?} Ready {:?} after the apply (with the agent's)", t.elapsed());
+    let gw_procs = container_processes("/usr/local/bin/pilot-agent", "var/lib/istio/envoy/envoy_bootstrap_tmpl.json");
+    let envoy_procs = container_processes("/usr/local/bin/envoy", "var/lib/istio/envoy/envoy_bootstrap_tmpl.json");
+    eprintln!("the gateway's pilot-agent {gw_procs:?} and Envoy {envoy_procs:?}");
+    assert!(gw_procs.len() == 1 && envoy_procs.len() == 1, "one pilot-agent and its Envoy");
+    for p in gw_procs.iter().chain(&envoy_procs) {
+        assert_eq!((p.uid.as_str(), p.cap_eff.as_str(), p.root_read_only), ("1337", "0000000000000000", true), "as the gateway chart runs it");
+    }
     let svc = cp.get_json(&["service", "istio-ingressgateway", "-n", "istio-system"]).unwrap();
     let svc_addr = SocketAddr::new(svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap(), 443);
     let gw_ip = pod_ip(&cp, &gws[0]);
