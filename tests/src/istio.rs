@@ -122,7 +122,8 @@ pub struct IstiodAt {
 /// [`istiod_mesh_config`] with `discoveryAddress` a name (istiod adds its
 /// host to its serving certificate's SANs).
 pub fn istiod_mesh_config_named(discovery: &str) -> String {
-    istiod_mesh_config(SocketAddr::from(([0, 0, 0, 0], 1))).replace("discoveryAddress: 0.0.0.0:1", &format!("discoveryAddress: {discovery}"))
+    istiod_mesh_config(SocketAddr::from(([0, 0, 0, 0], 1)))
+        .replace("discoveryAddress: 0.0.0.0:1", &format!("discoveryAddress: {discovery}"))
 }
 
 impl Istiod {

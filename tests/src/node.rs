@@ -73,7 +73,8 @@ pub const SYSCTLS: &[&str] = &[
 /// that the tier created, with rmdir only (never a file in it), and reports
 /// any that stays.
 fn host_dirs() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = ["/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"].iter().map(PathBuf::from).collect();
+    let mut v: Vec<PathBuf> =
+        ["/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"].iter().map(PathBuf::from).collect();
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         let mut hier: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("k8s.io")).collect();
         hier.sort();
@@ -164,10 +165,7 @@ fn sysctl_path(name: &str) -> PathBuf {
 
 /// The values of [`SYSCTLS`] that this kernel has.
 pub fn read_sysctls() -> Vec<(String, String)> {
-    SYSCTLS
-        .iter()
-        .filter_map(|n| std::fs::read_to_string(sysctl_path(n)).ok().map(|v| (n.to_string(), v.trim().to_string())))
-        .collect()
+    SYSCTLS.iter().filter_map(|n| std::fs::read_to_string(sysctl_path(n)).ok().map(|v| (n.to_string(), v.trim().to_string()))).collect()
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -188,7 +186,9 @@ pub fn ensure_debian_packages() {
         let missing: Vec<&str> = DEBIAN_PACKAGES
             .iter()
             .copied()
-            .filter(|p| !Command::new("dpkg").args(["-s", p]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()))
+            .filter(|p| {
+                !Command::new("dpkg").args(["-s", p]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+            })
             .collect();
         if missing.is_empty() {
             return;
@@ -380,11 +380,16 @@ impl Node {
         let sim = cp.sim;
         let net = NodeNetwork::of(sim);
         let chains = leftover_iptables();
-        assert!(chains.is_empty(), "KUBE-*/CNI-* iptables chains exist before the node starts (another node, or a killed run; remove them): {chains:?}");
+        assert!(
+            chains.is_empty(),
+            "KUBE-*/CNI-* iptables chains exist before the node starts (another node, or a killed run; remove them): {chains:?}"
+        );
         let sysctls_before = read_sysctls();
         let tmp = tempfile::Builder::new().prefix(&format!("multicloud-node-{}-", sim.0)).tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        for sub in ["containerd/root", "containerd/state", "containerd/opt", "runc", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "images"] {
+        for sub in
+            ["containerd/root", "containerd/state", "containerd/opt", "runc", "cni/net.d", "cni/ipam", "kubelet", "pod-logs", "images"]
+        {
             std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
         let mut node = Node {
@@ -601,9 +606,7 @@ impl Node {
     fn spawn_kube_proxy(&self, cp: &ControlPlane) {
         std::fs::write(self.dir.join("kube-proxy.yaml"), kube_proxy_config(&self.dir, cp, &self.net, self.sim)).expect("write");
         let mut c = Command::new(tool("MULTICLOUD_KUBE_PROXY"));
-        c.arg(format!("--config={}", self.dir.join("kube-proxy.yaml").display()))
-            .arg("--v=1")
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        c.arg(format!("--config={}", self.dir.join("kube-proxy.yaml").display())).arg("--v=1").env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         self.spawn("kube-proxy", c);
     }
 
@@ -782,7 +785,8 @@ impl Node {
     /// leaves them).
     fn remove_host_dirs(&self) {
         let sandboxes = self.dir.join("containerd/root/io.containerd.grpc.v1.cri/sandboxes");
-        let ids: Vec<String> = std::fs::read_dir(&sandboxes).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let ids: Vec<String> =
+            std::fs::read_dir(&sandboxes).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         // A SIGKILLed shim leaves its socket: /run/containerd/s/<sha256 of
         // "<containerd address>/<namespace>/<shim id>">, the shim id being
         // the sandbox's.
@@ -898,7 +902,10 @@ impl Node {
         }
         report.sysctls_after = read_sysctls();
         if report.sysctls_after != self.sysctls_before {
-            report.problems.push(format!("kernel settings differ after restoring: before {:?}, after {:?}", self.sysctls_before, report.sysctls_after));
+            report.problems.push(format!(
+                "kernel settings differ after restoring: before {:?}, after {:?}",
+                self.sysctls_before, report.sysctls_after
+            ));
         }
         report.leftover_processes = self.leftover_processes();
         report.leftover_mounts = self.mounts();
@@ -1002,7 +1009,8 @@ fn remove_our_chains() {
         for table in TABLES {
             let out = run(Command::new(save).args(["-t", table]));
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let chains: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix(':')).filter(|l| ours(l)).filter_map(|l| l.split(' ').next()).collect();
+            let chains: Vec<&str> =
+                text.lines().filter_map(|l| l.strip_prefix(':')).filter(|l| ours(l)).filter_map(|l| l.split(' ').next()).collect();
             if chains.is_empty() {
                 continue;
             }
@@ -1030,7 +1038,6 @@ fn remove_our_chains() {
         }
     }
 }
-
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -1182,8 +1189,16 @@ pub fn gateway_image_files(build: &crate::paths::IstioBuild) -> Vec<multicloud_i
     let mut files = vec![
         Entry::file("usr/local/bin/pilot-agent", 0o755, std::fs::read(&build.agent).expect("pilot-agent")),
         Entry::file("usr/local/bin/envoy", 0o755, std::fs::read(&envoy).expect("envoy")),
-        Entry::file("var/lib/istio/envoy/envoy_bootstrap_tmpl.json", 0o644, std::fs::read(build.bootstrap_template()).expect("bootstrap template")),
-        Entry::file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/sbin/nologin\nistio-proxy:x:1337:1337:istio-proxy:/home/istio-proxy:/sbin/nologin\n".to_vec()),
+        Entry::file(
+            "var/lib/istio/envoy/envoy_bootstrap_tmpl.json",
+            0o644,
+            std::fs::read(build.bootstrap_template()).expect("bootstrap template"),
+        ),
+        Entry::file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/sbin/nologin\nistio-proxy:x:1337:1337:istio-proxy:/home/istio-proxy:/sbin/nologin\n".to_vec(),
+        ),
         Entry::file("etc/group", 0o644, b"root:x:0:\nistio-proxy:x:1337:\n".to_vec()),
         Entry::dir("etc/istio/proxy", 0o755),
         Entry::dir("etc/istio/pod", 0o755),
@@ -1341,14 +1356,25 @@ pub fn container_processes(exe: &str, marker: &str) -> Vec<ProcessSecurity> {
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let field = |name: &str| {
-            status.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).map(|v| v.split_whitespace().next().unwrap_or_default().to_string()).unwrap_or_default()
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+                .unwrap_or_default()
         };
         let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
         let root_read_only = mountinfo.lines().any(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
         });
-        v.push(ProcessSecurity { pid, uid: field("Uid"), cap_eff: field("CapEff"), seccomp: field("Seccomp"), no_new_privs: field("NoNewPrivs"), root_read_only });
+        v.push(ProcessSecurity {
+            pid,
+            uid: field("Uid"),
+            cap_eff: field("CapEff"),
+            seccomp: field("Seccomp"),
+            no_new_privs: field("NoNewPrivs"),
+            root_read_only,
+        });
     }
     v
 }

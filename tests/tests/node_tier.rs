@@ -18,7 +18,10 @@ use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{create_metadata_tls, install, metadata_host, ISTIOD_MESH_ENV};
 use multicloud_e2e::mtls::{get_from, Outcome};
-use multicloud_e2e::node::{gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, ready_pods, container_processes, Node, NodeNetwork, POD_READY, REGISTRY};
+use multicloud_e2e::node::{
+    container_processes, gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, ready_pods, Node, NodeNetwork,
+    POD_READY, REGISTRY,
+};
 use multicloud_e2e::{http, paths, wait_until, SimCluster};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -179,7 +182,11 @@ fn node_tier() {
             .into_iter()
             .filter(|e| e["sourceIPs"].as_array().is_some_and(|ips| ips.iter().any(|ip| ip == agent_ip.as_str())))
             .collect();
-        if ev.is_empty() { Err("none yet".to_string()) } else { Ok(ev) }
+        if ev.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(ev)
+        }
     });
     let bound_pod = events[0]["user"]["extra"]["authentication.kubernetes.io/pod-name"].clone();
     eprintln!("{} audit events of the agent's ServiceAccount from pod IP {agent_ip}; token bound to pod {bound_pod}", events.len());
@@ -190,7 +197,10 @@ fn node_tier() {
     eprintln!("the agent's process as the kernel sees it: {agent_procs:?}");
     assert_eq!(agent_procs.len(), 1, "one agent process: {agent_procs:?}");
     let p = &agent_procs[0];
-    assert_eq!((p.uid.as_str(), p.cap_eff.as_str(), p.seccomp.as_str(), p.no_new_privs.as_str(), p.root_read_only), ("65532", "0000000000000000", "2", "1", true));
+    assert_eq!(
+        (p.uid.as_str(), p.cap_eff.as_str(), p.seccomp.as_str(), p.no_new_privs.as_str(), p.root_read_only),
+        ("65532", "0000000000000000", "2", "1", true)
+    );
 
     let gws = node.wait_pods_ready(&cp, "istio-system", GATEWAY_SELECTOR, POD_READY);
     eprintln!("gateway pod {gws:?} Ready {:?} after the apply (with the agent's)", t.elapsed());
@@ -199,17 +209,25 @@ fn node_tier() {
     eprintln!("the gateway's pilot-agent {gw_procs:?} and Envoy {envoy_procs:?}");
     assert!(gw_procs.len() == 1 && envoy_procs.len() == 1, "one pilot-agent and its Envoy");
     for p in gw_procs.iter().chain(&envoy_procs) {
-        assert_eq!((p.uid.as_str(), p.cap_eff.as_str(), p.root_read_only), ("1337", "0000000000000000", true), "as the gateway chart runs it");
+        assert_eq!(
+            (p.uid.as_str(), p.cap_eff.as_str(), p.root_read_only),
+            ("1337", "0000000000000000", true),
+            "as the gateway chart runs it"
+        );
     }
     let svc = cp.get_json(&["service", "istio-ingressgateway", "-n", "istio-system"]).unwrap();
     let svc_addr = SocketAddr::new(svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap(), 443);
     let gw_ip = pod_ip(&cp, &gws[0]);
     let doc = wait_until("public.json through the gateway Service", Duration::from_secs(180), || {
-        public_json(svc_addr, &host, &edge_ca.pem()).map_err(|e| format!("{e}; agent's xDS clients: {:?}", gateway_connected(&agent_ip, &gws[0])))
+        public_json(svc_addr, &host, &edge_ca.pem())
+            .map_err(|e| format!("{e}; agent's xDS clients: {:?}", gateway_connected(&agent_ip, &gws[0])))
     });
     eprintln!("public.json through Service istio-ingressgateway ({svc_addr}) {:?} after the gateway's apply: {doc}", t.elapsed());
     let view = gateway_connected(&agent_ip, &gws[0]).unwrap();
-    eprintln!("gateway {} ({gw_ip}) connected to the agent pod through multicloud-agent-xds.istio-system.svc.cluster.local: {view}", gws[0]);
+    eprintln!(
+        "gateway {} ({gw_ip}) connected to the agent pod through multicloud-agent-xds.istio-system.svc.cluster.local: {view}",
+        gws[0]
+    );
 
     // Pod fault: the agent's pod deleted; the DaemonSet makes another, the
     // gateway reconnects, public.json stays served.
@@ -222,16 +240,26 @@ fn node_tier() {
             failures += 1;
         }
         let names = ready_pods(&cp, "istio-system", AGENT_SELECTOR)?;
-        if names.iter().any(|n| n == &pods[0]) { Err(format!("still {names:?}")) } else { Ok(names) }
+        if names.iter().any(|n| n == &pods[0]) {
+            Err(format!("still {names:?}"))
+        } else {
+            Ok(names)
+        }
     });
     let recreated_in = t.elapsed();
     let new_ip = pod_ip(&cp, &new_pods[0]);
     wait_until("the gateway reconnected to the new agent pod", Duration::from_secs(120), || gateway_connected(&new_ip, &gws[0]));
     let reconnected_in = t.elapsed();
-    let doc_after = wait_until("public.json after the agent pod's replacement", Duration::from_secs(120), || public_json(svc_addr, &host, &edge_ca.pem()));
+    let doc_after = wait_until("public.json after the agent pod's replacement", Duration::from_secs(120), || {
+        public_json(svc_addr, &host, &edge_ca.pem())
+    });
     let lease_after = wait_until("the Lease held by the new pod", Duration::from_secs(120), || {
         let h = cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap()["spec"]["holderIdentity"].clone();
-        if h == new_pods[0].as_str() { Ok(h) } else { Err(format!("{h}")) }
+        if h == new_pods[0].as_str() {
+            Ok(h)
+        } else {
+            Err(format!("{h}"))
+        }
     });
     eprintln!(
         "agent pod {} deleted: {} Ready in {recreated_in:?}; gateway reconnected to it {reconnected_in:?} and public.json served again {:?} after the delete; \
