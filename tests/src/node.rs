@@ -787,15 +787,6 @@ impl Node {
         let sandboxes = self.dir.join("containerd/root/io.containerd.grpc.v1.cri/sandboxes");
         let ids: Vec<String> =
             std::fs::read_dir(&sandboxes).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        // A SIGKILLed shim leaves its socket: /run/containerd/s/<sha256 of
-        // "<containerd address>/<namespace>/<shim id>">, the shim id being
-        // the sandbox's.
-        for id in &ids {
-            use sha2::Digest as _;
-            let key = Path::new(&self.socket()).join("k8s.io").join(id);
-            let hex: String = sha2::Sha256::digest(key.to_string_lossy().as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-            let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(hex));
-        }
         if let Ok(rd) = std::fs::read_dir("/var/lib/cni/results") {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -874,7 +865,7 @@ impl Node {
         kill("containerd", Duration::from_secs(10));
         for pid in self.shim_pids() {
             report.problems.push(format!("containerd shim {pid} left after containerd stopped"));
-            kill_pid_tree(pid);
+            kill_shim(pid);
         }
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // Mounts under the directory, deepest first.
@@ -1049,7 +1040,7 @@ impl Drop for Node {
         // Without a stop (a failed test): the shims and their containers are
         // not our children; kill them by the socket they name.
         for pid in self.shim_pids() {
-            kill_pid_tree(pid);
+            kill_shim(pid);
         }
         let stopped = *self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         self.procs.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -1101,6 +1092,37 @@ fn children_of(pid: u32) -> Vec<u32> {
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
         .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
         .collect()
+}
+
+/// The paths of the Unix sockets `pid` has open that are under `dir`
+/// (from its fds' socket inodes and /proc/net/unix).
+fn unix_sockets_of(pid: u32, dir: &str) -> Vec<PathBuf> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str().and_then(|s| s.strip_prefix("socket:[")).map(|s| s.trim_end_matches(']').to_string()))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (inode, path) = (f.get(6)?, f.get(7)?);
+            (inodes.iter().any(|i| i == inode) && path.starts_with(dir)).then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Kills a containerd shim with its containers, and removes the socket it
+/// listened on under /run/containerd/s (a SIGKILLed shim leaves it).
+fn kill_shim(pid: u32) {
+    let sockets = unix_sockets_of(pid, "/run/containerd/s/");
+    kill_pid_tree(pid);
+    for s in sockets {
+        let _ = std::fs::remove_file(s);
+    }
 }
 
 /// SIGKILLs `pid` and its descendants (children first listed, then it).
