@@ -343,6 +343,18 @@ impl Drop for Istiod {
     }
 }
 
+fn peer_addresses() -> &'static Mutex<std::collections::BTreeMap<u8, Ipv4Addr>> {
+    static ADDRS: std::sync::OnceLock<Mutex<std::collections::BTreeMap<u8, Ipv4Addr>>> = std::sync::OnceLock::new();
+    ADDRS.get_or_init(Default::default)
+}
+
+/// Makes [`with_peer_names`] resolve cluster `sim`'s hosts to `ip` instead
+/// of its loopback gateway address (the node tier's cluster, whose gateway
+/// is a pod behind a load-balancer address); for processes spawned after.
+pub fn set_peer_address(sim: SimCluster, ip: Ipv4Addr) {
+    peer_addresses().lock().unwrap_or_else(|e| e.into_inner()).insert(sim.0, ip);
+}
+
 /// `program` run in a mount namespace of its own whose `/etc/hosts`
 /// (written into `dir`) resolves every simulated cluster's API and metadata
 /// hosts (`api.cluster-<n>.example`, `metadata.cluster-<n>.example`) to its
@@ -367,8 +379,9 @@ pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
     }
     let hosts_file = dir.join("hosts");
     let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    let overrides = peer_addresses().lock().unwrap_or_else(|e| e.into_inner()).clone();
     for n in 1..=254u8 {
-        let gw = Ipv4Addr::new(127, 0, n, hosts::GATEWAY);
+        let gw = overrides.get(&n).copied().unwrap_or(Ipv4Addr::new(127, 0, n, hosts::GATEWAY));
         text.push_str(&format!("{gw} api.cluster-{n}.example metadata.cluster-{n}.example\n"));
     }
     std::fs::write(&hosts_file, text).expect("write hosts");

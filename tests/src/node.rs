@@ -641,6 +641,7 @@ impl Node {
         .expect("CoreDNS RBAC");
         let kc = self.dir.join("coredns.kubeconfig");
         cp.service_account_kubeconfig("kube-system", "coredns", &kc);
+        std::fs::write(self.dir.join("dns-hosts"), "").expect("write");
         let host = self.net.host_ip;
         let ready_ip = self.sim.ip(crate::hosts::NODE_CONTROLLERS);
         let ready = format!("{ready_ip}:{}", crate::fixtures::free_port(ready_ip));
@@ -648,10 +649,12 @@ impl Node {
             self.dir.join("Corefile"),
             format!(
                 "# Written by the test bed (tests/src/node.rs).\n.:53 {{\n    bind {host}\n    errors\n    ready {ready}\n    \
+                 hosts {hosts} {{\n        reload 1s\n        fallthrough\n    }}\n    \
                  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        kubeconfig {kc} test\n        pods insecure\n        \
                  fallthrough in-addr.arpa ip6.arpa\n    }}\n    cache 5\n}}\n",
                 kc = kc.display(),
                 ready = ready,
+                hosts = self.dir.join("dns-hosts").display(),
             ),
         )
         .expect("write Corefile");
@@ -677,6 +680,26 @@ impl Node {
             }
         });
         self.wait_service_programmed("kube-system/kube-dns:dns", &format!("{host}:53"), Duration::from_secs(120));
+    }
+
+    /// Names outside the cluster that the pods resolve (CoreDNS's `hosts`,
+    /// reloaded within a second): what a cluster's DNS has for a peer's
+    /// gateway, which the test bed has not. Waits until CoreDNS answers
+    /// each.
+    pub fn set_dns_hosts(&self, entries: &[(String, Ipv4Addr)]) {
+        let text: String = entries.iter().map(|(n, ip)| format!("{ip} {n}\n")).collect();
+        std::fs::write(self.dir.join("dns-hosts"), text).expect("write dns-hosts");
+        for (name, ip) in entries {
+            wait_until(&format!("CoreDNS resolves {name}"), Duration::from_secs(30), || {
+                let out = run(Command::new("busybox").args(["nslookup", name, &self.net.host_ip.to_string()]));
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains(&format!("Address: {ip}")) {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            });
+        }
     }
 
     /// Waits until kube-proxy's rules DNAT Service port `svc_port`

@@ -16,7 +16,9 @@
 
 use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
 use multicloud_e2e::kube::ControlPlane;
-use multicloud_e2e::kube_mesh::{create_metadata_tls, install, metadata_host, ISTIOD_MESH_ENV};
+use multicloud_e2e::kube_mesh::{
+    create_metadata_tls, imc_object, install, metadata_host, object_name, start_kube_mesh, KubeMeshOptions, ISTIOD_MESH_ENV,
+};
 use multicloud_e2e::mtls::{get_from, Outcome};
 use multicloud_e2e::node::{
     container_processes, gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, ready_pods, Node, NodeNetwork,
@@ -61,6 +63,18 @@ fn gateway_connected(agent_ip: &str, gateway: &str) -> Result<serde_json::Value,
     } else {
         Err(format!("{} {text}", r.status))
     }
+}
+
+/// Waits until IstioMulticloud `name` on `cp` is Ready.
+fn wait_imc_ready(cp: &ControlPlane, name: &str, timeout: Duration) {
+    wait_until(&format!("cluster {}: imc {name} Ready", cp.sim.0), timeout, || {
+        let imc = cp.get_json(&["imc", name]).ok_or("no object")?;
+        let ready = imc["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned());
+        match ready {
+            Some(c) if c["status"] == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 }
 
 fn pod_ip(cp: &ControlPlane, name: &str) -> String {
@@ -270,6 +284,29 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
         pods[0], new_pods[0], t.elapsed()
     );
     assert_eq!(doc_after["cluster"], doc["cluster"], "the same cluster's document: {doc_after}");
+
+    // Federation with a peer of today's real-Istio tier (cluster 145: its
+    // istiod, gateway and agent are host processes on its loopback range).
+    // The peer's agent reaches this cluster's metadata host at the gateway
+    // Service's load-balancer address (its /etc/hosts, as the real-Istio
+    // tier gives every peer's), this cluster's agent pod reaches the peer's
+    // through CoreDNS (a `hosts` entry: the bridge address, where the peer's
+    // gateway listener, bound on every address, answers).
+    let peer = SimCluster(145);
+    multicloud_e2e::istio::set_peer_address(SIM, LB_IP);
+    let lb = SocketAddr::from((LB_IP, 443));
+    wait_until("public.json at the load-balancer address", Duration::from_secs(60), || public_json(lb, &host, &edge_ca.pem()));
+    let t = Instant::now();
+    let peers = start_kube_mesh(&[peer], KubeMeshOptions { replicas: 1, istio: true, defer_link: true, ..Default::default() });
+    let b = &peers[0];
+    eprintln!("peer cluster {} up in {:?}", peer.0, t.elapsed());
+    node.set_dns_hosts(&[(metadata_host(peer), net.host_ip)]);
+    let t = Instant::now();
+    cp.apply(&imc_object(peer, &b.metadata_endpoint, &b.edge_ca.pem())).expect("imc for the peer");
+    b.cp.apply(&imc_object(SIM, &format!("https://{host}:443/metadata"), &edge_ca.pem())).expect("the peer's imc for this cluster");
+    b.wait_imc_ready(&object_name(SIM), Duration::from_secs(180));
+    wait_imc_ready(&cp, &object_name(peer), Duration::from_secs(180));
+    eprintln!("joined with cluster {} in {:?} (both IstioMulticloud objects Ready)", peer.0, t.elapsed());
     drop(istiod);
 
     let report = node.stop(&cp);
