@@ -65,6 +65,12 @@ fn gateway_connected(agent_ip: &str, gateway: &str) -> Result<serde_json::Value,
     }
 }
 
+fn imc_is_ready(cp: &ControlPlane, name: &str) -> bool {
+    cp.get_json(&["imc", name]).is_some_and(|imc| {
+        imc["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    })
+}
+
 /// Waits until IstioMulticloud `name` on `cp` is Ready.
 fn wait_imc_ready(cp: &ControlPlane, name: &str, timeout: Duration) {
     wait_until(&format!("cluster {}: imc {name} Ready", cp.sim.0), timeout, || {
@@ -246,15 +252,47 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
         gws[0]
     );
 
+    // Federation with a peer of today's real-Istio tier (cluster 145: its
+    // istiod, gateway and agent are host processes on its loopback range).
+    // The peer's agent reaches this cluster's metadata host at the gateway
+    // Service's load-balancer address (its /etc/hosts, as the real-Istio
+    // tier gives every peer's), this cluster's agent pod reaches the peer's
+    // through CoreDNS (a `hosts` entry: the bridge address, where the peer's
+    // gateway listener, bound on every address, answers).
+    let peer = SimCluster(145);
+    multicloud_e2e::istio::set_peer_address(SIM, LB_IP);
+    let lb = SocketAddr::from((LB_IP, 443));
+    wait_until("public.json at the load-balancer address", Duration::from_secs(60), || public_json(lb, &host, &edge_ca.pem()));
+    let t = Instant::now();
+    let peers = start_kube_mesh(&[peer], KubeMeshOptions { replicas: 1, istio: true, defer_link: true, ..Default::default() });
+    let b = &peers[0];
+    eprintln!("peer cluster {} up in {:?}", peer.0, t.elapsed());
+    node.set_dns_hosts(&[(metadata_host(peer), net.host_ip)]);
+    let t = Instant::now();
+    cp.apply(&imc_object(peer, &b.metadata_endpoint, &b.edge_ca.pem())).expect("imc for the peer");
+    b.cp.apply(&imc_object(SIM, &format!("https://{host}:443/metadata"), &edge_ca.pem())).expect("the peer's imc for this cluster");
+    b.wait_imc_ready(&object_name(SIM), Duration::from_secs(180));
+    wait_imc_ready(&cp, &object_name(peer), Duration::from_secs(180));
+    eprintln!("joined with cluster {} in {:?} (both IstioMulticloud objects Ready)", peer.0, t.elapsed());
+    let b_status = b.imc_status(&object_name(SIM));
+    let a_status = cp.get_json(&["imc", &object_name(peer)]).unwrap()["status"].clone();
+    eprintln!("the peer's view of this cluster: {b_status}\nthis cluster's view of the peer: {a_status}");
+    let uuid = doc["clusterUUID"].as_str().unwrap();
+    assert!(b_status.to_string().contains(uuid), "the peer fetched this cluster's document (its cluster UUID {uuid}): {b_status}");
+    assert!(a_status.to_string().contains(&b.uuid), "this cluster's agent pod fetched the peer's document ({}): {a_status}", b.uuid);
+
     // Pod fault: the agent's pod deleted; the DaemonSet makes another, the
     // gateway reconnects, public.json stays served.
     let lease_before = cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap()["spec"]["holderIdentity"].clone();
     let t = Instant::now();
     cp.kubectl_ok(&["delete", "pod", &pods[0], "-n", "istio-system", "--wait=false"]);
-    let mut failures = 0u32;
+    let (mut failures, mut peer_not_ready) = (0u32, 0u32);
     let new_pods = wait_until("a new agent pod Ready", POD_READY, || {
         if public_json(svc_addr, &host, &edge_ca.pem()).is_err() {
             failures += 1;
+        }
+        if !imc_is_ready(b.cp, &object_name(SIM)) {
+            peer_not_ready += 1;
         }
         let names = ready_pods(&cp, "istio-system", AGENT_SELECTOR)?;
         if names.iter().any(|n| n == &pods[0]) {
@@ -283,30 +321,13 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
          {failures} failed public.json fetches meanwhile; Lease {lease_before} -> {lease_after}",
         pods[0], new_pods[0], t.elapsed()
     );
-    assert_eq!(doc_after["cluster"], doc["cluster"], "the same cluster's document: {doc_after}");
+    assert_eq!(doc_after["clusterUUID"], doc["clusterUUID"], "the same cluster's document: {doc_after}");
+    // No federation lost: the peer kept this cluster Ready throughout, and
+    // the new pod has the peer Ready.
+    wait_imc_ready(&cp, &object_name(peer), Duration::from_secs(120));
+    eprintln!("during the replacement the peer saw this cluster not Ready {peer_not_ready} times; the new pod has the peer Ready {:?} after the delete", t.elapsed());
+    assert_eq!((failures, peer_not_ready), (0, 0), "public.json failures, peer's view not Ready");
 
-    // Federation with a peer of today's real-Istio tier (cluster 145: its
-    // istiod, gateway and agent are host processes on its loopback range).
-    // The peer's agent reaches this cluster's metadata host at the gateway
-    // Service's load-balancer address (its /etc/hosts, as the real-Istio
-    // tier gives every peer's), this cluster's agent pod reaches the peer's
-    // through CoreDNS (a `hosts` entry: the bridge address, where the peer's
-    // gateway listener, bound on every address, answers).
-    let peer = SimCluster(145);
-    multicloud_e2e::istio::set_peer_address(SIM, LB_IP);
-    let lb = SocketAddr::from((LB_IP, 443));
-    wait_until("public.json at the load-balancer address", Duration::from_secs(60), || public_json(lb, &host, &edge_ca.pem()));
-    let t = Instant::now();
-    let peers = start_kube_mesh(&[peer], KubeMeshOptions { replicas: 1, istio: true, defer_link: true, ..Default::default() });
-    let b = &peers[0];
-    eprintln!("peer cluster {} up in {:?}", peer.0, t.elapsed());
-    node.set_dns_hosts(&[(metadata_host(peer), net.host_ip)]);
-    let t = Instant::now();
-    cp.apply(&imc_object(peer, &b.metadata_endpoint, &b.edge_ca.pem())).expect("imc for the peer");
-    b.cp.apply(&imc_object(SIM, &format!("https://{host}:443/metadata"), &edge_ca.pem())).expect("the peer's imc for this cluster");
-    b.wait_imc_ready(&object_name(SIM), Duration::from_secs(180));
-    wait_imc_ready(&cp, &object_name(peer), Duration::from_secs(180));
-    eprintln!("joined with cluster {} in {:?} (both IstioMulticloud objects Ready)", peer.0, t.elapsed());
     drop(istiod);
 
     let report = node.stop(&cp);
