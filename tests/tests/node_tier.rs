@@ -14,10 +14,12 @@
 // #[test] functions; this covers the helpers too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use multicloud_e2e::istio::{GatewayOptions, IstioGateway};
 use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
+use multicloud_e2e::istio_mesh::{call_foo, locality, start_foo, strict_mtls, FOO_PORT};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{
-    create_metadata_tls, imc_object, install, metadata_host, object_name, start_kube_mesh, KubeMeshOptions, ISTIOD_MESH_ENV,
+    create_metadata_tls, imc_object, install, metadata_host, network, object_name, start_kube_mesh, KubeMeshOptions, ISTIOD_MESH_ENV,
 };
 use multicloud_e2e::mtls::{get_from, Outcome};
 use multicloud_e2e::node::{
@@ -65,6 +67,49 @@ fn gateway_connected(agent_ip: &str, gateway: &str) -> Result<serde_json::Value,
     }
 }
 
+/// The client workload of the real-Istio tier's cross-cluster call
+/// (tests/src/istio_mesh.rs), in this cluster: a pilot-agent-run sidecar on
+/// 127.0.140.31 with its WorkloadEntry, against this cluster's istiod (at
+/// the bridge address; `ISTIOD_SAN`: istiod's certificate names its
+/// Service, not that address). The address of its egress port for foo.
+fn start_client(cp: &ControlPlane, istiod: &Istiod) -> (IstioGateway, SocketAddr) {
+    let ip = SIM.ip(multicloud_e2e::hosts::ISTIO_CLIENT);
+    let inbound = multicloud_e2e::fixtures::free_port(ip);
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: client, namespace: abc}}\n\
+         spec:\n  workloadSelector: {{labels: {{app: client}}}}\n\
+         \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '127.0.0.1:9'}}]\n\
+         \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
+    ))
+    .expect("Sidecar client");
+    let gw = IstioGateway::start(
+        cp,
+        istiod,
+        GatewayOptions {
+            name: "client-0".into(),
+            namespace: "abc".into(),
+            service_account: "client".into(),
+            labels: vec![("app".into(), "client".into()), ("istio-locality".into(), locality(SIM))],
+            host: multicloud_e2e::hosts::ISTIO_CLIENT,
+            service: None,
+            proxy_type: "sidecar",
+            service_ports: vec![],
+            wait_ready: true,
+            env: vec![
+                ("ISTIO_META_INTERCEPTION_MODE".into(), "NONE".into()),
+                ("ISTIO_META_NETWORK".into(), network(SIM)),
+                ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
+                ("ISTIOD_SAN".into(), "istiod.istio-system.svc".into()),
+                // The cluster ID of this cluster's istiod (the test bed's
+                // default for a cluster is `cluster-N`).
+                ("ISTIO_META_CLUSTER_ID".into(), ISTIO_DEFAULT_CLUSTER_ID.into()),
+            ],
+        },
+    );
+    (gw, SocketAddr::from((ip, FOO_PORT)))
+}
+
 fn imc_is_ready(cp: &ControlPlane, name: &str) -> bool {
     cp.get_json(&["imc", name]).is_some_and(|imc| {
         imc["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
@@ -87,7 +132,8 @@ fn pod_ip(cp: &ControlPlane, name: &str) -> String {
     cp.get_json(&["pod", name, "-n", "istio-system"]).unwrap()["status"]["podIP"].as_str().unwrap().to_string()
 }
 
-/// istiod, outside the node (a host process, as in the real-Istio tier),
+/// istiod, outside the node (a host process, as in the real-Istio tier,
+/// resolving peers' API hosts as there),
 /// on the node bridge's address, behind Service `istio-system/istiod` (no
 /// selector; its EndpointSlice, written here, names the bridge address):
 /// pods reach it at `istiod.istio-system.svc:15012`, as deploy/'s
@@ -99,7 +145,7 @@ fn start_istiod(cp: &ControlPlane, node: &Node) -> Istiod {
         cluster_id: ISTIO_DEFAULT_CLUSTER_ID.into(),
         discovery_address: Some("istiod.istio-system.svc:15012".into()),
     };
-    let istiod = Istiod::start_at(cp, &paths::IstioBuild::current(), &env, true, false, &at);
+    let istiod = Istiod::start_at(cp, &paths::IstioBuild::current(), &env, true, true, &at);
     let a = istiod.addrs;
     cp.apply(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: istiod, namespace: istio-system, labels: {{app: istiod}}}}\n\
@@ -169,6 +215,8 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     // image imported from `make images` (--image: the one change).
     let t = Instant::now();
     let istiod = start_istiod(&cp, &node);
+    // This cluster's Istio network (what the agent publishes).
+    cp.kubectl_ok(&["label", "namespace", "istio-system", &format!("topology.istio.io/network={}", network(SIM)), "--overwrite"]);
     eprintln!("istiod ready behind Service istiod in {:?}", t.elapsed());
     let image = import_agent_image(&node);
     let rendered = install(&[format!("--image={image}"), format!("--metadata-host={}", metadata_host(SIM))]);
@@ -280,6 +328,38 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     let uuid = doc["clusterUUID"].as_str().unwrap();
     assert!(b_status.to_string().contains(uuid), "the peer fetched this cluster's document (its cluster UUID {uuid}): {b_status}");
     assert!(a_status.to_string().contains(&b.uuid), "this cluster's agent pod fetched the peer's document ({}): {a_status}", b.uuid);
+
+    // The real-Istio tier's cross-cluster call, from a client here to foo in
+    // the peer: this cluster's agent pod wrote the peer's remote secret and
+    // network (meshNetworks) and root (caCertificates) for istiod here; the
+    // peer's agent, from what it fetched through the pod-run gateway, this
+    // cluster's root for the peer's istiod.
+    strict_mtls(b);
+    cp.apply("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n")
+        .expect("STRICT mTLS");
+    let (_foo_app, _foo_sidecar) = start_foo(b);
+    let (client, client_addr) = start_client(&cp, &istiod);
+    let t = Instant::now();
+    let resp = wait_until("the client here calls foo.abc.svc.cluster.local, answered by the peer", Duration::from_secs(180), || {
+        match call_foo(client_addr, "/hello") {
+            Ok(r) if r.status == 200 => Ok(r),
+            Ok(r) => Err(format!("{} {}", r.status, r.text())),
+            Err(e) => Err(e),
+        }
+    });
+    let body = resp.json();
+    eprintln!(
+        "cross-cluster call answered by cluster {} {:?} after the client was ready: {}",
+        body["cluster"],
+        t.elapsed(),
+        body["headers"]["x-forwarded-client-cert"]
+    );
+    assert_eq!(body["cluster"], object_name(peer).as_str(), "the peer's echo app answered: {body}");
+    assert!(body["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("URI=spiffe://cluster.local/ns/abc/sa/client"));
+    drop(client);
 
     // Pod fault: the agent's pod deleted; the DaemonSet makes another, the
     // gateway reconnects, public.json stays served.
