@@ -16,7 +16,7 @@
 
 use multicloud_e2e::istio::{GatewayOptions, IstioGateway};
 use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
-use multicloud_e2e::istio_mesh::{call_foo, locality, start_foo, strict_mtls, FOO_PORT};
+use multicloud_e2e::istio_mesh::{call_foo, locality, start_foo, strict_mtls, FOO, FOO_PORT};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{
     create_metadata_tls, imc_object, install, metadata_host, network, object_name, start_kube_mesh, KubeMeshOptions, ISTIOD_MESH_ENV,
@@ -359,7 +359,11 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
         .as_str()
         .unwrap_or_default()
         .contains("URI=spiffe://cluster.local/ns/abc/sa/client"));
-    drop(client);
+    // The way it went: istiod here sent the client to the peer's gateway
+    // (the network the agent pod wrote into meshNetworks).
+    let eps = multicloud_e2e::dump::endpoints(&client.config_dump(), &format!("outbound|{FOO_PORT}||{FOO}"));
+    let gw_b = format!("{}:{}", peer.ip(multicloud_e2e::hosts::GATEWAY), b.mesh_port);
+    assert_eq!(eps.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), [gw_b.as_str()], "foo only through the peer's gateway");
 
     // Pod fault: the agent's pod deleted; the DaemonSet makes another, the
     // gateway reconnects, public.json stays served.
@@ -407,6 +411,10 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     wait_imc_ready(&cp, &object_name(peer), Duration::from_secs(120));
     eprintln!("during the replacement the peer saw this cluster not Ready {peer_not_ready} times; the new pod has the peer Ready {:?} after the delete", t.elapsed());
     assert_eq!((failures, peer_not_ready), (0, 0), "public.json failures, peer's view not Ready");
+    let again = call_foo(client_addr, "/again").map(|r| r.status);
+    eprintln!("the cross-cluster call after the replacement: {again:?}");
+    assert_eq!(again, Ok(200));
+    drop(client);
 
     drop(istiod);
 
