@@ -19,8 +19,12 @@ scripts/bootstrap.sh
 scripts/build.sh filter
 
 # The real tier's tools (etcd, kube-apiserver, kubectl, istiod, pilot-agent,
-# crane), built from the Go module proxy once per version and cached outside
-# the checkout (the first build on a fresh machine takes a while: README).
+# crane, and for the node tier kubelet, kube-controller-manager,
+# kube-scheduler, kube-proxy and CoreDNS), built from the Go module proxy
+# once per version and cached outside the checkout (the first build on a
+# fresh machine takes a while: README, docs/testing.md "The tools"). The node
+# tier (tests/tests/node_tier.rs) installs Debian's containerd, runc and CNI
+# plugins itself when they are missing, and needs root.
 log "real-tier tools (scripts/tools.sh; cached in ${MULTICLOUD_TOOLS_DIR:-$HOME/.cache/istio-multicloud/tools})"
 tool_env=$(scripts/tools.sh env) || die "scripts/tools.sh could not provide the real tier's tools"
 eval "$tool_env"
@@ -45,7 +49,9 @@ log "tests"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
 
-leftover=$(pgrep -af '/multicloud-(gateway|sidecar|agent|kube|istiod|istio-gw)-[0-9]' | grep -v pgrep || true)
+# The node tier's processes name their directory (/tmp/multicloud-node-N-...);
+# its containers' processes are the containerd shims' children.
+leftover=$(pgrep -af '/multicloud-(gateway|sidecar|agent|kube|istiod|istio-gw|node)-[0-9]|containerd-shim' | grep -v pgrep || true)
 if [[ -n "$leftover" ]]; then
   printf 'error: processes left behind by the tests:\n%s\n' "$leftover" >&2
   exit 1

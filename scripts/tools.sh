@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real-tier tools (etcd, kube-apiserver, kube-controller-manager,
-# kubectl, pilot-discovery, pilot-agent, crane) from the Go module proxy at the
+# kube-scheduler, kubelet, kube-proxy, kubectl, pilot-discovery, pilot-agent,
+# crane, coredns) from the Go module proxy at the
 # versions pinned below, and caches them outside the checkout:
 #   ${MULTICLOUD_TOOLS_DIR:-$HOME/.cache/istio-multicloud/tools}/<tool>-<version>/<tool>
 # Istio is built twice, at the two snapshots the module proxy serves that the
@@ -11,13 +12,14 @@
 #   scripts/tools.sh [all|kube|istio|crane|<tool>]  build what is missing; one
 #                                          line per tool: name version path
 #                                          (kube: etcd kube-apiserver
-#                                          kube-controller-manager kubectl;
+#                                          kube-controller-manager kube-scheduler
+#                                          kubelet kube-proxy kubectl;
 #                                          istio: pilot-discovery pilot-agent
 #                                          pilot-discovery-older pilot-agent-older)
 #   scripts/tools.sh env                   build what is missing, then print
 #                                          `export MULTICLOUD_<TOOL>=path` lines
 #                                          (eval "$(scripts/tools.sh env)")
-#   scripts/tools.sh pin [etcd|kube|istio|istio-older|crane]
+#   scripts/tools.sh pin [etcd|kube|istio|istio-older|crane|coredns]
 #                                          rewrite scripts/gotools/<name>/go.mod
 #                                          and go.sum from the versions below
 #
@@ -42,6 +44,7 @@ KUBE_VERSION=v1.36.3                               # k8s.io/kubernetes
 ISTIO_VERSION=v0.0.0-20260827124520-eed52ebb66ad   # istio.io/istio: master, 2026-08-27 (1.31-dev)
 ISTIO_OLDER_VERSION=v0.0.0-20260423205519-b01690e6db7d  # istio.io/istio: master, 2026-04-23 (10 days after the 1.30 branch cut)
 CRANE_VERSION=v0.21.9                              # github.com/google/go-containerregistry
+COREDNS_VERSION=v1.15.0                            # github.com/coredns/coredns (the node tier's cluster DNS)
 PROMETHEUS_OPERATOR_VERSION=v0.85.0                # its CRDs, for deploy/'s monitoring objects
 # -------------------------------------------------------------------------------
 
@@ -52,9 +55,20 @@ GO=${GO:-$(command -v go 2>/dev/null || echo /usr/local/go/bin/go)}
 # Static binaries; never fetch another toolchain behind the caller's back.
 export CGO_ENABLED=${CGO_ENABLED:-0} GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 
-# What `env` provides (the tests use these). kube-controller-manager builds
-# by name; no test needs it yet.
-ALL_TOOLS=(etcd kube-apiserver kubectl pilot-discovery pilot-agent pilot-discovery-older pilot-agent-older crane)
+# What `env` provides (the tests use these). The node tier
+# (tests/src/node.rs) runs kubelet, kube-controller-manager, kube-scheduler,
+# kube-proxy and coredns; containerd, runc and the CNI plugins are Debian's
+# (tests/src/node.rs installs them when missing).
+ALL_TOOLS=(etcd kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler kube-proxy coredns pilot-discovery pilot-agent pilot-discovery-older pilot-agent-older crane)
+# The node tier is opt-in (MULTICLOUD_NODE_TIER=1; tests/tests/node_tier.rs
+# says why): without it, `env` builds and exports the other tools only.
+NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns)
+if [[ ${MULTICLOUD_NODE_TIER:-0} == 1 ]]; then
+  ENV_TOOLS=("${ALL_TOOLS[@]}")
+else
+  ENV_TOOLS=()
+  for t in "${ALL_TOOLS[@]}"; do [[ " ${NODE_TOOLS[*]} " == *" $t "* ]] || ENV_TOOLS+=("$t"); done
+fi
 
 # tool_info TOOL: sets WRAPPER (scripts/gotools/<name>), MODULE, VERSION, PKG,
 # BIN (the binary's name, by default the tool's), VERSION_ARGS (smoke
@@ -66,7 +80,7 @@ tool_info() {
       WRAPPER=etcd MODULE=go.etcd.io/etcd/server/v3 VERSION=$ETCD_VERSION
       PKG=go.etcd.io/etcd/server/v3
       VERSION_ARGS=(--version) VERSION_WANT="etcd Version: ${ETCD_VERSION#v}" ;;
-    kube-apiserver|kube-controller-manager|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubelet|kubectl)
       WRAPPER=kube MODULE=k8s.io/kubernetes VERSION=$KUBE_VERSION
       PKG=k8s.io/kubernetes/cmd/$1
       VERSION_ARGS=(--version) VERSION_WANT=$KUBE_VERSION
@@ -84,6 +98,10 @@ tool_info() {
       WRAPPER=crane MODULE=github.com/google/go-containerregistry VERSION=$CRANE_VERSION
       PKG=github.com/google/go-containerregistry/cmd/crane
       VERSION_ARGS=(version) VERSION_WANT=$CRANE_VERSION ;;
+    coredns)
+      WRAPPER=coredns MODULE=github.com/coredns/coredns VERSION=$COREDNS_VERSION
+      PKG=github.com/coredns/coredns
+      VERSION_ARGS=(-version) VERSION_WANT="CoreDNS-${COREDNS_VERSION#v}" ;;
     *) die "unknown tool '$1' (one of: ${ALL_TOOLS[*]})" ;;
   esac
 }
@@ -237,7 +255,8 @@ pin() {
     istio) tool_info pilot-discovery ;;
     istio-older) tool_info pilot-discovery-older ;;
     crane) tool_info crane ;;
-    *) die "unknown wrapper '$name' (etcd|kube|istio|istio-older|crane)" ;;
+    coredns) tool_info coredns ;;
+    *) die "unknown wrapper '$name' (etcd|kube|istio|istio-older|crane|coredns)" ;;
   esac
   log "pinning $name: $MODULE $VERSION"
   {
@@ -268,18 +287,18 @@ cmd=${1:-all}
 case "$cmd" in
   pin)
     shift
-    for w in "${@:-etcd kube istio istio-older crane}"; do for n in $w; do pin "$n"; done; done ;;
+    for w in "${@:-etcd kube istio istio-older crane coredns}"; do for n in $w; do pin "$n"; done; done ;;
   env)
-    for t in "${ALL_TOOLS[@]}"; do
+    for t in "${ENV_TOOLS[@]}"; do
       ensure_any "$t"
       var=MULTICLOUD_$(tr 'a-z-' 'A-Z_' <<<"$t")
       printf 'export %s=%q\n' "$var" "$TOOL_PATH"
     done
     crd_exports ;;
-  all|kube|istio|crane|etcd|kube-apiserver|kube-controller-manager|kubectl|pilot-discovery|pilot-agent|pilot-discovery-older|pilot-agent-older)
+  all|kube|istio|crane|coredns|etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl|pilot-discovery|pilot-agent|pilot-discovery-older|pilot-agent-older)
     case "$cmd" in
       all)   tools=("${ALL_TOOLS[@]}") ;;
-      kube)  tools=(etcd kube-apiserver kube-controller-manager kubectl) ;;
+      kube)  tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl) ;;
       istio) tools=(pilot-discovery pilot-agent pilot-discovery-older pilot-agent-older) ;;
       *)     tools=("$cmd") ;;
     esac
@@ -288,5 +307,5 @@ case "$cmd" in
       printf '%s %s %s\n' "$t" "$VERSION" "$TOOL_PATH"
     done ;;
   -h|--help|help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "usage: scripts/tools.sh [all|kube|istio|crane|<tool>|env|pin [wrapper]]" ;;
+  *) die "usage: scripts/tools.sh [all|kube|istio|crane|coredns|<tool>|env|pin [wrapper]]" ;;
 esac

@@ -497,3 +497,56 @@ mod tests {
         Ok(())
     }
 }
+
+/// What [`plain_image`] runs: the image config's entrypoint, user and
+/// environment.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub entrypoint: Vec<String>,
+    /// `uid:gid`, or empty for the runtime's default (root).
+    pub user: String,
+    pub env: Vec<String>,
+}
+
+/// A single-layer image of the given files (parents of each file are added
+/// as directories), written with the same reproducible rules as the
+/// shippable images. The test bed builds its node-tier images with it (the
+/// pause image, the Istio gateway image from pilot-agent and Envoy, CoreDNS):
+/// they are not shipped.
+pub fn plain_image(title: &str, files: &[Entry], run: &RunSpec, arch: &str, meta: &Meta) -> Result<Layout> {
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    for f in files {
+        let mut parent = Path::new(&f.path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            let s = p.to_string_lossy().into_owned();
+            entries.entry(s.clone()).or_insert_with(|| Entry::dir(&s, 0o755));
+            parent = p.parent();
+        }
+        entries.insert(f.path.clone(), f.clone());
+    }
+    let all: Vec<Entry> = entries.into_values().collect();
+    let mut layout = Layout::new()?;
+    let t = tar(&all, meta.created)?;
+    let diff_ids = vec![digest_of(&t)];
+    let layers = vec![layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new())?];
+    let created = rfc3339(meta.created);
+    let labels = meta.labels(title, title);
+    let mut cfg = ConfigBuilder::default().entrypoint(run.entrypoint.clone()).env(run.env.clone()).working_dir("/");
+    if !run.user.is_empty() {
+        cfg = cfg.user(run.user.clone());
+    }
+    let run = oci(cfg.labels(labels.clone().into_iter().collect::<HashMap<_, _>>()).build())?;
+    let history = vec![oci(HistoryBuilder::default().created(created.clone()).created_by(format!("multicloud-images: {title}")).build())?];
+    let config = oci(ImageConfigurationBuilder::default()
+        .created(created)
+        .architecture(Arch::from(arch))
+        .os(Os::Linux)
+        .config(run)
+        .rootfs(oci(RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build())?)
+        .history(history)
+        .build())?;
+    let config = layout.add(OCI_CONFIG, json(&config)?, BTreeMap::new())?;
+    let m = manifest(config, layers, labels)?;
+    layout.set_manifest(&m, &meta.version)?;
+    Ok(layout)
+}

@@ -108,6 +108,24 @@ pub fn istiod_mesh_config(discovery: SocketAddr) -> String {
     )
 }
 
+/// Where an istiod listens and what it calls its cluster
+/// ([`Istiod::start_at`]).
+#[derive(Debug, Clone)]
+pub struct IstiodAt {
+    pub ip: Ipv4Addr,
+    pub cluster_id: String,
+    /// The mesh config's `discoveryAddress` (host:port), if not istiod's own
+    /// secure gRPC address.
+    pub discovery_address: Option<String>,
+}
+
+/// [`istiod_mesh_config`] with `discoveryAddress` a name (istiod adds its
+/// host to its serving certificate's SANs).
+pub fn istiod_mesh_config_named(discovery: &str) -> String {
+    istiod_mesh_config(SocketAddr::from(([0, 0, 0, 0], 1)))
+        .replace("discoveryAddress: 0.0.0.0:1", &format!("discoveryAddress: {discovery}"))
+}
+
 impl Istiod {
     /// The istiod of `cp`'s cluster, started once per test binary.
     /// Stopped, and its directory removed, when the test process exits.
@@ -161,6 +179,22 @@ impl Istiod {
         mesh_in_configmap: bool,
         resolve_peers: bool,
     ) -> Istiod {
+        let at = IstiodAt { ip: cp.sim.ip(hosts::ISTIOD), cluster_id: cluster_id(cp.sim), discovery_address: None };
+        Istiod::start_at(cp, build, env, mesh_in_configmap, resolve_peers, &at)
+    }
+
+    /// [`Istiod::start_build`] with its listeners on `at.ip`, cluster ID
+    /// `at.cluster_id` and, when given, `at.discovery_address` as the mesh
+    /// config's `discoveryAddress` (the node tier: pods reach this istiod
+    /// through Service `istiod`, as in a cluster).
+    pub fn start_at(
+        cp: &ControlPlane,
+        build: &paths::IstioBuild,
+        env: &[(&str, &str)],
+        mesh_in_configmap: bool,
+        resolve_peers: bool,
+        at: &IstiodAt,
+    ) -> Istiod {
         cp.install_prerequisites();
         if *build != paths::IstioBuild::current() {
             let crds = std::fs::read_to_string(build.crds()).unwrap_or_else(|e| panic!("{}: {e}", build.crds().display()));
@@ -168,11 +202,14 @@ impl Istiod {
             cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=120s"]);
         }
         let sim = cp.sim;
-        let ip = sim.ip(hosts::ISTIOD);
+        let ip = at.ip;
         let port = || SocketAddr::from((ip, crate::fixtures::free_port(ip)));
         let addrs = IstiodAddrs { secure_grpc: port(), http: port(), https: port(), monitoring: port(), ctrlz: port() };
         let dir = tempfile::Builder::new().prefix(&format!("multicloud-istiod-{}-", sim.0)).tempdir().expect("tempdir");
-        let mesh = istiod_mesh_config(addrs.secure_grpc);
+        let mesh = match &at.discovery_address {
+            Some(d) => istiod_mesh_config_named(d),
+            None => istiod_mesh_config(addrs.secure_grpc),
+        };
         if mesh_in_configmap {
             let cm = serde_json::json!({
                 "apiVersion": "v1", "kind": "ConfigMap",
@@ -183,7 +220,7 @@ impl Istiod {
         } else {
             std::fs::write(dir.path().join("mesh.yaml"), mesh).expect("write mesh config");
         }
-        let cluster_id = cluster_id(sim);
+        let cluster_id = at.cluster_id.clone();
         let log = std::fs::File::create(dir.path().join("istiod.log")).expect("log");
         let mut cmd =
             if resolve_peers { with_peer_names(&paths::pilot_discovery(), dir.path()) } else { Command::new(paths::pilot_discovery()) };
@@ -306,6 +343,18 @@ impl Drop for Istiod {
     }
 }
 
+fn peer_addresses() -> &'static Mutex<std::collections::BTreeMap<u8, Ipv4Addr>> {
+    static ADDRS: std::sync::OnceLock<Mutex<std::collections::BTreeMap<u8, Ipv4Addr>>> = std::sync::OnceLock::new();
+    ADDRS.get_or_init(Default::default)
+}
+
+/// Makes [`with_peer_names`] resolve cluster `sim`'s hosts to `ip` instead
+/// of its loopback gateway address (the node tier's cluster, whose gateway
+/// is a pod behind a load-balancer address); for processes spawned after.
+pub fn set_peer_address(sim: SimCluster, ip: Ipv4Addr) {
+    peer_addresses().lock().unwrap_or_else(|e| e.into_inner()).insert(sim.0, ip);
+}
+
 /// `program` run in a mount namespace of its own whose `/etc/hosts`
 /// (written into `dir`) resolves every simulated cluster's API and metadata
 /// hosts (`api.cluster-<n>.example`, `metadata.cluster-<n>.example`) to its
@@ -330,8 +379,9 @@ pub fn with_peer_names(program: &Path, dir: &Path) -> Command {
     }
     let hosts_file = dir.join("hosts");
     let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    let overrides = peer_addresses().lock().unwrap_or_else(|e| e.into_inner()).clone();
     for n in 1..=254u8 {
-        let gw = Ipv4Addr::new(127, 0, n, hosts::GATEWAY);
+        let gw = overrides.get(&n).copied().unwrap_or(Ipv4Addr::new(127, 0, n, hosts::GATEWAY));
         text.push_str(&format!("{gw} api.cluster-{n}.example metadata.cluster-{n}.example\n"));
     }
     std::fs::write(&hosts_file, text).expect("write hosts");

@@ -53,9 +53,29 @@ struct Pki {
     admin: (String, String),
     sa_key_pem: String,
     sa_pub_pem: String,
+    /// With a node: (file stem, certificate, key) of the node components'
+    /// client identities.
+    clients: Vec<(String, String, String)>,
 }
 
-fn pki(ip: Ipv4Addr) -> Pki {
+/// A control plane that a real node joins (tests/src/node.rs): the API
+/// server also listens where the node's pods reach it, and writes the
+/// `kubernetes` Service's endpoint there.
+#[derive(Debug, Clone)]
+pub struct NodeNet {
+    /// The address the API server advertises (the node bridge's, where pods
+    /// reach the host).
+    pub advertise: Ipv4Addr,
+    /// The `kubernetes` Service's ClusterIP (the first of the service range).
+    pub service_ip: Ipv4Addr,
+    /// The node's name: its kubelet's identity is `system:node:<name>`.
+    pub node_name: String,
+}
+
+/// The service range every test-bed API server has.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+fn pki(ip: Ipv4Addr, node: Option<&NodeNet>) -> Pki {
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -74,15 +94,31 @@ fn pki(ip: Ipv4Addr) -> Pki {
         let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
         (cert.pem(), key.serialize_pem())
     };
-    let serving = leaf(
-        vec![ip.to_string(), "localhost".into(), "kubernetes.default.svc".into(), "kubernetes.default.svc.cluster.local".into()],
-        "kube-apiserver",
-        None,
-        true,
-    );
+    let mut sans = vec![ip.to_string(), "localhost".into(), "kubernetes.default.svc".into(), "kubernetes.default.svc.cluster.local".into()];
+    if let Some(n) = node {
+        sans.extend([n.advertise.to_string(), n.service_ip.to_string(), "kubernetes".into(), "kubernetes.default".into()]);
+    }
+    let serving = leaf(sans, "kube-apiserver", None, true);
     let admin = leaf(vec![], "test-admin", Some("system:masters"), false);
     let sa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("sa key");
-    Pki { ca_pem: ca.pem(), serving, admin, sa_key_pem: sa.serialize_pem(), sa_pub_pem: sa.public_key_pem() }
+    // The identities Kubernetes' default RBAC (and the Node authorizer) know.
+    let clients = node
+        .map(|n| {
+            [
+                ("kubelet", format!("system:node:{}", n.node_name), Some("system:nodes")),
+                ("kube-controller-manager", "system:kube-controller-manager".to_string(), None),
+                ("kube-scheduler", "system:kube-scheduler".to_string(), None),
+                ("kube-proxy", "system:kube-proxy".to_string(), None),
+            ]
+            .into_iter()
+            .map(|(stem, cn, org)| {
+                let (c, k) = leaf(vec![], &cn, org, false);
+                (stem.to_string(), c, k)
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    Pki { ca_pem: ca.pem(), serving, admin, sa_key_pem: sa.serialize_pem(), sa_pub_pem: sa.public_key_pem(), clients }
 }
 
 fn b64(s: &str) -> String {
@@ -130,10 +166,25 @@ impl ControlPlane {
 
     /// Starts etcd and kube-apiserver for `sim` and waits for `/readyz`.
     pub fn start(sim: SimCluster) -> ControlPlane {
+        ControlPlane::start_with(sim, None)
+    }
+
+    /// [`ControlPlane::start`] for a cluster that a real node joins
+    /// (tests/src/node.rs): the API server listens on every address (so
+    /// that pods reach it at `node.advertise`), advertises `node.advertise`
+    /// as the `kubernetes` Service's endpoint, authorizes kubelets with the
+    /// Node authorizer, lets ServiceAccount admission mount tokens, and
+    /// kubeconfigs for the node's components are written
+    /// ([`ControlPlane::component_kubeconfig`]).
+    pub fn start_for_node(sim: SimCluster, node: &NodeNet) -> ControlPlane {
+        ControlPlane::start_with(sim, Some(node))
+    }
+
+    fn start_with(sim: SimCluster, node: Option<&NodeNet>) -> ControlPlane {
         let tmp = tempfile::Builder::new().prefix(&format!("multicloud-kube-{}-", sim.0)).tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let ip = sim.ip(APISERVER_HOST);
-        let pki = pki(ip);
+        let pki = pki(ip, node);
         for (name, text) in [
             ("ca.crt", &pki.ca_pem),
             ("serving.crt", &pki.serving.0),
@@ -144,9 +195,22 @@ impl ControlPlane {
         ] {
             std::fs::write(dir.join(name), text).expect("write pki");
         }
-        let port = crate::fixtures::free_port(ip);
+        // With a node the API server listens on every address: its port
+        // must be free on all of them.
+        let port = crate::fixtures::free_port(if node.is_some() { Ipv4Addr::UNSPECIFIED } else { ip });
         let admin = kubeconfig(&format!("https://{ip}:{port}"), &pki.ca_pem, User::Cert(&pki.admin.0, &pki.admin.1));
         std::fs::write(dir.join("admin.kubeconfig"), admin).expect("write kubeconfig");
+        for (stem, c, k) in &pki.clients {
+            let text = kubeconfig(&format!("https://{ip}:{port}"), &pki.ca_pem, User::Cert(c, k));
+            std::fs::write(dir.join(format!("{stem}.kubeconfig")), text).expect("write kubeconfig");
+        }
+        if let Some(n) = node {
+            // spawn_apiserver reads it (also on a restart).
+            std::fs::write(dir.join("node-advertise"), n.advertise.to_string()).expect("write");
+            let (c, k) = &pki.admin;
+            std::fs::write(dir.join("kubelet-client.crt"), c).expect("write");
+            std::fs::write(dir.join("kubelet-client.key"), k).expect("write");
+        }
         let etcd_ip = sim.ip(ETCD_HOST);
         let (client_port, peer_port) = (crate::fixtures::free_port(etcd_ip), crate::fixtures::free_port(etcd_ip));
         std::fs::write(dir.join("etcd-url"), format!("http://{etcd_ip}:{client_port}")).expect("write");
@@ -184,6 +248,21 @@ impl ControlPlane {
 
     pub fn admin_kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
+    }
+
+    /// The kubeconfig of a node component (`kubelet`, `kube-controller-manager`,
+    /// `kube-scheduler`, `kube-proxy`): a client certificate for the identity
+    /// Kubernetes' default RBAC names (`system:node:<node>` in `system:nodes`
+    /// for the kubelet). Only for [`ControlPlane::start_for_node`].
+    pub fn component_kubeconfig(&self, component: &str) -> PathBuf {
+        let p = self.dir.join(format!("{component}.kubeconfig"));
+        assert!(p.exists(), "{} missing: not a control plane started for a node", p.display());
+        p
+    }
+
+    /// The API server's port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn dir(&self) -> &Path {
@@ -393,11 +472,37 @@ fn spawn_etcd(dir: &Path, ip: Ipv4Addr, client_port: u16, peer_port: u16) -> Pro
 fn spawn_apiserver(dir: &Path, ip: Ipv4Addr, port: u16) -> Proc {
     let etcd = std::fs::read_to_string(dir.join("etcd-url")).expect("etcd url");
     let f = |name: &str| dir.join(name).display().to_string();
+    let node_advertise = std::fs::read_to_string(dir.join("node-advertise")).ok();
     let mut cmd = Command::new(paths::kube_apiserver());
-    cmd.arg(format!("--etcd-servers={etcd}"))
-        .arg(format!("--bind-address={ip}"))
-        .arg(format!("--advertise-address={ip}"))
-        .arg(format!("--secure-port={port}"))
+    cmd.arg(format!("--etcd-servers={etcd}"));
+    match &node_advertise {
+        // A node's pods reach it at the node bridge's address; the lease
+        // reconciler (the default) writes that as the `kubernetes` Service's
+        // endpoint. The kubelet is authorized by the Node authorizer and
+        // restricted to its own node's objects by NodeRestriction; the API
+        // server reaches kubelets (logs, exec) with the admin certificate.
+        Some(adv) => {
+            cmd.arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={}", adv.trim()))
+                .arg("--authorization-mode=Node,RBAC")
+                .arg("--enable-admission-plugins=NodeRestriction")
+                .arg(format!("--kubelet-client-certificate={}", f("kubelet-client.crt")))
+                .arg(format!("--kubelet-client-key={}", f("kubelet-client.key")))
+                .arg("--kubelet-preferred-address-types=InternalIP");
+        }
+        None => {
+            cmd.arg(format!("--bind-address={ip}"))
+                .arg(format!("--advertise-address={ip}"))
+                .arg("--authorization-mode=RBAC")
+                // No kube-controller-manager runs: nothing would create the
+                // ServiceAccount tokens that admission would mount into pods.
+                .arg("--disable-admission-plugins=ServiceAccount")
+                // The advertise address is on loopback: keep the `kubernetes`
+                // Service's endpoints out of it.
+                .arg("--endpoint-reconciler-type=none");
+        }
+    }
+    cmd.arg(format!("--secure-port={port}"))
         .arg(format!("--cert-dir={}", f("certs")))
         .arg(format!("--tls-cert-file={}", f("serving.crt")))
         .arg(format!("--tls-private-key-file={}", f("serving.key")))
@@ -406,19 +511,12 @@ fn spawn_apiserver(dir: &Path, ip: Ipv4Addr, port: u16) -> Proc {
         .arg(format!("--service-account-key-file={}", f("sa.pub")))
         .arg(format!("--service-account-signing-key-file={}", f("sa.key")))
         .arg("--api-audiences=https://kubernetes.default.svc.cluster.local")
-        .arg("--service-cluster-ip-range=10.96.0.0/16")
-        .arg("--authorization-mode=RBAC")
+        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
         // Every request made with a peer's remote secret (through the API
         // proxy, as deploy/'s API proxy ServiceAccount) is logged, so a test
         // can list what the peer's istiod read ([`ControlPlane::audit`]).
         .arg(format!("--audit-policy-file={}", f("audit-policy.yaml")))
         .arg(format!("--audit-log-path={}", f("audit.log")))
-        // No kube-controller-manager runs: nothing would create the
-        // ServiceAccount tokens that admission would mount into pods.
-        .arg("--disable-admission-plugins=ServiceAccount")
-        // The advertise address is on loopback: keep the `kubernetes`
-        // Service's endpoints out of it.
-        .arg("--endpoint-reconciler-type=none")
         .arg("--enable-priority-and-fairness=false")
         .arg("--v=1")
         .stdin(Stdio::null())

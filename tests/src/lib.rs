@@ -40,6 +40,7 @@ pub mod lab;
 pub mod manifests;
 pub mod mesh;
 pub mod mtls;
+pub mod node;
 pub mod paths;
 pub mod procs;
 pub mod registry;
@@ -80,6 +81,10 @@ pub mod hosts {
     /// Workloads: pilot-agent-run sidecars (real-Istio mesh).
     pub const ISTIO_WORKLOAD: u8 = 30;
     pub const ISTIO_CLIENT: u8 = 31;
+    /// The node tier's kube-proxy, kube-controller-manager, kube-scheduler
+    /// and CoreDNS health/metrics ports (tests/src/node.rs).
+    pub const NODE_PROXY: u8 = 40;
+    pub const NODE_CONTROLLERS: u8 = 41;
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming
