@@ -255,6 +255,13 @@ fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
         return Ok(());
     }
+    write_private_file(path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` readable by the owner only (0600), through
+/// `PATH.tmp` and a rename, so that a reader sees the old file or the new
+/// one, never a part.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -265,7 +272,7 @@ fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 /// The OCI document types the layouts are made of (callers read them back).
 pub use oci_spec;
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, Digest as OciDigest, HistoryBuilder, ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder,
+    Arch, Config, ConfigBuilder, Descriptor, Digest as OciDigest, HistoryBuilder, ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder,
     ImageManifest, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use serde::{Deserialize, Serialize};
@@ -378,15 +378,6 @@ pub fn agent_image(binary: &[u8], wasm: &[u8], ca_bundle: &[u8], ca_origin: &str
         Entry::dir("usr/share/istio-multicloud", 0o755),
         Entry::file(AGENT_FILTER_MODULE.trim_start_matches('/'), 0o644, wasm.to_vec()),
     ];
-    let mut layout = Layout::new()?;
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for l in [&base, &app] {
-        let t = tar(l, meta.created)?;
-        diff_ids.push(digest_of(&t));
-        layers.push(layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new())?);
-    }
-    let created = rfc3339(meta.created);
     let labels = meta.labels("multicloud-agent", "Istio Multicloud node-local agent");
     let run = oci(ConfigBuilder::default()
         .user(format!("{AGENT_UID}:{AGENT_UID}"))
@@ -398,12 +389,36 @@ pub fn agent_image(binary: &[u8], wasm: &[u8], ca_bundle: &[u8], ca_origin: &str
     let history = [
         format!("multicloud-images: /etc/passwd, /etc/group, {CA_BUNDLE} ({ca_origin})"),
         format!("multicloud-images: {AGENT_BINARY} (static), {AGENT_FILTER_MODULE}"),
-    ]
-    .into_iter()
-    .map(|by| oci(HistoryBuilder::default().created(created.clone()).created_by(by).build()))
-    .collect::<Result<Vec<_>>>()?;
+    ];
+    write_image(&[&base, &app], run, &history, labels, arch, meta)
+}
+
+/// Writes an image of `layers` (each a list of entries, made into a
+/// reproducible gzipped tar), run as `run`, one history line per layer,
+/// into a new layout as its one manifest.
+fn write_image(
+    layers: &[&[Entry]],
+    run: Config,
+    history: &[String],
+    labels: BTreeMap<String, String>,
+    arch: &str,
+    meta: &Meta,
+) -> Result<Layout> {
+    let mut layout = Layout::new()?;
+    let mut descriptors = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        let t = tar(l, meta.created)?;
+        diff_ids.push(digest_of(&t));
+        descriptors.push(layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new())?);
+    }
+    let created = rfc3339(meta.created);
+    let history = history
+        .iter()
+        .map(|by| oci(HistoryBuilder::default().created(created.clone()).created_by(by.clone()).build()))
+        .collect::<Result<Vec<_>>>()?;
     let config = oci(ImageConfigurationBuilder::default()
-        .created(created.clone())
+        .created(created)
         .architecture(Arch::from(arch))
         .os(Os::Linux)
         .config(run)
@@ -411,7 +426,7 @@ pub fn agent_image(binary: &[u8], wasm: &[u8], ca_bundle: &[u8], ca_origin: &str
         .history(history)
         .build())?;
     let config = layout.add(OCI_CONFIG, json(&config)?, BTreeMap::new())?;
-    let m = manifest(config, layers, labels)?;
+    let m = manifest(config, descriptors, labels)?;
     layout.set_manifest(&m, &meta.version)?;
     Ok(layout)
 }
@@ -525,28 +540,11 @@ pub fn plain_image(title: &str, files: &[Entry], run: &RunSpec, arch: &str, meta
         entries.insert(f.path.clone(), f.clone());
     }
     let all: Vec<Entry> = entries.into_values().collect();
-    let mut layout = Layout::new()?;
-    let t = tar(&all, meta.created)?;
-    let diff_ids = vec![digest_of(&t)];
-    let layers = vec![layout.add(OCI_LAYER_GZIP, gzip(&t)?, BTreeMap::new())?];
-    let created = rfc3339(meta.created);
     let labels = meta.labels(title, title);
     let mut cfg = ConfigBuilder::default().entrypoint(run.entrypoint.clone()).env(run.env.clone()).working_dir("/");
     if !run.user.is_empty() {
         cfg = cfg.user(run.user.clone());
     }
     let run = oci(cfg.labels(labels.clone().into_iter().collect::<HashMap<_, _>>()).build())?;
-    let history = vec![oci(HistoryBuilder::default().created(created.clone()).created_by(format!("multicloud-images: {title}")).build())?];
-    let config = oci(ImageConfigurationBuilder::default()
-        .created(created)
-        .architecture(Arch::from(arch))
-        .os(Os::Linux)
-        .config(run)
-        .rootfs(oci(RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build())?)
-        .history(history)
-        .build())?;
-    let config = layout.add(OCI_CONFIG, json(&config)?, BTreeMap::new())?;
-    let m = manifest(config, layers, labels)?;
-    layout.set_manifest(&m, &meta.version)?;
-    Ok(layout)
+    write_image(&[&all], run, &[format!("multicloud-images: {title}")], labels, arch, meta)
 }

@@ -227,3 +227,14 @@ pub fn edge_config(local: &ClusterIdentity, peers: &[&ClusterIdentity], private:
 pub fn free_port(ip: std::net::Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0)).expect("bind").local_addr().expect("addr").port()
 }
+
+/// A public document's keys as JSON holds them: `authnKeyPub`, then
+/// `additionalAuthnKeysPub` (empty when absent).
+pub fn published_keys(doc: &serde_json::Value) -> (String, Vec<String>) {
+    let current = doc["authnKeyPub"].as_str().unwrap_or_default().to_string();
+    let additional = doc["additionalAuthnKeysPub"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    (current, additional)
+}

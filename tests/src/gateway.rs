@@ -342,15 +342,9 @@ impl Gateway {
                 None => String::new(),
             };
             listeners.push_str(&format!(
-                r#"  - name: edge_tls
-    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
-    filter_chains:
-{api_chain}    - {tls}      filters:
+                r#"{header}{api_chain}    - {tls}      filters:
 {hcm}"#,
-                port = tls.port,
+                header = tls_inspector_listener("edge_tls", ip, tls.port),
                 tls = server_tls_yaml(&tls.cert_pem, &tls.key_pem).trim_start(),
             ));
         }
@@ -414,4 +408,19 @@ impl Gateway {
     pub fn counter(&self, name: &str) -> u64 {
         self.envoy.stat(&format!("wasmcustom.multicloud_edge.{name}")).unwrap_or(0)
     }
+}
+
+/// The head of a bootstrap listener (YAML, in a `listeners:` list) named
+/// `name` on `ip:port` with the TLS inspector, up to its `filter_chains:`
+/// line; the caller appends the chains.
+pub fn tls_inspector_listener(name: &str, ip: impl std::fmt::Display, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+    filter_chains:
+"#
+    )
 }

@@ -24,27 +24,43 @@ pub const FOO_PORT: u16 = 8080;
 pub fn sidecar(c: &KubeCluster, app: &str, host: u8, sidecar: &str) -> IstioGateway {
     c.cp.apply(sidecar).expect("Sidecar resource");
     let istiod = c.istiod.as_ref().expect("istiod");
-    IstioGateway::start(
-        c.cp,
-        istiod,
-        GatewayOptions {
-            name: format!("{app}-0"),
-            namespace: "abc".into(),
-            service_account: app.into(),
-            // Its locality (`istio-locality: region.zone`), which istiod reads from the
-            // proxy's labels and, for the endpoint, from the WorkloadEntry's.
-            labels: vec![("app".into(), app.into()), ("istio-locality".into(), locality(c.sim))],
-            host,
-            service: None,
-            proxy_type: "sidecar",
-            service_ports: vec![],
-            wait_ready: true,
-            env: vec![
-                ("ISTIO_META_INTERCEPTION_MODE".into(), "NONE".into()),
-                ("ISTIO_META_NETWORK".into(), network(c.sim)),
-                ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
-            ],
-        },
+    IstioGateway::start(c.cp, istiod, sidecar_options(c.sim, app, host))
+}
+
+/// How [`sidecar`] runs pilot-agent for workload `app` (service account
+/// `app`, pod `app-0`) of cluster `sim` on host `host`; callers may add to
+/// its environment.
+pub fn sidecar_options(sim: SimCluster, app: &str, host: u8) -> GatewayOptions {
+    GatewayOptions {
+        name: format!("{app}-0"),
+        namespace: "abc".into(),
+        service_account: app.into(),
+        // Its locality (`istio-locality: region.zone`), which istiod reads from the
+        // proxy's labels and, for the endpoint, from the WorkloadEntry's.
+        labels: vec![("app".into(), app.into()), ("istio-locality".into(), locality(sim))],
+        host,
+        service: None,
+        proxy_type: "sidecar",
+        service_ports: vec![],
+        wait_ready: true,
+        env: vec![
+            ("ISTIO_META_INTERCEPTION_MODE".into(), "NONE".into()),
+            ("ISTIO_META_NETWORK".into(), network(sim)),
+            ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
+        ],
+    }
+}
+
+/// Namespace `abc` and the `Sidecar` resource of workload `app` on `ip`:
+/// inbound port `inbound` (HTTP) to `default_endpoint`, egress to `foo`'s
+/// port in namespace abc.
+fn sidecar_resource(app: &str, ip: Ipv4Addr, inbound: u16, default_endpoint: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {app}, namespace: abc}}\n\
+         spec:\n  workloadSelector: {{labels: {{app: {app}}}}}\n\
+         \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '{default_endpoint}'}}]\n\
+         \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n"
     )
 }
 
@@ -64,19 +80,7 @@ pub fn start_foo(c: &KubeCluster) -> (RecordingUpstream, IstioGateway) {
     let ip = c.sim.ip(hosts::ISTIO_WORKLOAD);
     let app = RecordingUpstream::start_echo(Ipv4Addr::LOCALHOST, &object_name(c.sim));
     let inbound = crate::fixtures::free_port(ip);
-    let gw = sidecar(
-        c,
-        "foo",
-        hosts::ISTIO_WORKLOAD,
-        &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: foo, namespace: abc}}\n\
-             spec:\n  workloadSelector: {{labels: {{app: foo}}}}\n\
-             \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '127.0.0.1:{app_port}'}}]\n\
-             \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
-            app_port = app.addr().port(),
-        ),
-    );
+    let gw = sidecar(c, "foo", hosts::ISTIO_WORKLOAD, &sidecar_resource("foo", ip, inbound, &format!("127.0.0.1:{}", app.addr().port())));
     c.cp.apply(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: foo, namespace: abc}}\n\
          spec: {{selector: {{app: foo}}, ports: [{{name: http, port: {FOO_PORT}, targetPort: {inbound}}}]}}\n"
@@ -91,18 +95,7 @@ pub fn start_foo(c: &KubeCluster) -> (RecordingUpstream, IstioGateway) {
 pub fn start_client(c: &KubeCluster) -> (IstioGateway, SocketAddr, SocketAddr) {
     let ip = c.sim.ip(hosts::ISTIO_CLIENT);
     let inbound = crate::fixtures::free_port(ip);
-    let gw = sidecar(
-        c,
-        "client",
-        hosts::ISTIO_CLIENT,
-        &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: abc}}\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: client, namespace: abc}}\n\
-             spec:\n  workloadSelector: {{labels: {{app: client}}}}\n\
-             \x20 ingress: [{{port: {{number: {inbound}, protocol: HTTP, name: http}}, bind: {ip}, defaultEndpoint: '127.0.0.1:9'}}]\n\
-             \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
-        ),
-    );
+    let gw = sidecar(c, "client", hosts::ISTIO_CLIENT, &sidecar_resource("client", ip, inbound, "127.0.0.1:9"));
     (gw, SocketAddr::from((ip, FOO_PORT)), SocketAddr::from((ip, inbound)))
 }
 

@@ -557,13 +557,7 @@ fn add_mesh_port_stand_in(spec: &mut crate::envoy::EnvoySpec, sim: SimCluster, i
     let inbound = free_port(ip);
     let (cert, key) = id.workload_cert("abc", "foo");
     let listeners = format!(
-        r#"  - name: mesh_passthrough_stand_in
-    address: {{socket_address: {{address: {ip}, port_value: {mesh_port}}}}}
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
-    filter_chains:
-    - filter_chain_match: {{server_names: ["outbound_.80_._.foo.abc.svc.cluster.local"]}}
+        r#"{header}    - filter_chain_match: {{server_names: ["outbound_.80_._.foo.abc.svc.cluster.local"]}}
       filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: mesh, cluster: foo_sidecar}}
@@ -574,6 +568,7 @@ fn add_mesh_port_stand_in(spec: &mut crate::envoy::EnvoySpec, sim: SimCluster, i
       - name: envoy.filters.network.tcp_proxy
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: foo_inbound, cluster: local_upstream}}
 {tls}"#,
+        header = crate::gateway::tls_inspector_listener("mesh_passthrough_stand_in", ip, mesh_port),
         tls = crate::gateway::server_tls_yaml(&cert, &key),
     );
     let clusters = format!(

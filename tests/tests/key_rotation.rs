@@ -107,11 +107,7 @@ fn wait_published(cluster: &Cluster, current: &str, additional: &[String], what:
     wait_until(what, SETTLE, || {
         let r = multicloud_e2e::http::try_request("GET", &cluster.gateway_url("/metadata/public/public.json"), &[])?;
         let doc: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-        let extra: Vec<String> = doc["additionalAuthnKeysPub"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        if doc["authnKeyPub"] == current && extra == additional {
+        if multicloud_e2e::fixtures::published_keys(&doc) == (current.to_string(), additional.to_vec()) {
             Ok(())
         } else {
             Err(format!("public.json: {doc}"))

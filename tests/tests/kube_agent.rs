@@ -209,11 +209,7 @@ fn two_clusters_join_in_kubernetes_mode_and_survive_faults() {
     let b_sees = |current: &str, additional: &[String], what: &str| {
         wait_until(what, Duration::from_secs(30), || {
             let doc = b.imc_status(&name_a)["metadataCache"]["public"]["document"].clone();
-            let extra: Vec<String> = doc["additionalAuthnKeysPub"]
-                .as_array()
-                .map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
-                .unwrap_or_default();
-            if doc["authnKeyPub"] == current && extra == additional {
+            if multicloud_e2e::fixtures::published_keys(&doc) == (current.to_string(), additional.to_vec()) {
                 Ok(())
             } else {
                 Err(doc.to_string())

@@ -14,9 +14,9 @@
 // #[test] functions; this covers the helpers too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use multicloud_e2e::istio::{GatewayOptions, IstioGateway};
+use multicloud_e2e::istio::IstioGateway;
 use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
-use multicloud_e2e::istio_mesh::{call_foo, locality, start_foo, strict_mtls, FOO, FOO_PORT};
+use multicloud_e2e::istio_mesh::{call_foo, start_foo, strict_mtls, FOO, FOO_PORT};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{
     create_metadata_tls, imc_object, install, metadata_host, network, object_name, start_kube_mesh, KubeMeshOptions, ISTIOD_MESH_ENV,
@@ -83,30 +83,14 @@ fn start_client(cp: &ControlPlane, istiod: &Istiod) -> (IstioGateway, SocketAddr
          \x20 egress: [{{port: {{number: {FOO_PORT}, protocol: HTTP, name: http}}, bind: {ip}, hosts: ['abc/*']}}]\n",
     ))
     .expect("Sidecar client");
-    let gw = IstioGateway::start(
-        cp,
-        istiod,
-        GatewayOptions {
-            name: "client-0".into(),
-            namespace: "abc".into(),
-            service_account: "client".into(),
-            labels: vec![("app".into(), "client".into()), ("istio-locality".into(), locality(SIM))],
-            host: multicloud_e2e::hosts::ISTIO_CLIENT,
-            service: None,
-            proxy_type: "sidecar",
-            service_ports: vec![],
-            wait_ready: true,
-            env: vec![
-                ("ISTIO_META_INTERCEPTION_MODE".into(), "NONE".into()),
-                ("ISTIO_META_NETWORK".into(), network(SIM)),
-                ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
-                ("ISTIOD_SAN".into(), "istiod.istio-system.svc".into()),
-                // The cluster ID of this cluster's istiod (the test bed's
-                // default for a cluster is `cluster-N`).
-                ("ISTIO_META_CLUSTER_ID".into(), ISTIO_DEFAULT_CLUSTER_ID.into()),
-            ],
-        },
-    );
+    let mut options = multicloud_e2e::istio_mesh::sidecar_options(SIM, "client", multicloud_e2e::hosts::ISTIO_CLIENT);
+    options.env.extend([
+        ("ISTIOD_SAN".into(), "istiod.istio-system.svc".into()),
+        // The cluster ID of this cluster's istiod (the test bed's
+        // default for a cluster is `cluster-N`).
+        ("ISTIO_META_CLUSTER_ID".into(), ISTIO_DEFAULT_CLUSTER_ID.into()),
+    ]);
+    let gw = IstioGateway::start(cp, istiod, options);
     (gw, SocketAddr::from((ip, FOO_PORT)))
 }
 

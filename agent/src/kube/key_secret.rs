@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
-use kube::runtime::{watcher, WatchStreamExt as _};
 use multicloud_core::pem;
 use std::collections::BTreeMap;
 
@@ -105,24 +104,10 @@ impl SecretKeyStore {
     /// sign nothing). A Secret that does not parse keeps the ring in force.
     pub async fn watch(&self, tx: tokio::sync::watch::Sender<KeyRing>) {
         let what = self.what();
-        let config = watcher::Config::default().fields(&format!("metadata.name={KEY_SECRET_NAME}"));
-        let mut stream = watcher(self.api.clone(), config).default_backoff().applied_objects().boxed();
+        let stream = super::watch_named(self.api.clone(), KEY_SECRET_NAME, what.clone(), "the keys in force stay; grant list/watch on it");
+        let mut stream = std::pin::pin!(stream);
         let fingerprint = |r: &KeyRing| (r.current_pem(), r.additional_pems());
-        let mut failing = false;
-        while let Some(event) = stream.next().await {
-            let secret = match event {
-                Ok(s) => {
-                    failing = false;
-                    s
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "watching {what} failed; retrying (the keys in force stay; grant list/watch on it)");
-                    }
-                    failing = true;
-                    continue;
-                }
-            };
+        while let Some(secret) = stream.next().await {
             match ring_of(&what, &secret) {
                 Ok(ring) if fingerprint(&ring) != fingerprint(&tx.borrow()) => {
                     tracing::info!(stage = ?ring.stage(), "federation key ring changed: publishing and signing with it");

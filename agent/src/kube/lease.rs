@@ -97,6 +97,13 @@ impl LeaseGuard {
 
     /// Creates the Lease if absent, renews it if this replica holds it, takes
     /// it over if its holder let it expire. `Ok(false)`: another replica holds it.
+    /// Whether this replica may write shared state now: it holds the Lease,
+    /// or takes it (a sink's write between terms). A replica that may not
+    /// leaves the write to the holder.
+    pub async fn may_write(&self) -> Result<bool> {
+        Ok(self.is_leader() || self.try_acquire().await?)
+    }
+
     pub async fn try_acquire(&self) -> Result<bool> {
         if self.released.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(false);

@@ -62,3 +62,33 @@ impl Default for KubeOptions {
 pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
+
+/// Object `name` of `api` each time it is applied (created or changed),
+/// watched by name (`metadata.name` field selector: RBAC may name it) with
+/// kube's backoff. A failing watch is logged once per run of failures as
+/// "watching WHAT failed; retrying (HINT)".
+pub fn watch_named<K>(api: kube::Api<K>, name: &str, what: String, hint: &'static str) -> impl futures::Stream<Item = K> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt as _;
+    use kube::runtime::{watcher, WatchStreamExt as _};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut failing = false;
+    watcher(api, config).default_backoff().applied_objects().filter_map(move |event| {
+        let object = match event {
+            Ok(o) => {
+                failing = false;
+                Some(o)
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "watching {what} failed; retrying ({hint})");
+                }
+                failing = true;
+                None
+            }
+        };
+        futures::future::ready(object)
+    })
+}

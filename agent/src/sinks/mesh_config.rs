@@ -110,8 +110,7 @@ impl MeshConfigSink {
         if last.as_ref() == Some(&data) {
             return Ok(());
         }
-        let leader = self.lease.is_leader() || self.lease.try_acquire().await?;
-        if !leader {
+        if !self.lease.may_write().await? {
             tracing::debug!(configmap = %self.name, "not the lease holder; leaving the mesh ConfigMap to the leader");
             return Ok(());
         }

@@ -20,8 +20,6 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use multicloud_core::token::Scope;
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -114,20 +112,6 @@ pub fn kubeconfig(t: &Target, token: &str) -> anyhow::Result<String> {
     Ok(serde_saphyr::to_string(&doc)?)
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("kubeconfig.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 impl RemoteSecrets {
     pub fn new(keys: tokio::sync::watch::Receiver<crate::keys::KeyRing>, opts: RemoteSecretOptions) -> anyhow::Result<Arc<RemoteSecrets>> {
         anyhow::ensure!(opts.ttl_secs >= 3, "--api-token-ttl-seconds must be at least 3");
@@ -148,7 +132,7 @@ impl RemoteSecrets {
     /// Writes one peer's kubeconfig where this mode keeps it.
     async fn write(&self, object: &str, kubeconfig: &str) -> anyhow::Result<()> {
         let Some((client, ns)) = &self.opts.kubernetes else {
-            return write_private(&self.path(object), kubeconfig.as_bytes());
+            return keys::write_private_file(&self.path(object), kubeconfig.as_bytes());
         };
         use kube::api::{Patch, PatchParams};
         let name = Self::secret_name(object);

@@ -92,8 +92,7 @@ impl KubeStatusSink {
 
     async fn write(&self, name: &str, status: &IstioMulticloudStatus) -> Result<()> {
         self.written.lock().insert(name.to_string(), status.clone());
-        let leader = self.lease.is_leader() || self.lease.try_acquire().await?;
-        if !leader {
+        if !self.lease.may_write().await? {
             tracing::debug!(object = name, "not the lease holder; leaving status to the leader");
             return Ok(());
         }

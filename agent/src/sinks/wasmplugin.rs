@@ -43,8 +43,7 @@ impl WasmPluginSink {
         if last.as_ref() == Some(&config) {
             return Ok(());
         }
-        let leader = self.lease.is_leader() || self.lease.try_acquire().await?;
-        if !leader {
+        if !self.lease.may_write().await? {
             tracing::debug!(wasmplugin = %self.name, "not the lease holder; leaving the WasmPlugin to the leader");
             return Ok(());
         }

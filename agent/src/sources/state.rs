@@ -8,7 +8,6 @@ use crate::sinks::DataPlaneSink;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt as _};
 use std::sync::Arc;
 
 /// A follower: watches the state ConfigMap and applies every new state to
@@ -23,23 +22,10 @@ pub async fn follow(
     last: tokio::sync::watch::Sender<Option<DataPlane>>,
 ) {
     let api = Api::<ConfigMap>::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={STATE_CONFIG_MAP}"));
-    let mut stream = watcher(api, config).default_backoff().applied_objects().boxed();
-    let mut failing = false;
-    while let Some(event) = stream.next().await {
-        let cm = match event {
-            Ok(cm) => {
-                failing = false;
-                cm
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "watching ConfigMap {namespace}/{STATE_CONFIG_MAP} failed; retrying (the last state keeps serving; grant list/watch on it)");
-                }
-                failing = true;
-                continue;
-            }
-        };
+    let what = format!("ConfigMap {namespace}/{STATE_CONFIG_MAP}");
+    let stream = crate::kube::watch_named(api, STATE_CONFIG_MAP, what, "the last state keeps serving; grant list/watch on it");
+    let mut stream = std::pin::pin!(stream);
+    while let Some(cm) = stream.next().await {
         let dp = match read_state(&cm) {
             None => continue, // not published yet
             Some(Err(e)) => {
