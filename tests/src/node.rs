@@ -1282,6 +1282,9 @@ pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)], network: 
         {"name": "ISTIO_META_OWNER", "value": format!("kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{name}")},
         {"name": "ISTIO_META_MESH_ID", "value": "cluster.local"},
         {"name": "TRUST_DOMAIN", "value": "cluster.local"},
+        // The peers' roots by PCDS, re-served as ROOTCA: what deploy/ asks
+        // of every proxy (docs/istio.md, `proxyMetadata`).
+        {"name": "PROXY_CONFIG_XDS_AGENT", "value": "true"},
     ]);
     let mut env = env;
     let mut pod_labels = serde_json::json!({"app": name, "istio": "ingressgateway", "sidecar.istio.io/inject": "true",
@@ -1439,6 +1442,9 @@ pub fn istio_workload_objects(proxy_image: &str, ns: &str, name: &str, port: u16
             Some("ISTIO_META_INTERCEPTION_MODE") => e["value"] = serde_json::json!("NONE"),
             // A sidecar asks for no network view.
             Some("ISTIO_META_REQUESTED_NETWORK_VIEW") => e["value"] = serde_json::json!(""),
+            // The peers' roots by PCDS, as every proxy of the real-Istio
+            // tier takes them (docs/istio.md).
+            Some("PROXY_CONFIG") => e["value"] = serde_json::json!("{}"),
             Some("ISTIO_META_APP_CONTAINERS") => e["value"] = serde_json::json!("app"),
             Some("ISTIO_META_WORKLOAD_NAME") => e["value"] = serde_json::json!(name),
             Some("ISTIO_META_OWNER") => {
@@ -1455,7 +1461,11 @@ pub fn istio_workload_objects(proxy_image: &str, ns: &str, name: &str, port: u16
     });
     spec["containers"].as_array_mut().expect("containers").insert(0, app);
     let labels = serde_json::json!({"app": name});
-    let mut pod_labels = serde_json::json!({"app": name, "service.istio.io/canonical-name": name});
+    // What the sidecar injector labels a pod with: `security.istio.io/tlsMode:
+    // istio` tells istiod the endpoint takes mTLS (without it, a peer's
+    // istiod drops it as a cross-network endpoint).
+    let mut pod_labels = serde_json::json!({"app": name, "service.istio.io/canonical-name": name,
+        "service.istio.io/canonical-revision": "latest", "security.istio.io/tlsMode": "istio"});
     if !network.is_empty() {
         pod_labels["topology.istio.io/network"] = serde_json::json!(network);
     }

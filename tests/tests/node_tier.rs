@@ -416,10 +416,28 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
             || match http::try_request("GET", &format!("http://{peer_client_addr}/"), &[("Host", &format!("{bar}:{FOO_PORT}"))]) {
                 Ok(r) if r.status == 200 => Ok(r),
                 Ok(r) => Err(format!(
-                    "{} {}; peer client's endpoints: {:?}",
+                    "{} {}; peer client's endpoints: {:?}; the peer's istiod's shards: {}; its meshNetworks: {}",
                     r.status,
                     r.text(),
-                    multicloud_e2e::dump::endpoints(&peer_client.config_dump(), &format!("outbound|{FOO_PORT}||{bar}"))
+                    multicloud_e2e::dump::endpoints(&peer_client.config_dump(), &format!("outbound|{FOO_PORT}||{bar}")),
+                    b.istiod
+                        .as_ref()
+                        .and_then(|i| i.get("/debug/endpointShardz").ok())
+                        .map(|r| r.text())
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("bar") || l.contains("10.88.140"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    b.istiod
+                        .as_ref()
+                        .and_then(|i| i.get("/debug/mesh").ok())
+                        .map(|r| r.text())
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("network") || l.contains("address") || l.contains("registry") || l.contains("port"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 )),
                 Err(e) => Err(e),
             },
@@ -482,6 +500,10 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     let again = call_foo(client_addr, "/again").map(|r| r.status);
     eprintln!("the cross-cluster call after the replacement: {again:?}");
     assert_eq!(again, Ok(200));
+    let into =
+        http::try_request("GET", &format!("http://{peer_client_addr}/"), &[("Host", &format!("{bar}:{FOO_PORT}"))]).map(|r| r.status);
+    eprintln!("the call into this cluster after the replacement: {into:?}");
+    assert_eq!(into, Ok(200));
     drop(client);
 
     drop(istiod);
