@@ -1254,7 +1254,10 @@ pub fn gateway_run_spec() -> multicloud_images::RunSpec {
 /// Deployment (labels `istio: ingressgateway`), its ServiceAccount and the
 /// chart's Role (Secrets, for `credentialName`), and its Service (the
 /// chart's ports). `extra_ports`: more Service ports (name, port).
-pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)]) -> String {
+/// `network`: the chart's `networkGateway` value (the pods' label
+/// `topology.istio.io/network` and `ISTIO_META_REQUESTED_NETWORK_VIEW`,
+/// and the injector's `ISTIO_META_NETWORK`), or empty for none.
+pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)], network: &str) -> String {
     let (ns, name, sa) = ("istio-system", "istio-ingressgateway", "istio-ingressgateway-service-account");
     let labels = serde_json::json!({"app": name, "istio": "ingressgateway"});
     let field = |p: &str| serde_json::json!({"fieldRef": {"fieldPath": p}});
@@ -1279,7 +1282,20 @@ pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)]) -> String
         {"name": "ISTIO_META_OWNER", "value": format!("kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{name}")},
         {"name": "ISTIO_META_MESH_ID", "value": "cluster.local"},
         {"name": "TRUST_DOMAIN", "value": "cluster.local"},
+        // The peers' roots by PCDS, re-served as ROOTCA: what deploy/ asks
+        // of every proxy (docs/istio.md, `proxyMetadata`).
+        {"name": "PROXY_CONFIG_XDS_AGENT", "value": "true"},
     ]);
+    let mut env = env;
+    let mut pod_labels = serde_json::json!({"app": name, "istio": "ingressgateway", "sidecar.istio.io/inject": "true",
+                               "service.istio.io/canonical-name": name, "service.istio.io/canonical-revision": "latest"});
+    if !network.is_empty() {
+        env.as_array_mut().expect("env").extend([
+            serde_json::json!({"name": "ISTIO_META_NETWORK", "value": network}),
+            serde_json::json!({"name": "ISTIO_META_REQUESTED_NETWORK_VIEW", "value": network}),
+        ]);
+        pod_labels["topology.istio.io/network"] = serde_json::json!(network);
+    }
     let deployment = serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
@@ -1288,8 +1304,7 @@ pub fn istio_gateway_objects(image: &str, extra_ports: &[(&str, u16)]) -> String
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {
-                    "labels": {"app": name, "istio": "ingressgateway", "sidecar.istio.io/inject": "true",
-                               "service.istio.io/canonical-name": name, "service.istio.io/canonical-revision": "latest"},
+                    "labels": pod_labels,
                     "annotations": {"istio.io/rev": "default", "prometheus.io/port": "15020", "prometheus.io/scrape": "true", "prometheus.io/path": "/stats/prometheus"},
                 },
                 "spec": {
@@ -1403,4 +1418,69 @@ pub fn container_processes(exe: &str, marker: &str) -> Vec<ProcessSecurity> {
         });
     }
     v
+}
+
+/// A workload of this cluster as a pod with Istio's sidecar, the way
+/// Istio's injection template gives a pod its `istio-proxy` container (the
+/// same container as [`istio_gateway_objects`]' gateway, with `proxy
+/// sidecar`, no iptables: `ISTIO_META_INTERCEPTION_MODE=NONE`, its listeners
+/// from a `Sidecar` resource), beside an `app` container: busybox's httpd on
+/// 127.0.0.1:8081 serving `body` for every path. Service `ns/name` port
+/// `port` selects it; the Sidecar's ingress listener on `port` sends to the
+/// app.
+pub fn istio_workload_objects(proxy_image: &str, ns: &str, name: &str, port: u16, body: &str, network: &str) -> String {
+    let docs: Vec<serde_json::Value> =
+        istio_gateway_objects(proxy_image, &[], network).split("\n---\n").map(|d| serde_json::from_str(d).expect("json")).collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("the gateway Deployment");
+    let mut spec = deployment["spec"]["template"]["spec"].clone();
+    spec["serviceAccountName"] = serde_json::json!(name);
+    let proxy = &mut spec["containers"][0];
+    proxy["args"] = serde_json::json!(["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local", "--proxyLogLevel=warning"]);
+    let env = proxy["env"].as_array_mut().expect("env");
+    for e in env.iter_mut() {
+        match e["name"].as_str() {
+            Some("ISTIO_META_INTERCEPTION_MODE") => e["value"] = serde_json::json!("NONE"),
+            // A sidecar asks for no network view.
+            Some("ISTIO_META_REQUESTED_NETWORK_VIEW") => e["value"] = serde_json::json!(""),
+            // The peers' roots by PCDS, as every proxy of the real-Istio
+            // tier takes them (docs/istio.md).
+            Some("PROXY_CONFIG") => e["value"] = serde_json::json!("{}"),
+            Some("ISTIO_META_APP_CONTAINERS") => e["value"] = serde_json::json!("app"),
+            Some("ISTIO_META_WORKLOAD_NAME") => e["value"] = serde_json::json!(name),
+            Some("ISTIO_META_OWNER") => {
+                e["value"] = serde_json::json!(format!("kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{name}"))
+            }
+            _ => {}
+        }
+    }
+    let page = body.replace('\'', "");
+    let app = serde_json::json!({
+        "name": "app", "image": toolbox_image(), "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/busybox", "sh", "-c", format!("mkdir -p /tmp/www && echo '{page}' > /tmp/www/index.html && exec /bin/busybox httpd -f -p 127.0.0.1:8081 -h /tmp/www")],
+        "securityContext": {"runAsUser": 65534, "runAsGroup": 65534, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+    });
+    spec["containers"].as_array_mut().expect("containers").insert(0, app);
+    let labels = serde_json::json!({"app": name});
+    // What the sidecar injector labels a pod with: `security.istio.io/tlsMode:
+    // istio` tells istiod the endpoint takes mTLS (without it, a peer's
+    // istiod drops it as a cross-network endpoint).
+    let mut pod_labels = serde_json::json!({"app": name, "service.istio.io/canonical-name": name,
+        "service.istio.io/canonical-revision": "latest", "security.istio.io/tlsMode": "istio"});
+    if !network.is_empty() {
+        pod_labels["topology.istio.io/network"] = serde_json::json!(network);
+    }
+    let objects = [
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}),
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": name, "namespace": ns},
+            "spec": {"workloadSelector": {"labels": labels},
+                     "ingress": [{"port": {"number": port, "protocol": "HTTP", "name": "http"}, "bind": "0.0.0.0", "defaultEndpoint": "127.0.0.1:8081"}],
+                     "egress": [{"hosts": ["istio-system/*"]}]}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": labels, "ports": [{"name": "http", "port": port, "targetPort": port}]}}),
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": pod_labels}, "spec": spec}}}),
+    ];
+    objects.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("\n---\n")
 }

@@ -19,12 +19,13 @@ use multicloud_e2e::istio::{Istiod, IstiodAt, ISTIOD_ENV};
 use multicloud_e2e::istio_mesh::{call_foo, start_foo, strict_mtls, FOO, FOO_PORT};
 use multicloud_e2e::kube::ControlPlane;
 use multicloud_e2e::kube_mesh::{
-    create_metadata_tls, imc_object, install, metadata_host, network, object_name, start_kube_mesh, KubeMeshOptions, ISTIOD_MESH_ENV,
+    api_host, create_metadata_tls, imc_object, install, metadata_host, network, object_name, start_kube_mesh, KubeMeshOptions,
+    ISTIOD_MESH_ENV,
 };
 use multicloud_e2e::mtls::{get_from, Outcome};
 use multicloud_e2e::node::{
-    container_processes, gateway_image_files, gateway_run_spec, istio_gateway_objects, read_sysctls, ready_pods, Node, NodeNetwork,
-    POD_READY, REGISTRY,
+    container_processes, gateway_image_files, gateway_run_spec, istio_gateway_objects, istio_workload_objects, read_sysctls, ready_pods,
+    Node, NodeNetwork, POD_READY, REGISTRY,
 };
 use multicloud_e2e::{http, paths, wait_until, SimCluster};
 use std::net::SocketAddr;
@@ -215,7 +216,12 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     cp.kubectl_ok(&["label", "namespace", "istio-system", &format!("topology.istio.io/network={}", network(SIM)), "--overwrite"]);
     eprintln!("istiod ready behind Service istiod in {:?}", t.elapsed());
     let image = import_agent_image(&node);
-    let rendered = install(&[format!("--image={image}"), format!("--metadata-host={}", metadata_host(SIM))]);
+    let rendered = install(&[
+        format!("--image={image}"),
+        format!("--metadata-host={}", metadata_host(SIM)),
+        format!("--api-proxy-host={}:443", api_host(SIM)),
+        "--mesh-port=15443".to_string(),
+    ]);
     let ds = serde_saphyr::from_multiple::<serde_json::Value>(&rendered).unwrap().into_iter().find(|v| v["kind"] == "DaemonSet").unwrap();
     assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], image.as_str(), "the DaemonSet names the imported image");
     // The ingress gateway as Istio's gateway chart runs it, from an image
@@ -224,13 +230,31 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     let build = paths::IstioBuild::current();
     let host = metadata_host(SIM);
     let edge_ca = create_metadata_tls(&cp, SIM, &host, node.dir());
+    // What an operator provides for deploy/'s API proxy route: its TLS
+    // certificate, from the same edge CA.
+    {
+        let (cert, key) = edge_ca.server_cert_dns(&api_host(SIM));
+        let (c, k) = (node.dir().join("api-tls.crt"), node.dir().join("api-tls.key"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        cp.kubectl_ok(&[
+            "create",
+            "secret",
+            "tls",
+            "multicloud-api-tls",
+            "-n",
+            "istio-system",
+            &format!("--cert={}", c.display()),
+            &format!("--key={}", k.display()),
+        ]);
+    }
     let gw_image = format!("{REGISTRY}/istio/proxyv2:test-bed");
     node.build_and_import(&gw_image, &gateway_image_files(&build), &gateway_run_spec());
     assert_eq!(rendered.matches(AGENT_SERVICE_ADDRESS).count(), 1, "deploy/'s EnvoyFilter names the agent's Service, unchanged");
     let t = Instant::now();
     cp.apply(&rendered).expect("install output applies");
     // The mesh port (`tls`, 15443) as the chart's networkGateway values add it.
-    cp.apply(&istio_gateway_objects(&gw_image, &[("tls", 15443)])).expect("gateway objects");
+    cp.apply(&istio_gateway_objects(&gw_image, &[("tls", 15443)], &network(SIM))).expect("gateway objects");
     // What a cloud controller writes: the load balancer's address, one of
     // the node subnet's that no pod gets (kube-proxy routes it to the
     // gateway pod, as it does for a load balancer's address).
@@ -361,6 +385,59 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     let gw_b = format!("{}:{}", peer.ip(multicloud_e2e::hosts::GATEWAY), b.mesh_port);
     assert_eq!(eps.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), [gw_b.as_str()], "foo only through the peer's gateway");
 
+    // The call into this cluster: a client in the peer calls `bar`, a pod
+    // here with Istio's sidecar; the peer's istiod reads it through the
+    // remote secret (this API server, through the pod-run gateway's API
+    // proxy) and sends the client to this cluster's gateway (the pod, at
+    // its load-balancer address, mesh port 15443).
+    let t = Instant::now();
+    cp.apply(&istio_workload_objects(
+        &gw_image,
+        "abc",
+        "bar",
+        FOO_PORT,
+        &format!("{{\"cluster\": \"{}\"}}", object_name(SIM)),
+        &network(SIM),
+    ))
+    .expect("bar");
+    node.wait_pods_ready(&cp, "abc", "app=bar", POD_READY);
+    eprintln!("bar (app + sidecar) Ready in {:?}", t.elapsed());
+    let (peer_client, peer_client_addr, _) = multicloud_e2e::istio_mesh::start_client(b);
+    let bar = "bar.abc.svc.cluster.local";
+    // The peer's istiod's debug page `path`, only the lines `keep` keeps.
+    let istiod_debug = |path: &str, keep: &dyn Fn(&str) -> bool| -> String {
+        let text = b.istiod.as_ref().and_then(|i| i.get(path).ok()).map(|r| r.text()).unwrap_or_default();
+        text.lines().filter(|l| keep(l)).collect::<Vec<_>>().join(" ")
+    };
+    let t = Instant::now();
+    let resp =
+        wait_until(
+            "the peer's client calls bar.abc.svc.cluster.local, answered here",
+            Duration::from_secs(180),
+            || match http::try_request("GET", &format!("http://{peer_client_addr}/"), &[("Host", &format!("{bar}:{FOO_PORT}"))]) {
+                Ok(r) if r.status == 200 => Ok(r),
+                Ok(r) => Err(format!(
+                    "{} {}; peer client's endpoints: {:?}; the peer's istiod's shards: {}; its meshNetworks: {}",
+                    r.status,
+                    r.text(),
+                    multicloud_e2e::dump::endpoints(&peer_client.config_dump(), &format!("outbound|{FOO_PORT}||{bar}")),
+                    istiod_debug("/debug/endpointShardz", &|l| l.contains("bar") || l.contains("10.88.140")),
+                    istiod_debug("/debug/mesh", &|l| {
+                        l.contains("network") || l.contains("address") || l.contains("registry") || l.contains("port")
+                    }),
+                )),
+                Err(e) => Err(e),
+            },
+        );
+    eprintln!("call into this cluster answered {:?} after the peer's client was ready: {}", t.elapsed(), resp.text());
+    assert!(resp.text().contains(&object_name(SIM)));
+    let eps = multicloud_e2e::dump::endpoints(&peer_client.config_dump(), &format!("outbound|{FOO_PORT}||{bar}"));
+    assert_eq!(
+        eps.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        [format!("{LB_IP}:15443").as_str()],
+        "bar only through this cluster's pod-run gateway"
+    );
+
     // Pod fault: the agent's pod deleted; the DaemonSet makes another, the
     // gateway reconnects, public.json stays served.
     let lease_before = cp.get_json(&["lease", "istio-multicloud-agent", "-n", "istio-system"]).unwrap()["spec"]["holderIdentity"].clone();
@@ -410,6 +487,10 @@ fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
     let again = call_foo(client_addr, "/again").map(|r| r.status);
     eprintln!("the cross-cluster call after the replacement: {again:?}");
     assert_eq!(again, Ok(200));
+    let into =
+        http::try_request("GET", &format!("http://{peer_client_addr}/"), &[("Host", &format!("{bar}:{FOO_PORT}"))]).map(|r| r.status);
+    eprintln!("the call into this cluster after the replacement: {into:?}");
+    assert_eq!(into, Ok(200));
     drop(client);
 
     drop(istiod);
