@@ -221,11 +221,64 @@ pub fn edge_config(local: &ClusterIdentity, peers: &[&ClusterIdentity], private:
     }
 }
 
-/// A port on `ip` that is free now. Each simulated cluster has its own
-/// loopback address, so nothing else competes for it; used where a port
-/// must survive a restart (a gateway that peers point at).
+/// The ports [`free_port`] hands out: below the kernel's ephemeral range
+/// (32768-60999 by default), so no socket bound to port 0 and no outgoing
+/// connection takes one, and below the NodePort range (30000-32767).
+const CLAIMED_PORTS: std::ops::Range<u16> = 20000..30000;
+
+/// A port for `ip`, free on every address now and claimed for this process,
+/// for what is chosen before it is bound (a gateway that peers point at, a
+/// listener istiod binds on every address later).
+///
+/// A port asked of the kernel (bind to port 0) is free only until it is let
+/// go: another test process running beside this one may be given the same
+/// number for another address, and a listener that binds it on every address
+/// a moment later fails with `Address already in use` (CI saw it once). So
+/// the port comes from a range the kernel never hands out, and the choice is
+/// recorded as `$TMPDIR/multicloud-ports/PORT` holding the claiming process's
+/// PID; a claim whose process is gone is taken over. `ip` is kept for the
+/// callers' sake: the port is free on all addresses, including `ip`.
 pub fn free_port(ip: std::net::Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).expect("bind").local_addr().expect("addr").port()
+    let _ = ip;
+    let dir = std::env::temp_dir().join("multicloud-ports");
+    std::fs::create_dir_all(&dir).expect("mkdir multicloud-ports");
+    let span = u32::from(CLAIMED_PORTS.end - CLAIMED_PORTS.start);
+    let start = rand_core::OsRng.next_u32() % span;
+    for i in 0..span {
+        let port = CLAIMED_PORTS.start + ((start + i) % span) as u16;
+        if claim_port(&dir, port) && std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port left in {CLAIMED_PORTS:?} (claims under {})", dir.display());
+}
+
+/// Records `port` as this process's; false when a live process holds it.
+fn claim_port(dir: &std::path::Path, port: u16) -> bool {
+    use std::io::Write as _;
+    let path = dir.join(port.to_string());
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                let _ = write!(f, "{}", std::process::id());
+                return true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                match holder {
+                    // Half-written by a live claimer, or held: not ours.
+                    None => return false,
+                    Some(pid) if std::path::Path::new(&format!("/proc/{pid}")).exists() => return false,
+                    // The claimer is gone: take the port over.
+                    Some(_) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            Err(e) => panic!("claim port {port} in {}: {e}", dir.display()),
+        }
+    }
+    false
 }
 
 /// A public document's keys as JSON holds them: `authnKeyPub`, then
