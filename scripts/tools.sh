@@ -60,15 +60,7 @@ export CGO_ENABLED=${CGO_ENABLED:-0} GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 # kube-proxy and coredns; containerd, runc and the CNI plugins are Debian's
 # (tests/src/node.rs installs them when missing).
 ALL_TOOLS=(etcd kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler kube-proxy coredns pilot-discovery pilot-agent pilot-discovery-older pilot-agent-older crane)
-# The node tier is opt-in (MULTICLOUD_NODE_TIER=1; tests/tests/node_tier.rs
-# says why): without it, `env` builds and exports the other tools only.
-NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns)
-if [[ ${MULTICLOUD_NODE_TIER:-0} == 1 ]]; then
-  ENV_TOOLS=("${ALL_TOOLS[@]}")
-else
-  ENV_TOOLS=()
-  for t in "${ALL_TOOLS[@]}"; do [[ " ${NODE_TOOLS[*]} " == *" $t "* ]] || ENV_TOOLS+=("$t"); done
-fi
+ENV_TOOLS=("${ALL_TOOLS[@]}")
 
 # tool_info TOOL: sets WRAPPER (scripts/gotools/<name>), MODULE, VERSION, PKG,
 # BIN (the binary's name, by default the tool's), VERSION_ARGS (smoke

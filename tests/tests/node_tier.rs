@@ -170,18 +170,6 @@ fn import_agent_image(node: &Node) -> String {
 /// and the kernel settings are as before.
 #[test]
 fn deploy_runs_as_pods_on_a_real_node_and_leaves_nothing_behind() {
-    // Opt-in for now: this tier has passed in its own runs, not yet inside
-    // a whole `make test` on a fresh clone (issue 22). Run it with
-    // `MULTICLOUD_NODE_TIER=1 make test`, or after
-    // `eval "$(MULTICLOUD_NODE_TIER=1 scripts/tools.sh env)"` with
-    // `cargo test -p multicloud-e2e --test node_tier`.
-    if std::env::var("MULTICLOUD_NODE_TIER").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIPPED (loudly): the node tier (deploy/'s DaemonSet and Istio's gateway as pods run by a real kubelet) is opt-in until it \
-             has passed inside a whole fresh-clone `make test`; set MULTICLOUD_NODE_TIER=1 to run it (issue 22)"
-        );
-        return;
-    }
     let t0 = Instant::now();
     let sysctls_before = read_sysctls();
     let net = NodeNetwork::of(SIM);
