@@ -32,7 +32,7 @@ use crate::sinks::xds::{ApiCredential, XdsSink};
 use crate::sinks::{write_atomically, DataPlaneSink, StatusSink};
 use crate::sources::{self, Desired};
 use crate::xds::groups::{classify, NodeGroup};
-use crate::xds::render::{CertAndKey, Renderer};
+use crate::xds::render::{Renderer, ServedCert};
 use crate::xds::server::{AccessPolicy, XdsServer};
 use crate::xds::tls::{ServingCert, XdsTls};
 use anyhow::{Context as _, Result};
@@ -195,7 +195,7 @@ impl App {
             workload_cert: dp
                 .workload_cert
                 .as_ref()
-                .map(|f| CertAndKey::read(&f.cert, &f.key, ("--workload-cert", "--workload-key")))
+                .map(|f| ServedCert::load(&f.cert, &f.key, ("--workload-cert", "--workload-key")))
                 .transpose()?,
             sameness: dp.sameness,
             mesh_listen: dp.mesh_listen,
@@ -203,11 +203,12 @@ impl App {
             gateway_cert: dp
                 .gateway_cert
                 .as_ref()
-                .map(|f| CertAndKey::read(&f.cert, &f.key, ("--gateway-cert", "--gateway-key")))
+                .map(|f| ServedCert::load(&f.cert, &f.key, ("--gateway-cert", "--gateway-key")))
                 .transpose()?,
         };
         let xds_sink = Arc::new(XdsSink::new(renderer, xds_server, api_credential));
         xds_sink.clone().spawn_credential_watch(Duration::from_secs(1));
+        xds_sink.clone().spawn_served_cert_watch(Duration::from_secs(1));
         let mut node_sinks: Vec<Arc<dyn DataPlaneSink>> = vec![Arc::new(ClientRootsSink(xds_tls)), xds_sink];
         if let Some(path) = &config.edge_ecds_file {
             node_sinks.push(Arc::new(EcdsFile::new(path.clone(), module)));

@@ -135,7 +135,7 @@ impl Agent {
         self.wait_http();
     }
 
-    /// Replaces the workload certificate files (read at start: restart to apply).
+    /// Replaces the workload certificate files (the agent re-reads them within a second).
     pub fn set_workload_cert(&mut self, cert: &str, key: &str) {
         std::fs::write(self.path.join("workload.crt"), cert).expect("write cert");
         std::fs::write(self.path.join("workload.key"), key).expect("write key");

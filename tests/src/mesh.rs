@@ -76,6 +76,11 @@ pub struct TrafficOptions {
     /// Each sidecar also routes Host [`crate::sidecar::LOCAL_ROUTE_HOST`]
     /// straight to its own inbound port (the benchmark's local baseline).
     pub local_route: bool,
+    /// Each sidecar's inbound port closes a connection after one request,
+    /// so every call from a peer is a new mTLS handshake (what a test of
+    /// certificates changing under load needs: pooled connections would
+    /// carry the calls on handshakes made before the change).
+    pub one_request_per_connection: bool,
 }
 
 pub const FOO: &str = "foo.abc.svc.cluster.local";
@@ -221,7 +226,7 @@ pub fn start_traffic_mesh(sims: &[SimCluster], mode: MeshMode, sameness: Samenes
         sims,
         MeshOptions {
             ads: Some(false),
-            traffic: Some(TrafficOptions { mode, sameness, foo_in, local_route: false }),
+            traffic: Some(TrafficOptions { mode, sameness, foo_in, local_route: false, one_request_per_connection: false }),
             ..Default::default()
         },
     )
@@ -300,7 +305,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                 "--gateway-key".into(),
                 "{dir}/gateway.key".into(),
             ]);
-            traffic_ports = Some((t.mode, mesh_port, inbound_port, runs_foo, t.local_route));
+            traffic_ports = Some((t.mode, mesh_port, inbound_port, runs_foo, t.local_route, t.one_request_per_connection));
         }
         let agent = Agent::start(
             dir,
@@ -339,7 +344,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
             tls: Some(ServerTls { cert_pem, key_pem, port: ports[i] }),
             api,
         }));
-        if let Some((mode, mesh_port, inbound_port, runs_foo, local_route)) = traffic_ports {
+        if let Some((mode, mesh_port, inbound_port, runs_foo, local_route, one_request_per_connection)) = traffic_ports {
             let echo = RecordingUpstream::start_echo(sim.ip(hosts::APP), &Cluster::object_name(*sim));
             sidecar_specs.push(
                 TrafficSidecar {
@@ -352,6 +357,7 @@ pub fn start_mesh(sims: &[SimCluster], opts: MeshOptions) -> Vec<Cluster> {
                         let (cert_pem, key_pem) = ids[i].workload_cert("abc", "foo");
                         LocalRouteTls { cert_pem, key_pem, root_pem: ids[i].root_pem() }
                     }),
+                    one_request_per_connection,
                 }
                 .spec(),
             );

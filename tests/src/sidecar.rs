@@ -10,6 +10,7 @@ use crate::fixtures::dp;
 use crate::gateway::XdsClient;
 use crate::{hosts, SimCluster};
 use multicloud_core::naming::{sameness_cluster_name, sni, TRUST_BUNDLE_SECRET};
+use multicloud_proto::envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
 use multicloud_proto::envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain};
 use multicloud_proto::envoy_types::pb::envoy::config::route::v3::{retry_policy, route, RetryPolicy, Route, RouteAction};
 use multicloud_proto::envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
@@ -67,6 +68,8 @@ pub struct TrafficSidecar {
     /// same sidecar path without any gateway (outbound → mTLS → this
     /// sidecar's own inbound → the echo app), as the benchmark's baseline.
     pub local_route: Option<LocalRouteTls>,
+    /// The inbound port closes each connection after one request.
+    pub one_request_per_connection: bool,
 }
 
 /// The client side of the direct local call: the workload certificate the
@@ -155,6 +158,9 @@ impl TrafficSidecar {
         inbound.forward_client_cert_details = http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
         inbound.set_current_client_cert_details =
             Some(http_connection_manager::SetCurrentClientCertDetails { uri: true, ..Default::default() });
+        if self.one_request_per_connection {
+            inbound.common_http_protocol_options = Some(HttpProtocolOptions { max_requests_per_connection: u32v(1), ..Default::default() });
+        }
         let sr = dp::static_resources(&mut b);
         sr.listeners.push(dp::listener(
             "outbound",

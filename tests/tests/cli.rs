@@ -75,6 +75,7 @@ fn status_and_check_against_a_two_cluster_mesh() {
                 sameness: multicloud_proto::traffic::Sameness::Balanced,
                 foo_in: &[true, true],
                 local_route: false,
+                one_request_per_connection: false,
             }),
             ..Default::default()
         },

@@ -106,6 +106,49 @@ impl XdsSink {
     }
 }
 
+impl XdsSink {
+    /// Re-reads the certificates the agent serves itself (standalone mode:
+    /// `--workload-cert` to the sidecars, `--gateway-cert` to the gateway)
+    /// every `every`; when a pair changed and pairs, updates that group's
+    /// current snapshot. A pair that does not read or pair is logged (once
+    /// per distinct error) and the last good one stays served.
+    pub fn spawn_served_cert_watch(self: Arc<Self>, every: std::time::Duration) {
+        if self.renderer.workload_cert.is_none() && self.renderer.gateway_cert.is_none() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut last_errors: [Option<String>; 2] = [None, None];
+            loop {
+                tokio::time::sleep(every).await;
+                let served = [(&self.renderer.workload_cert, NodeGroup::Sidecar), (&self.renderer.gateway_cert, NodeGroup::Gateway)];
+                for ((cert, group), last_error) in served.into_iter().zip(last_errors.iter_mut()) {
+                    let Some(cert) = cert else { continue };
+                    match cert.refresh() {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            *last_error = None;
+                            tracing::info!(certificate = %cert.describe(), group = group.as_str(), "served certificate changed: pushing it");
+                            let _g = self.push_lock.lock().await;
+                            if let Some(snap) = self.server.snapshot(group.as_str()) {
+                                let mut snap = (*snap).clone();
+                                self.renderer.insert_served_cert(&mut snap, &cert.current());
+                                self.server.set(group.as_str(), snap);
+                            }
+                        }
+                        Err(e) => {
+                            let e = format!("{e:#}");
+                            if last_error.as_ref() != Some(&e) {
+                                tracing::error!(certificate = %cert.describe(), "served certificate not reloaded (the last good one stays): {e}");
+                                *last_error = Some(e);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
 impl DataPlaneSink for XdsSink {
     fn apply<'a>(&'a self, dp: &'a DataPlane) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {

@@ -31,7 +31,13 @@ const PATH: &str = "/whoami";
 fn mesh_options(mode: MeshMode) -> MeshOptions {
     MeshOptions {
         ads: Some(false),
-        traffic: Some(TrafficOptions { mode, sameness: Sameness::Balanced, foo_in: &[false, true], local_route: true }),
+        traffic: Some(TrafficOptions {
+            mode,
+            sameness: Sameness::Balanced,
+            foo_in: &[false, true],
+            local_route: true,
+            one_request_per_connection: false,
+        }),
         ..Default::default()
     }
 }
