@@ -89,6 +89,25 @@ impl Ca {
         self.issue(params)
     }
 
+    /// An intermediate CA signed by this one, as Istio's plug-in CA
+    /// procedure has istiod sign with (`cacerts`' `ca-cert.pem`).
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "cluster.local");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = p256();
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign intermediate");
+        Ca { key, cert }
+    }
+
+    /// The PEM of this CA's private key (`cacerts`' `ca-key.pem`).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A client certificate that names no workload (a DNS SAN, no SPIFFE URI).
     pub fn anonymous_client_cert(&self, dns: &str) -> (String, String) {
         let mut params = rcgen::CertificateParams::new(vec![dns.to_string()]).expect("params");

@@ -77,10 +77,18 @@ pub fn locality(sim: SimCluster) -> String {
 /// endpoint of the Service, and a peer's istiod reads it through the remote
 /// secret (istiod reads WorkloadEntries of remote clusters too).
 pub fn start_foo(c: &KubeCluster) -> (RecordingUpstream, IstioGateway) {
+    start_foo_with(c, &[])
+}
+
+/// [`start_foo`] with more pilot-agent environment.
+pub fn start_foo_with(c: &KubeCluster, env: &[(String, String)]) -> (RecordingUpstream, IstioGateway) {
     let ip = c.sim.ip(hosts::ISTIO_WORKLOAD);
     let app = RecordingUpstream::start_echo(Ipv4Addr::LOCALHOST, &object_name(c.sim));
     let inbound = crate::fixtures::free_port(ip);
-    let gw = sidecar(c, "foo", hosts::ISTIO_WORKLOAD, &sidecar_resource("foo", ip, inbound, &format!("127.0.0.1:{}", app.addr().port())));
+    c.cp.apply(&sidecar_resource("foo", ip, inbound, &format!("127.0.0.1:{}", app.addr().port()))).expect("Sidecar resource");
+    let mut opts = sidecar_options(c.sim, "foo", hosts::ISTIO_WORKLOAD);
+    opts.env.extend(env.iter().cloned());
+    let gw = IstioGateway::start(c.cp, c.istiod.as_ref().expect("istiod"), opts);
     c.cp.apply(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: foo, namespace: abc}}\n\
          spec: {{selector: {{app: foo}}, ports: [{{name: http, port: {FOO_PORT}, targetPort: {inbound}}}]}}\n"

@@ -78,6 +78,9 @@ pub struct KubeMeshOptions {
     /// With `istio`: more istiod environment, per cluster (by index; a
     /// missing entry adds nothing).
     pub istiod_env: Vec<Vec<(String, String)>>,
+    /// With `istio`: more environment for the istiod-run gateway's
+    /// pilot-agent, per cluster (by index; a missing entry adds nothing).
+    pub istio_gateway_env: Vec<Vec<(String, String)>>,
     /// Start every cluster unlinked; [`link_all`] applies the objects later
     /// (to time a join from the objects' apply, not from the processes' start).
     pub defer_link: bool,
@@ -288,6 +291,7 @@ fn istio_facts(
     https_port: u16,
     build: &crate::paths::IstioBuild,
     extra_env: &[(String, String)],
+    gateway_env: Vec<(String, String)>,
 ) -> (crate::istio::Istiod, crate::istio::IstioGateway) {
     use crate::istio::{GatewayOptions as IstioGatewayOptions, IstioGateway, Istiod, ISTIOD_ENV};
     cp.install_prerequisites();
@@ -296,6 +300,14 @@ fn istio_facts(
     env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let istiod = Istiod::start_build(cp, build, &env, true, true);
     let net = network(sim);
+    let mut env = vec![
+        // What Istio's gateway chart sets for a network gateway.
+        ("ISTIO_META_NETWORK".into(), net.clone()),
+        ("ISTIO_META_REQUESTED_NETWORK_VIEW".into(), net),
+        // The peers' roots by PCDS (re-served as ROOTCA).
+        ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
+    ];
+    env.extend(gateway_env);
     let gw = IstioGateway::start(
         cp,
         &istiod,
@@ -303,13 +315,7 @@ fn istio_facts(
             name: "istio-ingressgateway-0".into(),
             host: hosts::ISTIO_GATEWAY,
             service_ports: vec![("tls".into(), mesh_port, mesh_port), ("https".into(), 443, https_port)],
-            env: vec![
-                // What Istio's gateway chart sets for a network gateway.
-                ("ISTIO_META_NETWORK".into(), net.clone()),
-                ("ISTIO_META_REQUESTED_NETWORK_VIEW".into(), net),
-                // The peers' roots by PCDS (re-served as ROOTCA).
-                ("PROXY_CONFIG_XDS_AGENT".into(), "true".into()),
-            ],
+            env,
             ..Default::default()
         },
     );
@@ -426,7 +432,8 @@ pub fn start_kube_mesh(sims: &[SimCluster], opts: KubeMeshOptions) -> Vec<KubeCl
             api_proxy_facts(cp, sim, &edge_ca);
             let build = opts.istio_build.clone().unwrap_or_else(crate::paths::IstioBuild::current);
             let extra = opts.istiod_env.get(i).cloned().unwrap_or_default();
-            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i], &build, &extra);
+            let gateway_env = opts.istio_gateway_env.get(i).cloned().unwrap_or_default();
+            let (d, g) = istio_facts(cp, sim, mesh_port, https_ports[i], &build, &extra, gateway_env);
             (istiod, istio_gateway, xds_port) = (Some(d), Some(g), Some(port));
         } else {
             cp.apply(&install(&install_args)).expect("install output applies");
