@@ -30,6 +30,10 @@ pub struct EnvoySpec {
     pub bootstrap: String,
     /// Files to write into the Envoy's directory before start (relative path, contents).
     pub files: Vec<(String, Vec<u8>)>,
+    /// Benchmarks only: run Envoy under valgrind's callgrind, writing its
+    /// counts here, uninstrumented until `callgrind_control -i on`
+    /// ([`Envoy::callgrind`]). Start-up takes minutes then.
+    pub callgrind: Option<PathBuf>,
 }
 
 impl EnvoySpec {
@@ -120,7 +124,8 @@ impl Envoy {
     fn wait_admin_and_live(&mut self) {
         let admin_path = self.path.join("admin-address");
         let name = self.name.clone();
-        self.admin = wait_until(&format!("envoy {name} admin address"), READY_TIMEOUT, || {
+        let timeout = self.ready_timeout();
+        self.admin = wait_until(&format!("envoy {name} admin address"), timeout, || {
             if let Some(status) = self.proc.try_wait() {
                 self.dump_log();
                 panic!("envoy {name} exited during start: {status}");
@@ -138,7 +143,18 @@ fn spawn_envoy(dir: &Path, spec: &EnvoySpec) -> Proc {
     let admin_path = dir.join("admin-address");
     let log = dir.join("envoy.log");
     {
-        let mut cmd = Command::new(paths::envoy());
+        let mut cmd = match &spec.callgrind {
+            None => Command::new(paths::envoy()),
+            Some(out) => {
+                // The binary itself (the virtualenv's `envoy` is a launcher
+                // script); V8 writes its code at run time (`--smc-check`).
+                let mut c = Command::new("valgrind");
+                c.args(["--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file", "--quiet"])
+                    .arg(format!("--callgrind-out-file={}", out.display()))
+                    .arg(crate::node::envoy_binary());
+                c
+            }
+        };
         cmd.current_dir(dir).arg("-c").arg(&config);
         if let Ok(yaml) = std::fs::read_to_string(&overlay) {
             cmd.args(["--config-yaml", &yaml]);
@@ -166,7 +182,8 @@ impl Envoy {
 
     pub fn wait_live(&mut self) {
         let name = self.name.clone();
-        wait_until(&format!("envoy {name} to report LIVE on /ready"), READY_TIMEOUT, || {
+        let timeout = self.ready_timeout();
+        wait_until(&format!("envoy {name} to report LIVE on /ready"), timeout, || {
             if let Some(status) = self.proc.try_wait() {
                 self.dump_log();
                 panic!("envoy {name} exited: {status}");
@@ -178,6 +195,50 @@ impl Envoy {
                 Err(body)
             }
         })
+    }
+
+    /// [`READY_TIMEOUT`], or ten times it under callgrind.
+    fn ready_timeout(&self) -> Duration {
+        if self.spec.callgrind.is_some() {
+            READY_TIMEOUT * 10
+        } else {
+            READY_TIMEOUT
+        }
+    }
+
+    /// Under [`EnvoySpec::callgrind`]: the instructions (Ir) Envoy executes,
+    /// all threads, while `f` runs (instrumentation switched on and off around
+    /// it, then dumped and read back).
+    pub fn callgrind<T>(&self, f: impl FnOnce() -> T) -> (u64, T) {
+        let out = self.spec.callgrind.as_ref().expect("an Envoy started under callgrind");
+        let pid = self.proc.id().expect("envoy's pid").to_string();
+        let control = |args: &[&str]| {
+            let o = Command::new("callgrind_control").args(args).arg(&pid).output().expect("callgrind_control");
+            assert!(o.status.success(), "callgrind_control {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        control(&["--zero"]);
+        control(&["-i", "on"]);
+        let r = f();
+        control(&["-i", "off"]);
+        control(&["--dump"]);
+        // Each dump is a file `OUT.N`; the newest holds this interval.
+        let dir = out.parent().expect("the output's directory");
+        let stem = out.file_name().expect("a file name").to_string_lossy().to_string();
+        let newest = std::fs::read_dir(dir)
+            .expect("read the callgrind directory")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{stem}.")))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .expect("a callgrind dump");
+        let text = std::fs::read_to_string(newest.path()).expect("read the callgrind dump");
+        // `totals:` (the dump's last line) holds the interval's count.
+        let ir = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a totals line in the callgrind dump");
+        let _ = std::fs::remove_file(newest.path());
+        (ir, r)
     }
 
     pub fn dir(&self) -> &Path {

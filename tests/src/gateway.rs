@@ -364,7 +364,15 @@ impl Gateway {
             uip = o.upstream.ip(),
             uport = o.upstream.port(),
         );
-        EnvoySpec { name: format!("gateway-{}", o.cluster.0), cluster: o.cluster, host: hosts::GATEWAY, typed, bootstrap, files }
+        EnvoySpec {
+            name: format!("gateway-{}", o.cluster.0),
+            cluster: o.cluster,
+            host: hosts::GATEWAY,
+            typed,
+            bootstrap,
+            files,
+            callgrind: None,
+        }
     }
 
     pub fn start(cluster: SimCluster, initial_config_json: &str) -> Gateway {

@@ -2,7 +2,7 @@
 //! same run and writes the ratios to BENCHMARKS.md. Every load is a bounded
 //! wrk run on loopback; nothing runs without an end.
 //!
-//! Usage: bench [edge|api|xds|traffic|convergence|daemonset|fuzz]...   (default: all benchmarks)
+//! Usage: bench [edge|instructions|api|xds|traffic|convergence|daemonset|fuzz]...   (default: all benchmarks)
 //!
 //! `fuzz` runs nothing: it copies the last `make fuzz` results
 //! (docs/fuzzing-results.md) into their section.
@@ -22,11 +22,17 @@ use multicloud_e2e::{hosts, http, paths, SimCluster};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let all = args.is_empty();
+    if all {
+        run_header();
+    }
     if all || args.iter().any(|a| a == "edge") {
         edge();
     }
     if all || args.iter().any(|a| a == "api") {
         api();
+    }
+    if all || args.iter().any(|a| a == "instructions") {
+        instructions::run();
     }
     if all || args.iter().any(|a| a == "xds") {
         xds::run();
@@ -49,6 +55,32 @@ fn main() {
     }
 }
 
+/// The `run` section: when `make bench` ran every section, on what machine,
+/// at which commit (the sections below each name their own command).
+fn run_header() {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let body = format!(
+        "## This run\n\nCommand: `make bench` (every section below from this one run, started {date}; the soak is `make soak`, \
+run on its own). Machine: {cpus} cores ({model}), {mem} memory, Linux {kernel}; shared with other work, so req/s figures are \
+ratios against a baseline measured in the same run, and instruction counts (callgrind) back the ones that swing. \
+Commit: {commit}.\n",
+        date = sh("date -u '+%Y-%m-%d %H:%M UTC'"),
+        cpus = sh("nproc"),
+        model = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'"),
+        mem = sh("free -g | awk '/^Mem:/{print $2 \" GiB\"}'"),
+        kernel = sh("uname -r"),
+        commit = sh("git rev-parse --short HEAD"),
+    );
+    eprintln!("{body}");
+    write_section("run", &body);
+}
+
 /// The Reliability section's fuzzing part: what `make fuzz` last recorded
 /// (it takes FUZZ_SECONDS per target, too long to rerun inside a benchmark).
 fn fuzz_results() {
@@ -59,10 +91,18 @@ fn fuzz_results() {
     }
 }
 
-/// The API guard's cost per request: the same list request to the same
-/// upstream, through the `multicloud-api` filter (token verified from its
-/// cache, allow-list, limits, token stripped) and through a route without it.
-fn api() {
+/// The API benchmark's Envoy: listener `api`, virtual hosts `guarded` (the
+/// `multicloud-api` filter) and `plain` (none) to one recording upstream;
+/// checked once (the guard passes a token, refuses none).
+pub(crate) struct ApiBench {
+    pub envoy: Envoy,
+    pub listener: std::net::SocketAddr,
+    pub auth: String,
+    pub path: &'static str,
+    _upstream: multicloud_e2e::upstream::RecordingUpstream,
+}
+
+pub(crate) fn api_bench(callgrind: Option<std::path::PathBuf>) -> ApiBench {
     use multicloud_e2e::fixtures::dp;
     use multicloud_proto::edge_filter;
     use multicloud_proto::envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Bootstrap};
@@ -73,9 +113,6 @@ fn api() {
     use multicloud_proto::envoy_types::util::pack_any;
     use multicloud_proto::prost::Message as _;
     use std::collections::HashMap;
-    eprintln!("== api: the API guard per request");
-    let load = Load::from_env();
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let cluster = SimCluster(43);
     let b = ClusterIdentity::generate("b");
     let a = ClusterIdentity::generate("a");
@@ -120,6 +157,7 @@ fn api() {
     };
     let envoy = Envoy::start(EnvoySpec {
         files: vec![("ecds/api.pb".into(), ecds)],
+        callgrind,
         ..EnvoySpec::typed("gateway-bench-api".into(), cluster, hosts::GATEWAY, typed)
     });
     let l = envoy.listener("api");
@@ -130,6 +168,17 @@ fn api() {
     assert_eq!(guarded.status, 200, "guarded route: {}", guarded.text());
     let refused = http::request("GET", &format!("http://{l}{path}"), &[("host", "guarded")]);
     assert_eq!(refused.status, 401, "the guard is in force on the guarded route");
+    ApiBench { envoy, listener: l, auth, path, _upstream: upstream }
+}
+
+/// The API guard's cost per request: the same list request to the same
+/// upstream, through the `multicloud-api` filter (token verified from its
+/// cache, allow-list, limits, token stripped) and through a route without it.
+fn api() {
+    eprintln!("== api: the API guard per request");
+    let load = Load::from_env();
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let ApiBench { envoy, listener: l, auth, path, _upstream } = api_bench(None);
     let leak = |v: Vec<(String, String)>| -> &'static [(&'static str, &'static str)] {
         Box::leak(
             v.into_iter()
@@ -173,6 +222,7 @@ The same `GET {path}` with the same bearer token goes to the same upstream throu
 
 mod convergence;
 mod daemonset;
+mod instructions;
 mod soak;
 mod traffic;
 mod xds;
@@ -181,17 +231,24 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("json string")
 }
 
-/// One Envoy, four listeners that differ only in what is measured:
+/// The edge benchmark's Envoy, each target checked once to answer what it
+/// should: one Envoy, four listeners that differ only in what is measured.
 /// - `edge`: the filter in the chain (disabled), enabled on `/metadata/`;
 ///   `/native/*` are direct_response twins of the documents; `/app` is a
 ///   non-federation route;
-/// - `plain`: the same `/app` route with no Wasm filter at all;
+/// - `plain`: the same routes, in the same order, with no Wasm filter at all;
 /// - `jwt` / `jwt_cached`: Envoy's native jwt_authn guarding a direct_response
 ///   of the private document, without and with its verified-token cache.
-fn edge() {
-    eprintln!("== edge: metadata replies, non-federation routes, token guard, module size");
-    let load = Load::from_env();
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+pub(crate) struct EdgeBench {
+    envoy: Envoy,
+    edge_l: std::net::SocketAddr,
+    plain_l: std::net::SocketAddr,
+    jwt_l: std::net::SocketAddr,
+    jwtc_l: std::net::SocketAddr,
+    auth: String,
+}
+
+pub(crate) fn edge_bench(callgrind: Option<std::path::PathBuf>) -> EdgeBench {
     let cluster = SimCluster(41);
     let b = ClusterIdentity::generate("b");
     let a = ClusterIdentity::generate("a");
@@ -253,7 +310,17 @@ fn edge() {
             ),
             &edge_http_filter_yaml()
         ),
-        hcm("plain", app, ""),
+        // The same routes in the same order, without the filter: `/app`
+        // is matched after the same prefixes on both sides.
+        hcm(
+            "plain",
+            &format!(
+                "              - match: {{prefix: /metadata/}}\n                direct_response: {{status: 503}}\n{}{}{app}",
+                direct("/native/public.json", &public_body, "public, max-age=60"),
+                direct("/floor/public.json", &public_body, "public, max-age=60"),
+            ),
+            ""
+        ),
         hcm("jwt", &direct("/", &private_body, "private, no-store"), &jwt_filter(false)),
         hcm("jwt_cached", &direct("/", &private_body, "private, no-store"), &jwt_filter(true)),
     );
@@ -263,6 +330,7 @@ fn edge() {
         host: hosts::GATEWAY,
         bootstrap,
         files: vec![("ecds/edge.pb".into(), ecds_file(&serde_json::to_string(&config).unwrap(), "1"))],
+        callgrind,
         ..Default::default()
     });
     let (edge_l, plain_l, jwt_l, jwtc_l) =
@@ -285,6 +353,14 @@ fn edge() {
     check(format!("http://{edge_l}/app"), &[], "ok\n");
     check(format!("http://{plain_l}/app"), &[], "ok\n");
     assert_eq!(http::request("GET", &format!("http://{jwt_l}/private"), &[]).status, 401, "jwt_authn must refuse without a token");
+    EdgeBench { envoy, edge_l, plain_l, jwt_l, jwtc_l, auth }
+}
+
+fn edge() {
+    eprintln!("== edge: metadata replies, non-federation routes, token guard, module size");
+    let load = Load::from_env();
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let EdgeBench { envoy, edge_l, plain_l, jwt_l, jwtc_l, auth } = edge_bench(None);
 
     let h: &[(&str, &str)] = &[("authorization", &auth)];
     let leak = |v: &[(&str, &str)]| -> &'static [(&'static str, &'static str)] {
