@@ -37,6 +37,7 @@ pub mod istio_mesh;
 pub mod kube;
 pub mod kube_mesh;
 pub mod lab;
+pub mod load;
 pub mod manifests;
 pub mod mesh;
 pub mod mtls;

@@ -31,11 +31,10 @@ use multicloud_e2e::fixtures::Ca;
 use multicloud_e2e::istio::{published_root, IstioGateway};
 use multicloud_e2e::istio_mesh::{call_foo, has_root, rootca, start_client, start_foo_with, strict_mtls, FOO, FOO_PORT};
 use multicloud_e2e::kube_mesh::{link_all, object_name, start_kube_mesh, KubeCluster, KubeMeshOptions};
+use multicloud_e2e::load::{CallLoop, LoopState};
 use multicloud_e2e::{wait_until, SimCluster};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SIMS: [SimCluster; 2] = [SimCluster(146), SimCluster(147)];
@@ -114,21 +113,8 @@ fn wait_signed_by(p: &IstioGateway, signer: &Ca, what: &str) {
     });
 }
 
-struct Tally {
-    ok: usize,
-    failed: Vec<String>,
-}
-
-fn wait_calls(tally: &Mutex<Tally>, what: &str) {
-    let from = tally.lock().unwrap().ok;
-    wait_for(what, || {
-        let n = tally.lock().unwrap().ok;
-        if n >= from + CALLS_PER_STEP {
-            Ok(())
-        } else {
-            Err(format!("{} calls since", n - from))
-        }
-    });
+fn wait_calls(calls: &CallLoop, what: &str) {
+    calls.wait_ok(calls.ok(), CALLS_PER_STEP, what, STEP);
 }
 
 /// Connections A's client opened to `foo` (its `outbound|PORT||foo` hosts).
@@ -141,14 +127,6 @@ fn connections(client: &IstioGateway) -> u64 {
         .filter(|l| l.starts_with(&prefix) && l.contains("::cx_total::"))
         .filter_map(|l| l.rsplit("::").next().and_then(|v| v.parse::<u64>().ok()))
         .sum()
-}
-
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]
@@ -200,30 +178,12 @@ fn b_rotates_its_istio_root_by_cacerts_under_calls_from_a_and_none_fails() {
     let t_ready = t0.elapsed();
     let gateway_b = b.istio_gateway.as_ref().unwrap();
 
-    let stop = AtomicBool::new(false);
-    let tally = Mutex::new(Tally { ok: 0, failed: Vec::new() });
+    let state = LoopState::default();
     let mut took = Vec::new();
     let cx_before = connections(&client);
     std::thread::scope(|s| {
-        let (stop, tally) = (&stop, &tally);
-        let _stop = StopOnDrop(stop);
-        let looper = s.spawn(move || {
-            let deadline = Instant::now() + LOOP_FOR;
-            for i in 0..LOOP_CALLS {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                let r = answered_by_b(client_addr, i);
-                let mut t = tally.lock().unwrap();
-                match r {
-                    Ok(()) => t.ok += 1,
-                    Err(e) => t.failed.push(format!("call {i}: {e}")),
-                }
-                drop(t);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        wait_calls(tally, "calls before the rotation");
+        let calls = CallLoop::start(s, &state, Duration::from_millis(50), LOOP_CALLS, LOOP_FOR, |i| answered_by_b(client_addr, i));
+        wait_calls(&calls, "calls before the rotation");
 
         // 1. R1 + R2.
         let t = Instant::now();
@@ -237,7 +197,7 @@ fn b_rotates_its_istio_root_by_cacerts_under_calls_from_a_and_none_fails() {
             "A's client to trust R1 and R2 for B (from B's public document, through A's agent and istiod)",
         );
         took.push(("R1 + R2 trusted by A's client", t.elapsed()));
-        wait_calls(tally, "calls with both roots trusted");
+        wait_calls(&calls, "calls with both roots trusted");
 
         // 2. The signing CA moves to I2 (under R2).
         let t = Instant::now();
@@ -245,7 +205,7 @@ fn b_rotates_its_istio_root_by_cacerts_under_calls_from_a_and_none_fails() {
         wait_signed_by(&foo, &i2, "B's foo to renew onto I2");
         wait_signed_by(gateway_b, &i2, "B's gateway to renew onto I2");
         took.push(("B's proxies on I2", t.elapsed()));
-        wait_calls(tally, "calls to B's I2 certificates");
+        wait_calls(&calls, "calls to B's I2 certificates");
 
         // 3. R1 dropped.
         let t = Instant::now();
@@ -254,11 +214,9 @@ fn b_rotates_its_istio_root_by_cacerts_under_calls_from_a_and_none_fails() {
         refresh_root_volume(b, &[&foo, gateway_b]);
         wait_rootca(&client, &[&r2], &[&r1], "A's client to drop R1");
         took.push(("R1 dropped by A's client", t.elapsed()));
-        wait_calls(tally, "calls after R1 is dropped");
-        stop.store(true, Ordering::Relaxed);
-        looper.join().unwrap();
+        wait_calls(&calls, "calls after R1 is dropped");
     });
-    let t = tally.into_inner().unwrap();
+    let t = state.into_tally();
     let cx = connections(&client) - cx_before;
     eprintln!(
         "FIGURES Istio root rotation (cacerts): {} calls through, {} failed, {cx} connections from A's client to foo; steps: {took:?}; mesh ready in {t_ready:?}",

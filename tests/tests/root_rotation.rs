@@ -33,13 +33,12 @@ use multicloud_core::naming::{gateway_local_cluster_name, sameness_cluster_name}
 use multicloud_core::naming::{peer_root_secret_name, LOCAL_ROOT_SECRET, TRUST_BUNDLE_SECRET};
 use multicloud_e2e::fixtures::Ca;
 use multicloud_e2e::gateway::GATEWAY_SERVICE_ACCOUNT;
+use multicloud_e2e::load::{CallLoop, LoopState};
 use multicloud_e2e::mesh::{start_mesh, wait_joined, Cluster, MeshOptions, TrafficOptions, FOO};
 use multicloud_e2e::xds_client::{fetch, node, Api, Transport};
 use multicloud_e2e::{dump, wait_until, SimCluster};
 use multicloud_proto::traffic::Sameness;
 use multicloud_proto::type_url::SECRET;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -119,32 +118,11 @@ fn handshakes(cs: &[&Cluster], mode: MeshMode) -> u64 {
     }
 }
 
-/// Stops the call loop however the test ends (a failed wait included).
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-struct Tally {
-    ok: usize,
-    failed: Vec<String>,
-}
-
 /// Waits until `CALLS_PER_STEP` more calls have gone through since now,
 /// each on a handshake of its own; returns the handshakes.
-fn wait_calls(cs: &[&Cluster], mode: MeshMode, tally: &Mutex<Tally>, what: &str) -> u64 {
-    let (from, hs) = (tally.lock().unwrap().ok, handshakes(cs, mode));
-    wait_until(what, SETTLE, || {
-        let n = tally.lock().unwrap().ok;
-        if n >= from + CALLS_PER_STEP {
-            Ok(())
-        } else {
-            Err(format!("{} calls since", n - from))
-        }
-    });
+fn wait_calls(cs: &[&Cluster], mode: MeshMode, calls: &CallLoop, what: &str) -> u64 {
+    let (from, hs) = (calls.ok(), handshakes(cs, mode));
+    calls.wait_ok(from, CALLS_PER_STEP, what, SETTLE);
     let made = handshakes(cs, mode) - hs;
     assert!(made as usize >= CALLS_PER_STEP - 1, "{what}: each call a new handshake ({made} for {CALLS_PER_STEP} calls)");
     made
@@ -177,32 +155,14 @@ fn rotate_under_load(sims: [SimCluster; 2], mode: MeshMode) {
     let peer_root = peer_root_secret_name(&b_uuid);
     let a_log_before = cs[0].agent.log().matches("root CA bundle changed").count();
 
-    let stop = AtomicBool::new(false);
-    let tally = Mutex::new(Tally { ok: 0, failed: Vec::new() });
+    let state = LoopState::default();
     let mut took = Vec::new();
     let mut handshakes_made = Vec::new();
     let (left, right) = cs.split_at_mut(1);
     let (a, b) = (&left[0], &mut right[0]);
     std::thread::scope(|s| {
-        let (stop, tally) = (&stop, &tally);
-        let _stop = StopOnDrop(stop);
-        let looper = s.spawn(move || {
-            let deadline = Instant::now() + LOOP_FOR;
-            for i in 0..LOOP_CALLS {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                let r = answered_by_b(a);
-                let mut t = tally.lock().unwrap();
-                match r {
-                    Ok(()) => t.ok += 1,
-                    Err(e) => t.failed.push(format!("call {i}: {e}")),
-                }
-                drop(t);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        handshakes_made.push(wait_calls(&[a, b], mode, tally, "calls before the rotation"));
+        let calls = CallLoop::start(s, &state, Duration::from_millis(20), LOOP_CALLS, LOOP_FOR, |_| answered_by_b(a));
+        handshakes_made.push(wait_calls(&[a, b], mode, &calls, "calls before the rotation"));
 
         // 1. B's bundle: R1 + R2. A learns it from B's public document.
         let t = Instant::now();
@@ -214,7 +174,7 @@ fn rotate_under_load(sims: [SimCluster; 2], mode: MeshMode) {
             wait_secret(&b.gateway, LOCAL_ROOT_SECRET, &[&r1, &r2], &[], "B's gateway to trust R1 and R2 for local workloads");
         }
         took.push(("bundle R1+R2 in A's and B's proxies", t.elapsed()));
-        handshakes_made.push(wait_calls(&[a, b], mode, tally, "calls with both roots trusted"));
+        handshakes_made.push(wait_calls(&[a, b], mode, &calls, "calls with both roots trusted"));
 
         // 2. B's certificates from R2, to the files its agent serves.
         let t = Instant::now();
@@ -230,7 +190,7 @@ fn rotate_under_load(sims: [SimCluster; 2], mode: MeshMode) {
             wait_secret(&b.gateway, CERT_SECRET, &[&gc], &[], "B's gateway to present its R2 certificate");
         }
         took.push(("B's proxies on R2 certificates", t.elapsed()));
-        handshakes_made.push(wait_calls(&[a, b], mode, tally, "calls to B's R2 certificates"));
+        handshakes_made.push(wait_calls(&[a, b], mode, &calls, "calls to B's R2 certificates"));
 
         // 3. R1 leaves B's bundle; A drops it.
         let t = Instant::now();
@@ -247,12 +207,10 @@ fn rotate_under_load(sims: [SimCluster; 2], mode: MeshMode) {
             wait_secret(&b.gateway, LOCAL_ROOT_SECRET, &[&r2], &[&r1], "B's gateway to trust R2 alone for local workloads");
         }
         took.push(("R1 dropped from A's and B's proxies", t.elapsed()));
-        handshakes_made.push(wait_calls(&[a, b], mode, tally, "calls after R1 is dropped"));
-        stop.store(true, Ordering::Relaxed);
-        looper.join().unwrap();
+        handshakes_made.push(wait_calls(&[a, b], mode, &calls, "calls after R1 is dropped"));
     });
 
-    let t = tally.into_inner().unwrap();
+    let t = state.into_tally();
     eprintln!("FIGURES root rotation ({mode:?}): {} calls through, {} failed; steps: {took:?}; new handshakes to B's workload per stage: {handshakes_made:?}", t.ok, t.failed.len());
     assert!(t.failed.is_empty(), "no call fails during a root rotation ({} through): {:?}", t.ok, t.failed);
     assert!(t.ok >= 4 * CALLS_PER_STEP, "the loop ran through every step: {} calls", t.ok);

@@ -11,6 +11,7 @@
 
 use super::{api_bench, edge_bench, ApiBench, EdgeBench};
 use multicloud_e2e::bench::write_section;
+use multicloud_e2e::envoy::Envoy;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -50,6 +51,28 @@ fn keepalive_requests(addr: SocketAddr, path: &str, headers: &[(&str, &str)], n:
     }
 }
 
+/// Envoy's own instructions per second while nothing is asked of it.
+fn idle_rate(envoy: &Envoy) -> f64 {
+    let (idle, took) = envoy.callgrind(|| {
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        t.elapsed()
+    });
+    idle as f64 / took.as_secs_f64()
+}
+
+/// Instructions per request for `n` requests (after a warm-up of `n / 10`),
+/// Envoy's idle rate over the same time taken off.
+fn counted(envoy: &Envoy, idle_per_s: f64, addr: SocketAddr, path: &str, h: &[(&str, &str)], n: usize) -> f64 {
+    keepalive_requests(addr, path, h, n / 10);
+    let (ir, took) = envoy.callgrind(|| {
+        let t = Instant::now();
+        keepalive_requests(addr, path, h, n);
+        t.elapsed()
+    });
+    (ir as f64 - idle_per_s * took.as_secs_f64()).max(0.0) / n as f64
+}
+
 pub fn run() {
     eprintln!("== instructions: callgrind counts per request");
     let n: usize = std::env::var("BENCH_CALLGRIND_REQUESTS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
@@ -58,22 +81,8 @@ pub fn run() {
     let EdgeBench { envoy, edge_l, plain_l, jwtc_l, auth, .. } = edge_bench(Some(dir.path().join("callgrind.out")));
     let started = t0.elapsed();
     let token: &[(&str, &str)] = &[("authorization", auth.as_str())];
-    // Envoy's own instructions while nothing is asked of it, per second.
-    let (idle, took) = envoy.callgrind(|| {
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_secs(2));
-        t.elapsed()
-    });
-    let idle_per_s = idle as f64 / took.as_secs_f64();
-    let per_request = |addr: SocketAddr, path: &str, h: &[(&str, &str)]| -> f64 {
-        keepalive_requests(addr, path, h, n / 10);
-        let (ir, took) = envoy.callgrind(|| {
-            let t = Instant::now();
-            keepalive_requests(addr, path, h, n);
-            t.elapsed()
-        });
-        (ir as f64 - idle_per_s * took.as_secs_f64()).max(0.0) / n as f64
-    };
+    let idle_per_s = idle_rate(&envoy);
+    let per_request = |addr: SocketAddr, path: &str, h: &[(&str, &str)]| counted(&envoy, idle_per_s, addr, path, h, n);
     let app_filter = per_request(edge_l, "/app", &[]);
     let app_plain = per_request(plain_l, "/app", &[]);
     let public = per_request(edge_l, "/metadata/public/public.json", &[]);
@@ -85,21 +94,8 @@ pub fn run() {
 
     // The API guard: the same list through the guarded and the plain virtual host.
     let ApiBench { envoy, listener, auth, path, _upstream } = api_bench(Some(dir.path().join("callgrind-api.out")));
-    let (idle, took) = envoy.callgrind(|| {
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_secs(2));
-        t.elapsed()
-    });
-    let api_idle_per_s = idle as f64 / took.as_secs_f64();
-    let api_per_request = |h: &[(&str, &str)]| -> f64 {
-        keepalive_requests(listener, path, h, n / 10);
-        let (ir, took) = envoy.callgrind(|| {
-            let t = Instant::now();
-            keepalive_requests(listener, path, h, n);
-            t.elapsed()
-        });
-        (ir as f64 - api_idle_per_s * took.as_secs_f64()).max(0.0) / n as f64
-    };
+    let api_idle_per_s = idle_rate(&envoy);
+    let api_per_request = |h: &[(&str, &str)]| counted(&envoy, api_idle_per_s, listener, path, h, n);
     let guarded = api_per_request(&[("Host", "guarded"), ("authorization", auth.as_str())]);
     let unguarded = api_per_request(&[("Host", "plain"), ("authorization", auth.as_str())]);
     drop(envoy);

@@ -298,27 +298,19 @@ pub(crate) fn edge_bench(callgrind: Option<std::path::PathBuf>) -> EdgeBench {
             cache = if cache { "                  jwt_cache_config: {jwt_cache_size: 1000}\n" } else { "" }
         )
     };
+    let twins = format!(
+        "{}{}",
+        direct("/native/public.json", &public_body, "public, max-age=60"),
+        direct("/floor/public.json", &public_body, "public, max-age=60")
+    );
     let bootstrap = format!(
         "static_resources:\n  listeners:\n{}{}{}{}",
-        hcm(
-            "edge",
-            &format!(
-                "{metadata_route}{}{}{}{app}",
-                direct("/native/public.json", &public_body, "public, max-age=60"),
-                direct("/floor/public.json", &public_body, "public, max-age=60"),
-                enable_edge_filter_yaml()
-            ),
-            &edge_http_filter_yaml()
-        ),
+        hcm("edge", &format!("{metadata_route}{twins}{}{app}", enable_edge_filter_yaml()), &edge_http_filter_yaml()),
         // The same routes in the same order, without the filter: `/app`
         // is matched after the same prefixes on both sides.
         hcm(
             "plain",
-            &format!(
-                "              - match: {{prefix: /metadata/}}\n                direct_response: {{status: 503}}\n{}{}{app}",
-                direct("/native/public.json", &public_body, "public, max-age=60"),
-                direct("/floor/public.json", &public_body, "public, max-age=60"),
-            ),
+            &format!("              - match: {{prefix: /metadata/}}\n                direct_response: {{status: 503}}\n{twins}{app}"),
             ""
         ),
         hcm("jwt", &direct("/", &private_body, "private, no-store"), &jwt_filter(false)),
