@@ -297,7 +297,7 @@ fn an_empty_configuration_is_taken_as_not_configured_yet() {
     let good = edge_config(&b, &[&a], sample_private(cluster));
     assert_eq!(gw.push_config(&serde_json::to_string(&good).unwrap()), Push::Applied);
     assert_eq!(http::get(&gw.url(PUBLIC)).status, 200, "the agent's configuration serves");
-    assert!(gw.envoy.log().contains("no configuration yet (empty plugin configuration)"));
+    assert!(gw.envoy.log().contains("no configuration yet (empty)"));
     let reached: Vec<String> = gw.upstream.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(reached, vec!["/app/ok".to_string()], "no metadata request reached the upstream");
 }

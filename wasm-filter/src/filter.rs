@@ -87,7 +87,17 @@ pub struct Shared {
     /// [`api_counter`] (API role) or by `MeshOutcome::counter` (mesh role).
     counters: Vec<u32>,
     cache: RefCell<TokenCache>,
-    limiter: RefCell<PeerLimiter>,
+    /// The API role's per-peer budgets: [`LIMITER`], kept across configurations.
+    limiter: Rc<RefCell<PeerLimiter>>,
+}
+
+thread_local! {
+    /// The per-peer budgets of this VM (Envoy runs one per worker), shared by
+    /// every configuration it is given. Each push of the agent's (a peer's
+    /// document changed, a peer was added) is a new configuration; a budget
+    /// made anew with each would hand a flooding peer a fresh burst per push.
+    /// A watch admitted under an older configuration gives its slot back here.
+    static LIMITER: Rc<RefCell<PeerLimiter>> = Rc::default();
 }
 
 /// What one request holds until it ends.
@@ -139,7 +149,7 @@ pub fn configure<H: Host>(host: &H, role: Role) -> Configured {
     if multicloud_core::edge::is_unconfigured(&bytes) {
         host.log(
             LogLevel::Info,
-            "multicloud filter: no configuration yet (empty plugin configuration); its routes answer 503 until the agent writes one",
+            "multicloud filter: no configuration yet (empty); its routes answer 503 until the agent writes one",
         );
         return Configured::NotYet;
     }
@@ -175,7 +185,7 @@ pub fn configure<H: Host>(host: &H, role: Role) -> Configured {
         edge,
         counters,
         cache: RefCell::new(TokenCache::default()),
-        limiter: RefCell::new(PeerLimiter::default()),
+        limiter: LIMITER.with(Rc::clone),
     }))
 }
 

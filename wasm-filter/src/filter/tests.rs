@@ -324,6 +324,23 @@ fn a_watch_holds_its_slot_until_the_request_ends() {
 }
 
 #[test]
+fn a_new_configuration_keeps_each_peers_budget() {
+    let auth = format!("Bearer {}", api_token());
+    let h = host(API_ROOT_ID, &[(":method", "GET"), (":path", "/api/v1/services"), ("authorization", &auth)]);
+    let burst = multicloud_core::apiguard::ApiSettings::default().burst;
+    let first = ready(&h).unwrap();
+    // The clock stands still (FakeHost): the burst is all there is.
+    for i in 0..burst {
+        assert_eq!(on_request_headers(Some(&first), Role::Api, &h, &mut RequestState::default()), Action::Continue, "request {i}");
+    }
+    assert_eq!(on_request_headers(Some(&first), Role::Api, &h, &mut RequestState::default()), Action::Pause, "over the burst");
+    // The agent pushes a configuration (the same, or another): no fresh burst.
+    let second = ready(&h).unwrap();
+    assert_eq!(on_request_headers(Some(&second), Role::Api, &h, &mut RequestState::default()), Action::Pause, "still over the burst");
+    assert_eq!(h.sent.borrow().last().unwrap().0, 429);
+}
+
+#[test]
 fn the_mesh_role_refuses_an_unknown_peer_and_logs_why() {
     let mut h = host(MESH_ROOT_ID, &[(":method", "GET"), (":authority", "foo.abc.svc.cluster.local")]);
     h.properties.insert("connection.requested_server_name".into(), b"outbound_.80_._.foo.abc.svc.cluster.local".to_vec());
