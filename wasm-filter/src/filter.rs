@@ -147,10 +147,7 @@ pub fn configure<H: Host>(host: &H, role: Role) -> Configured {
         }
     };
     if multicloud_core::edge::is_unconfigured(&bytes) {
-        host.log(
-            LogLevel::Info,
-            "multicloud filter: no configuration yet (empty); its routes answer 503 until the agent writes one",
-        );
+        host.log(LogLevel::Info, "multicloud filter: no configuration yet (empty); its routes answer 503 until the agent writes one");
         return Configured::NotYet;
     }
     let edge = match Edge::from_json(&bytes) {
@@ -181,12 +178,7 @@ pub fn configure<H: Host>(host: &H, role: Role) -> Configured {
             edge.etag(multicloud_core::edge::Doc::Public)
         ),
     );
-    Configured::Ready(Rc::new(Shared {
-        edge,
-        counters,
-        cache: RefCell::new(TokenCache::default()),
-        limiter: LIMITER.with(Rc::clone),
-    }))
+    Configured::Ready(Rc::new(Shared { edge, counters, cache: RefCell::new(TokenCache::default()), limiter: LIMITER.with(Rc::clone) }))
 }
 
 /// A request's headers: reads them in one host call (each crossing between
