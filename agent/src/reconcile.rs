@@ -21,7 +21,7 @@ use crate::reasons::{Document, FetchResult, Reason};
 use crate::sinks::{DataPlaneSink, StatusSink};
 use crate::sources::Desired;
 use multicloud_core::edge::{Edge, EdgeConfig, PeerKey, SpiffeSettings};
-use multicloud_core::metadata::{PrivateMetadata, ValidPublic};
+use multicloud_core::metadata::PrivateMetadata;
 use multicloud_core::token::Scope;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,19 +45,6 @@ struct Peer {
     in_flight: bool,
     /// Bumped on spec changes, so a late result of an old spec is dropped.
     epoch: u64,
-}
-
-/// A remote's validated public document with its UUID (lower-cased once).
-#[derive(Clone)]
-struct KnownPublic {
-    uuid: ClusterUuid,
-    valid: ValidPublic,
-}
-
-impl KnownPublic {
-    fn new(valid: ValidPublic) -> KnownPublic {
-        KnownPublic { uuid: ClusterUuid::of(&valid), valid }
-    }
 }
 
 struct Outcome {
@@ -434,35 +421,6 @@ impl Reconciler {
     }
 }
 
-/// Where a peer starts: from its object's status when that holds a pinned
-/// UUID and a last good public document that still validates (a new Lease
-/// holder, or a restarted agent, keeps the peer established while the
-/// remote is down, and keeps its pin); else from nothing.
-fn seed(name: &str, want: &crate::sources::DesiredPeer) -> (IstioMulticloudStatus, Option<KnownPublic>) {
-    let Some(status) = want.status.clone() else { return (IstioMulticloudStatus::default(), None) };
-    let pinned = status.remote_cluster_uuid.clone();
-    let cached = status.metadata_cache.as_ref().and_then(|c| c.public.as_ref()).map(|p| p.document.clone());
-    let public = match (pinned, cached) {
-        (Some(pin), Some(doc)) => match doc.validate() {
-            Ok(valid) if ClusterUuid::of(&valid).as_str() == pin.to_ascii_lowercase() => Some(KnownPublic::new(valid)),
-            Ok(_) => {
-                tracing::warn!(object = %name, "the status's cached public document names another UUID than its pin; starting over");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(object = %name, "the status's cached public document does not validate ({e}); starting over");
-                None
-            }
-        },
-        _ => None,
-    };
-    match public {
-        Some(p) => (status, Some(p)),
-        // A pin without a usable document still pins.
-        None => (IstioMulticloudStatus { remote_cluster_uuid: status.remote_cluster_uuid, ..Default::default() }, None),
-    }
-}
-
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -470,7 +428,9 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
+mod seed;
 mod timing;
+use seed::{seed, KnownPublic};
 use timing::jitter;
 pub use timing::{backoff, backoff_at, rfc3339, Timing};
 

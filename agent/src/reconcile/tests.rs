@@ -6,7 +6,7 @@ use crate::crd::IstioMulticloudSpec;
 use crate::sources::DesiredPeer;
 use crate::BoxFuture;
 use ed25519_dalek::SigningKey;
-use multicloud_core::metadata::{IngressGateway, PublicMetadata};
+use multicloud_core::metadata::{IngressGateway, PublicMetadata, ValidPublic};
 use std::sync::Mutex;
 use std::time::Duration;
 
