@@ -30,6 +30,17 @@ fn p256() -> rcgen::KeyPair {
     rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key")
 }
 
+/// An Istio-style workload certificate's parameters: the SPIFFE ID
+/// `spiffe://cluster.local/ns/<ns>/sa/<sa>` as its URI SAN, for server and
+/// client use.
+fn workload_params(ns: &str, sa: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let id = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("uri"))];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
 impl Ca {
     /// A self-signed CA of `params` (made a CA here).
     pub fn self_signed(mut params: rcgen::CertificateParams) -> Ca {
@@ -82,10 +93,19 @@ impl Ca {
     /// A workload certificate with an Istio-style SPIFFE ID
     /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`).
     pub fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        let id = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
-        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("uri"))];
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(workload_params(ns, sa))
+    }
+
+    /// A workload certificate like [`Ca::workload_cert`] that also demands
+    /// OCSP stapling (the TLS feature extension, RFC 7633, `status_request`).
+    /// It pairs with its key, so the agent takes it; Envoy refuses a
+    /// must-staple certificate served without an OCSP response, so a proxy
+    /// given it NACKs the secret.
+    pub fn workload_cert_must_staple(&self, ns: &str, sa: &str) -> (String, String) {
+        let mut params = workload_params(ns, sa);
+        // id-pe-tlsfeature; SEQUENCE { INTEGER 5 (status_request) }
+        params.custom_extensions =
+            vec![rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 24], vec![0x30, 0x03, 0x02, 0x01, 0x05])];
         self.issue(params)
     }
 
@@ -165,6 +185,11 @@ impl ClusterIdentity {
     /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`), signed by this cluster's root.
     pub fn workload_cert(&self, ns: &str, sa: &str) -> (String, String) {
         self.root.workload_cert(ns, sa)
+    }
+
+    /// [`Ca::workload_cert_must_staple`] of this cluster's root.
+    pub fn workload_cert_must_staple(&self, ns: &str, sa: &str) -> (String, String) {
+        self.root.workload_cert_must_staple(ns, sa)
     }
 
     pub fn public_metadata(&self) -> PublicMetadata {

@@ -185,8 +185,10 @@ fn an_agent_restart_under_load_loses_no_request() {
 /// A remote whose documents do not validate (a private document with an
 /// impossible gateway address; a public document with a broken root) gets a
 /// status reason, and nothing of it reaches the sidecar. Then a NACK is
-/// forced (the agent restarts with a workload key that does not match its
-/// certificate): the agent reports it and Envoy keeps the last good secret.
+/// forced: the agent restarts with a workload certificate that pairs with
+/// its key (the agent refuses a pair that does not, at start) but demands
+/// OCSP stapling, which Envoy refuses without an OCSP response. The agent
+/// reports the NACK and Envoy keeps the last good secret.
 #[test]
 fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     use multicloud_e2e::envoy::EnvoySpec;
@@ -253,7 +255,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     );
     assert!(dump::secrets(&dump).contains(&"default".to_string()));
 
-    // Force a NACK: a key that does not match the certificate. Envoy's
+    // Force a NACK: a must-staple certificate with no OCSP response. Envoy's
     // /certs lists the certificates its TLS contexts actually use.
     let in_force = || -> Vec<String> {
         let v: serde_json::Value = serde_json::from_str(&sidecar.admin_get("/certs").unwrap()).unwrap();
@@ -270,8 +272,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
     let before = in_force();
     assert!(!before.is_empty(), "the inbound listener uses the workload certificate");
     assert!(!dump::secret(&dump, "default").unwrap().to_string().contains("PRIVATE KEY"), "the key is redacted in config_dump");
-    let (other_cert, _) = cs[0].id.workload_cert("abc", "foo");
-    let (_, other_key) = cs[0].id.workload_cert("abc", "bar");
+    let (other_cert, other_key) = cs[0].id.workload_cert_must_staple("abc", "foo");
     cs[0].agent.set_workload_cert(&other_cert, &other_key);
     cs[0].agent.restart();
     let nack = wait_until("the agent to report the sidecar's NACK", READY, || {
@@ -284,7 +285,7 @@ fn invalid_remotes_never_reach_envoy_and_a_nack_is_reported() {
         });
         n.ok_or_else(|| v.to_string())
     });
-    assert!(nack["message"].as_str().is_some_and(|m| !m.is_empty()), "{nack}");
+    assert!(nack["message"].as_str().is_some_and(|m| m.contains("must-staple")), "Envoy's own reason: {nack}");
     assert!(cs[0].agent.metrics().lines().any(|l| l.starts_with("multicloud_agent_xds_nacks_total ") && !l.ends_with(" 0")));
     assert_eq!(in_force(), before, "Envoy keeps using the last good certificate");
 }
