@@ -1,6 +1,12 @@
-//! State-of-the-world ADS (`StreamAggregatedResources`): per type, every
-//! response carries the whole subscribed set, a version and a nonce; the
-//! proxy's next request with that nonce ACKs or NACKs it.
+//! State-of-the-world ADS (`StreamAggregatedResources`): per type, a
+//! response carries a version and a nonce; the proxy's next request with
+//! that nonce ACKs or NACKs it. Listeners, clusters and every other type
+//! carry the whole subscribed set in every response. Endpoints
+//! (`ClusterLoadAssignment`) carry only what changed since the last
+//! response on the stream, as the xDS protocol allows for every type but
+//! listeners and clusters: a proxy keeps the assignments a response leaves
+//! out. One endpoint change among 10,000 clusters is then one resource,
+//! not 10,000 (BENCHMARKS.md, "xDS").
 
 use super::server::{Protocol, XdsServer};
 use super::snapshot::version_of;
@@ -9,7 +15,8 @@ use super::tls::XdsPeer;
 use multicloud_proto::envoy_types::pb::envoy::config::core::v3::Node;
 use multicloud_proto::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use multicloud_proto::envoy_types::pb::google::protobuf::Any;
-use std::collections::BTreeSet;
+use multicloud_proto::type_url::ENDPOINT;
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -27,6 +34,8 @@ pub(super) struct TypeState {
     /// The last response sent: its nonce and version.
     nonce: Option<String>,
     version: Option<String>,
+    /// Endpoints only: each resource's version as this stream last sent it.
+    sent: BTreeMap<String, String>,
 }
 
 /// State-of-the-world ADS as a [`ProtocolStream`].
@@ -49,7 +58,7 @@ impl ProtocolStream for Sotw {
         let names = subscription(&req.resource_names);
         let Some(t) = s.types.get_mut(&req.type_url) else {
             // A new subscription (a nonce from an earlier stream means nothing here).
-            s.types.insert(req.type_url.clone(), TypeState { names, nonce: None, version: None });
+            s.types.insert(req.type_url.clone(), TypeState { names, nonce: None, version: None, sent: BTreeMap::new() });
             return s.respond(&req.type_url, true, tx).await;
         };
         if req.response_nonce != t.nonce.as_deref().unwrap_or("") {
@@ -61,6 +70,11 @@ impl ProtocolStream for Sotw {
                 Some(err) => s.conn.nacked(&req.type_url, version, &err.message),
                 None => s.conn.acked(&req.type_url, &req.version_info),
             }
+        }
+        if req.error_detail.is_some() {
+            // The proxy kept none of the NACKed response: the next one
+            // carries every endpoint assignment again.
+            t.sent.clear();
         }
         if t.names != names {
             t.names = names;
@@ -87,6 +101,8 @@ impl Stream<TypeState> {
     /// Sends the type's subscribed resources if the group has a snapshot and
     /// (unless `force`) they differ from the last response. A NACKed version
     /// is the last one sent, so it is not sent again until the snapshot changes.
+    /// The version names the whole subscribed set, also when (endpoints, not
+    /// `force`) only the resources that changed are sent.
     async fn respond(&mut self, type_url: &str, force: bool, tx: &Tx) -> Result<(), End> {
         let (Some(snapshot), Some(t)) = (&self.snapshot, self.types.get_mut(type_url)) else { return Ok(()) };
         let all = snapshot.resources(type_url);
@@ -96,10 +112,19 @@ impl Stream<TypeState> {
         if !force && t.version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
+        let changed_only = type_url == ENDPOINT && !force;
+        let resources: Vec<Any> = chosen
+            .iter()
+            .filter(|(name, (v, _))| !changed_only || t.sent.get(name.as_str()) != Some(v))
+            .map(|(_, (_, any))| Any::clone(any))
+            .collect();
+        if type_url == ENDPOINT {
+            t.sent = chosen.iter().map(|(n, (v, _))| ((*n).clone(), v.clone())).collect();
+        }
         let nonce = self.nonces.next();
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources: chosen.into_iter().map(|(_, (_, any))| Any::clone(any)).collect(),
+            resources,
             type_url: type_url.to_string(),
             nonce: nonce.clone(),
             ..Default::default()

@@ -212,14 +212,85 @@ async fn ack_state_reads_the_xds_view() {
     assert_eq!(ack_column(&server), "NACK: cluster a: bad timeout");
 }
 
-#[tokio::test]
-async fn sotw_explicit_subscription_and_groups() {
+/// A server whose "sidecar" group holds the endpoint assignments x, y and z.
+async fn serving_three_assignments() -> (XdsServer, SocketAddr, Snapshot) {
     let (server, addr) = start().await;
     let mut snap = Snapshot::default();
     for n in ["x", "y", "z"] {
         snap.insert(ENDPOINT, n, cla(n));
     }
     server.set("sidecar", snap.clone());
+    (server, addr, snap)
+}
+
+/// A changed endpoint assignment: the same cluster with a load-balancing policy.
+fn cla_changed(name: &str) -> Any {
+    let a = ClusterLoadAssignment { cluster_name: name.into(), policy: Some(Default::default()), ..Default::default() };
+    Any { type_url: ENDPOINT.into(), value: a.encode_to_vec() }
+}
+
+/// A SotW stream subscribed to the endpoint assignments x, y and z: the
+/// first response (every assignment, checked) ACKed, then y changed and
+/// the response to that (y alone, checked) received but not yet answered.
+async fn sotw_on_three_assignments(
+    node_id: &str,
+) -> (XdsServer, SocketAddr, Snapshot, Client<DiscoveryRequest, DiscoveryResponse>, DiscoveryResponse, DiscoveryResponse) {
+    let (server, addr, mut snap) = serving_three_assignments().await;
+    let mut c = sotw(addr).await;
+    c.send(DiscoveryRequest { node: node(node_id), ..req(ENDPOINT, &["x", "y", "z"], "", "") }).await;
+    let first = c.recv().await;
+    assert_eq!(names(&first.resources), ["x", "y", "z"], "the first response: every subscribed assignment");
+    c.send(req(ENDPOINT, &["x", "y", "z"], &first.version_info, &first.nonce)).await;
+    snap.insert(ENDPOINT, "y", cla_changed("y"));
+    server.set("sidecar", snap.clone());
+    let changed = c.recv().await;
+    assert_eq!(names(&changed.resources), ["y"], "one assignment changed: the response carries it alone");
+    (server, addr, snap, c, first, changed)
+}
+
+#[tokio::test]
+async fn sotw_endpoints_carry_only_what_changed_and_a_new_subscription_everything() {
+    let (server, addr, snap, mut c, first, r) = sotw_on_three_assignments("sidecar~3").await;
+    // The changed assignment went alone, under a new version.
+    assert_ne!(r.version_info, first.version_info);
+    assert_eq!(r.version_info, snap.version(ENDPOINT), "the version names the whole set");
+    // Clusters are never cut down: the whole set each time.
+    let mut clusters_snap = clusters(&[("a", 1), ("b", 1)]);
+    for n in ["x", "y", "z"] {
+        clusters_snap.insert(ENDPOINT, n, snap.resources(ENDPOINT).unwrap()[n].1.as_ref().clone());
+    }
+    c.send(req(ENDPOINT, &["x", "y", "z"], &r.version_info, &r.nonce)).await;
+    server.set("sidecar", clusters_snap.clone());
+    c.quiet().await; // the endpoints did not change: nothing is sent
+    c.send(req(CLUSTER, &[], "", "")).await;
+    let r = c.recv().await;
+    assert_eq!((r.type_url.as_str(), names(&r.resources)), (CLUSTER, vec!["a".to_string(), "b".to_string()]));
+    c.send(req(CLUSTER, &[], &r.version_info, &r.nonce)).await;
+    clusters_snap.insert(CLUSTER, "b", cluster("b", 2));
+    server.set("sidecar", clusters_snap.clone());
+    let r = c.recv().await;
+    assert_eq!(names(&r.resources), ["a", "b"], "a cluster change still sends every cluster");
+    // A new stream (a reconnect) gets every assignment again.
+    let mut again = sotw(addr).await;
+    again.send(DiscoveryRequest { node: node("sidecar~4"), ..req(ENDPOINT, &["x", "y", "z"], "", "") }).await;
+    assert_eq!(names(&again.recv().await.resources), ["x", "y", "z"]);
+}
+
+#[tokio::test]
+async fn sotw_endpoints_after_a_nack_carry_every_assignment_again() {
+    let (server, _addr, mut snap, mut c, first, r) = sotw_on_three_assignments("sidecar~5").await;
+    // The proxy rejects it, so it holds none of that response: the next
+    // change resends every assignment, not only the one that changed.
+    c.send(nack(req(ENDPOINT, &["x", "y", "z"], &first.version_info, &r.nonce), "y: rejected")).await;
+    snap.insert(ENDPOINT, "z", cla_changed("z"));
+    server.set("sidecar", snap.clone());
+    let r = c.recv().await;
+    assert_eq!(names(&r.resources), ["x", "y", "z"], "after a NACK, every assignment");
+}
+
+#[tokio::test]
+async fn sotw_explicit_subscription_and_groups() {
+    let (server, addr, mut snap) = serving_three_assignments().await;
     let mut c = sotw(addr).await;
     c.send(DiscoveryRequest { node: node("sidecar~2"), ..req(ENDPOINT, &["x", "z", "missing"], "", "") }).await;
     let r = c.recv().await;
