@@ -9,7 +9,8 @@
 //! proxy's stream, whichever the protocol), `services` (the gRPC services),
 //! [`tls`] (the port's mutual TLS), [`groups`] (which snapshot a proxy gets),
 //! [`render`] (the data plane as snapshots), [`cache`] (resources reused while
-//! their inputs hold).
+//! their inputs hold), [`served_cert`] (the certificates the agent serves
+//! itself, re-read when their files change).
 //!
 //! Who may receive a group's snapshot: on the TLS port ([`XdsServer::serve_tls`])
 //! every client proved a SPIFFE identity chained to this cluster's root;
@@ -23,6 +24,7 @@ pub mod cache;
 mod delta;
 pub mod groups;
 pub mod render;
+pub mod served_cert;
 pub mod server;
 mod services;
 pub mod snapshot;
