@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): bounded wrk loads on loopback against native Envoy
 # baselines in the same run; results go to BENCHMARKS.md.
-#   scripts/bench.sh [edge|instructions|api|xds|traffic|convergence|daemonset|fuzz|soak ...]  (soak only when named: `make soak`)   BENCH_SECONDS=3 BENCH_ROUNDS=3 by default
+#   scripts/bench.sh [edge|instructions|api|xds|traffic|convergence|daemonset|fuzz|soak|xds-heap ...]  (soak and xds-heap only when named: `make soak`; xds-heap writes nothing, for a heap profile: docs/xds.md, "Memory")   BENCH_SECONDS=3 BENCH_ROUNDS=3 by default
 # (convergence runs the real-Istio tier: the tools of scripts/tools.sh, and
 # BENCH_CONVERGENCE_RUNS=5, BENCH_CONVERGENCE_DELAY_SECONDS=120; `fuzz` runs
 # no fuzzing: it copies docs/fuzzing-results.md, which `make fuzz` writes,

@@ -46,6 +46,10 @@ fn main() {
     if all || args.iter().any(|a| a == "daemonset") {
         daemonset::run();
     }
+    // A heap profile's run, only when asked for: writes nothing.
+    if args.iter().any(|a| a == "xds-heap") {
+        xds::heap_run();
+    }
     // The soak runs only when asked for (`make soak`): ten minutes or more.
     if args.iter().any(|a| a == "soak") {
         soak::run();

@@ -178,6 +178,17 @@ fn one(rt: &tokio::runtime::Runtime, local: &ClusterIdentity, roots: &[String], 
     Run { peers, delta, initial_sync, latencies, change_bytes, change_resources, hwm_kb }
 }
 
+/// One 10 × 1,000 delta run (5 changes), written nowhere: for a heap
+/// profile of the agent's xDS state (`bench xds-heap` under valgrind's
+/// massif; docs/xds.md, "Memory").
+pub fn heap_run() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let local = ClusterIdentity::generate("bench-local");
+    let roots: Vec<String> = (0..8).map(|i| ClusterIdentity::generate(&format!("bench-peer-{i}")).root_pem()).collect();
+    let r = one(&rt, &local, &roots, 10, true, 5);
+    eprintln!("xds-heap: 10 × 1000 delta, VmHWM {} kB", r.hwm_kb);
+}
+
 pub fn run() {
     eprintln!("== xds: push latency, memory, delta vs state of the world");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -223,7 +234,8 @@ pub fn run() {
     let (d, s) = (&runs[1], &runs[2]);
     body.push_str(&format!(
         "\nPeak RSS (VmHWM) of the process holding the agent's xDS state at 10 × 1,000 services = 10,000 endpoints: **{:.1} MB** (target < 64 MB: {}); the process's peak before any xDS state was {:.1} MB. The 50-peer run raises it further to {:.1} MB.\n\n\
-One-endpoint change, 10 × 1,000: delta sent **{} resource(s), {} bytes**; state of the world sent **{} resource(s), {} bytes** ({}× delta's bytes): both send only the endpoint assignment that changed (SotW sends listeners and clusters whole, endpoints as what changed: docs/xds.md).\n",
+One-endpoint change, 10 × 1,000: delta sent **{} resource(s), {} bytes**; state of the world sent **{} resource(s), {} bytes** ({}× delta's bytes): both send only the endpoint assignment that changed (SotW sends listeners and clusters whole, endpoints as what changed: docs/xds.md).\n\n\
+Where the memory goes (a heap profile, `bench xds-heap` under valgrind's massif): docs/xds.md, \"Memory\".\n",
         hwm_10k as f64 / 1024.0,
         if hwm_10k < 64 * 1024 { "met" } else { "**not met**" },
         hwm_start as f64 / 1024.0,
