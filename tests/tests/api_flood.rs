@@ -17,7 +17,7 @@
 use multicloud_core::token::Scope;
 use multicloud_e2e::fixtures::unix_now;
 use multicloud_e2e::mesh::{api_host, start_mesh, ApiOptions, Cluster, MeshOptions};
-use multicloud_e2e::{http, SimCluster};
+use multicloud_e2e::{http, wait_until, SimCluster};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -47,10 +47,21 @@ fn a_peer_flooding_the_api_proxy_is_refused_its_excess_and_another_peer_is_not_d
     let host = api_host(b.sim);
     let url = b.gateway_url("/api/v1/services");
     let (a_token, c_token) = (bearer(a, b), bearer(c, b));
-    // Both pass before the flood.
+    // Both pass before the flood, once B's gateway holds the guard's
+    // configuration with both peers: B's status is Ready as soon as B has
+    // fetched, and the push to the gateway follows (CI saw a 401
+    // TokenUnknownPeer in between).
     for t in [&a_token, &c_token] {
-        let r = http::request("GET", &url, &[("host", &host), ("authorization", t)]);
-        assert_eq!(r.status, 200, "{}", r.text());
+        wait_until("B's API guard to take this peer's token", READY, || {
+            let r = http::request("GET", &url, &[("host", &host), ("authorization", t)]);
+            if r.status == 200 {
+                Ok(())
+            } else if r.status == 401 && r.text().contains("TokenUnknownPeer") {
+                Err(r.text())
+            } else {
+                panic!("only an unknown peer may be refused before the flood: {} {}", r.status, r.text())
+            }
+        });
     }
     let apiserver = b.apiserver.as_ref().unwrap();
     let seen_before = apiserver.requests().len();
